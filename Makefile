@@ -1,0 +1,43 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ARCH := $(shell uname -m)
+# The torch builds that install from this machine kind's local disk (see docs/install.md).
+ifeq ($(ARCH),aarch64)
+TORCH_PINS := torch==2.9.1 torchvision==0.24.1
+else
+TORCH_PINS := torch==2.14.1 torchvision==0.29.1
+endif
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/.installed-runtime: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_PINS)
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed-runtime
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(VENV)/.installed-runtime
+	$(VENV)/bin/featx demo
+
+test: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check featx tests benchmarks
+	$(PY) -m pytest -q
+
+lint: $(VENV)/.installed-test
+	$(VENV)/bin/ruff check featx tests benchmarks
+	$(VENV)/bin/ruff format --check featx tests benchmarks
+
+format: $(VENV)/.installed-test
+	$(VENV)/bin/ruff format featx tests benchmarks
+	$(VENV)/bin/ruff check --fix featx tests benchmarks
+
+clean:
+	rm -rf $(VENV) cache/* reports
