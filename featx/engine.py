@@ -1,0 +1,221 @@
+"""The extraction engine: batches of decoded images through a frozen model, features out.
+
+Decoding, resizing and cropping run in DataLoader workers and produce ``uint8`` tensors; the
+batch moves to the device (pinned, non-blocking on CUDA), is normalized there and runs through
+the model under ``torch.inference_mode`` with the chosen precision and channels_last layout. A file
+that does not decode never stops the run: it comes back as a failure with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+log = logging.getLogger(__name__)
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
+
+
+def resolve_device(device: str = "auto"):
+    """``auto`` picks cuda, then mps, then cpu. An explicit device that is absent is an error."""
+    import torch
+
+    d = (device or "auto").lower()
+    if d == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(d)
+    except RuntimeError:
+        raise FeatxError(f"unknown device {device!r}; use {DEVICES_HELP}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FeatxError(
+            f"--device {device} asked for CUDA but none is available; use --device cpu"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise FeatxError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise FeatxError(f"--device {device} asked for MPS but it is not available; use cpu")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise FeatxError(f"unsupported device {device!r}; use {DEVICES_HELP}")
+    return dev
+
+
+def resolve_precision(precision: str, device) -> str:
+    """``auto``: bf16 on CUDA, fp32 elsewhere."""
+    p = (precision or "auto").lower()
+    if p not in PRECISIONS:
+        raise FeatxError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if p == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return p
+
+
+def default_workers(device) -> int:
+    n = os.cpu_count() or 1
+    # On CPU the model competes with decoding for the same cores.
+    return min(8, n) if device.type != "cpu" else max(1, min(4, n // 2))
+
+
+class DecodeDataset:
+    """Map-style dataset: index -> (index, uint8 CHW tensor or None, failure reason)."""
+
+    def __init__(self, items: Sequence[Any], reader: Callable[[Any], Any], preprocess: Any):
+        self.items = items
+        self.reader = reader
+        self.preprocess = preprocess
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        from featx.images import ImageDecodeError
+
+        try:
+            img = self.reader(self.items[i])
+            return i, self.preprocess.to_uint8(img), ""
+        except ImageDecodeError as exc:
+            return i, None, str(exc)
+        except Exception as exc:  # noqa: BLE001 - a bad file must not kill a long run
+            return i, None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+def collate(batch):
+    import torch
+
+    ok = [(i, t) for i, t, _ in batch if t is not None]
+    failures = [(i, r) for i, t, r in batch if t is None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    x = torch.stack([t for _, t in ok]) if ok else torch.empty(0, dtype=torch.uint8)
+    return idx, x, failures
+
+
+def _worker_init(_: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One processed batch: positions into the item list, their features, and failures."""
+
+    indices: np.ndarray  # (b,) positions of successful items
+    features: np.ndarray  # (b, d) float32
+    failures: list[tuple[int, str]]
+
+
+def iter_features(
+    backbone: Any,
+    items: Sequence[Any],
+    reader: Callable[[Any], Any],
+    *,
+    device: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 64,
+    workers: int | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    progress: bool = False,
+) -> Iterator[Batch]:
+    """Run ``backbone`` over ``items`` in order, yielding :class:`Batch` results.
+
+    Parameters
+    ----------
+    backbone : featx.backbones.Backbone
+        Model (returns (B, D) features) and its preprocessing.
+    items : sequence
+        What ``reader`` turns into PIL RGB images.
+    device, precision : str
+        See :func:`resolve_device` and :func:`resolve_precision`.
+    batch_size, workers : int
+        Images per batch; DataLoader worker processes (None: a default for the device).
+    channels_last, compile : bool
+        Memory layout, and ``torch.compile`` of the model (slow start, faster steady state).
+    progress : bool
+        Show a tqdm progress bar with images/s on stderr.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+
+    if batch_size < 1:
+        raise FeatxError("--batch-size must be at least 1")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+    nworkers = default_workers(dev) if workers is None else int(workers)
+    if nworkers < 0:
+        raise FeatxError("--workers must be 0 or more")
+    nworkers = min(nworkers, max(0, (len(items) + batch_size - 1) // batch_size))
+    loader = DataLoader(
+        DecodeDataset(items, reader, backbone.preprocess),
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=nworkers,
+        collate_fn=collate,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=_worker_init if nworkers else None,
+        prefetch_factor=4 if nworkers else None,
+        persistent_workers=False,
+    )
+    model = backbone.model.to(dev).eval()
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    log.info(
+        "extracting %d items on %s (%s, batch %d, %d workers)",
+        len(items),
+        dev,
+        prec,
+        batch_size,
+        nworkers,
+    )
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(items),
+        unit="img",
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        smoothing=0.1,
+        desc="extract",
+    )
+    n_failed = 0
+    try:
+        with torch.inference_mode():
+            for idx, x, failures in loader:
+                feats = np.empty((0, backbone.dim), dtype=np.float32)
+                if idx.numel():
+                    x = x.to(dev, non_blocking=True)
+                    x = backbone.preprocess.normalize(x).contiguous(memory_format=memory_format)
+                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                        out = model(x)
+                    feats = out.float().cpu().numpy()
+                    if feats.ndim != 2:
+                        raise FeatxError(
+                            f"backbone produced features of shape {tuple(out.shape)}; "
+                            "choose a --pool that reduces them to one vector per image"
+                        )
+                n_failed += len(failures)
+                bar.update(int(idx.numel()) + len(failures))
+                if failures:
+                    bar.set_postfix(failed=n_failed)
+                yield Batch(idx.numpy(), feats, failures)
+    finally:
+        bar.close()

@@ -1,0 +1,407 @@
+"""``featx extract`` as a library call: scan a source, diff it against the store, extract what is
+new or changed, and commit the store atomically.
+
+Examples
+--------
+>>> from featx.extract import extract
+>>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
+>>> result.n_items, result.dim  # doctest: +SKIP
+(1797, 1280)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.sources import Item, Source, open_source
+from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """How to run an extraction (none of these change the features, except ``dtype``)."""
+
+    batch_size: int = 64
+    workers: int | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    dtype: str = "float32"
+    content_hash: bool = False
+    strict: bool = False
+    compile: bool = False
+    channels_last: bool = True
+    checkpoint_every: int = 2048  # images per durable part file
+    checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one extraction run did."""
+
+    store: str
+    n_items: int  # rows in the store after the run
+    n_new: int  # rows extracted in this run (new or changed files)
+    n_resumed: int  # rows taken from an interrupted earlier run
+    n_removed: int  # rows dropped because their file is gone
+    n_failed: int  # items recorded as failed in the store
+    n_new_failed: int  # of which found in this run
+    dim: int
+    seconds: float
+    images_per_s: float
+    device: str
+    precision: str
+    backbone: str
+    weights: str
+    noop: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import timm
+    import torch
+    import torchvision
+
+    import featx
+
+    return {
+        "featx_version": featx.__version__,
+        "torch_version": torch.__version__,
+        "torchvision_version": torchvision.__version__,
+        "timm_version": timm.__version__,
+        "h5py_version": h5py.__version__,
+        "numpy_version": np.__version__,
+    }
+
+
+def _fp(item: Item) -> tuple[int, int, str]:
+    return (item.size, item.mtime_ns, item.sha256)
+
+
+def _same(old: tuple[int, int, str], item: Item) -> bool:
+    if old[2] and item.sha256:
+        return old[2] == item.sha256
+    return old[0] == item.size and old[1] == item.mtime_ns
+
+
+def store_config(source: Source, backbone: Any, dtype: str = "float32") -> StoreConfig:
+    return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
+
+
+def extract(
+    source: str | os.PathLike | Source,
+    backbone: Any = "efficientnet_lite0",
+    *,
+    weights: str | None = "DEFAULT",
+    weights_file: str | os.PathLike | None = None,
+    layer: str | None = None,
+    pool: str | None = None,
+    image_size: int | None = None,
+    store: str | os.PathLike | None = None,
+    options: ExtractOptions | None = None,
+    root: str | None = None,
+    download: bool = False,
+) -> ExtractResult:
+    """Extract features of every new or changed item of ``source`` into its store.
+
+    Parameters
+    ----------
+    source : str, path-like or Source
+        A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
+    backbone : str or Backbone
+        A registry name (``featx backbones``) or an already loaded backbone.
+    weights, weights_file, layer, pool, image_size
+        Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
+    store : path-like, optional
+        The store file; default: a name under the cache folder derived from the configuration.
+    options : ExtractOptions
+        Batching, device, precision, dtype, hashing, strictness, progress.
+
+    Returns
+    -------
+    ExtractResult
+    """
+    opts = options or ExtractOptions()
+    t0 = time.perf_counter()
+    src = (
+        source
+        if isinstance(source, Source)
+        else open_source(source, root=root, download=download, content_hash=opts.content_hash)
+    )
+    if isinstance(backbone, str):
+        from featx.backbones import load_backbone
+
+        bb = load_backbone(
+            backbone,
+            weights,
+            weights_file=weights_file,
+            layer=layer,
+            pool=pool,
+            image_size=image_size,
+        )
+    else:
+        bb = backbone
+    config = store_config(src, bb, opts.dtype)
+    path = Path(store) if store else default_store_path(config, src.name)
+    if path.exists() and path.is_dir():
+        raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
+
+    from featx.engine import resolve_device, resolve_precision
+
+    dev = resolve_device(opts.device)
+    prec = resolve_precision(opts.precision, dev)
+
+    with StoreWriter(path, config) as writer:
+        plan = _plan(src, writer)
+        todo: list[Item] = plan["todo"]
+        rows: dict[str, tuple[str, int]] = plan["rows"]
+        failed: dict[str, tuple] = plan["failed"]
+        n_resumed = plan["n_resumed"]
+        if opts.strict and failed:
+            key, (reason, *_) = min(failed.items())
+            raise FeatxError(
+                f"{key}: {reason}; fix or remove it, or run without --strict to skip and record it"
+            )
+        if not todo and not plan["dirty"]:
+            log.info("store %s is up to date", path)
+            dim = writer.dim or bb.dim
+            return ExtractResult(
+                store=str(path),
+                n_items=len(rows),
+                n_new=0,
+                n_resumed=0,
+                n_removed=0,
+                n_failed=len(failed),
+                n_new_failed=0,
+                dim=int(dim),
+                seconds=time.perf_counter() - t0,
+                images_per_s=0.0,
+                device=str(dev),
+                precision=prec,
+                backbone=bb.name,
+                weights=bb.weights,
+                noop=True,
+            )
+        n_new = n_new_failed = 0
+        t_extract = time.perf_counter()
+        if todo:
+            n_new, n_new_failed = _run(todo, src, bb, writer, rows, failed, opts)
+        t_extract = time.perf_counter() - t_extract
+        labels = {it.key: it.label for it in src.items}
+        split = {it.key: it.split for it in src.items}
+        fps = {it.key: _fp(it) for it in src.items}
+        attrs = {
+            "backbone": bb.name,
+            "weights": bb.weights,
+            "weights_sha256": bb.weights_sha256 or "",
+            "layer": bb.layer or "",
+            "pool": bb.pool or "",
+            "preprocess": bb.preprocess.to_dict(),
+            "source": {"kind": src.kind, "uri": src.uri, "name": src.name},
+            "dim": int(bb.dim),
+            **_versions(),
+        }
+        writer.commit(
+            rows=rows,
+            failed=failed,
+            labels=labels,
+            split=split,
+            classes=src.classes,
+            fingerprints=fps,
+            attrs=attrs,
+        )
+    seconds = time.perf_counter() - t0
+    return ExtractResult(
+        store=str(path),
+        n_items=len(rows),
+        n_new=n_new,
+        n_resumed=n_resumed,
+        n_removed=plan["n_removed"],
+        n_failed=len(failed),
+        n_new_failed=n_new_failed,
+        dim=int(bb.dim),
+        seconds=seconds,
+        images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
+        device=str(dev),
+        precision=prec,
+        backbone=bb.name,
+        weights=bb.weights,
+        noop=False,
+    )
+
+
+def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
+    """Decide, per item, whether its row comes from a part, the old store, or must be extracted."""
+    part_rows: dict[str, tuple[str, int, tuple]] = {}
+    part_failed: dict[str, tuple] = {}
+    for part, idx in writer.iter_part_index():
+        for r, k in enumerate(idx.keys):
+            part_rows[k] = (str(part), r, (int(idx.size[r]), int(idx.mtime_ns[r]), idx.sha256[r]))
+        for r, k in enumerate(idx.failed_keys):
+            part_failed[k] = (
+                idx.failed_reasons[r],
+                int(idx.failed_size[r]),
+                int(idx.failed_mtime_ns[r]),
+                idx.failed_sha256[r],
+            )
+    old_rows: dict[str, tuple[int, tuple]] = {}
+    old_failed: dict[str, tuple] = {}
+    old = writer.index
+    if old is not None:
+        for r, k in enumerate(old.keys):
+            old_rows[k] = (r, (int(old.size[r]), int(old.mtime_ns[r]), old.sha256[r]))
+        for r, k in enumerate(old.failed_keys):
+            old_failed[k] = (
+                old.failed_reasons[r],
+                int(old.failed_size[r]),
+                int(old.failed_mtime_ns[r]),
+                old.failed_sha256[r],
+            )
+    rows: dict[str, tuple[str, int]] = {}
+    failed: dict[str, tuple] = {}
+    todo: list[Item] = []
+    n_resumed = 0
+    for it in src.items:
+        k = it.key
+        if k in part_rows and _same(part_rows[k][2], it):
+            rows[k] = (part_rows[k][0], part_rows[k][1])
+            n_resumed += 1
+        elif k in part_failed and _same(part_failed[k][1:], it):
+            failed[k] = (part_failed[k][0], *_fp(it))
+            n_resumed += 1
+        elif k in old_rows and _same(old_rows[k][1], it):
+            rows[k] = ("store", old_rows[k][0])
+        elif k in old_failed and _same(old_failed[k][1:], it):
+            failed[k] = (old_failed[k][0], *_fp(it))
+        else:
+            todo.append(it)
+    current = {it.key for it in src.items}
+    n_removed = sum(1 for k in old_rows if k not in current) + sum(
+        1 for k in old_failed if k not in current
+    )
+    dirty = old is None or n_resumed > 0 or n_removed > 0 or _metadata_changed(src, old)
+    return {
+        "rows": rows,
+        "failed": failed,
+        "todo": todo,
+        "n_resumed": n_resumed,
+        "n_removed": n_removed,
+        "dirty": dirty,
+    }
+
+
+def _metadata_changed(src: Source, old) -> bool:
+    """Labels, splits, class names or fingerprints (e.g. a new content hash) differ."""
+    if tuple(old.classes) != tuple(src.classes):
+        return True
+    pos = {k: r for r, k in enumerate(old.keys)}
+    for it in src.items:
+        r = pos.get(it.key)
+        if r is None:
+            continue
+        if (
+            int(old.labels[r]) != it.label
+            or old.split[r] != it.split
+            or (it.sha256 and old.sha256[r] != it.sha256)
+            or int(old.mtime_ns[r]) != it.mtime_ns
+        ):
+            return True
+    return False
+
+
+def _run(
+    todo: list[Item],
+    src: Source,
+    bb: Any,
+    writer: StoreWriter,
+    rows: dict[str, tuple[str, int]],
+    failed: dict[str, tuple],
+    opts: ExtractOptions,
+) -> tuple[int, int]:
+    """Extract ``todo`` and write durable parts as it goes; fill ``rows`` and ``failed``."""
+    from featx.engine import iter_features
+
+    pending_idx: list[np.ndarray] = []
+    pending_feats: list[np.ndarray] = []
+    pending_fail: list[tuple[int, str]] = []
+    n_new = n_fail = 0
+    last_flush = time.monotonic()
+
+    def flush() -> None:
+        nonlocal last_flush
+        idx = np.concatenate(pending_idx) if pending_idx else np.empty(0, dtype=np.int64)
+        if not idx.size and not pending_fail:
+            return
+        feats = np.concatenate(pending_feats) if pending_feats else np.empty((0, bb.dim))
+        ok_items = [todo[i] for i in idx]
+        bad_items = [(todo[i], r) for i, r in pending_fail]
+        part = writer.write_part(
+            Rows(
+                keys=[it.key for it in ok_items],
+                features=feats,
+                size=[it.size for it in ok_items],
+                mtime_ns=[it.mtime_ns for it in ok_items],
+                sha256=[it.sha256 for it in ok_items],
+                failed_keys=[it.key for it, _ in bad_items],
+                failed_reasons=[r for _, r in bad_items],
+                failed_size=[it.size for it, _ in bad_items],
+                failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
+                failed_sha256=[it.sha256 for it, _ in bad_items],
+            )
+        )
+        for r, it in enumerate(ok_items):
+            rows[it.key] = (str(part), r)
+        for it, reason in bad_items:
+            failed[it.key] = (reason, *_fp(it))
+        pending_idx.clear()
+        pending_feats.clear()
+        pending_fail.clear()
+        last_flush = time.monotonic()
+
+    n_pending = 0
+    for batch in iter_features(
+        bb,
+        todo,
+        src.reader(),
+        device=opts.device,
+        precision=opts.precision,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+        progress=opts.progress,
+    ):
+        if batch.indices.size:
+            pending_idx.append(batch.indices)
+            pending_feats.append(batch.features)
+        pending_fail.extend(batch.failures)
+        n_new += int(batch.indices.size)
+        n_fail += len(batch.failures)
+        n_pending += int(batch.indices.size) + len(batch.failures)
+        if batch.failures and opts.strict:
+            flush()
+            i, reason = batch.failures[0]
+            name = todo[i].path or todo[i].key
+            raise FeatxError(
+                f"{name}: {reason}; fix or remove it, or run without --strict to skip and record it"
+            )
+        if n_pending >= opts.checkpoint_every or (
+            time.monotonic() - last_flush >= opts.checkpoint_seconds
+        ):
+            flush()
+            n_pending = 0
+    flush()
+    return n_new, n_fail
