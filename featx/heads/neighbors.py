@@ -1,0 +1,312 @@
+"""Non-parametric heads: a cosine k-nearest-neighbour vote and the nearest class mean.
+
+Both are standard evaluations of frozen embeddings. The kNN vote is the one of DINO (Caron et
+al., 2021): neighbours by cosine similarity, each votes for its class with weight
+``exp(similarity / temperature)``, and the normalized votes are the class probabilities.
+"""
+
+from __future__ import annotations
+
+import logging
+from numbers import Integral, Real
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin, _fit_context
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from featx.heads._split import stratified_holdout
+from featx.heads._weights import class_weight_vector, encode_class_weight, selection_score
+
+logger = logging.getLogger(__name__)
+
+#: k values tried by the kNN head's validation sweep.
+DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20, 50, 100)
+# Elements of the (queries x train) similarity block computed at once (float32: 256 MiB), and of
+# the (queries x k x dim) gather of the candidates that are re-scored in float64 (128 MiB).
+_BLOCK = 64 * 1024 * 1024
+_GATHER = 16 * 1024 * 1024
+
+
+def _l2_normalize(X: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
+    """k-nearest neighbours by cosine similarity with a similarity-weighted vote.
+
+    Parameters
+    ----------
+    ks : array-like of int or None, default=None
+        k values to choose from on a validation split; None is ``(1, 3, 5, 10, 20, 50, 100)``.
+    k : int or None, default=None
+        A fixed k: skips the sweep.
+    weights : {"similarity", "uniform"}, default="similarity"
+        ``"similarity"``: neighbour j votes ``exp(cos(x, x_j) / temperature)``;
+        ``"uniform"``: one vote each.
+    temperature : float, default=0.07
+        Sharpness of the similarity weights (DINO's value).
+    val_size : float, default=0.2
+        Share of each class held out to choose k.
+    class_weight : dict, "balanced" or None, default=None
+        Multiplies each neighbour's vote by its class's weight (``"balanced"``: inversely
+        proportional to the class frequency in the fitted data), which keeps big classes from
+        outvoting small ones. k is then chosen by the class-weighted validation accuracy (the
+        balanced accuracy for ``"balanced"``).
+    random_state : int, RandomState or None, default=None
+        Seed of the validation split.
+
+    Attributes
+    ----------
+    k_ : int
+        The chosen (or fixed) k, at most the number of fitted samples.
+    val_scores_ : dict of int to float or None
+        Validation score per k; None without a sweep.
+    X_fit_ : ndarray of shape (n_samples, n_features), float32
+        The fitted samples, L2-normalized (the index searched at predict time).
+    y_fit_ : ndarray of shape (n_samples,)
+        Their encoded labels.
+    class_vote_weights_ : ndarray of shape (n_classes,) or None
+    classes_ : ndarray
+    n_features_in_ : int
+
+    Notes
+    -----
+    ``predict_proba`` is the normalized vote mass: a class with no vote among the k neighbours
+    gets probability 0, so the log-loss punishes a confident miss hard (as it should).
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> X, y = make_blobs(n_samples=120, centers=3, n_features=5, random_state=0)
+    >>> knn = CosineKNNClassifier(ks=[1, 5, 10], random_state=0).fit(X, y)
+    >>> knn.k_ in (1, 5, 10), knn.predict_proba(X[:2]).shape
+    (True, (2, 3))
+    """
+
+    _parameter_constraints: dict = {
+        "ks": ["array-like", None],
+        "k": [Interval(Integral, 1, None, closed="left"), None],
+        "weights": [StrOptions({"similarity", "uniform"})],
+        "temperature": [Interval(Real, 0, None, closed="neither")],
+        "val_size": [Interval(Real, 0, 1, closed="neither")],
+        "class_weight": [dict, StrOptions({"balanced"}), None],
+        "random_state": ["random_state"],
+    }
+
+    def __init__(
+        self,
+        ks: Any = None,
+        k: int | None = None,
+        weights: str = "similarity",
+        temperature: float = 0.07,
+        val_size: float = 0.2,
+        class_weight: dict | str | None = None,
+        random_state: int | np.random.RandomState | None = None,
+    ) -> None:
+        self.ks = ks
+        self.k = k
+        self.weights = weights
+        self.temperature = temperature
+        self.val_size = val_size
+        self.class_weight = class_weight
+        self.random_state = random_state
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> CosineKNNClassifier:
+        """Store the L2-normalized samples; choose k on a validation split unless fixed."""
+        X, y = validate_data(self, X, y, dtype=[np.float32, np.float64])
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        y_enc = y_enc.astype(np.int64)
+        K = len(self.classes_)
+        cw = encode_class_weight(self.class_weight, self.classes_)
+        Xn = _l2_normalize(X.astype(np.float32))
+        ks = self._ks()
+        self.val_scores_: dict[int, float] | None = None
+        k = ks[0]
+        if len(ks) > 1:
+            train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
+            if len(val):
+                cls_w = class_weight_vector(y_enc[train], K, cw)
+                kmax = min(max(ks), len(train))
+                idx, sim = _topk(Xn[val], Xn[train], kmax)
+                self.val_scores_ = {}
+                best = -np.inf
+                for kk in ks:
+                    kk_eff = min(kk, kmax)
+                    P = self._vote(idx[:, :kk_eff], sim[:, :kk_eff], y_enc[train], K, cls_w)
+                    score = selection_score(y_enc[val], P.argmax(axis=1), K, cw)
+                    self.val_scores_[int(kk)] = score
+                    if score > best + 1e-12:
+                        best, k = score, kk
+        self.X_fit_ = Xn
+        self.y_fit_ = y_enc
+        self.class_vote_weights_ = class_weight_vector(y_enc, K, cw)
+        self.k_ = int(min(k, len(y_enc)))
+        logger.info("knn: k=%d on %d samples", self.k_, len(y_enc))
+        return self
+
+    def _ks(self) -> list[int]:
+        if self.k is not None:
+            return [int(self.k)]
+        ks = DEFAULT_KS if self.ks is None else self.ks
+        ks = sorted({int(v) for v in np.asarray(ks).ravel()})
+        if not ks or ks[0] < 1:
+            raise ValueError("CosineKNNClassifier: ks must be a non-empty list of positive ints")
+        return ks
+
+    def _vote(self, idx, sim, y_fit, K, cls_w) -> np.ndarray:
+        if self.weights == "similarity":
+            w = np.exp((sim - 1.0) / self.temperature)  # shifted by the max similarity: no overflow
+        else:
+            w = np.ones_like(sim)
+        labels = y_fit[idx]
+        if cls_w is not None:
+            w = w * cls_w[labels]
+        P = np.zeros((idx.shape[0], K))
+        np.add.at(P, (np.repeat(np.arange(idx.shape[0]), idx.shape[1]), labels.ravel()), w.ravel())
+        total = P.sum(axis=1, keepdims=True)
+        return P / np.where(total > 0, total, 1.0)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Normalized (similarity-weighted) votes of the k nearest neighbours per class."""
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
+        idx, sim = _topk(_l2_normalize(X.astype(np.float32)), self.X_fit_, self.k_)
+        return self._vote(idx, sim, self.y_fit_, len(self.classes_), self.class_vote_weights_)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class with the most vote mass (ties: the first class)."""
+        idx = self.predict_proba(X).argmax(axis=1)
+        return self.classes_[idx]
+
+
+def _topk(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and cosine similarities of the k most similar rows of X for each row of Q.
+
+    Candidates come from a float32 similarity block; their similarities are then recomputed in
+    float64, so the result of one query does not depend on which other queries share its block.
+    Sorted by decreasing similarity, ties by increasing index.
+    """
+    n_q = Q.shape[0]
+    idx = np.empty((n_q, k), dtype=np.int64)
+    sim = np.empty((n_q, k), dtype=np.float64)
+    step = max(1, min(_BLOCK // max(X.shape[0], 1), _GATHER // max(k * X.shape[1], 1)))
+    Xt = X.T
+    for s in range(0, n_q, step):
+        q = Q[s : s + step]
+        S = q @ Xt
+        if k < X.shape[0]:
+            cand = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        else:
+            cand = np.broadcast_to(np.arange(X.shape[0]), (len(q), X.shape[0]))
+        exact = np.einsum("qd,qkd->qk", q.astype(np.float64), X[cand].astype(np.float64))
+        order = np.lexsort((cand, -exact), axis=1)
+        idx[s : s + step] = np.take_along_axis(cand, order, axis=1)
+        sim[s : s + step] = np.take_along_axis(exact, order, axis=1)
+    return idx, sim
+
+
+class CentroidClassifier(ClassifierMixin, BaseEstimator):
+    """Nearest class mean, by cosine similarity or Euclidean distance.
+
+    Parameters
+    ----------
+    metric : {"cosine", "euclidean"}, default="cosine"
+        ``"cosine"``: samples and class means are L2-normalized and scored by their dot product;
+        ``"euclidean"``: scored by minus the squared distance to each class mean.
+
+    Attributes
+    ----------
+    centroids_ : ndarray of shape (n_classes, n_features)
+    temperature_ : float
+        Softmax temperature of ``predict_proba``, fitted on the training data by minimizing the
+        log-loss, so the probabilities are calibrated rather than an arbitrary squashing.
+    classes_ : ndarray
+    n_features_in_ : int
+
+    Notes
+    -----
+    The class means do not depend on how many items each class has, so this head needs no
+    ``class_weight``: it is balanced by construction.
+
+    Examples
+    --------
+    >>> from sklearn.datasets import make_blobs
+    >>> X, y = make_blobs(n_samples=90, centers=3, n_features=4, random_state=0)
+    >>> CentroidClassifier(metric="euclidean").fit(X, y).score(X, y) > 0.9
+    True
+    """
+
+    _parameter_constraints: dict = {"metric": [StrOptions({"cosine", "euclidean"})]}
+
+    def __init__(self, metric: str = "cosine") -> None:
+        self.metric = metric
+
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X: Any, y: Any) -> CentroidClassifier:
+        """Compute the class means and the temperature of the probabilities."""
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        self.classes_, y_enc = np.unique(y, return_inverse=True)
+        if len(self.classes_) < 2:
+            raise ValueError(
+                f"CentroidClassifier needs samples of at least 2 classes; "
+                f"got 1 class ({self.classes_[0]!r})"
+            )
+        X = np.asarray(X, dtype=np.float64)
+        if self.metric == "cosine":
+            X = _l2_normalize(X)
+        M = np.stack([X[y_enc == c].mean(axis=0) for c in range(len(self.classes_))])
+        self.centroids_ = _l2_normalize(M) if self.metric == "cosine" else M
+        self.temperature_ = _fit_temperature(self._scores(X), y_enc)
+        return self
+
+    def _scores(self, X: np.ndarray) -> np.ndarray:
+        if self.metric == "cosine":
+            return X @ self.centroids_.T
+        sq = (X * X).sum(axis=1, keepdims=True)
+        return -(sq - 2 * X @ self.centroids_.T + (self.centroids_**2).sum(axis=1))
+
+    def _transform(self, X: Any) -> np.ndarray:
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        X = np.asarray(X, dtype=np.float64)
+        return _l2_normalize(X) if self.metric == "cosine" else X
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """Similarity to each class mean (shape (n,) for two classes: class 1 minus class 0)."""
+        S = self._scores(self._transform(X)) / self.temperature_
+        return S[:, 1] - S[:, 0] if S.shape[1] == 2 else S
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Softmax of the scores at the fitted temperature."""
+        S = self._scores(self._transform(X)) / self.temperature_
+        E = np.exp(S - S.max(axis=1, keepdims=True))
+        return E / E.sum(axis=1, keepdims=True)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The class of the nearest mean."""
+        idx = self._scores(self._transform(X)).argmax(axis=1)
+        return self.classes_[idx]
+
+
+def _fit_temperature(S: np.ndarray, y: np.ndarray) -> float:
+    """The temperature T minimizing the mean log-loss of softmax(S / T) (searched on log T)."""
+    from scipy.optimize import minimize_scalar
+
+    spread = float(np.std(S)) or 1.0
+
+    def nll(log_t: float) -> float:
+        Z = S / np.exp(log_t)
+        Z = Z - Z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(Z).sum(axis=1))
+        return float(np.mean(lse - Z[np.arange(len(y)), y]))
+
+    c = np.log(spread)
+    res = minimize_scalar(nll, bounds=(c - 12, c + 6), method="bounded")
+    return float(np.exp(res.x))
