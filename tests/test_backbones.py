@@ -372,9 +372,8 @@ def test_gem_and_avgmax_values():
 
 def test_token_layers_of_a_vit():
     kw = {"weights": None, "image_size": SIZE, "layer": "encoder.layers.encoder_layer_2"}
-    assert load_backbone("vit_b_32", **kw).pool == "cls"
-    avg = load_backbone("vit_b_32", pool="avg", **kw)
-    assert (avg.pool, avg.dim) == ("avg", 768)
+    bb = load_backbone("vit_b_32", **kw)
+    assert (bb.pool, bb.dim) == ("cls", 768)  # a class token: cls by default
     with pytest.raises(FeatxError, match="3-d tokens"):
         load_backbone("vit_b_32", pool="gem", **kw)
 
@@ -387,6 +386,11 @@ def test_invalid_layer_and_pool_combinations():
     with pytest.raises(FeatxError, match="did you mean layer4") as e:
         load_backbone("resnet18", None, image_size=SIZE, layer="layer5")
     assert "\n" not in str(e.value)
+
+
+def test_layer_that_never_runs():
+    with pytest.raises(FeatxError, match="never runs"):  # auxiliary head, skipped in eval mode
+        load_backbone("googlenet", None, image_size=SIZE, layer="aux1")
 
 
 def test_layer_hook_stops_the_forward_early():

@@ -340,63 +340,7 @@ def load_backbone(
     if image_size is not None and body.preprocess.crop_size != image_size:
         body.preprocess = body.preprocess.with_image_size(image_size)
 
-    net = body.model
-    net.eval()
-    net.requires_grad_(False)
-    size = body.preprocess.crop_size
-    where = f"{canonical}"
-    lay = (layer or "").strip()
-    if lay in ("", _features.PRE_LOGITS) and pool is None:
-        fm = _features.FeatureModel(net, source="output", pool="none")
-        layer_name, pool_default = _features.PRE_LOGITS, body.default_pool
-    else:
-        if lay in ("", _features.PRE_LOGITS, _features.FEATURE_MAP):
-            source, target, post = body.feature_map
-            layer_name = _features.FEATURE_MAP
-            where = f"the last feature map of {canonical}"
-        else:
-            modules = dict(net.named_modules())
-            if lay not in modules:
-                raise FeatxError(
-                    f"{canonical} has no layer {lay!r}{close_names(lay, list(modules))}; layer "
-                    "names are module paths of the network, e.g. "
-                    f"{', '.join(n for n in list(modules)[1:4])}"
-                )
-            source, target, post = "hook", lay, None
-            layer_name = lay
-            where = f"layer {lay!r} of {canonical}"
-        fm = _features.FeatureModel(
-            net,
-            source=source,
-            target=target,
-            pool="none",
-            layout=body.layout,
-            prefix_tokens=body.prefix_tokens,
-            post=post,
-        )
-        pool_default = None
-    fm.eval()
-    fm.requires_grad_(False)
-    try:
-        shape = _features.probe(fm, size)
-    except FeatxError:
-        raise
-    except Exception as e:
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-        raise FeatxError(
-            f"{where} cannot run at image size {size} ({type(e).__name__}: {msg}); "
-            "choose another --image-size or --layer"
-        ) from e
-    if pool_default is not None:  # the model's own pooled embedding
-        if len(shape) != 2:
-            raise RuntimeError(f"{canonical} embedding has shape {shape}, expected (1, D)")
-        fm.pool, used_pool = "none", pool_default
-    else:
-        used_pool = _features.check_pool(pool, len(shape), body.prefix_tokens, where)
-        fm.pool = used_pool
-    out = _features.meta_forward(fm, size)
-    if out.ndim != 2 or out.shape[0] != 1:
-        raise RuntimeError(f"{canonical} features have shape {tuple(out.shape)}, expected (1, D)")
+    fm, layer_name, used_pool, dim = _feature_model(body, canonical, (layer or "").strip(), pool)
     bb = Backbone(
         name=canonical,
         family=family,
@@ -405,7 +349,7 @@ def load_backbone(
         layer=layer_name,
         pool=used_pool,
         preprocess=body.preprocess,
-        dim=int(out.shape[1]),
+        dim=dim,
         model=fm,
     )
     logger.info(
@@ -415,9 +359,73 @@ def load_backbone(
         bb.layer,
         bb.pool,
         bb.dim,
-        size,
+        bb.preprocess.crop_size,
     )
     return bb
+
+
+def _feature_model(
+    body: Body, canonical: str, layer: str, pool: str | None
+) -> tuple[torch.nn.Module, str, str, int]:
+    """Wrap ``body`` so it returns the requested features; -> (model, layer, pool, dim)."""
+    from featx.backbones import _features
+
+    net = body.model
+    net.eval()
+    net.requires_grad_(False)
+    own_embedding = layer in ("", _features.PRE_LOGITS) and pool is None
+    if own_embedding:
+        fm = _features.FeatureModel(net, source="output", pool="none")
+        layer_name, where = _features.PRE_LOGITS, canonical
+    else:
+        if layer in ("", _features.PRE_LOGITS, _features.FEATURE_MAP):
+            source, target, post = body.feature_map
+            layer_name, where = _features.FEATURE_MAP, f"the last feature map of {canonical}"
+        else:
+            modules = list(dict(net.named_modules()))
+            if layer not in modules:
+                raise FeatxError(
+                    f"{canonical} has no layer {layer!r}{close_names(layer, modules)}; layer "
+                    f"names are module paths of the network, e.g. {', '.join(modules[1:4])}"
+                )
+            source, target, post = "hook", layer, None
+            layer_name, where = layer, f"layer {layer!r} of {canonical}"
+        fm = _features.FeatureModel(
+            net,
+            source=source,
+            target=target,
+            pool="none",
+            layout=body.layout,
+            prefix_tokens=body.prefix_tokens,
+            post=post,
+        )
+    fm.eval()
+    fm.requires_grad_(False)
+    size = body.preprocess.crop_size
+    try:
+        shape = _features.probe(fm, size)
+    except _features.LayerNotRun as e:
+        raise FeatxError(
+            f"{where} never runs in the forward pass (a container or an unused branch); "
+            "choose one of its submodules"
+        ) from e
+    except Exception as e:  # the architecture rejects this input size
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise FeatxError(
+            f"{where} cannot run at image size {size} ({type(e).__name__}: {msg}); "
+            "choose another --image-size or --layer"
+        ) from e
+    if own_embedding:
+        if len(shape) != 2:
+            raise RuntimeError(f"{canonical} embedding has shape {shape}, expected (1, D)")
+        used_pool = body.default_pool  # applied inside the model; fm itself adds nothing
+    else:
+        used_pool = _features.check_pool(pool, len(shape), body.prefix_tokens, where)
+        fm.pool = used_pool
+    out = _features.meta_forward(fm, size)
+    if out.ndim != 2 or out.shape[0] != 1:
+        raise RuntimeError(f"{canonical} features have shape {tuple(out.shape)}, expected (1, D)")
+    return fm, layer_name, used_pool, int(out.shape[1])
 
 
 def seeded(fn: Callable[[], Any], seed: int = 0) -> Any:

@@ -7,7 +7,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,7 +124,6 @@ def load_into(
     source: str,
     target: str,
     head_prefixes: Iterable[str] = (),
-    is_head: Callable[[str], bool] | None = None,
 ) -> None:
     """Copy ``state_dict`` into ``model``, tolerating only classifier-head differences.
 
@@ -145,7 +144,10 @@ def load_into(
         Naming a few missing, unexpected and shape-mismatched keys.
     """
     heads = tuple(head_prefixes)
-    head = is_head or (lambda k: is_head_key(k, heads))
+
+    def head(key: str) -> bool:
+        return is_head_key(key, heads)
+
     own = model.state_dict()
     missing = [k for k in own if k not in state_dict and not head(k)]
     unexpected = [k for k in state_dict if k not in own and not head(k)]

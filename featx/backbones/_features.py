@@ -80,6 +80,10 @@ def pool_features(
     raise ValueError(f"pool {pool!r} does not apply to a {y.ndim}-d output")
 
 
+class LayerNotRun(RuntimeError):
+    """The tapped module was not called during the forward pass."""
+
+
 class _StopForward(Exception):
     """Raised by the tap hook to skip the rest of the network once the layer has run."""
 
@@ -166,7 +170,7 @@ class FeatureModel(nn.Module):
             except _StopForward:
                 pass
             if not self._captured:
-                raise RuntimeError(f"layer {self.target!r} did not run in the forward pass")
+                raise LayerNotRun(f"layer {self.target!r} did not run in the forward pass")
             y = self._captured.pop()
         if self.post == "relu":
             y = torch.nn.functional.relu(y)
@@ -205,6 +209,8 @@ def meta_forward(module: nn.Module, size: int) -> torch.Tensor:
         with torch.no_grad():
             x = torch.empty(1, 3, size, size, device="meta")
             return torch.func.functional_call(module, tensors, (x,), strict=False)
+    except LayerNotRun:
+        raise
     except Exception as e:  # an op without a meta kernel, a CPU tensor attribute, ...
         logger.debug("meta forward failed (%s: %s); running one real image", type(e).__name__, e)
     with torch.inference_mode():

@@ -124,6 +124,7 @@ def _hf_reachable() -> bool:
 def pretrained_file(cfg: Any, full_name: str) -> str:
     """A local file with the weights of ``cfg``: from the caches, else downloaded."""
     import huggingface_hub
+    from huggingface_hub.errors import EntryNotFoundError
 
     if cfg.file:
         return str(cfg.file)
@@ -145,7 +146,7 @@ def pretrained_file(cfg: Any, full_name: str) -> str:
         for fn in files:
             try:
                 return huggingface_hub.hf_hub_download(repo, fn)
-            except huggingface_hub.errors.EntryNotFoundError as e:
+            except EntryNotFoundError as e:
                 last = e
             except Exception as e:
                 raise FeatxError(
