@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import functools
 import logging
 import math
 import os
@@ -172,7 +173,10 @@ def pretrained_file(cfg: Any, full_name: str) -> str:
 
 def _create(full_name: str, cfg: Any, size: int, **kwargs: Any) -> nn.Module:
     if cfg is not None and cfg.fixed_input_size:
-        kwargs["img_size"] = size  # ViT-like models build their position embeddings for it
+        try:  # ViT-like models build their position embeddings for the input size
+            return timm.create_model(full_name, num_classes=0, img_size=size, **kwargs)
+        except TypeError as e:
+            logger.debug("timm/%s takes no img_size (%s); building at its own size", full_name, e)
     return timm.create_model(full_name, num_classes=0, **kwargs)
 
 
@@ -193,7 +197,9 @@ def _own_pool(model: nn.Module) -> str:
 
 def build(req: LoadRequest) -> Body:
     arch, name_tag = split_name(req.name)
-    tag, pretrained = resolve_tag(arch, name_tag, req.weights)
+    # With a weights file, DEFAULT only picks the preprocessing, even for untrained archs.
+    from_file = req.weights_file is not None and req.weights == "DEFAULT"
+    tag, pretrained = resolve_tag(arch, name_tag, None if from_file else req.weights)
     full = f"{arch}.{tag}" if tag else arch
     cfg = get_pretrained_cfg(full) if tag else get_pretrained_cfg(arch)
     preprocess = preprocess_of(cfg)
@@ -256,6 +262,7 @@ def build(req: LoadRequest) -> Body:
 # listing
 
 
+@functools.cache
 def embedding_dim(arch: str) -> int | None:
     """``head_hidden_size`` (or ``num_features``) of the architecture built on ``meta``."""
     try:
