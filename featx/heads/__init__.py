@@ -4,17 +4,15 @@ Every head is a scikit-learn estimator, and :func:`make_head` wraps it with its 
 preprocessing in a :class:`sklearn.pipeline.Pipeline` (last step ``"head"``), so ``clone``,
 ``GridSearchCV``, ``cross_val_score`` and joblib all just work.
 
-======== =============================================================== ==================
-name     head                                                            default preprocess
-======== =============================================================== ==================
-logreg   :class:`LinearProbe`: multinomial logistic regression, C swept   standardize
-linear-svm  ``LinearSVC``, C swept on a validation split                 standardize
-svm      ``SVC(kernel="rbf")``, C x gamma swept on a validation split    standardize
-knn      :class:`CosineKNNClassifier`, k swept on a validation split     (cosine: none)
-ridge    ``RidgeClassifierCV``: alpha chosen by efficient leave-one-out   standardize
-centroid :class:`CentroidClassifier`: nearest class mean                  (cosine: none)
-mlp      :class:`MLPClassifier`: torch MLP with early stopping            standardize
-======== =============================================================== ==================
+- ``logreg``: :class:`LinearProbe`, multinomial logistic regression, C swept (standardize)
+- ``linear-svm``: ``LinearSVC``, C swept on a validation split (standardize)
+- ``svm``: ``SVC(kernel="rbf")``, C x gamma swept on a validation split (standardize)
+- ``knn``: :class:`CosineKNNClassifier`, k swept on a validation split (none: cosine)
+- ``ridge``: ``RidgeClassifierCV``, alpha chosen by efficient leave-one-out (standardize)
+- ``centroid``: :class:`CentroidClassifier`, nearest class mean (none: cosine)
+- ``mlp``: :class:`MLPClassifier`, torch MLP with early stopping (standardize)
+
+In parentheses: the default preprocessing.
 
 Examples
 --------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -51,22 +52,41 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     raise FeatxError(f"unknown dtype {dtype!r}; use 'float32' or 'float64'")
 
 
-# Below this many multiply-adds per matrix product, extra CPU threads cost more than they give:
-# torch's OpenMP workers spin at every barrier, and on a shared or busy machine a descheduled
-# worker stalls the others (measured 10-60x slow-downs on a loaded 2-core box).
+# Below this many multiply-adds per matrix product, extra CPU threads cost more than they give.
 SMALL_WORK = 100_000_000
+
+
+def _free_cores() -> int | None:
+    """CPU cores not busy with other processes (1-minute load average), or None if unknown."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not on every platform
+        return None
+    return max(1, int((os.cpu_count() or 1) - load + 0.5))
 
 
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, work: float) -> Iterator[None]:
-    """Use one CPU thread inside the block for small problems on the CPU; restore afterwards."""
+    """Inside the block, use no more CPU threads than small work or a busy machine can use.
+
+    torch's OpenMP workers spin at every barrier; when a core is taken by another process, a
+    descheduled worker stalls the others, and a fit runs 10-60x slower than on one thread
+    (measured on a loaded 2-core machine). So small problems run on one thread, and large ones
+    on at most the cores that the load average leaves free. Only ever lowers the thread count
+    set with ``torch.set_num_threads``, and restores it afterwards.
+    """
     import torch
 
-    if device.type != "cpu" or work >= SMALL_WORK or torch.get_num_threads() == 1:
+    before = torch.get_num_threads()
+    want = before
+    if device.type == "cpu" and before > 1:
+        free = _free_cores()
+        want = 1 if work < SMALL_WORK else min(before, free or before)
+    if want == before:
         yield
         return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+    logger.debug("torch CPU threads: %d for this fit (was %d)", want, before)
+    torch.set_num_threads(want)
     try:
         yield
     finally:

@@ -391,15 +391,17 @@ class _TorchSolver:
         with torch.no_grad():
             if len(val):
                 prob = _LogisticProblem(Xd[:n_tr], yd[:n_tr], K, sample_weights(y[train], K, cw))
-                Xv, yv = Xd[n_tr:], y[val]
+                # validation scores stay on the device: two numbers per C come back
+                sw_val = sample_weights(y[val], K, cw)
+                w_val = torch.ones(len(val)) if sw_val is None else torch.from_numpy(sw_val)
+                w_val = (w_val / w_val.sum()).to(device, torch.float64)
                 state = prob.start(prob.zeros())
                 track = _SweepTracker(len(Cs), self.p.patience)
                 for i, C in enumerate(Cs):
                     state, n_it, _ = _lbfgs(prob, state, float(C), self.p.max_iter, self.p.tol)
-                    Zv = prob.logits_of(state.theta, Xv)
-                    Pv = prob.proba(Zv).double().cpu().numpy()
-                    score = selection_score(yv, Pv.argmax(axis=1), K, cw)
-                    if track.add(i, score, _val_log_loss(Pv, yv)):
+                    Zv = prob.logits_of(state.theta, Xd[n_tr:])
+                    score, loss = prob.val_metrics(Zv, yd[n_tr:], w_val)
+                    if track.add(i, score, loss):
                         theta_init = state.theta.clone()
                     logger.debug("C=%-10.4g val=%.4f iter=%d", C, score, n_it)
                     if track.stop:
@@ -468,13 +470,21 @@ class _LogisticProblem:
         W, b = self.unpack(theta)
         return torch.addmm(b, X, W.T)
 
-    def proba(self, Z):
+    def val_metrics(self, Z, y, w) -> tuple[float, float]:
+        """(class-weighted accuracy with weights ``w`` summing to 1, mean log-loss) of logits Z."""
         import torch
+        import torch.nn.functional as F
 
         if self.binary:
-            p = torch.sigmoid(Z[:, 0])
-            return torch.stack([1 - p, p], dim=1)
-        return torch.softmax(Z, dim=1)
+            z = Z[:, 0]
+            pred = (z > 0).long()
+            nll = F.softplus(z) - y.to(z.dtype) * z
+        else:
+            pred = Z.argmax(dim=1)
+            nll = torch.logsumexp(Z, dim=1) - Z.gather(1, y.unsqueeze(1)).squeeze(1)
+        score = (w * (pred == y).double()).sum()
+        score, loss = torch.stack([score, nll.double().mean()]).tolist()
+        return score, loss
 
     def data_terms(self, Z):
         """(mean weighted loss as a float64 0-d tensor, d loss / d Z)."""
