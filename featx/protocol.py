@@ -1,0 +1,822 @@
+"""The evaluation protocol: splits, metrics, few-shot sampling, and evaluating a head on features.
+
+Everything here is deterministic given ``seed`` and depends on the items' keys and labels only,
+never on row order: two stores of different backbones over the same source get the same splits,
+so their heads are compared on the same test items.
+
+Examples
+--------
+>>> import numpy as np
+>>> from featx.features import FeatureSet
+>>> rng = np.random.default_rng(0)
+>>> y = np.repeat(np.arange(3), 40)
+>>> X = (rng.normal(size=(120, 8)) + 3 * np.eye(3, 8)[y]).astype(np.float32)
+>>> fs = FeatureSet(X=X, y=y, classes=("a", "b", "c"), split=None,
+...                 keys=np.array([f"img{i:03d}" for i in range(120)]))
+>>> result = evaluate(fs, "centroid", seed=0)
+>>> result.n_test, result.accuracy > 0.8
+(24, True)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.features import FeatureSet
+
+logger = logging.getLogger(__name__)
+
+SPLIT_MODES = ("auto", "store", "stratified")
+_CHUNK = 8192
+
+
+# ---------------------------------------------------------------------------------------------
+# input checks
+# ---------------------------------------------------------------------------------------------
+
+
+def check_features(fs: FeatureSet, rows: np.ndarray | None = None) -> np.ndarray:
+    """Validate a feature set for fitting; return the indices of its labeled rows.
+
+    Raises
+    ------
+    FeatxError
+        No labels at all, fewer than two classes among the labeled rows, NaN or inf in the
+        features of labeled rows, or arrays whose shapes do not match.
+    """
+    X, y = fs.X, np.asarray(fs.y)
+    if X.ndim != 2 or y.ndim != 1 or X.shape[0] != y.shape[0]:
+        raise FeatxError(
+            f"features of shape {X.shape} do not match labels of shape {y.shape}; "
+            "rebuild the feature store"
+        )
+    labeled = np.flatnonzero(y >= 0) if rows is None else rows
+    if len(labeled) == 0:
+        raise FeatxError(
+            f"the store has no labeled items ({fs.n} items, all unlabeled); "
+            "fit needs a labeled source (class folders or a CSV with a label column)"
+        )
+    if y.max(initial=-1) >= len(fs.classes):
+        raise FeatxError(
+            f"labels go up to {int(y.max())} but the store names {len(fs.classes)} classes; "
+            "rebuild the feature store"
+        )
+    present = np.unique(y[labeled])
+    if len(present) < 2:
+        raise FeatxError(
+            f"all {len(labeled)} labeled items are of one class ({fs.classes[present[0]]!r}); "
+            "a classifier needs at least 2 classes"
+        )
+    bad: list[np.ndarray] = []
+    for s in range(0, len(labeled), _CHUNK):
+        r = labeled[s : s + _CHUNK]
+        ok = np.isfinite(X[r]).all(axis=1)
+        if not ok.all():
+            bad.append(r[~ok])
+    if bad:
+        b = np.concatenate(bad)
+        first = str(fs.keys[b[0]])
+        raise FeatxError(
+            f"features contain NaN or inf in {len(b)} labeled items (first: {first!r}); "
+            "re-extract the store (e.g. in float32 instead of float16) or remove those items"
+        )
+    return labeled
+
+
+# ---------------------------------------------------------------------------------------------
+# splits
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    """One train/test partition of a feature set's rows.
+
+    Attributes
+    ----------
+    train, test : ndarray of int64
+        Row indices (sorted) into the feature set; labeled rows only.
+    name : str
+        What it is, e.g. ``"store split"``, ``"fold 2/5"``, ``"5-shot trial 3/10"``.
+    """
+
+    train: np.ndarray
+    test: np.ndarray
+    name: str
+
+    def keys(self, fs: FeatureSet) -> tuple[np.ndarray, np.ndarray]:
+        """The keys of the train and test items (to compare splits across stores)."""
+        return fs.keys[self.train], fs.keys[self.test]
+
+
+def _canonical(fs: FeatureSet, rows: np.ndarray) -> np.ndarray:
+    """``rows`` in key order: a row order that every store of the same source shares."""
+    return rows[np.argsort(fs.keys[rows], kind="stable")]
+
+
+def _min_class(fs: FeatureSet, rows: np.ndarray) -> tuple[str, int, int]:
+    counts = np.bincount(fs.y[rows], minlength=len(fs.classes))
+    present = np.flatnonzero(counts)
+    c = present[np.argmin(counts[present])]
+    return fs.classes[c], int(counts[c]), present
+
+
+def _store_split(fs: FeatureSet, labeled: np.ndarray) -> Split | None:
+    if fs.split is None:
+        return None
+    s = np.asarray(fs.split).astype(str)[labeled]
+    if (s == "test").any():
+        train, test, name = labeled[np.isin(s, ["train", "val"])], labeled[s == "test"], "test"
+    else:
+        train, test, name = labeled[s == "train"], labeled[s == "val"], "val"
+    if len(train) == 0 or len(test) == 0:
+        return None
+    n_other = int((~np.isin(s, ["train", "val", "test"])).sum())
+    if n_other:
+        logger.info("%d labeled items belong to no split and are left out", n_other)
+    desc = "store split (train+val / test)" if name == "test" else "store split (train / val)"
+    return Split(np.sort(train), np.sort(test), desc)
+
+
+def make_splits(
+    fs: FeatureSet,
+    *,
+    split: str = "auto",
+    test_size: float = 0.2,
+    cv: int | None = None,
+    seed: int = 0,
+) -> list[Split]:
+    """The train/test splits of the protocol, over labeled rows only.
+
+    Parameters
+    ----------
+    fs : FeatureSet
+    split : {"auto", "store", "stratified"}, default="auto"
+        ``"store"``: the store's own split (train and val are fitted on, test is tested on; a
+        store without test items is tested on val). ``"stratified"``: a seeded split with
+        ``test_size`` of each class held out. ``"auto"``: the store's split where it has one,
+        else stratified.
+    test_size : float, default=0.2
+    cv : int, optional
+        K stratified folds over all labeled items instead (the store's split is not used).
+    seed : int, default=0
+
+    Returns
+    -------
+    list of Split
+        One split, or ``cv`` folds.
+
+    Raises
+    ------
+    FeatxError
+        Too few items per class for the split or the folds (the message says how many are
+        needed), an unknown mode, or ``split="store"`` on a store without a usable split.
+    """
+    from featx.heads._split import stratified_holdout
+
+    if split not in SPLIT_MODES:
+        raise FeatxError(f"unknown split {split!r}; use one of {', '.join(SPLIT_MODES)}")
+    labeled = check_features(fs)
+    if cv is not None:
+        if isinstance(cv, bool) or not isinstance(cv, int | np.integer) or cv < 2:
+            raise FeatxError(f"cv must be an integer >= 2 folds; got {cv!r}")
+        if split == "store":
+            raise FeatxError("cv folds and split='store' exclude each other; choose one")
+        name, n_min, _ = _min_class(fs, labeled)
+        if n_min < cv:
+            raise FeatxError(
+                f"cv={cv} needs at least {cv} labeled items per class; class {name!r} has "
+                f"{n_min}; use fewer folds or add items"
+            )
+        if fs.split is not None:
+            logger.info("cv=%d folds over all labeled items; the store's split is not used", cv)
+        from sklearn.model_selection import StratifiedKFold
+
+        order = _canonical(fs, labeled)
+        folds = StratifiedKFold(n_splits=int(cv), shuffle=True, random_state=seed)
+        return [
+            Split(np.sort(order[tr]), np.sort(order[te]), f"fold {i + 1}/{cv}")
+            for i, (tr, te) in enumerate(folds.split(order, fs.y[order]))
+        ]
+    if split in ("auto", "store"):
+        s = _store_split(fs, labeled)
+        if s is not None:
+            return [s]
+        if split == "store":
+            raise FeatxError(
+                "the store has no usable split (labeled train and test/val items); "
+                "use split='stratified' or 'auto'"
+            )
+    if not 0 < test_size < 1:
+        raise FeatxError(f"test_size must be between 0 and 1; got {test_size!r}")
+    name, n_min, present = _min_class(fs, labeled)
+    if n_min < 2:
+        n_small = int((np.bincount(fs.y[labeled])[present] < 2).sum())
+        raise FeatxError(
+            f"a stratified split needs at least 2 labeled items per class; class {name!r} has "
+            f"{n_min} ({n_small} class(es) like it); add items or drop those classes"
+        )
+    order = _canonical(fs, labeled)
+    keep, hold = stratified_holdout(fs.y[order], test_size, seed)
+    desc = f"stratified split (test {test_size:g}, seed {seed})"
+    return [Split(np.sort(order[keep]), np.sort(order[hold]), desc)]
+
+
+def few_shot_splits(fs: FeatureSet, base: Split, shots: int, trials: int, seed: int) -> list[Split]:
+    """``trials`` splits with ``shots`` training items per class drawn from ``base.train``.
+
+    The test side stays ``base.test``. Trial ``t`` is seeded with ``(seed, t)`` and draws from the
+    key-ordered training items, so every store of the same source gets the same shots.
+
+    Raises
+    ------
+    FeatxError
+        A class with fewer than ``shots`` training items (the message names it).
+    """
+    if isinstance(shots, bool) or not isinstance(shots, int | np.integer) or shots < 1:
+        raise FeatxError(f"shots must be a positive integer; got {shots!r}")
+    if isinstance(trials, bool) or not isinstance(trials, int | np.integer) or trials < 1:
+        raise FeatxError(f"trials must be a positive integer; got {trials!r}")
+    order = _canonical(fs, base.train)
+    y = fs.y[order]
+    classes = np.unique(y)
+    counts = np.bincount(y, minlength=len(fs.classes))
+    short = [c for c in classes if counts[c] < shots]
+    if short:
+        c = min(short, key=lambda c: counts[c])
+        raise FeatxError(
+            f"{shots}-shot needs {shots} training items per class; class {fs.classes[c]!r} has "
+            f"{counts[c]} ({len(short)} class(es) short); use fewer shots"
+        )
+    by_class = [order[y == c] for c in classes]
+    out = []
+    for t in range(trials):
+        rng = np.random.default_rng([seed, t])
+        train = np.concatenate([rng.choice(rows, size=shots, replace=False) for rows in by_class])
+        out.append(Split(np.sort(train), base.test, f"{shots}-shot trial {t + 1}/{trials}"))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ClassReport:
+    """Precision, recall, F1 and support of one class on the test items."""
+
+    name: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+            "support": self.support,
+        }
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """The metrics of one fitted head on one test set.
+
+    ``top5_accuracy`` is None with 5 classes or fewer or when the head gives no scores;
+    ``log_loss`` is None when the head has no ``predict_proba``.
+    """
+
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    top5_accuracy: float | None
+    log_loss: float | None
+    per_class: tuple[ClassReport, ...]
+    confusion_matrix: np.ndarray
+    n_train: int = 0
+    n_test: int = 0
+    fit_seconds: float = 0.0
+    predict_seconds: float = 0.0
+    split: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "split": self.split,
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
+            "top5_accuracy": self.top5_accuracy,
+            "log_loss": self.log_loss,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "fit_seconds": self.fit_seconds,
+            "predict_seconds": self.predict_seconds,
+        }
+
+
+def compute_metrics(
+    y_true: np.ndarray,
+    y_pred: np.ndarray,
+    classes: Sequence[str],
+    *,
+    scores: np.ndarray | None = None,
+    proba: np.ndarray | None = None,
+) -> Metrics:
+    """Metrics of predictions over class indices ``0..len(classes)-1``.
+
+    Parameters
+    ----------
+    y_true, y_pred : ndarray of int
+        True and predicted class indices.
+    classes : sequence of str
+        All class names (the confusion matrix and per-class report cover every one of them).
+    scores : ndarray of shape (n, len(classes)), optional
+        Any per-class scores (probabilities or decision values; ``-inf`` for classes the head
+        never saw) for the top-5 accuracy.
+    proba : ndarray of shape (n, len(classes)), optional
+        Class probabilities for the log-loss.
+
+    Examples
+    --------
+    >>> m = compute_metrics(np.array([0, 1, 1]), np.array([0, 1, 0]), ["a", "b"])
+    >>> round(m.accuracy, 3), m.per_class[1].recall
+    (0.667, 0.5)
+    """
+    from sklearn import metrics as skm
+
+    K = len(classes)
+    labels = np.arange(K)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # classes absent from y_true / y_pred: handled below
+        acc = float(skm.accuracy_score(y_true, y_pred))
+        bacc = float(skm.balanced_accuracy_score(y_true, y_pred))
+        f1 = float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+        p, r, f, s = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, zero_division=0
+        )
+    top5 = None
+    if scores is not None and K > 5:
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
+        top5 = float(np.mean((top == np.asarray(y_true)[:, None]).any(axis=1)))
+    ll = None
+    if proba is not None:
+        eps = 1e-15
+        pt = np.clip(proba[np.arange(len(y_true)), y_true], eps, 1.0)
+        ll = float(-np.mean(np.log(pt)))
+    cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
+    per_class = tuple(
+        ClassReport(str(classes[i]), float(p[i]), float(r[i]), float(f[i]), int(s[i]))
+        for i in range(K)
+    )
+    return Metrics(acc, bacc, f1, top5, ll, per_class, cm)
+
+
+# ---------------------------------------------------------------------------------------------
+# results
+# ---------------------------------------------------------------------------------------------
+
+_MEANED = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "log_loss")
+
+
+@dataclass(frozen=True)
+class Result:
+    """A head evaluated on a feature set: the mean over runs (folds, trials) and each run.
+
+    Attributes
+    ----------
+    head : str
+        Registry name of the head (or the estimator's class name).
+    label : str
+        ``head`` with its parameters, e.g. ``"mlp(hidden_sizes=256,128)"``.
+    store : str or None
+        Name of the feature set (e.g. the backbone).
+    accuracy, balanced_accuracy, macro_f1 : float
+        Means over runs.
+    top5_accuracy, log_loss : float or None
+    std : dict of str to float
+        Sample standard deviation (ddof=1) of each metric over runs; empty for a single run.
+    fit_seconds, predict_seconds : float
+        Mean per run (fit includes the head's own hyper-parameter sweep).
+    per_class : tuple of ClassReport
+        From the predictions of all runs pooled.
+    confusion_matrix : ndarray of shape (n_classes, n_classes)
+        Summed over runs; rows are true classes, columns predicted ones.
+    n_unlabeled : int
+        Unlabeled items of the store, which were left out.
+    """
+
+    head: str
+    label: str
+    store: str | None
+    params: dict[str, Any]
+    preprocess: tuple[str, ...]
+    class_weight: str | None
+    protocol: str
+    classes: tuple[str, ...]
+    n_labeled: int
+    n_unlabeled: int
+    n_train: int
+    n_test: int
+    accuracy: float
+    balanced_accuracy: float
+    macro_f1: float
+    top5_accuracy: float | None
+    log_loss: float | None
+    fit_seconds: float
+    predict_seconds: float
+    std: dict[str, float]
+    per_class: tuple[ClassReport, ...]
+    confusion_matrix: np.ndarray
+    runs: tuple[Metrics, ...] = field(default=())
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.runs)
+
+    def to_dict(self, *, details: bool = True) -> dict[str, Any]:
+        """JSON-able dict; ``details=False`` leaves out per-class, confusion matrix and runs."""
+        d: dict[str, Any] = {
+            "head": self.head,
+            "label": self.label,
+            "store": self.store,
+            "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
+            "top5_accuracy": self.top5_accuracy,
+            "log_loss": self.log_loss,
+            "fit_seconds": self.fit_seconds,
+            "predict_seconds": self.predict_seconds,
+            "std": dict(self.std),
+            "params": {k: _jsonable(v) for k, v in self.params.items()},
+            "preprocess": list(self.preprocess),
+            "class_weight": self.class_weight,
+            "protocol": self.protocol,
+            "n_runs": self.n_runs,
+            "n_classes": len(self.classes),
+            "n_labeled": self.n_labeled,
+            "n_unlabeled": self.n_unlabeled,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+        }
+        if details:
+            d["classes"] = list(self.classes)
+            d["per_class"] = [c.to_dict() for c in self.per_class]
+            d["confusion_matrix"] = self.confusion_matrix.tolist()
+            d["runs"] = [m.to_dict() for m in self.runs]
+        return d
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, tuple | list | np.ndarray):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def head_label(head: str, params: Mapping[str, Any] | None) -> str:
+    """``"mlp(hidden_sizes=256,128, lr=0.01)"``: a head name with the parameters given to it.
+
+    ``device`` is left out: it changes where a head runs, not what it is.
+    """
+    params = {k: v for k, v in (params or {}).items() if k != "device"}
+    if not params:
+        return head
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, tuple | list | np.ndarray):
+            return ",".join(fmt(x) for x in v)
+        return f"{v:g}" if isinstance(v, float) else str(v)
+
+    return f"{head}({', '.join(f'{k}={fmt(v)}' for k, v in params.items())})"
+
+
+# ---------------------------------------------------------------------------------------------
+# fitting and evaluating
+# ---------------------------------------------------------------------------------------------
+
+
+def _build(
+    head: Any, params: Mapping[str, Any] | None, preprocess: Any, class_weight: Any, seed: int
+) -> tuple[Any, str, tuple[str, ...]]:
+    """(unfitted estimator, head name, preprocessing tokens)."""
+    from sklearn.base import clone
+
+    if isinstance(head, str):
+        from featx.heads import make_head, parse_preprocess
+
+        est = make_head(head, params, preprocess, class_weight=class_weight, random_state=seed)
+        tokens = tuple(str(t) for t in parse_preprocess(preprocess, head))
+        return est, head, tokens
+    if not hasattr(head, "fit") or not hasattr(head, "predict"):
+        raise FeatxError(f"head must be a head name or a scikit-learn classifier; got {head!r}")
+    if params:
+        raise FeatxError("params apply to named heads; set them on the estimator instead")
+    last = head.steps[-1][1] if hasattr(head, "steps") else head
+    return clone(head), type(last).__name__, ()
+
+
+def _check_fit_size(est: Any, n_train: int, dim: int) -> None:
+    """PCA asked for more components than the training data can give: say so before fitting."""
+    for _, step in getattr(est, "steps", []):
+        n = getattr(step, "n_components", None)
+        if type(step).__name__ == "PCA" and isinstance(n, int) and n > min(n_train, dim):
+            raise FeatxError(
+                f"pca:{n} needs at most min(training items, feature dim) = {min(n_train, dim)} "
+                f"components here; use pca:N with N <= {min(n_train, dim)}"
+            )
+
+
+def _full_columns(est: Any, values: np.ndarray, K: int, fill: float) -> np.ndarray:
+    """Per-class outputs of ``est`` (columns ``est.classes_``) spread over all K classes."""
+    cls = np.asarray(est.classes_)
+    if values.ndim == 1:  # binary decision_function: score of classes_[1]
+        values = np.column_stack([-values, values])
+    out = np.full((values.shape[0], K), fill, dtype=np.float64)
+    out[:, cls] = values
+    return out
+
+
+def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarray]:
+    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions)."""
+    X, y, K = fs.X, fs.y, len(fs.classes)
+    ytr = y[split.train]
+    if len(np.unique(ytr)) < 2:
+        raise FeatxError(
+            f"the training items of {split.name} are all of class {fs.classes[ytr[0]]!r}; "
+            "a classifier needs at least 2 classes"
+        )
+    _check_fit_size(est, len(split.train), fs.dim)
+    t0 = time.perf_counter()
+    est.fit(X[split.train], ytr)
+    fit_s = time.perf_counter() - t0
+    Xte, yte = X[split.test], y[split.test]
+    t0 = time.perf_counter()
+    y_pred = np.asarray(est.predict(Xte))
+    pred_s = time.perf_counter() - t0
+    proba = scores = None
+    if hasattr(est, "predict_proba"):
+        proba = _full_columns(est, np.asarray(est.predict_proba(Xte)), K, 0.0)
+        scores = proba
+    elif hasattr(est, "decision_function"):
+        scores = _full_columns(est, np.asarray(est.decision_function(Xte)), K, -np.inf)
+    m = replace(
+        compute_metrics(yte, y_pred, fs.classes, scores=scores, proba=proba),
+        n_train=len(split.train),
+        n_test=len(split.test),
+        fit_seconds=fit_s,
+        predict_seconds=pred_s,
+        split=split.name,
+    )
+    return est, m, y_pred
+
+
+def _aggregate(
+    fs: FeatureSet,
+    runs: list[Metrics],
+    preds: list[np.ndarray],
+    tests: list[np.ndarray],
+    *,
+    head: str,
+    params: Mapping[str, Any] | None,
+    preprocess: tuple[str, ...],
+    class_weight: Any,
+    protocol: str,
+    store: str | None,
+) -> Result:
+    means: dict[str, Any] = {}
+    std: dict[str, float] = {}
+    for k in (*_MEANED, "fit_seconds", "predict_seconds"):
+        vals = [getattr(m, k) for m in runs]
+        if any(v is None for v in vals):
+            means[k] = None
+            continue
+        means[k] = float(np.mean(vals))
+        if len(vals) > 1:
+            std[k] = float(np.std(vals, ddof=1))
+    y_true = np.concatenate([fs.y[t] for t in tests])
+    pooled = compute_metrics(y_true, np.concatenate(preds), fs.classes)
+    n_labeled = int((fs.y >= 0).sum())
+    return Result(
+        head=head,
+        label=head_label(head, params),
+        store=store,
+        params=dict(params or {}),
+        preprocess=preprocess,
+        class_weight=class_weight if isinstance(class_weight, str | None) else "custom",
+        protocol=protocol,
+        classes=tuple(fs.classes),
+        n_labeled=n_labeled,
+        n_unlabeled=fs.n - n_labeled,
+        n_train=int(round(np.mean([m.n_train for m in runs]))),
+        n_test=int(round(np.mean([m.n_test for m in runs]))),
+        accuracy=means["accuracy"],
+        balanced_accuracy=means["balanced_accuracy"],
+        macro_f1=means["macro_f1"],
+        top5_accuracy=means["top5_accuracy"],
+        log_loss=means["log_loss"],
+        fit_seconds=means["fit_seconds"],
+        predict_seconds=means["predict_seconds"],
+        std=std,
+        per_class=pooled.per_class,
+        confusion_matrix=pooled.confusion_matrix,
+        runs=tuple(runs),
+    )
+
+
+def protocol_splits(
+    fs: FeatureSet,
+    *,
+    split: str = "auto",
+    test_size: float = 0.2,
+    cv: int | None = None,
+    shots: int | None = None,
+    trials: int = 5,
+    seed: int = 0,
+) -> list[Split]:
+    """All the splits one evaluation runs over: one split, ``cv`` folds, or few-shot trials."""
+    if shots is not None and cv is not None:
+        raise FeatxError("few-shot (shots) and cv folds exclude each other; choose one")
+    splits = make_splits(fs, split=split, test_size=test_size, cv=cv, seed=seed)
+    if shots is not None:
+        splits = few_shot_splits(fs, splits[0], shots, trials, seed)
+    return splits
+
+
+def describe_splits(splits: Sequence[Split], shots: int | None, cv: int | None) -> str:
+    """A one-line description of the protocol, e.g. ``"5-fold stratified cv"``."""
+    if shots is not None:
+        base = splits[0].name.split(" trial ")[0]
+        return f"{base} x {len(splits)} trials"
+    if cv is not None:
+        return f"{cv}-fold stratified cv"
+    return splits[0].name
+
+
+def evaluate(
+    fs: FeatureSet,
+    head: Any = "logreg",
+    *,
+    params: Mapping[str, Any] | None = None,
+    preprocess: str | Sequence[Any] | None = "default",
+    class_weight: str | dict | None = None,
+    split: str = "auto",
+    test_size: float = 0.2,
+    cv: int | None = None,
+    shots: int | None = None,
+    trials: int = 5,
+    seed: int = 0,
+    store: str | None = None,
+    splits: Sequence[Split] | None = None,
+) -> Result:
+    """Fit a head on the training items and measure it on the test items.
+
+    Parameters
+    ----------
+    fs : FeatureSet
+        Unlabeled items (``y == -1``) are left out; the result counts them.
+    head : str or estimator, default="logreg"
+        A registered head name (see :func:`featx.heads.list_heads`) or any scikit-learn
+        classifier (cloned for each run).
+    params, preprocess, class_weight
+        Passed to :func:`featx.heads.make_head`.
+    split, test_size, cv, seed
+        See :func:`make_splits`.
+    shots, trials : int, optional
+        Few-shot: ``trials`` runs, each with ``shots`` training items per class (seeded per trial).
+    store : str, optional
+        Name of the feature set in the result.
+    splits : sequence of Split, optional
+        Precomputed splits (what :func:`featx.compare.compare` passes so every head and store
+        uses the same ones); overrides split/test_size/cv/shots.
+
+    Returns
+    -------
+    Result
+
+    Raises
+    ------
+    FeatxError
+        For every bad input: no labels, one class, too few items for the split, folds or shots,
+        NaN/inf features, unknown head or parameter.
+    """
+    check_features(fs)
+    if splits is None:
+        splits = protocol_splits(
+            fs, split=split, test_size=test_size, cv=cv, shots=shots, trials=trials, seed=seed
+        )
+    splits = list(splits)
+    _, name, tokens = _build(head, params, preprocess, class_weight, seed)
+    runs, preds = [], []
+    for s in splits:
+        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+        _, m, y_pred = _run(est, fs, s)
+        logger.info(
+            "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
+            name,
+            store or "features",
+            s.name,
+            m.accuracy,
+            m.fit_seconds,
+        )
+        runs.append(m)
+        preds.append(y_pred)
+    return _aggregate(
+        fs,
+        runs,
+        preds,
+        [s.test for s in splits],
+        head=name,
+        params=params,
+        preprocess=tokens,
+        class_weight=class_weight,
+        protocol=describe_splits(splits, shots, cv),
+        store=store,
+    )
+
+
+@dataclass(frozen=True)
+class FittedHead:
+    """A head fitted by :func:`fit_head`, with the evaluation of that very estimator.
+
+    Attributes
+    ----------
+    estimator : sklearn estimator
+        Fitted on class indices into ``classes``.
+    classes : tuple of str
+    result : Result
+        Metrics on the held-out test items of the estimator fitted on the training items.
+    head : str
+    params : dict
+    """
+
+    estimator: Any
+    classes: tuple[str, ...]
+    result: Result | None
+    head: str
+    params: dict[str, Any]
+
+
+def fit_head(
+    fs: FeatureSet,
+    head: Any = "logreg",
+    *,
+    params: Mapping[str, Any] | None = None,
+    preprocess: str | Sequence[Any] | None = "default",
+    class_weight: str | dict | None = None,
+    split: str = "auto",
+    test_size: float = 0.2,
+    seed: int = 0,
+    refit: str = "train",
+    store: str | None = None,
+) -> FittedHead:
+    """Fit one head to ship (e.g. in a bundle), evaluated on the protocol's test items.
+
+    Parameters
+    ----------
+    refit : {"train", "all"}, default="train"
+        ``"train"``: the returned estimator is the one fitted on the training items and
+        ``result`` measures exactly it. ``"all"``: after the evaluation, refit on every labeled
+        item (more data; ``result`` then describes the train-only fit that preceded it).
+
+    Other parameters are those of :func:`evaluate`.
+
+    Returns
+    -------
+    FittedHead
+    """
+    if refit not in ("train", "all"):
+        raise FeatxError(f"refit must be 'train' or 'all'; got {refit!r}")
+    labeled = check_features(fs)
+    s = make_splits(fs, split=split, test_size=test_size, seed=seed)[0]
+    est, name, tokens = _build(head, params, preprocess, class_weight, seed)
+    est, m, y_pred = _run(est, fs, s)
+    result = _aggregate(
+        fs,
+        [m],
+        [y_pred],
+        [s.test],
+        head=name,
+        params=params,
+        preprocess=tokens,
+        class_weight=class_weight,
+        protocol=s.name,
+        store=store,
+    )
+    if refit == "all":
+        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+        _check_fit_size(est, len(labeled), fs.dim)
+        est.fit(fs.X[labeled], fs.y[labeled])
+    return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}))
