@@ -152,7 +152,7 @@ def save_bundle(
     return path
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Bundle:
     """A loaded head bundle.
 

@@ -156,7 +156,7 @@ class Failure:
     error: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Leaderboard:
     """Results of every head on every store, best accuracy first.
 
@@ -310,7 +310,25 @@ class Leaderboard:
                 for c in b.per_class
             ]
             parts.append("")
+            pairs = most_confused(b, 10)
+            if pairs:
+                parts += [f"## Most confused classes: {_md(b.label)} on {_md(b.store)}", ""]
+                parts += ["| true class | predicted as | count |", "|---|---|---:|"]
+                parts += [f"| {_md(t)} | {_md(p)} | {n} |" for t, p, n in pairs]
+                parts.append("")
         return "\n".join(parts)
+
+
+def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
+    """The ``n`` largest off-diagonal confusion-matrix cells as (true, predicted, count)."""
+    cm = np.asarray(result.confusion_matrix).copy()
+    np.fill_diagonal(cm, 0)
+    flat = np.argsort(-cm, axis=None, kind="stable")[:n]
+    out = []
+    for i, j in zip(*np.unravel_index(flat, cm.shape), strict=True):
+        if cm[i, j] > 0:
+            out.append((result.classes[i], result.classes[j], int(cm[i, j])))
+    return out
 
 
 def _md(s: Any) -> str:
@@ -462,8 +480,8 @@ def _plot_confusion(r: Result, path: Path) -> Path:
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class (row-normalized)")
-    fs = float(np.clip(11 - K / 6, 5, 10))
-    if K <= 60:
+    fs = float(np.clip(11 - K / 6, 4.5, 10))
+    if K <= 120:
         ax.set_xticks(range(K), [_short(n) for n in names], rotation=60, ha="right", fontsize=fs)
         ax.set_yticks(range(K), [_short(n) for n in names], fontsize=fs)
     else:
@@ -486,7 +504,7 @@ def _plot_confusion(r: Result, path: Path) -> Path:
     ax.set_ylabel("true class")
     ax.set_title(
         f"{r.label} on {r.store}: accuracy {r.accuracy:.4f} ({int(cm.sum())} predictions)",
-        fontsize=10,
+        fontsize=12,
     )
     return _save(fig, path)
 

@@ -290,7 +290,7 @@ class ClassReport:
         }
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Metrics:
     """The metrics of one fitted head on one test set.
 
@@ -390,7 +390,7 @@ def compute_metrics(
 _MEANED = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "log_loss")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class Result:
     """A head evaluated on a feature set: the mean over runs (folds, trials) and each run.
 
@@ -747,7 +747,7 @@ def evaluate(
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
 class FittedHead:
     """A head fitted by :func:`fit_head`, with the evaluation of that very estimator.
 

@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 #: k values tried by the kNN head's validation sweep.
 DEFAULT_KS: tuple[int, ...] = (1, 3, 5, 10, 20, 50, 100)
 # Elements of the (queries x train) similarity block computed at once (float32: 256 MiB), and of
-# the (queries x k x dim) gather of the candidates that are re-scored in float64 (128 MiB).
+# the (queries x k x dim) gather of the candidates that are re-scored (float32: 64 MiB).
 _BLOCK = 64 * 1024 * 1024
 _GATHER = 16 * 1024 * 1024
 
@@ -188,26 +188,29 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
 def _topk(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices and cosine similarities of the k most similar rows of X for each row of Q.
 
-    Candidates come from a float32 similarity block; their similarities are then recomputed in
-    float64, so the result of one query does not depend on which other queries share its block.
-    Sorted by decreasing similarity, ties by increasing index.
+    Candidates come from a blocked float32 matrix product; their similarities are then
+    recomputed row by row (``einsum``), so a query's result does not depend on which other
+    queries share its block (BLAS may round differently for different block shapes). Sorted by
+    decreasing similarity, ties by increasing index.
     """
-    n_q = Q.shape[0]
+    n_q, n = Q.shape[0], X.shape[0]
     idx = np.empty((n_q, k), dtype=np.int64)
     sim = np.empty((n_q, k), dtype=np.float64)
-    step = max(1, min(_BLOCK // max(X.shape[0], 1), _GATHER // max(k * X.shape[1], 1)))
+    step = max(1, _BLOCK // max(n, 1))
+    sub = max(1, _GATHER // max(k * X.shape[1], 1))
     Xt = X.T
     for s in range(0, n_q, step):
-        q = Q[s : s + step]
-        S = q @ Xt
-        if k < X.shape[0]:
-            cand = np.argpartition(-S, k - 1, axis=1)[:, :k]
+        block = Q[s : s + step] @ Xt
+        if k < n:
+            cand = np.argpartition(-block, k - 1, axis=1)[:, :k]
         else:
-            cand = np.broadcast_to(np.arange(X.shape[0]), (len(q), X.shape[0]))
-        exact = np.einsum("qd,qkd->qk", q.astype(np.float64), X[cand].astype(np.float64))
-        order = np.lexsort((cand, -exact), axis=1)
-        idx[s : s + step] = np.take_along_axis(cand, order, axis=1)
-        sim[s : s + step] = np.take_along_axis(exact, order, axis=1)
+            cand = np.broadcast_to(np.arange(n), (block.shape[0], n))
+        for t in range(0, len(cand), sub):
+            c = cand[t : t + sub]
+            exact = np.einsum("qd,qkd->qk", Q[s + t : s + t + len(c)], X[c]).astype(np.float64)
+            order = np.lexsort((c, -exact), axis=1)
+            idx[s + t : s + t + len(c)] = np.take_along_axis(c, order, axis=1)
+            sim[s + t : s + t + len(c)] = np.take_along_axis(exact, order, axis=1)
     return idx, sim
 
 
