@@ -104,7 +104,7 @@ def config_difference(a: StoreConfig, b: StoreConfig, limit: int = 3) -> str:
 
 
 def _slug(s: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-")[:40] or "x"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in s).strip("-")[:64] or "x"
 
 
 def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | None = None) -> Path:
