@@ -308,6 +308,361 @@ def info(store: str, as_json: bool) -> None:
         click.echo(format_info(data))
 
 
+# ---------------------------------------------------------------------------------------------
+# heads: fit / compare / predict / run
+# ---------------------------------------------------------------------------------------------
+def _protocol_options(f):
+    """Options shared by fit and compare (the evaluation protocol)."""
+    opts = [
+        click.option(
+            "--split",
+            type=click.Choice(["auto", "store", "stratified"]),
+            default="auto",
+            show_default=True,
+            help="auto: the store's split when it has one, else stratified.",
+        ),
+        click.option(
+            "--test-size",
+            type=click.FloatRange(0, 1, min_open=True, max_open=True),
+            default=0.2,
+            show_default=True,
+            help="Share of items held out for testing.",
+        ),
+        click.option("--cv", type=click.IntRange(2), help="Stratified K-fold cross-validation."),
+        click.option(
+            "--shots", type=click.IntRange(1), help="Few-shot: K training items per class."
+        ),
+        click.option(
+            "--trials",
+            type=click.IntRange(1),
+            default=5,
+            show_default=True,
+            help="Few-shot trials (mean and std reported).",
+        ),
+        click.option("--seed", type=int, default=0, show_default=True),
+        click.option(
+            "--class-weight",
+            type=click.Choice(["balanced"]),
+            help="Reweight classes for imbalanced data.",
+        ),
+        click.option(
+            "--preprocess",
+            default="default",
+            show_default=True,
+            help="Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _store_label(path: str, meta: dict[str, Any], taken: set[str]) -> str:
+    from pathlib import Path
+
+    label = str(meta.get("backbone") or Path(path).stem)
+    if label in taken:
+        label = Path(path).stem
+    return label
+
+
+@cli.command(name="heads")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def heads_cmd(as_json: bool) -> None:
+    """List the heads and their parameters (for --param key=value)."""
+    from featx.heads import get_head_info, list_heads
+
+    rows = []
+    for name in list_heads():
+        info = get_head_info(name)
+        rows.append(
+            {
+                "name": name,
+                "summary": info.summary,
+                "params": {
+                    k: {"type": p.kind, "default": p.default, "help": p.help}
+                    for k, p in info.params.items()
+                },
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        click.echo(f"{r['name']:<11} {r['summary']}")
+        for k, p in r["params"].items():
+            click.echo(f"{'':<13}{k}={p['type']}  {p['help']} (default {p['default']})")
+
+
+def _print_result(res: dict[str, Any]) -> None:
+    def pct(v: Any) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    std = res.get("std") or {}
+    rows = [
+        ("head", res["label"]),
+        ("protocol", f"{res['protocol']} ({res['n_train']} train / {res['n_test']} test)"),
+        (
+            "accuracy",
+            pct(res["accuracy"]) + (f" ± {100 * std['accuracy']:.2f}" if "accuracy" in std else ""),
+        ),
+        ("balanced accuracy", pct(res["balanced_accuracy"])),
+        ("macro F1", pct(res["macro_f1"])),
+        ("top-5 accuracy", pct(res.get("top5_accuracy"))),
+        ("log-loss", "-" if res.get("log_loss") is None else f"{res['log_loss']:.4f}"),
+        ("fit seconds", f"{res['fit_seconds']:.2f}"),
+        ("predict seconds", f"{res['predict_seconds']:.3f}"),
+    ]
+    if res.get("n_unlabeled"):
+        rows.append(("unlabeled (left out)", res["n_unlabeled"]))
+    click.echo(_table(rows))
+    per_class = res.get("per_class") or []
+    if per_class:
+        click.echo("\nper class:  precision  recall  f1      support")
+        for c in per_class:
+            click.echo(
+                f"  {str(c['name'])[:10]:<10} {c['precision']:.3f}      {c['recall']:.3f}   "
+                f"{c['f1']:.3f}   {c['support']}"
+            )
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--head", default="logreg", show_default=True, help="Head name (see 'featx heads').")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Head parameter; repeat for several.",
+)
+@_protocol_options
+@click.option(
+    "--refit",
+    type=click.Choice(["all", "train"]),
+    default="all",
+    show_default=True,
+    help="Ship a head refit on every labeled item, or the one measured on the test split.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Bundle file (default: cache/heads/<store>__<head>.joblib).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def fit(
+    store: str,
+    head: str,
+    params: tuple[str, ...],
+    out: str | None,
+    as_json: bool,
+    refit: str,
+    **proto: Any,
+) -> None:
+    """Train a head on a feature STORE, report test metrics, save a bundle for predict.
+
+    \b
+    Examples:
+      featx fit cache/digits__...h5 --head logreg
+      featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
+      featx fit STORE --head knn --cv 5
+      featx fit STORE --head logreg --shots 10 --trials 5
+    """
+    import os
+    from pathlib import Path
+
+    from featx.bundle import save_bundle
+    from featx.heads import parse_params
+    from featx.protocol import evaluate, fit_head
+    from featx.store import load_features
+
+    fs = load_features(store)
+    p = parse_params(params)
+    common = dict(
+        params=p,
+        preprocess=proto["preprocess"],
+        class_weight=proto["class_weight"],
+        split=proto["split"],
+        test_size=proto["test_size"],
+        seed=proto["seed"],
+        store=Path(store).stem,
+    )
+    if proto["cv"] or proto["shots"]:
+        result = evaluate(
+            fs, head, cv=proto["cv"], shots=proto["shots"], trials=proto["trials"], **common
+        )
+        fitted = fit_head(fs, head, refit=refit, **common)
+    else:
+        fitted = fit_head(fs, head, refit=refit, **common)
+        result = fitted.result
+    res = result.to_dict(details=True)
+    cache = Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
+    bundle_path = Path(out) if out else cache / "heads" / f"{Path(store).stem}__{head}.joblib"
+    save_bundle(
+        bundle_path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False)
+    )
+    res["bundle"] = str(bundle_path)
+    if as_json:
+        _print_json(res)
+        return
+    _print_result(res)
+    click.echo(
+        f"\nbundle: {bundle_path} (refit on {'all labeled items' if refit == 'all' else 'train'})"
+    )
+
+
+@cli.command()
+@click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--heads",
+    default="logreg,knn,centroid,mlp",
+    show_default=True,
+    help="Comma-separated head names.",
+)
+@_protocol_options
+@click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV.")
+@click.option(
+    "--report", type=click.Path(file_okay=False), help="Write tables and PNG plots to this folder."
+)
+def compare(
+    stores: tuple[str, ...],
+    heads: str,
+    as_json: bool,
+    csv_path: str | None,
+    report: str | None,
+    **proto: Any,
+) -> None:
+    """Train every head on every STORE with the same splits; print a leaderboard.
+
+    \b
+    Examples:
+      featx compare cache/digits__efficientnet_lite0*.h5 --heads logreg,svm,knn,mlp
+      featx compare A.h5 B.h5 --heads logreg,knn --report reports/ab --csv ab.csv
+    """
+    from featx.compare import compare as run_compare
+    from featx.store import load_features
+
+    sets: dict[str, Any] = {}
+    for path in stores:
+        fs = load_features(path)
+        sets[_store_label(path, fs.meta, set(sets))] = fs
+    names = [h.strip() for h in heads.split(",") if h.strip()]
+    if not names:
+        raise FeatxError("--heads is empty; give e.g. --heads logreg,knn")
+    board = run_compare(
+        sets,
+        names,
+        preprocess=proto["preprocess"],
+        class_weight=proto["class_weight"],
+        split=proto["split"],
+        test_size=proto["test_size"],
+        cv=proto["cv"],
+        shots=proto["shots"],
+        trials=proto["trials"],
+        seed=proto["seed"],
+    )
+    if csv_path:
+        board.to_csv(csv_path)
+    if report:
+        board.write_report(report)
+    if as_json:
+        click.echo(board.to_json())
+    else:
+        click.echo(board.to_markdown())
+        if report:
+            click.echo(f"\nreport: {report}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path())
+@click.argument("source")
+@click.option("--out", type=click.Path(dir_okay=False), default="preds.csv", show_default=True)
+@click.option(
+    "--weights-file",
+    type=click.Path(dir_okay=False),
+    help="The local weights file the bundle's backbone was built from, if any.",
+)
+@click.option("--root", help="Folder of a torchvision dataset.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto")
+@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--workers", type=click.IntRange(0))
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
+def predict(
+    bundle: str,
+    source: str,
+    out: str,
+    weights_file: str | None,
+    root: str | None,
+    device: str,
+    precision: str,
+    batch_size: int,
+    workers: int | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Label the images of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
+
+    The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached store
+    (re-running extracts nothing new), and OUT gets path, predicted, true_label (when SOURCE has
+    labels) and p_<class> columns.
+
+    \b
+    Example:
+      featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
+    """
+    from featx.extract import ExtractOptions
+    from featx.predict import predict as run_predict
+
+    opts = ExtractOptions(
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        progress=not quiet,
+    )
+    res = run_predict(bundle, source, out=out, options=opts, weights_file=weights_file, root=root)
+    if as_json:
+        _print_json(res.to_dict())
+        return
+    top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
+    rows = [
+        ("predictions", f"{res.out} ({res.n_predicted} images)"),
+        ("features", f"{res.store} ({res.n_extracted} extracted now)"),
+        ("failed", res.n_failed),
+        ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),
+    ]
+    if res.accuracy is not None:
+        rows.append(("accuracy vs labels", f"{100 * res.accuracy:.2f}%"))
+    click.echo(_table(rows))
+
+
+@cli.command()
+@click.argument("pipeline", type=click.Path())
+@click.option("--report", type=click.Path(file_okay=False), help="Override the report folder.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
+    """Run a declarative experiment: sources x backbones x heads (see pipelines/).
+
+    Every store is reused from the cache when up to date; the leaderboard is printed and the
+    report folder gets tables and PNG plots.
+
+    \b
+    Example:
+      featx run pipelines/demo.toml
+    """
+    from featx.pipeline import run_pipeline
+
+    res = run_pipeline(pipeline, progress=not quiet, report=report)
+    if as_json:
+        _print_json(res.to_dict())
+    else:
+        click.echo(res.to_markdown())
+
+
 def main() -> None:
     cli(prog_name="featx")
 

@@ -1,0 +1,232 @@
+"""Declarative experiments: ``featx run PIPELINE.toml`` = sources x backbones x heads.
+
+Every (source, backbone) pair is extracted into its cached store (a no-op when the store is
+up to date), then every head is evaluated on every backbone of a source with the same splits, and
+the leaderboard, tables and plots are written to the report folder.
+
+A pipeline file::
+
+    name = "demo"
+    report = "reports/demo"          # relative to the pipeline file's folder
+
+    sources = ["sklearn:digits"]     # or a table: {spec = "torchvision:CIFAR10", root = "data"}
+
+    [[backbones]]
+    name = "efficientnet_lite0"      # also: weights, weights_file, layer, pool, image_size
+
+    [extract]                        # batch_size, workers, device, precision, dtype, ...
+    batch_size = 64
+
+    [protocol]                       # split, test_size, cv, shots, trials, seed, class_weight,
+                                     # preprocess
+    test_size = 0.2
+    seed = 0
+
+    [[heads]]
+    name = "logreg"
+    [[heads]]
+    name = "knn"
+    params = { k = 10 }              # optional; also preprocess = "l2"
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from featx.errors import FeatxError
+
+log = logging.getLogger(__name__)
+
+_TOP = {"name", "description", "report", "sources", "backbones", "heads", "extract", "protocol"}
+_SOURCE = {"spec", "root", "download", "name"}
+_BACKBONE = {"name", "weights", "weights_file", "layer", "pool", "image_size", "label"}
+_HEAD = {"name", "params", "preprocess"}
+_EXTRACT = {
+    "batch_size",
+    "workers",
+    "device",
+    "precision",
+    "dtype",
+    "content_hash",
+    "strict",
+    "compile",
+    "checkpoint_every",
+}
+_PROTOCOL = {"split", "test_size", "cv", "shots", "trials", "seed", "class_weight", "preprocess"}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A parsed, validated pipeline file."""
+
+    name: str
+    path: Path
+    report: Path
+    sources: tuple[dict[str, Any], ...]
+    backbones: tuple[dict[str, Any], ...]
+    heads: tuple[dict[str, Any], ...]
+    extract: dict[str, Any] = field(default_factory=dict)
+    protocol: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_keys(where: str, d: Any, allowed: set[str], path: Path) -> dict[str, Any]:
+    if not isinstance(d, dict):
+        raise FeatxError(f"pipeline {path}: {where} must be a table")
+    unknown = sorted(set(d) - allowed)
+    if unknown:
+        raise FeatxError(
+            f"pipeline {path}: unknown key {unknown[0]!r} in {where}; "
+            f"valid keys: {', '.join(sorted(allowed))}"
+        )
+    return d
+
+
+def load_pipeline(path: str | os.PathLike) -> Pipeline:
+    """Read and validate a pipeline TOML file (no extraction, no fitting)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FeatxError(f"pipeline file {p} does not exist")
+    try:
+        doc = tomllib.loads(p.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FeatxError(f"pipeline {p} is not valid TOML: {exc}") from None
+    _check_keys("the top level", doc, _TOP, p)
+    for key in ("sources", "backbones", "heads"):
+        if not doc.get(key):
+            raise FeatxError(f"pipeline {p}: needs at least one entry in '{key}'")
+    sources = []
+    for s in doc["sources"]:
+        s = {"spec": s} if isinstance(s, str) else dict(_check_keys("[[sources]]", s, _SOURCE, p))
+        if "spec" not in s:
+            raise FeatxError(f"pipeline {p}: every source needs a 'spec'")
+        spec = str(s["spec"])
+        if ":" not in spec and not os.path.isabs(spec):
+            spec = str((p.parent / spec).resolve())
+        s["spec"] = spec
+        sources.append(s)
+    backbones = []
+    for b in doc["backbones"]:
+        b = (
+            {"name": b}
+            if isinstance(b, str)
+            else dict(_check_keys("[[backbones]]", b, _BACKBONE, p))
+        )
+        if "name" not in b:
+            raise FeatxError(f"pipeline {p}: every backbone needs a 'name'")
+        backbones.append(b)
+    heads = []
+    for h in doc["heads"]:
+        h = {"name": h} if isinstance(h, str) else dict(_check_keys("[[heads]]", h, _HEAD, p))
+        if "name" not in h:
+            raise FeatxError(f"pipeline {p}: every head needs a 'name'")
+        heads.append(h)
+    ext = dict(_check_keys("[extract]", doc.get("extract", {}), _EXTRACT, p))
+    proto = dict(_check_keys("[protocol]", doc.get("protocol", {}), _PROTOCOL, p))
+    report = Path(doc.get("report", f"reports/{p.stem}"))
+    if not report.is_absolute():
+        report = Path(os.path.normpath(p.parent / report))
+    # Validate heads and parameters now, before any extraction.
+    from featx.heads import make_head
+
+    for h in heads:
+        make_head(
+            h["name"], h.get("params"), h.get("preprocess", proto.get("preprocess", "default"))
+        )
+    return Pipeline(
+        name=str(doc.get("name", p.stem)),
+        path=p,
+        report=report,
+        sources=tuple(sources),
+        backbones=tuple(backbones),
+        heads=tuple(heads),
+        extract=ext,
+        protocol=proto,
+    )
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    pipeline: Pipeline
+    stores: dict[str, dict[str, str]]  # source -> backbone label -> store path
+    leaderboards: dict[str, Any]  # source -> Leaderboard
+    reports: dict[str, Path]  # source -> report folder
+
+    def to_dict(self) -> dict[str, Any]:
+        import json
+
+        return {
+            "pipeline": self.pipeline.name,
+            "stores": self.stores,
+            "reports": {k: str(v) for k, v in self.reports.items()},
+            "leaderboards": {k: json.loads(lb.to_json()) for k, lb in self.leaderboards.items()},
+        }
+
+    def to_markdown(self) -> str:
+        parts = []
+        for src, lb in self.leaderboards.items():
+            parts += [f"## {src}", "", lb.to_markdown(), "", f"report: {self.reports[src]}", ""]
+        return "\n".join(parts).rstrip() + "\n"
+
+
+def _backbone_label(b: dict[str, Any]) -> str:
+    if b.get("label"):
+        return str(b["label"])
+    extra = [str(b[k]) for k in ("weights", "layer", "pool", "image_size") if b.get(k)]
+    return b["name"] + (f"[{','.join(extra)}]" if extra else "")
+
+
+def run_pipeline(
+    path: str | os.PathLike, *, progress: bool = False, report: str | os.PathLike | None = None
+) -> PipelineResult:
+    """Run a pipeline file end to end; see the module docstring for the format."""
+    from featx.compare import compare
+    from featx.extract import ExtractOptions, extract
+    from featx.store import load_features
+
+    pl = load_pipeline(path)
+    opts = ExtractOptions(**pl.extract, progress=progress)
+    proto = dict(pl.protocol)
+    heads = [
+        (h["name"], h.get("params") or {}, h["preprocess"])
+        if "preprocess" in h
+        else (h["name"], h.get("params") or {})
+        for h in pl.heads
+    ]
+    report_root = Path(report) if report else pl.report
+    stores: dict[str, dict[str, str]] = {}
+    boards: dict[str, Any] = {}
+    reports: dict[str, Path] = {}
+    multi = len(pl.sources) > 1
+    for s in pl.sources:
+        src_name = s.get("name") or Path(s["spec"].split(":", 1)[-1]).name or s["spec"]
+        stores[src_name] = {}
+        feature_sets = {}
+        for b in pl.backbones:
+            label = _backbone_label(b)
+            weights = b.get("weights", "DEFAULT")
+            log.info("extracting %s with %s", s["spec"], label)
+            r = extract(
+                s["spec"],
+                b["name"],
+                weights=None if str(weights).lower() == "none" else weights,
+                weights_file=b.get("weights_file"),
+                layer=b.get("layer"),
+                pool=b.get("pool"),
+                image_size=b.get("image_size"),
+                options=opts,
+                root=s.get("root"),
+                download=bool(s.get("download", False)),
+            )
+            stores[src_name][label] = r.store
+            feature_sets[label] = load_features(r.store)
+        lb = compare(feature_sets, heads, **proto)
+        out = report_root / src_name if multi else report_root
+        lb.write_report(out)
+        boards[src_name] = lb
+        reports[src_name] = out
+    return PipelineResult(pipeline=pl, stores=stores, leaderboards=boards, reports=reports)

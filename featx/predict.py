@@ -1,0 +1,163 @@
+"""From a trained head bundle and new raw images to labels.
+
+The bundle remembers the backbone configuration of the store it was trained on. Prediction
+rebuilds exactly that backbone, extracts the new images into their own cached store (so a second
+prediction over the same folder extracts nothing), checks the feature dimension, and writes a CSV
+with the predicted label and per-class probabilities.
+
+Examples
+--------
+>>> from featx.predict import predict
+>>> res = predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> res.n_predicted  # doctest: +SKIP
+42
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    out: str
+    store: str
+    n_predicted: int
+    n_failed: int
+    n_extracted: int
+    classes: tuple[str, ...]
+    counts: dict[str, int]
+    accuracy: float | None  # when the new source carries labels the head knows
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["classes"] = list(self.classes)
+        return d
+
+
+def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike | None = None):
+    """Load the backbone a bundle's store was built with, and prove it is the same one."""
+    from featx.backbones import load_backbone
+
+    cfg = (store_meta.get("config") or {}).get("backbone")
+    if not isinstance(cfg, dict) or "name" not in cfg:
+        raise FeatxError("the bundle does not record its backbone; refit it with this featx")
+    weights = cfg.get("weights")
+    if str(weights).startswith("file:") and weights_file is None:
+        raise FeatxError(
+            f"the bundle's backbone used a local weights file ({weights[5:]}); "
+            "pass it again with --weights-file"
+        )
+    layer = cfg.get("layer") or None
+    kwargs = {
+        "weights_file": weights_file,
+        "layer": layer,
+        "pool": cfg.get("pool") if layer and layer != "pre_logits" else None,
+    }
+    w = None if str(weights).lower() == "none" or weights_file else weights
+    bb = load_backbone(cfg["name"], w, **kwargs)
+    crop = (cfg.get("preprocess") or {}).get("crop_size")
+    if crop and bb.preprocess.crop_size != crop:
+        bb = load_backbone(cfg["name"], w, image_size=int(crop), **kwargs)
+    if bb.config() != cfg:
+        from featx.store import StoreConfig, config_difference
+
+        diff = config_difference(
+            StoreConfig(source={}, backbone=cfg), StoreConfig(source={}, backbone=bb.config())
+        )
+        raise FeatxError(
+            f"cannot rebuild the bundle's backbone exactly ({diff}); "
+            "use the featx version and weights it was trained with"
+        )
+    return bb
+
+
+def predict(
+    bundle: str | os.PathLike,
+    source: str | os.PathLike,
+    *,
+    out: str | os.PathLike | None = None,
+    options: Any = None,
+    weights_file: str | os.PathLike | None = None,
+    root: str | None = None,
+    download: bool = False,
+) -> PredictResult:
+    """Predict labels of every image of ``source`` with a head bundle; write a CSV.
+
+    Parameters
+    ----------
+    bundle : path-like
+        A bundle written by ``featx fit``.
+    source : str or path-like
+        Folder, CSV manifest or ``torchvision:NAME``, as for ``featx extract``.
+    out : path-like, optional
+        The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
+        ``p_<class>`` column per class when the head gives probabilities. Written atomically.
+    options : featx.extract.ExtractOptions, optional
+        How to run the extraction.
+    """
+    from featx.bundle import load_bundle
+    from featx.extract import extract
+    from featx.store import load_features
+
+    b = load_bundle(bundle)
+    bb = rebuild_backbone(b.store_meta, weights_file)
+    if b.dim is not None and int(b.dim) != int(bb.dim):
+        raise FeatxError(
+            f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
+        )
+    r = extract(source, bb, options=options, root=root, download=download)
+    fs = load_features(r.store)
+    b.check_compatible(fs.dim)
+    pred = np.asarray(b.predict(fs.X), dtype=object)
+    proba = b.predict_proba(fs.X) if hasattr(b.estimator, "predict_proba") else None
+    true = (
+        np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
+        if fs.classes
+        else None
+    )
+
+    out_path = Path(out or "preds.csv")
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    header = ["path", "predicted"] + (["true_label"] if true is not None else [])
+    if proba is not None:
+        header += [f"p_{c}" for c in b.classes]
+    w.writerow(header)
+    for i, key in enumerate(fs.keys):
+        row = [key, pred[i]] + ([true[i]] if true is not None else [])
+        if proba is not None:
+            row += [f"{p:.6f}" for p in proba[i]]
+        w.writerow(row)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, out_path)
+
+    counts: dict[str, int] = {}
+    for p in pred:
+        counts[str(p)] = counts.get(str(p), 0) + 1
+    accuracy = None
+    if true is not None:
+        known = np.array([t in b.classes for t in true])
+        if known.any():
+            accuracy = float(np.mean(pred[known] == true[known]))
+    return PredictResult(
+        out=str(out_path),
+        store=r.store,
+        n_predicted=len(fs.keys),
+        n_failed=r.n_failed,
+        n_extracted=r.n_new,
+        classes=tuple(b.classes),
+        counts=counts,
+        accuracy=accuracy,
+    )
