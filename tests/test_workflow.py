@@ -193,3 +193,18 @@ def test_demo_pipeline(tmp_path):
     best = max(row["accuracy"] for row in rows)
     assert best > 0.9  # real ImageNet features separate handwritten digits
     assert (tmp_path / "demo" / "confusion_matrix.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")),
+    ids=lambda p: p.name,
+)
+def test_shipped_pipelines_are_valid(path):
+    from featx.pipeline import load_pipeline
+
+    pl = load_pipeline(path)
+    assert pl.sources and pl.backbones and len(pl.heads) >= 3
+    from featx.backbones import resolve_name
+
+    for b in pl.backbones:
+        resolve_name(b["name"])  # every backbone exists in the registry
