@@ -136,6 +136,11 @@ def _open_read(path: str | os.PathLike):
     h5py = _h5()
     p = Path(path)
     if not p.exists():
+        if p.with_name(p.name + ".parts").is_dir():
+            raise StoreError(
+                f"store {p} has an unfinished extraction ({p.name}.parts); "
+                "run the same 'featx extract' again to resume it"
+            )
         raise StoreError(f"store {p} does not exist; run 'featx extract' first or check the path")
     if p.is_dir():
         raise StoreError(f"{p} is a folder, not a featx store (.h5 file)")

@@ -220,6 +220,8 @@ def test_resume_from_parts_after_interruption(image_folder, tiny_backbone, tmp_p
         _run(image_folder, tiny_backbone, store, checkpoint_every=4)
     assert not store.exists()
     assert len(list((tmp_path / "s.h5.parts").glob("part-*.h5"))) == 2
+    with pytest.raises(StoreError, match="unfinished extraction"):
+        store_info(store)
     monkeypatch.setattr(engine.DecodeDataset, "__getitem__", real)
     r = _run(image_folder, tiny_backbone, store, checkpoint_every=4)
     assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
