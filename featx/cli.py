@@ -357,15 +357,6 @@ def _protocol_options(f):
     return f
 
 
-def _store_label(path: str, meta: dict[str, Any], taken: set[str]) -> str:
-    from pathlib import Path
-
-    label = str(meta.get("backbone") or Path(path).stem)
-    if label in taken:
-        label = Path(path).stem
-    return label
-
-
 @cli.command(name="heads")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def heads_cmd(as_json: bool) -> None:
@@ -468,46 +459,17 @@ def fit(
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
     """
-    import os
-    from pathlib import Path
-
-    from featx.bundle import save_bundle
     from featx.heads import parse_params
-    from featx.protocol import evaluate, fit_head
-    from featx.store import load_features
+    from featx.train import fit_store
 
-    fs = load_features(store)
-    p = parse_params(params)
-    common = dict(
-        params=p,
-        preprocess=proto["preprocess"],
-        class_weight=proto["class_weight"],
-        split=proto["split"],
-        test_size=proto["test_size"],
-        seed=proto["seed"],
-        store=Path(store).stem,
-    )
-    if proto["cv"] or proto["shots"]:
-        result = evaluate(
-            fs, head, cv=proto["cv"], shots=proto["shots"], trials=proto["trials"], **common
-        )
-        fitted = fit_head(fs, head, refit=refit, **common)
-    else:
-        fitted = fit_head(fs, head, refit=refit, **common)
-        result = fitted.result
-    res = result.to_dict(details=True)
-    cache = Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
-    bundle_path = Path(out) if out else cache / "heads" / f"{Path(store).stem}__{head}.joblib"
-    save_bundle(
-        bundle_path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False)
-    )
-    res["bundle"] = str(bundle_path)
+    report = fit_store(store, head, params=parse_params(params), refit=refit, out=out, **proto)
+    res = report.to_dict(details=True)
     if as_json:
         _print_json(res)
         return
     _print_result(res)
     click.echo(
-        f"\nbundle: {bundle_path} (refit on {'all labeled items' if refit == 'all' else 'train'})"
+        f"\nbundle: {report.bundle} (refit on {'all labeled items' if refit == 'all' else 'train'})"
     )
 
 
@@ -540,28 +502,10 @@ def compare(
       featx compare cache/digits__efficientnet_lite0*.h5 --heads logreg,svm,knn,mlp
       featx compare A.h5 B.h5 --heads logreg,knn --report reports/ab --csv ab.csv
     """
-    from featx.compare import compare as run_compare
-    from featx.store import load_features
+    from featx.train import compare_stores
 
-    sets: dict[str, Any] = {}
-    for path in stores:
-        fs = load_features(path)
-        sets[_store_label(path, fs.meta, set(sets))] = fs
     names = [h.strip() for h in heads.split(",") if h.strip()]
-    if not names:
-        raise FeatxError("--heads is empty; give e.g. --heads logreg,knn")
-    board = run_compare(
-        sets,
-        names,
-        preprocess=proto["preprocess"],
-        class_weight=proto["class_weight"],
-        split=proto["split"],
-        test_size=proto["test_size"],
-        cv=proto["cv"],
-        shots=proto["shots"],
-        trials=proto["trials"],
-        seed=proto["seed"],
-    )
+    board = compare_stores(stores, names, **proto)
     if csv_path:
         board.to_csv(csv_path)
     if report:
