@@ -279,8 +279,11 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "created": meta.get("created"),
             "updated": meta.get("updated"),
             "versions": {
-                k[: -len("_version")]: v for k, v in meta.items() if k.endswith("_version")
+                k[: -len("_version")]: v
+                for k, v in meta.items()
+                if k.endswith("_version") and k != "schema_version"
             },
+            "schema_version": meta.get("schema_version"),
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}
