@@ -28,16 +28,16 @@ demo: $(VENV)/.installed-runtime
 	$(VENV)/bin/featx run pipelines/demo.toml
 
 test: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check featx tests benchmarks
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
 
 lint: $(VENV)/.installed-test
-	$(VENV)/bin/ruff check featx tests benchmarks
-	$(VENV)/bin/ruff format --check featx tests benchmarks
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 format: $(VENV)/.installed-test
-	$(VENV)/bin/ruff format featx tests benchmarks
-	$(VENV)/bin/ruff check --fix featx tests benchmarks
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
 
 clean:
 	rm -rf $(VENV) cache/* reports
