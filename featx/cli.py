@@ -487,12 +487,14 @@ def fit(
 @click.option(
     "--report", type=click.Path(file_okay=False), help="Write tables and PNG plots to this folder."
 )
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def compare(
     stores: tuple[str, ...],
     heads: str,
     as_json: bool,
     csv_path: str | None,
     report: str | None,
+    quiet: bool,
     **proto: Any,
 ) -> None:
     """Train every head on every STORE with the same splits; print a leaderboard.
@@ -505,7 +507,7 @@ def compare(
     from featx.train import compare_stores
 
     names = [h.strip() for h in heads.split(",") if h.strip()]
-    board = compare_stores(stores, names, **proto)
+    board = compare_stores(stores, names, progress=not quiet, **proto)
     if csv_path:
         board.to_csv(csv_path)
     if report:

@@ -580,6 +580,7 @@ def compare(
     trials: int = 5,
     seed: int = 0,
     on_error: str = "continue",
+    progress: bool = False,
 ) -> Leaderboard:
     """Evaluate every head on every store with the same splits; rank them.
 
@@ -597,6 +598,8 @@ def compare(
         What a head that fails while fitting does: be listed under ``failures`` (and logged)
         while the others go on, or stop the comparison. Unknown heads and parameters always
         raise before anything is fitted.
+    progress : bool, default=False
+        Show a progress bar over the (store, head) fits on stderr.
 
     Returns
     -------
@@ -629,8 +632,22 @@ def compare(
     protocol = describe_splits(splits, shots, cv)
     results: list[Result] = []
     failures: list[Failure] = []
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(aligned) * len(specs),
+        desc="fit",
+        unit="head",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     for store, fs in aligned.items():
         for (name, params, pre), label in zip(specs, labels, strict=True):
+            bar.set_postfix_str(f"{label} on {store}", refresh=True)
+            bar.update(0)
             try:
                 r = evaluate(
                     fs,
@@ -649,8 +666,11 @@ def compare(
                 logger.error("%s on %s failed: %s", label, store, msg)
                 failures.append(Failure(store, label, msg))
                 continue
+            finally:
+                bar.update(1)
             r = replace(r, protocol=protocol, label=label)
             results.append(r)
+    bar.close()
     results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
     return Leaderboard(
         results=tuple(results),

@@ -224,7 +224,7 @@ def run_pipeline(
             )
             stores[src_name][label] = r.store
             feature_sets[label] = load_features(r.store)
-        lb = compare(feature_sets, heads, **proto)
+        lb = compare(feature_sets, heads, progress=progress, **proto)
         out = report_root / src_name if multi else report_root
         lb.write_report(out)
         boards[src_name] = lb
