@@ -17,12 +17,19 @@ The problem is synthetic but not trivially separable: class means lie in a low-r
 (``--rank``), features get correlated low-rank nuisance plus isotropic noise, and a ReLU-like
 shift makes them non-negative and skewed like pooled CNN features; the Bayes accuracy is well
 below 100 %. Prints one JSON object.
+
+Threads: scikit-learn's lbfgs runs its matrix products in numpy's OpenBLAS on every core. The
+torch backend caps its threads by the 1-minute load average (``featx.heads._torch.cpu_threads``),
+which on a small machine also counts the benchmark's own previous step; each row reports the
+thread count it got and the load average it started under. ``--ignore-load`` disables that cap
+(both backends then use every core) to compare the solvers themselves.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import sys
@@ -53,6 +60,24 @@ def make_problem(
     return X, y, Xt, yt
 
 
+class _ThreadLog(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.seen: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "threads" in record.getMessage():
+            self.seen.append(record.getMessage())
+
+
+def _threads(backend: str, seen: list[str]) -> str:
+    import torch
+
+    if backend != "torch":
+        return "numpy OpenBLAS, all cores"
+    return seen[-1] if seen else f"{torch.get_num_threads()} (no cap)"
+
+
 def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
     import warnings
 
@@ -62,11 +87,19 @@ def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
 
     if threads:
         torch.set_num_threads(threads)
+    log = logging.getLogger("featx.heads._torch")
+    handler = _ThreadLog()
+    log.addHandler(handler)
+    log.setLevel(logging.DEBUG)
+    load = os.getloadavg()[0]
     probe = LinearProbe(backend=backend, Cs=Cs, random_state=0, device="cpu")
     t0 = time.perf_counter()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        probe.fit(X, y)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            probe.fit(X, y)
+    finally:
+        log.removeHandler(handler)
     seconds = time.perf_counter() - t0
     acc = float((probe.predict(Xt) == yt).mean())
     return {
@@ -77,6 +110,8 @@ def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
         "best_val_accuracy": round(float(np.nanmax(probe.val_scores_)), 4),
         "C": probe.C_,
         "final_fit_iterations": probe.n_iter_,
+        "load_average_at_start": round(load, 2),
+        "threads": _threads(backend, handler.seen),
         "warnings": sorted({str(w.message)[:120] for w in caught}),
     }
 
@@ -92,8 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,sklearn")
     ap.add_argument("--full-torch", action="store_true", help="also torch on all 45 values")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    ap.add_argument("--ignore-load", action="store_true", help="no load-average thread cap")
     a = ap.parse_args(argv)
 
+    if a.ignore_load:
+        import featx.heads._torch as ht
+
+        ht._free_cores = lambda: None
     from featx.heads.linear import DEFAULT_CS
 
     t0 = time.perf_counter()
@@ -112,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": a.n_test,
         "dim": a.dim,
         "classes": a.classes,
+        "ignore_load": a.ignore_load,
         "grid": f"every {a.stride} of 45 -> {len(Cs)} values" if a.stride > 1 else "45 values",
         "generate_seconds": round(gen_s, 1),
         "rows": rows,
