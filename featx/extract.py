@@ -40,6 +40,7 @@ class ExtractOptions:
     strict: bool = False
     compile: bool = False
     channels_last: bool = True
+    fold_bn: bool = True  # BatchNorm folded into convs for inference (float32-rounding equal)
     checkpoint_every: int = 2048  # images per durable part file
     checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
     progress: bool = False
@@ -382,6 +383,7 @@ def _run(
         workers=opts.workers,
         channels_last=opts.channels_last,
         compile=opts.compile,
+        fold_bn=opts.fold_bn,
         progress=opts.progress,
     ):
         if batch.indices.size:
