@@ -34,6 +34,11 @@ class FeatxGroup(click.Group):
                 raise
             click.echo(f"error: {exc}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:  # e.g. `featx ... --json | head`: the reader left; stop quietly
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
