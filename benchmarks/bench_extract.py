@@ -130,11 +130,11 @@ def model_only(model_name: str, device: str, batch_size: int, precision: str, st
     import torch
 
     from featx.backbones import load_backbone
-    from featx.engine import keep_heap_pages
+    from featx.engine import fold_batchnorm, keep_heap_pages
 
     undo = keep_heap_pages() if device == "cpu" else (lambda: None)
     bb = load_backbone(model_name, None)
-    model = bb.model.to(device).eval().to(memory_format=torch.channels_last)
+    model = fold_batchnorm(bb.model.to(device).eval(), 224).to(memory_format=torch.channels_last)
     x = torch.randn(batch_size, 3, 224, 224, device=device).contiguous(
         memory_format=torch.channels_last
     )

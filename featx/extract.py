@@ -40,7 +40,7 @@ class ExtractOptions:
     strict: bool = False
     compile: bool = False
     channels_last: bool = True
-    fold_bn: bool = True  # BatchNorm folded into convs for inference (float32-rounding equal)
+    fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
     checkpoint_every: int = 2048  # images per durable part file
     checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
     progress: bool = False
