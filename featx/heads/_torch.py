@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -56,32 +55,23 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 SMALL_WORK = 100_000_000
 
 
-def _free_cores() -> int | None:
-    """CPU cores not busy with other processes (1-minute load average), or None if unknown."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not on every platform
-        return None
-    return max(1, int((os.cpu_count() or 1) - load + 0.5))
-
-
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, work: float) -> Iterator[None]:
-    """Inside the block, use no more CPU threads than small work or a busy machine can use.
+    """Inside the block, run small problems on one CPU thread; leave large ones alone.
 
-    torch's OpenMP workers spin at every barrier; when a core is taken by another process, a
-    descheduled worker stalls the others, and a fit runs 10-60x slower than on one thread
-    (measured on a loaded 2-core machine). So small problems run on one thread, and large ones
-    on at most the cores that the load average leaves free. Only ever lowers the thread count
-    set with ``torch.set_num_threads``, and restores it afterwards.
+    Below ``SMALL_WORK`` multiply-adds per product, OpenMP's fork/join and barrier spinning cost
+    more than extra threads give. Large problems keep the thread count set with
+    ``torch.set_num_threads`` (all cores by default), as numpy and scikit-learn do; on a machine
+    shared with other jobs, lower it there (or with ``OMP_NUM_THREADS``). An earlier version also
+    capped threads by the load average, which counted featx's own recent work (an extraction a
+    minute before) and dropped fits to one thread. Restores the count afterwards.
     """
     import torch
 
     before = torch.get_num_threads()
     want = before
     if device.type == "cpu" and before > 1:
-        free = _free_cores()
-        want = 1 if work < SMALL_WORK else min(before, free or before)
+        want = 1 if work < SMALL_WORK else before
     if want == before:
         yield
         return
