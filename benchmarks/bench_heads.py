@@ -18,11 +18,10 @@ The problem is synthetic but not trivially separable: class means lie in a low-r
 shift makes them non-negative and skewed like pooled CNN features; the Bayes accuracy is well
 below 100 %. Prints one JSON object.
 
-Threads: scikit-learn's lbfgs runs its matrix products in numpy's OpenBLAS on every core. The
-torch backend caps its threads by the 1-minute load average (``featx.heads._torch.cpu_threads``),
-which on a small machine also counts the benchmark's own previous step; each row reports the
-thread count it got and the load average it started under. ``--ignore-load`` disables that cap
-(both backends then use every core) to compare the solvers themselves.
+Threads: scikit-learn's lbfgs runs its matrix products in numpy's OpenBLAS on every core, and so
+does the torch backend for problems of this size (``featx.heads._torch.cpu_threads`` only drops
+small problems to one thread); each row reports the thread count it got and the load average it
+started under.
 """
 
 from __future__ import annotations
@@ -127,13 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,sklearn")
     ap.add_argument("--full-torch", action="store_true", help="also torch on all 45 values")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
-    ap.add_argument("--ignore-load", action="store_true", help="no load-average thread cap")
     a = ap.parse_args(argv)
 
-    if a.ignore_load:
-        import featx.heads._torch as ht
-
-        ht._free_cores = lambda: None
     from featx.heads.linear import DEFAULT_CS
 
     t0 = time.perf_counter()
@@ -152,7 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         "n_test": a.n_test,
         "dim": a.dim,
         "classes": a.classes,
-        "ignore_load": a.ignore_load,
         "grid": f"every {a.stride} of 45 -> {len(Cs)} values" if a.stride > 1 else "45 values",
         "generate_seconds": round(gen_s, 1),
         "rows": rows,
