@@ -196,7 +196,8 @@ def test_demo_pipeline(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "path", sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")),
+    "path",
+    sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")),
     ids=lambda p: p.name,
 )
 def test_shipped_pipelines_are_valid(path):
