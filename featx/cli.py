@@ -221,11 +221,10 @@ def extract(source: str, **kw: Any) -> None:
         checkpoint_every=kw["checkpoint_every"],
         progress=not kw["quiet"],
     )
-    weights = None if kw["weights"].lower() == "none" else kw["weights"]
     result = run_extract(
         source,
         kw["backbone"],
-        weights=weights,
+        weights=kw["weights"],
         weights_file=kw["weights_file"],
         layer=kw["layer"],
         pool=kw["pool"],

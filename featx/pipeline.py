@@ -213,7 +213,7 @@ def run_pipeline(
             r = extract(
                 s["spec"],
                 b["name"],
-                weights=None if str(weights).lower() == "none" else weights,
+                weights=weights,
                 weights_file=b.get("weights_file"),
                 layer=b.get("layer"),
                 pool=b.get("pool"),
