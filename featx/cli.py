@@ -186,6 +186,14 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 @click.option("--strict", is_flag=True, help="Fail on the first undecodable file.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option(
+    "--decode",
+    type=click.Choice(["auto", "cpu", "device"]),
+    default="auto",
+    show_default=True,
+    help="Where JPEGs are decoded and resized: Pillow in the workers (cpu) or in batches on the "
+    "model's device (nvJPEG on CUDA); auto: device on CUDA.",
+)
+@click.option(
     "--checkpoint-every",
     type=click.IntRange(1),
     default=2048,
@@ -218,6 +226,7 @@ def extract(source: str, **kw: Any) -> None:
         content_hash=kw["content_hash"],
         strict=kw["strict"],
         compile=kw["compile_"],
+        decode=kw["decode"],
         checkpoint_every=kw["checkpoint_every"],
         progress=not kw["quiet"],
     )

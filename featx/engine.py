@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.jpeg import resolve_decode
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,31 @@ class DecodeDataset:
             return i, None, str(exc)
         except Exception as exc:  # noqa: BLE001 - a bad file must not kill a long run
             return i, None, f"{type(exc).__name__}: {exc}".splitlines()[0]
+
+
+class RawDecodeDataset(DecodeDataset):
+    """For ``--decode device``: index -> (index, None, JPEG bytes, orientation, "") for files the
+    device decodes (see :mod:`featx.jpeg`), else what :class:`DecodeDataset` gives, widened to
+    (index, uint8 tensor or None, None, 1, failure reason)."""
+
+    def __getitem__(self, i: int):  # type: ignore[override]
+        from featx.jpeg import sniff
+
+        path = getattr(self.items[i], "path", None)
+        if path:
+            found = sniff(path)
+            if found is not None:
+                return i, None, found[0], found[1], ""
+        i, t, reason = super().__getitem__(i)
+        return i, t, None, 1, reason
+
+
+def collate_raw(batch):
+    """Collate :class:`RawDecodeDataset` samples: the CPU-decoded part as :func:`collate` does,
+    plus the positions, bytes and orientations of the JPEGs left for the device."""
+    idx, x, failures = collate([(i, t, r) for i, t, raw, _, r in batch if raw is None])
+    raw = [(i, data, o) for i, _, data, o, _ in batch if data is not None]
+    return idx, x, failures, [i for i, _, _ in raw], [d for _, d, _ in raw], [o for *_, o in raw]
 
 
 def collate(batch):
@@ -260,6 +286,7 @@ def iter_features(
     channels_last: bool = True,
     compile: bool = False,
     fold_bn: bool = True,
+    decode: str = "auto",
     progress: bool = False,
 ) -> Iterator[Batch]:
     """Run ``backbone`` over ``items`` in order, yielding :class:`Batch` results.
@@ -281,6 +308,9 @@ def iter_features(
         :func:`fold_batchnorm`); the features agree to float32 rounding. Not done in bf16/fp16:
         the folded weights, rounded to 16 bits, drifted 2.5x further from fp32 (trained
         efficientnet_lite0: mean cosine 0.99874 vs 0.99949 unfolded).
+    decode : {"auto", "cpu", "device"}
+        Where JPEG files are decoded and resized: Pillow in the workers (``cpu``), or in batches
+        on the model's device (``device``, see :mod:`featx.jpeg`); ``auto`` is ``device`` on CUDA.
     progress : bool
         Show a tqdm progress bar with images/s on stderr.
     """
@@ -296,12 +326,14 @@ def iter_features(
     if nworkers < 0:
         raise FeatxError("--workers must be 0 or more")
     nworkers = min(nworkers, max(0, (len(items) + batch_size - 1) // batch_size))
+    dec = resolve_decode(decode, dev)
+    cpu_decode = DecodeDataset(items, reader, backbone.preprocess)
     loader = DataLoader(
-        DecodeDataset(items, reader, backbone.preprocess),
+        RawDecodeDataset(items, reader, backbone.preprocess) if dec == "device" else cpu_decode,
         batch_size=batch_size,
         shuffle=False,
         num_workers=nworkers,
-        collate_fn=collate,
+        collate_fn=collate_raw if dec == "device" else collate,
         pin_memory=dev.type == "cuda",
         worker_init_fn=_worker_init if nworkers else None,
         prefetch_factor=4 if nworkers else None,
@@ -316,12 +348,13 @@ def iter_features(
     if compile:
         model = torch.compile(model)
     log.info(
-        "extracting %d items on %s (%s, batch %d, %d workers)",
+        "extracting %d items on %s (%s, batch %d, %d workers, decode on %s)",
         len(items),
         dev,
         prec,
         batch_size,
         nworkers,
+        "the device" if dec == "device" else "the CPU",
     )
 
     from tqdm.auto import tqdm
@@ -336,27 +369,85 @@ def iter_features(
         desc="extract",
     )
     n_failed = 0
+    cuda = dev.type == "cuda"
     undo_heap = keep_heap_pages() if dev.type == "cpu" else (lambda: None)
+
+    def finish(pending) -> Batch:
+        idx, out, event, failures = pending
+        if event is not None:
+            event.synchronize()
+        feats = np.empty((0, backbone.dim), dtype=np.float32) if out is None else out.numpy()
+        if feats.ndim != 2:
+            raise FeatxError(
+                f"backbone produced features of shape {tuple(feats.shape)}; "
+                "choose a --pool that reduces them to one vector per image"
+            )
+        bar.update(int(idx.size) + len(failures))
+        if failures:
+            bar.set_postfix(failed=n_failed)
+        return Batch(idx, feats, failures)
+
+    pending = None
     try:
         with torch.inference_mode():
-            for idx, x, failures in loader:
-                feats = np.empty((0, backbone.dim), dtype=np.float32)
-                if idx.numel():
+            for loaded in loader:
+                if dec == "device":
+                    idx, x, failures = _device_decode(loaded, dev, backbone.preprocess, cpu_decode)
+                else:
+                    idx, x, failures = loaded
                     x = x.to(dev, non_blocking=True)
+                out, event = None, None
+                if idx.numel():
                     x = backbone.preprocess.normalize(x).contiguous(memory_format=memory_format)
                     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        out = model(x)
-                    feats = out.float().cpu().numpy()
-                    if feats.ndim != 2:
-                        raise FeatxError(
-                            f"backbone produced features of shape {tuple(out.shape)}; "
-                            "choose a --pool that reduces them to one vector per image"
-                        )
+                        out = model(x).float()
+                    if cuda:  # copy back without waiting; the batch is yielded one step later
+                        out = out.to("cpu", non_blocking=True)
+                        event = torch.cuda.Event()
+                        event.record()
+                    else:
+                        out = out.cpu()
                 n_failed += len(failures)
-                bar.update(int(idx.numel()) + len(failures))
-                if failures:
-                    bar.set_postfix(failed=n_failed)
-                yield Batch(idx.numpy(), feats, failures)
+                current = (idx.numpy(), out, event, failures)
+                if not cuda:
+                    yield finish(current)
+                    continue
+                if pending is not None:  # CUDA: the previous batch, copied while this one ran
+                    yield finish(pending)
+                pending = current
+            if pending is not None:
+                last, pending = pending, None
+                yield finish(last)
     finally:
         bar.close()
         undo_heap()
+
+
+def _device_decode(loaded, dev, pre, cpu_decode: DecodeDataset):
+    """One :func:`collate_raw` batch -> (indices, uint8 batch on ``dev``, failures)."""
+    import torch
+
+    from featx.jpeg import decode_batch
+
+    idx, x, failures, raw_idx, datas, orients = loaded
+    idx_parts, x_parts = ([idx], [x.to(dev, non_blocking=True)]) if idx.numel() else ([], [])
+    batch, ok, rejected = decode_batch(datas, orients, pre, dev)
+    if batch is not None:
+        idx_parts.append(torch.tensor([raw_idx[j] for j in ok], dtype=torch.long))
+        x_parts.append(batch)
+    fallback = []
+    for j in rejected:  # the device decoder refused it: decode it as the CPU path would
+        i, t, reason = cpu_decode[raw_idx[j]]
+        if t is None:
+            failures = [*failures, (i, reason)]
+        else:
+            fallback.append((i, t))
+    if fallback:
+        idx_parts.append(torch.tensor([i for i, _ in fallback], dtype=torch.long))
+        x_parts.append(torch.stack([t for _, t in fallback]).to(dev))
+    if not idx_parts:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.uint8), failures
+    idx = torch.cat(idx_parts)
+    order = torch.argsort(idx)
+    x = torch.cat(x_parts)[order.to(dev)]
+    return idx[order], x, failures

@@ -41,6 +41,7 @@ class ExtractOptions:
     compile: bool = False
     channels_last: bool = True
     fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
+    decode: str = "auto"  # where JPEGs are decoded: cpu, device (nvJPEG on CUDA), auto
     checkpoint_every: int = 2048  # images per durable part file
     checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
     progress: bool = False
@@ -62,6 +63,7 @@ class ExtractResult:
     images_per_s: float
     device: str
     precision: str
+    decode: str
     backbone: str
     weights: str
     noop: bool
@@ -161,9 +163,11 @@ def extract(
         raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
 
     from featx.engine import resolve_device, resolve_precision
+    from featx.jpeg import resolve_decode
 
     dev = resolve_device(opts.device)
     prec = resolve_precision(opts.precision, dev)
+    dec = resolve_decode(opts.decode, dev)
 
     with StoreWriter(path, config) as writer:
         plan = _plan(src, writer)
@@ -192,6 +196,7 @@ def extract(
                 images_per_s=0.0,
                 device=str(dev),
                 precision=prec,
+                decode=dec,
                 backbone=bb.name,
                 weights=bb.weights,
                 noop=True,
@@ -238,6 +243,7 @@ def extract(
         images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
         device=str(dev),
         precision=prec,
+        decode=dec,
         backbone=bb.name,
         weights=bb.weights,
         noop=False,
@@ -384,6 +390,7 @@ def _run(
         channels_last=opts.channels_last,
         compile=opts.compile,
         fold_bn=opts.fold_bn,
+        decode=opts.decode,
         progress=opts.progress,
     ):
         if batch.indices.size:

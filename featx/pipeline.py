@@ -55,6 +55,7 @@ _EXTRACT = {
     "content_hash",
     "strict",
     "compile",
+    "decode",
     "checkpoint_every",
 }
 _PROTOCOL = {"split", "test_size", "cv", "shots", "trials", "seed", "class_weight", "preprocess"}

@@ -79,3 +79,48 @@ def test_mlp_trains_on_cuda():
     )
     clf = MLPClassifier(max_epochs=30, device="cuda", random_state=0).fit(X.astype(np.float32), y)
     assert clf.score(X.astype(np.float32), y) > 0.8
+
+
+def test_nvjpeg_decode_matches_cpu_decode(tmp_path):
+    """--decode device on CUDA (nvJPEG, EXIF orientation and resize on the GPU) against Pillow."""
+    from test_jpeg import _jpeg, _photo
+
+    root = tmp_path / "imgs"
+    for i in range(12):
+        _jpeg(root / "a" / f"{i}.jpg", _photo(120 + 7 * i, 160, i), orientation=1 + i % 8)
+    _jpeg(root / "b" / "cmyk.jpg", _photo(90, 100, 20), mode="CMYK")  # CPU fallback
+    (root / "b" / "junk.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\x01" * 64 + b"\xff\xd9")
+    stores = {}
+    for decode in ("cpu", "device"):
+        r = extract(
+            root,
+            "resnet18",
+            weights=None,
+            image_size=64,
+            store=tmp_path / f"{decode}.h5",
+            options=ExtractOptions(
+                device="cuda", precision="fp32", workers=2, batch_size=5, decode=decode
+            ),
+        )
+        assert r.decode == decode and (r.n_items, r.n_failed) == (13, 1)
+        stores[decode] = load_features(r.store)
+    a, b = stores["cpu"], stores["device"]
+    assert list(a.keys) == list(b.keys)
+    assert _cos(a.X, b.X).min() > 0.995
+
+
+def test_nvjpeg_pixels_close_to_pillow(tmp_path):
+    import torch
+    from test_jpeg import _jpeg, _photo
+
+    from featx.jpeg import decode_batch, sniff
+    from featx.preprocess import Preprocess
+
+    pre = Preprocess(crop_size=224, resize_size=256)
+    found = [sniff(str(_jpeg(tmp_path / f"{i}.jpg", _photo(375, 500, i)))) for i in range(4)]
+    datas, orients = [f[0] for f in found], [f[1] for f in found]
+    gpu, ok, rejected = decode_batch(datas, orients, pre, torch.device("cuda"))
+    cpu, _, _ = decode_batch(datas, orients, pre, torch.device("cpu"))
+    assert ok == [0, 1, 2, 3] and not rejected and gpu.is_cuda
+    diff = (gpu.cpu().int() - cpu.int()).abs().float()
+    assert diff.mean() < 1.0 and diff.max() <= 8
