@@ -61,6 +61,7 @@ class ExtractResult:
     dim: int
     seconds: float
     images_per_s: float
+    store_seconds: float  # time the run waited on the store: part writes, then the commit
     device: str
     precision: str
     decode: str
@@ -194,6 +195,7 @@ def extract(
                 dim=int(dim),
                 seconds=time.perf_counter() - t0,
                 images_per_s=0.0,
+                store_seconds=0.0,
                 device=str(dev),
                 precision=prec,
                 decode=dec,
@@ -202,9 +204,10 @@ def extract(
                 noop=True,
             )
         n_new = n_new_failed = 0
+        waited = 0.0
         t_extract = time.perf_counter()
         if todo:
-            n_new, n_new_failed = _run(todo, src, bb, writer, rows, failed, opts)
+            n_new, n_new_failed, waited = _run(todo, src, bb, writer, rows, failed, opts)
         t_extract = time.perf_counter() - t_extract
         labels = {it.key: it.label for it in src.items}
         split = {it.key: it.split for it in src.items}
@@ -220,6 +223,7 @@ def extract(
             "dim": int(bb.dim),
             **_versions(),
         }
+        t_commit = time.perf_counter()
         writer.commit(
             rows=rows,
             failed=failed,
@@ -229,6 +233,7 @@ def extract(
             fingerprints=fps,
             attrs=attrs,
         )
+        t_commit_s = time.perf_counter() - t_commit
     seconds = time.perf_counter() - t0
     return ExtractResult(
         store=str(path),
@@ -241,6 +246,7 @@ def extract(
         dim=int(bb.dim),
         seconds=seconds,
         images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
+        store_seconds=waited + t_commit_s,
         device=str(dev),
         precision=prec,
         decode=dec,
@@ -337,17 +343,41 @@ def _run(
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],
     opts: ExtractOptions,
-) -> tuple[int, int]:
-    """Extract ``todo`` and write durable parts as it goes; fill ``rows`` and ``failed``."""
+) -> tuple[int, int, float]:
+    """Extract ``todo`` and write durable parts as it goes; fill ``rows`` and ``failed``.
+
+    Parts are written by one background thread while the model keeps running (HDF5 writes and
+    the fsync overlap the next batches). At most one part is in flight: the next checkpoint
+    first waits for the previous one, which bounds memory and keeps parts in order. Returns
+    (rows extracted, failures, seconds spent waiting for part writes).
+    """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     from featx.engine import iter_features
 
     pending_idx: list[np.ndarray] = []
     pending_feats: list[np.ndarray] = []
     pending_fail: list[tuple[int, str]] = []
     n_new = n_fail = 0
+    waited = 0.0
     last_flush = time.monotonic()
+    inflight: list[tuple[Future, list[Item], list[tuple[Item, str]]]] = []
 
-    def flush() -> None:
+    def settle() -> None:
+        """Wait for the part in flight (if any) and record where its rows are."""
+        nonlocal waited
+        if not inflight:
+            return
+        fut, ok_items, bad_items = inflight.pop()
+        t = time.perf_counter()
+        part = fut.result()
+        waited += time.perf_counter() - t
+        for r, it in enumerate(ok_items):
+            rows[it.key] = (str(part), r)
+        for it, reason in bad_items:
+            failed[it.key] = (reason, *_fp(it))
+
+    def flush(pool: ThreadPoolExecutor) -> None:
         nonlocal last_flush
         idx = np.concatenate(pending_idx) if pending_idx else np.empty(0, dtype=np.int64)
         if not idx.size and not pending_fail:
@@ -355,62 +385,64 @@ def _run(
         feats = np.concatenate(pending_feats) if pending_feats else np.empty((0, bb.dim))
         ok_items = [todo[i] for i in idx]
         bad_items = [(todo[i], r) for i, r in pending_fail]
-        part = writer.write_part(
-            Rows(
-                keys=[it.key for it in ok_items],
-                features=feats,
-                size=[it.size for it in ok_items],
-                mtime_ns=[it.mtime_ns for it in ok_items],
-                sha256=[it.sha256 for it in ok_items],
-                failed_keys=[it.key for it, _ in bad_items],
-                failed_reasons=[r for _, r in bad_items],
-                failed_size=[it.size for it, _ in bad_items],
-                failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
-                failed_sha256=[it.sha256 for it, _ in bad_items],
-            )
+        part = Rows(
+            keys=[it.key for it in ok_items],
+            features=feats,
+            size=[it.size for it in ok_items],
+            mtime_ns=[it.mtime_ns for it in ok_items],
+            sha256=[it.sha256 for it in ok_items],
+            failed_keys=[it.key for it, _ in bad_items],
+            failed_reasons=[r for _, r in bad_items],
+            failed_size=[it.size for it, _ in bad_items],
+            failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
+            failed_sha256=[it.sha256 for it, _ in bad_items],
         )
-        for r, it in enumerate(ok_items):
-            rows[it.key] = (str(part), r)
-        for it, reason in bad_items:
-            failed[it.key] = (reason, *_fp(it))
+        settle()
+        inflight.append((pool.submit(writer.write_part, part), ok_items, bad_items))
         pending_idx.clear()
         pending_feats.clear()
         pending_fail.clear()
         last_flush = time.monotonic()
 
     n_pending = 0
-    for batch in iter_features(
-        bb,
-        todo,
-        src.reader(),
-        device=opts.device,
-        precision=opts.precision,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        channels_last=opts.channels_last,
-        compile=opts.compile,
-        fold_bn=opts.fold_bn,
-        decode=opts.decode,
-        progress=opts.progress,
-    ):
-        if batch.indices.size:
-            pending_idx.append(batch.indices)
-            pending_feats.append(batch.features)
-        pending_fail.extend(batch.failures)
-        n_new += int(batch.indices.size)
-        n_fail += len(batch.failures)
-        n_pending += int(batch.indices.size) + len(batch.failures)
-        if batch.failures and opts.strict:
-            flush()
-            i, reason = batch.failures[0]
-            name = todo[i].path or todo[i].key
-            raise FeatxError(
-                f"{name}: {reason}; fix or remove it, or run without --strict to skip and record it"
-            )
-        if n_pending >= opts.checkpoint_every or (
-            time.monotonic() - last_flush >= opts.checkpoint_seconds
+    # Leaving the with-block waits for a part still being written, also when the run fails:
+    # a part is then complete on disk (and resumed next time) or was never renamed into place.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
+        for batch in iter_features(
+            bb,
+            todo,
+            src.reader(),
+            device=opts.device,
+            precision=opts.precision,
+            batch_size=opts.batch_size,
+            workers=opts.workers,
+            channels_last=opts.channels_last,
+            compile=opts.compile,
+            fold_bn=opts.fold_bn,
+            decode=opts.decode,
+            progress=opts.progress,
         ):
-            flush()
-            n_pending = 0
-    flush()
-    return n_new, n_fail
+            if batch.indices.size:
+                pending_idx.append(batch.indices)
+                pending_feats.append(batch.features)
+            pending_fail.extend(batch.failures)
+            n_new += int(batch.indices.size)
+            n_fail += len(batch.failures)
+            n_pending += int(batch.indices.size) + len(batch.failures)
+            if batch.failures and opts.strict:
+                flush(pool)
+                settle()
+                i, reason = batch.failures[0]
+                name = todo[i].path or todo[i].key
+                raise FeatxError(
+                    f"{name}: {reason}; fix or remove it, "
+                    "or run without --strict to skip and record it"
+                )
+            if n_pending >= opts.checkpoint_every or (
+                time.monotonic() - last_flush >= opts.checkpoint_seconds
+            ):
+                flush(pool)
+                n_pending = 0
+        flush(pool)
+        settle()
+    return n_new, n_fail, waited

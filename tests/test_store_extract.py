@@ -311,3 +311,41 @@ def test_default_store_path_is_readable_and_under_cache(image_folder, tiny_backb
     assert path.startswith(os.environ["FEATX_CACHE_DIR"])
     assert os.path.basename(path).startswith("imgs__test-tiny-seed0")
     shutil.rmtree(os.environ["FEATX_CACHE_DIR"])
+
+
+def test_parts_are_written_in_the_background(image_folder, tiny_backbone, tmp_path, monkeypatch):
+    """Part writes run on their own thread while extraction goes on; the run waits for each
+    before the next and for the last before the commit, so the store still has every row."""
+    import threading
+    import time
+
+    real = StoreWriter.write_part
+    seen = []
+
+    def slow(self, rows):
+        seen.append(threading.current_thread().name)
+        time.sleep(0.05)
+        return real(self, rows)
+
+    monkeypatch.setattr(StoreWriter, "write_part", slow)
+    store = tmp_path / "s.h5"
+    r = _run(image_folder, tiny_backbone, store, checkpoint_every=4)
+    assert len(seen) == 3 and all(name.startswith("featx-part") for name in seen)
+    assert r.n_items == 12 and r.store_seconds > 0
+    fresh = tmp_path / "fresh.h5"
+    monkeypatch.setattr(StoreWriter, "write_part", real)
+    _run(image_folder, tiny_backbone, fresh)
+    np.testing.assert_array_equal(load_features(store).X, load_features(fresh).X)
+
+
+def test_a_failed_part_write_fails_the_run_and_leaves_no_store(
+    image_folder, tiny_backbone, tmp_path, monkeypatch
+):
+    def full(self, rows):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(StoreWriter, "write_part", full)
+    store = tmp_path / "s.h5"
+    with pytest.raises(OSError, match="No space left"):
+        _run(image_folder, tiny_backbone, store, checkpoint_every=4)
+    assert not store.exists()
