@@ -387,18 +387,26 @@ def iter_features(
             bar.set_postfix(failed=n_failed)
         return Batch(idx, feats, failures)
 
+    def prepare(loaded):
+        """A loaded batch -> (indices, normalized batch on the device, failures)."""
+        if dec == "device":
+            idx, x, failures = _device_decode(loaded, dev, backbone.preprocess, cpu_decode)
+        else:
+            idx, x, failures = loaded
+            x = x.to(dev, non_blocking=True)
+        if idx.numel():
+            x = backbone.preprocess.normalize(x).contiguous(memory_format=memory_format)
+        return idx, x, failures
+
+    # CUDA: decoding, the copy to the device and normalization of the next batches run on a
+    # thread with its own stream while the model runs; elsewhere they run inline.
+    batches = Prefetcher(loader, prepare, dev) if cuda else map(prepare, loader)
     pending = None
     try:
         with torch.inference_mode():
-            for loaded in loader:
-                if dec == "device":
-                    idx, x, failures = _device_decode(loaded, dev, backbone.preprocess, cpu_decode)
-                else:
-                    idx, x, failures = loaded
-                    x = x.to(dev, non_blocking=True)
+            for idx, x, failures in batches:
                 out, event = None, None
                 if idx.numel():
-                    x = backbone.preprocess.normalize(x).contiguous(memory_format=memory_format)
                     with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                         out = model(x).float()
                     if cuda:  # copy back without waiting; the batch is yielded one step later
@@ -419,8 +427,98 @@ def iter_features(
                 last, pending = pending, None
                 yield finish(last)
     finally:
+        if isinstance(batches, Prefetcher):
+            batches.close()
         bar.close()
         undo_heap()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException) -> None:
+        self.exc = exc
+
+
+_DONE = object()
+
+
+class Prefetcher:
+    """Iterate ``prepare(item)`` for the items of ``source``, computed ``depth`` ahead on a thread.
+
+    On CUDA the thread works on its own stream; each result's tensors are handed to the
+    consumer's stream with an event (the consumer waits on the GPU, not on the CPU) and
+    ``record_stream`` (so the allocator does not reuse their memory early). An exception in the
+    thread is raised in the consumer; :meth:`close` (or leaving the iteration) stops the thread.
+    ``prepare`` must return a tuple whose tensors are the ones to hand over.
+    """
+
+    def __init__(self, source: Any, prepare: Callable[[Any], Any], device: Any, depth: int = 2):
+        import queue
+        import threading
+
+        self._source = source
+        self._prepare = prepare
+        self._device = device
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._work, name="featx-prefetch", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: Any) -> None:
+        import queue
+
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        import contextlib
+
+        import torch
+
+        cuda = self._device.type == "cuda"
+        stream = torch.cuda.Stream(self._device) if cuda else None
+        try:
+            with torch.inference_mode():
+                for item in self._source:
+                    if self._stop.is_set():
+                        return
+                    ctx = torch.cuda.stream(stream) if cuda else contextlib.nullcontext()
+                    with ctx:
+                        out = self._prepare(item)
+                        event = None
+                        if cuda:
+                            event = torch.cuda.Event()
+                            event.record(stream)
+                    self._put((out, event))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            self._put(_Failed(exc))
+        finally:
+            self._put(_DONE)
+
+    def __iter__(self):
+        import torch
+
+        while True:
+            item = self._queue.get()
+            if item is _DONE:
+                return
+            if isinstance(item, _Failed):
+                raise item.exc
+            out, event = item
+            if event is not None:
+                current = torch.cuda.current_stream(self._device)
+                current.wait_event(event)
+                for t in out:
+                    if isinstance(t, torch.Tensor) and t.is_cuda:
+                        t.record_stream(current)
+            yield out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
 
 
 def _device_decode(loaded, dev, pre, cpu_decode: DecodeDataset):

@@ -53,3 +53,51 @@ def test_keep_heap_pages_is_reversible():
     x = torch.ones(1 << 23)  # 32 MB, served from the heap while active
     del x
     undo()
+
+
+def test_prefetcher_keeps_order_and_hands_over_results():
+    from featx.engine import Prefetcher
+
+    src = [(torch.full((2,), float(i)),) for i in range(7)]
+    pf = Prefetcher(iter(src), lambda item: (item[0] * 2, "tag"), torch.device("cpu"))
+    got = [(float(t[0]), tag) for t, tag in pf]
+    assert got == [(2.0 * i, "tag") for i in range(7)]
+    pf.close()
+    assert not pf._thread.is_alive()
+
+
+def test_prefetcher_raises_the_threads_exception_in_the_consumer():
+    from featx.engine import Prefetcher
+
+    def prepare(i):
+        if i == 3:
+            raise ValueError("bad batch 3")
+        return (i,)
+
+    pf = Prefetcher(iter(range(10)), prepare, torch.device("cpu"))
+    seen = []
+    with pytest.raises(ValueError, match="bad batch 3"):
+        for (i,) in pf:
+            seen.append(i)
+    assert seen == [0, 1, 2]
+    pf.close()
+
+
+def test_prefetcher_close_stops_an_endless_source():
+    import itertools
+
+    from featx.engine import Prefetcher
+
+    pulled = []
+
+    def source():
+        for i in itertools.count():
+            pulled.append(i)
+            yield i
+
+    pf = Prefetcher(source(), lambda i: (i,), torch.device("cpu"), depth=2)
+    it = iter(pf)
+    assert next(it) == (0,)
+    pf.close()
+    assert not pf._thread.is_alive()
+    assert len(pulled) < 10  # it stopped pulling: at most depth + a few ahead
