@@ -8,8 +8,11 @@ Rows (images/s, end to end from JPEG files to features on disk):
 - ``standard``: what users write: torchvision ImageFolder + PIL transforms (Resize, CenterCrop,
   ToTensor, Normalize), a DataLoader with the same workers and pinned memory, fp32, batch 256,
   features gathered in a list and saved with ``np.save``.
-- ``featx-<precision>``: ``featx.extract.extract`` into a fresh store (scan, decode, model,
-  crash-safe parts, final atomic commit), once per precision asked for.
+- ``featx-<precision>[-<decode>]``: ``featx.extract.extract`` into a fresh store (scan, decode,
+  model, crash-safe parts, final atomic commit), once per precision and ``--decodes`` value
+  (``cpu``: Pillow in the workers; ``device``: nvJPEG on CUDA, see featx/jpeg.py; ``auto``).
+  ``store_write_share`` is the time the run waited on the store (parts are written on a
+  background thread; the final commit) over the run's time.
 - ``model-only``: preprocessed tensors already on the device, the model alone, best precision:
   the ceiling no loader can beat.
 
@@ -88,12 +91,18 @@ def featx_run(
     precision: str,
     store: Path,
     compile_: bool,
+    decode: str = "auto",
 ) -> dict:
     import featx.store as st
     from featx.extract import ExtractOptions, extract
 
     opts = ExtractOptions(
-        batch_size=batch_size, workers=workers, device=device, precision=precision, compile=compile_
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        precision=precision,
+        compile=compile_,
+        decode=decode,
     )
     spent = [0.0]
     originals = st.StoreWriter.write_part, st.StoreWriter.commit
@@ -121,8 +130,10 @@ def featx_run(
         "seconds": seconds,
         "images_per_s": r.n_items / seconds,
         "engine_images_per_s": r.images_per_s,
+        "decode": r.decode,
         "store_write_seconds": spent[0],
-        "store_write_share": spent[0] / seconds,
+        "store_waited_seconds": r.store_seconds,
+        "store_write_share": r.store_seconds / seconds,
     }
 
 
@@ -245,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--featx-batch-size", type=int, default=64)
     ap.add_argument("--precisions", default="fp32,bf16")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument(
+        "--decodes", default="auto", help="featx --decode values to run: auto, cpu, device"
+    )
     ap.add_argument("--model-only-steps", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--drift-model", default="efficientnet_lite0", help="'' to skip")
@@ -261,22 +275,24 @@ def main(argv: list[str] | None = None) -> int:
                     a.root, a.model, a.device, a.batch_size, a.workers, tmp / "std.npy"
                 )
             }
+            decodes = a.decodes.split(",")
             for p in precisions:
-                store = tmp / f"featx-{p}-{rep}.h5"
-                rows[f"featx-{p}"] = featx_run(
-                    a.root,
-                    a.model,
-                    a.device,
-                    a.featx_batch_size,
-                    a.workers,
-                    p,
-                    store,
-                    a.compile,
-                )
-                rows[f"featx-{p}"]["vs_standard_features"] = agreement(
-                    store, tmp / "std.npy", a.root
-                )
-                store.unlink()
+                for dec in decodes:
+                    name = f"featx-{p}" if len(decodes) == 1 else f"featx-{p}-{dec}"
+                    store = tmp / f"{name}-{rep}.h5"
+                    rows[name] = featx_run(
+                        a.root,
+                        a.model,
+                        a.device,
+                        a.featx_batch_size,
+                        a.workers,
+                        p,
+                        store,
+                        a.compile,
+                        dec,
+                    )
+                    rows[name]["vs_standard_features"] = agreement(store, tmp / "std.npy", a.root)
+                    store.unlink()
             best = {
                 p: model_only(a.model, a.device, a.featx_batch_size, p, a.model_only_steps)
                 for p in precisions

@@ -77,7 +77,7 @@ def _threads(backend: str, seen: list[str]) -> str:
     return seen[-1] if seen else f"{torch.get_num_threads()} (no cap)"
 
 
-def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
+def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None, device: str = "cpu") -> dict:
     import warnings
 
     import torch
@@ -91,7 +91,10 @@ def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
     log.addHandler(handler)
     log.setLevel(logging.DEBUG)
     load = os.getloadavg()[0]
-    probe = LinearProbe(backend=backend, Cs=Cs, random_state=0, device="cpu")
+    probe = LinearProbe(backend=backend, Cs=Cs, random_state=0, device=device)
+    if device.startswith("cuda") and backend == "torch":  # CUDA context and kernels warm
+        LinearProbe(backend="torch", C=1.0, device=device, max_iter=2).fit(X[:256], y[:256])
+        torch.cuda.synchronize()
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings(record=True) as caught:
@@ -99,10 +102,13 @@ def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None) -> dict:
             probe.fit(X, y)
     finally:
         log.removeHandler(handler)
+    if device.startswith("cuda") and backend == "torch":
+        torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     acc = float((probe.predict(Xt) == yt).mean())
     return {
         "backend": backend,
+        "device": device if backend == "torch" else "cpu",
         "n_C": len(probe.Cs_),
         "seconds": round(seconds, 2),
         "test_accuracy": round(acc, 4),
@@ -126,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backends", default="torch,sklearn")
     ap.add_argument("--full-torch", action="store_true", help="also torch on all 45 values")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
+    ap.add_argument("--device", default="cpu", help="torch backend's device: cpu, cuda")
     a = ap.parse_args(argv)
 
     from featx.heads.linear import DEFAULT_CS
@@ -136,10 +143,12 @@ def main(argv: list[str] | None = None) -> int:
     Cs = list(DEFAULT_CS[:: a.stride])
     rows = {}
     for b in a.backends.split(","):
-        rows[b] = run_probe(b, X, y, Xt, yt, Cs, a.threads)
+        rows[b] = run_probe(b, X, y, Xt, yt, Cs, a.threads, a.device)
         print(json.dumps({b: rows[b]}), file=sys.stderr, flush=True)
     if a.full_torch and a.stride != 1:
-        rows["torch-full-grid"] = run_probe("torch", X, y, Xt, yt, list(DEFAULT_CS), a.threads)
+        rows["torch-full-grid"] = run_probe(
+            "torch", X, y, Xt, yt, list(DEFAULT_CS), a.threads, a.device
+        )
     out = {
         "benchmark": "heads",
         "n_train": a.n,
