@@ -479,6 +479,8 @@ class Prefetcher:
         import torch
 
         cuda = self._device.type == "cuda"
+        if cuda and self._device.index is not None:  # the thread's own current device
+            torch.cuda.set_device(self._device)
         stream = torch.cuda.Stream(self._device) if cuda else None
         try:
             with torch.inference_mode():

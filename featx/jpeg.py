@@ -24,6 +24,7 @@ part of a store's configuration.
 from __future__ import annotations
 
 import io
+import logging
 import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from featx.preprocess import Preprocess
 
+log = logging.getLogger(__name__)
+
 DECODES = ("auto", "cpu", "device")
 
 _SOI = b"\xff\xd8\xff"
@@ -40,19 +43,57 @@ _EOI = b"\xff\xd9"
 
 
 def resolve_decode(decode: str, device: Any) -> str:
-    """``auto``: ``device`` on CUDA, ``cpu`` elsewhere (on CPU the workers decode in parallel)."""
+    """``auto``: ``device`` on CUDA when its JPEG decoder works, ``cpu`` elsewhere (on a CPU the
+    workers decode in parallel). An explicit ``device`` whose decoder fails is an error."""
     from featx.errors import FeatxError
 
     d = (decode or "auto").lower()
     if d not in DECODES:
         raise FeatxError(f"unknown --decode {decode!r}; use one of {', '.join(DECODES)}")
-    if d == "auto":
-        return "device" if device.type == "cuda" else "cpu"
-    if d == "device" and device.type not in ("cpu", "cuda"):
+    if d == "cpu" or (d == "auto" and device.type != "cuda"):
+        return "cpu"
+    if device.type not in ("cpu", "cuda"):
         raise FeatxError(
             f"--decode device works on cuda and cpu, not {device.type}; use --decode cpu"
         )
-    return d
+    problem = decoder_problem(device)
+    if problem is None:
+        return "device"
+    if d == "auto":
+        log.warning("JPEG decoding on %s does not work (%s); decoding on the CPU", device, problem)
+        return "cpu"
+    raise FeatxError(
+        f"--decode device: cannot decode JPEGs on {device} ({problem}); use --decode cpu"
+    )
+
+
+_PROBED: dict[str, str | None] = {}
+
+
+def decoder_problem(device: Any) -> str | None:
+    """None when ``decode_jpeg`` works on ``device`` (tried once per device on a tiny JPEG),
+    else the error it gave: a torchvision built without nvJPEG, a broken driver."""
+    key = str(device)
+    if key not in _PROBED:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(np.full((8, 8, 3), 128, dtype=np.uint8)).save(buf, "JPEG")
+        data = torch.frombuffer(bytearray(buf.getvalue()), dtype=torch.uint8)
+        try:
+            from torchvision.io import ImageReadMode, decode_jpeg
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                out = decode_jpeg([data], mode=ImageReadMode.RGB, device=device)
+            if tuple(out[0].shape) != (3, 8, 8):
+                raise RuntimeError(f"decoded shape {tuple(out[0].shape)}")
+            _PROBED[key] = None
+        except Exception as exc:  # noqa: BLE001 - reported, and the CPU path is used
+            _PROBED[key] = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+    return _PROBED[key]
 
 
 def sniff(path: str) -> tuple[torch.Tensor, int] | None:
@@ -168,13 +209,13 @@ def decode_batch(
     try:
         imgs = list(_decode(list(datas)))
         ok = list(range(len(datas)))
-    except RuntimeError:
+    except Exception:  # noqa: BLE001 - one undecodable file fails the whole batch call
         imgs, ok = [], []
         for i, d in enumerate(datas):
             try:
                 imgs.append(_decode(d))
                 ok.append(i)
-            except RuntimeError:
+            except Exception:  # noqa: BLE001 - left to the CPU path, which names the problem
                 continue
     rejected = sorted(set(range(len(datas))) - set(ok))
     if not imgs:

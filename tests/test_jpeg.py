@@ -116,16 +116,34 @@ def test_decode_batch_retries_one_by_one_and_reports_rejects(tmp_path):
     assert torch.equal(batch[1], alone[0])
 
 
-def test_resolve_decode():
+def test_resolve_decode(monkeypatch, caplog):
+    import featx.jpeg as jpeg
+
     cpu, cuda, mps = torch.device("cpu"), torch.device("cuda"), torch.device("mps")
     assert resolve_decode("auto", cpu) == "cpu"
-    assert resolve_decode("auto", cuda) == "device"
     assert resolve_decode("auto", mps) == "cpu"
-    assert resolve_decode("device", cpu) == "device"
+    assert resolve_decode("device", cpu) == "device"  # torchvision's CPU decoder, main process
+    monkeypatch.setattr(jpeg, "decoder_problem", lambda dev: None)
+    assert resolve_decode("auto", cuda) == "device"
+    # A CUDA decoder that does not work: auto falls back with a warning, explicit is an error.
+    monkeypatch.setattr(jpeg, "decoder_problem", lambda dev: "nvjpeg missing")
+    with caplog.at_level("WARNING", logger="featx.jpeg"):
+        assert resolve_decode("auto", cuda) == "cpu"
+    assert "nvjpeg missing" in caplog.text
+    with pytest.raises(FeatxError, match="nvjpeg missing.*--decode cpu"):
+        resolve_decode("device", cuda)
     with pytest.raises(FeatxError, match="--decode"):
         resolve_decode("gpu", cpu)
     with pytest.raises(FeatxError, match="--decode cpu"):
         resolve_decode("device", mps)
+
+
+def test_decoder_problem_probes_the_real_decoder():
+    from featx.jpeg import decoder_problem
+
+    assert decoder_problem(torch.device("cpu")) is None
+    if not torch.cuda.is_available():
+        assert decoder_problem(torch.device("cuda")) is not None
 
 
 def _cos(a, b):
