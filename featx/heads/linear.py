@@ -21,6 +21,8 @@ the device once (train rows first, then validation rows, so both are views), war
 part of the gradient do not depend on ``C`` and carry over), and runs a strong-Wolfe line search
 in which every trial step costs only elementwise work: along a direction ``p`` the logits are
 ``Z + t * (X @ p)``, so each iteration needs two matrix products whatever the line search does.
+Its initial inverse-Hessian is the inverse of the Hessian's diagonal at the start of each ``C``
+instead of a scalar, which cut the iterations of the 50k x 2048 x 100 sweep by about a third.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     ----------
     backend : {"torch", "sklearn"}, default="torch"
         ``"torch"``: a full-batch L-BFGS on ``device`` (CUDA when available) with scikit-learn's
-        objective and stopping rule; 4-10x faster than scikit-learn even on two CPU cores.
+        objective and stopping rule; about 3-4x faster than scikit-learn on two CPU cores
+        (BENCHMARKS.md).
         ``"sklearn"``: ``LogisticRegression(solver="lbfgs")`` (float64, CPU), the reference.
     Cs : array-like of float or None, default=None
         Values of ``C`` (inverse L2 strength) to sweep; None is the protocol's grid
@@ -496,9 +499,13 @@ class _LogisticProblem:
             li = F.softplus(z) - self.yf * z
             dZ = (torch.sigmoid(z) - self.yf).unsqueeze(1)
         else:
-            lse = torch.logsumexp(Z, dim=1)
+            # one exp pass for both the loss and the softmax
+            m = Z.amax(dim=1, keepdim=True)
+            dZ = torch.sub(Z, m).exp_()
+            total = dZ.sum(dim=1, keepdim=True)
+            lse = (m + total.log()).squeeze(1)
             li = lse - Z.gather(1, self.y.unsqueeze(1)).squeeze(1)
-            dZ = torch.exp(Z - lse.unsqueeze(1))
+            dZ.div_(total)
             dZ.scatter_add_(1, self.y.unsqueeze(1), -torch.ones_like(li).unsqueeze(1))
         if self.sw is not None:
             li = li * self.sw
@@ -520,8 +527,39 @@ class _LogisticProblem:
         return _State(theta, Z, f, self.grad_data(dZ))
 
 
+def _inverse_hessian_diagonal(prob: _LogisticProblem, Z, lam: float):
+    """1 / the diagonal of the objective's Hessian at logits ``Z``: L-BFGS's initial matrix.
+
+    For a coefficient ``W[c, j]`` the diagonal is ``sum_i s_i p_ic (1 - p_ic) x_ij^2 / S + lam``
+    (sigmoid probabilities for the binomial loss), for an intercept the same without ``x_ij^2``
+    and ``lam``. The columns of ``X`` enter squared, so features on different scales no longer
+    make the first steps of every ``C`` zig-zag. One product over X, in row chunks so that no
+    squared copy of X is kept.
+    """
+    import torch
+
+    pz = torch.sigmoid(Z) if prob.binary else torch.softmax(Z, dim=1)
+    v = pz * (1.0 - pz)
+    if prob.sw is not None:
+        v *= prob.sw.unsqueeze(1)
+    v /= prob.S
+    h = torch.zeros(prob.kd + prob.k, dtype=Z.dtype, device=Z.device)
+    hw = h[: prob.kd].view(prob.k, prob.d)
+    step = max(1, (1 << 24) // max(prob.d, 1))  # ~64 MB of squared rows at a time (float32)
+    for a in range(0, prob.n, step):
+        hw.addmm_(v[a : a + step].T, prob.X[a : a + step].square())
+    hw += lam
+    h[prob.kd :] = v.sum(dim=0)
+    return h.clamp_min_(1e-12).reciprocal_()
+
+
 def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: float, m=10):
     """Minimize ``f_data + ||W||^2 / (2 C S)`` from ``state``; returns (state, n_iter, status).
+
+    L-BFGS preconditioned with the Hessian's diagonal at the starting point
+    (:func:`_inverse_hessian_diagonal`, scaled by ``s.y / y.D y`` of the newest pair as usual):
+    on the 45-value sweep at 50k x 2048 x 100 it took 96-103 iterations where the scalar initial
+    matrix took 145.
 
     ``status`` is ``"converged"``, ``"max_iter"`` or ``"precision"`` (the line search found no
     decrease although the gradient is still above ``tol``: the limit of the float precision).
@@ -550,27 +588,32 @@ def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: 
     S_hist: list = []
     Y_hist: list = []
     rho: list = []
+    D = _inverse_hessian_diagonal(prob, Z, lam)
     H_diag = 1.0
+    plain = False
     status = "max_iter"
     n_iter = 0
     for n_iter in range(1, max_iter + 1):  # noqa: B007  (n_iter is read after the loop)
         # -- direction: two-loop recursion
-        if S_hist:
+        if plain:  # retrying after a failed line search: the plain gradient, short step
+            d = -g
+            t0 = min(1.0, 1.0 / max(float(g.norm()), 1e-12))
+        elif S_hist:
             q = -g
             alphas = []
             for s, yv, r in zip(reversed(S_hist), reversed(Y_hist), reversed(rho), strict=True):
                 a = r * s.dot(q)
                 q.add_(yv * -a)
                 alphas.append(a)
-            q.mul_(H_diag)
+            q.mul_(D).mul_(H_diag)
             for s, yv, r, a in zip(S_hist, Y_hist, rho, reversed(alphas), strict=True):
                 bta = r * yv.dot(q)
                 q.add_(s * (a - bta))
             d = q
             t0 = 1.0
-        else:
-            d = -g
-            t0 = min(1.0, 1.0 / max(float(g.norm()), 1e-12))
+        else:  # a Newton step for the diagonal of the Hessian
+            d = g * -D
+            t0 = 1.0
         gtd_t, wd_t, dd_t, dmax_t = (
             g.dot(d),
             theta[:kd].dot(d[:kd]),
@@ -578,10 +621,10 @@ def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: 
             d.abs().max(),
         )
         gtd, wd, dd, dmax = torch.stack([gtd_t, wd_t, dd_t, dmax_t]).double().tolist()
-        if not gtd < 0:  # not a descent direction: drop the memory and use the gradient
+        if not gtd < 0:  # not a descent direction: drop the memory, take the diagonal step
             S_hist, Y_hist, rho, H_diag = [], [], [], 1.0
-            d = -g
-            t0 = min(1.0, 1.0 / max(float(g.norm()), 1e-12))
+            d = g * -D
+            t0 = 1.0
             gtd, wd, dd, dmax = torch.stack(
                 [g.dot(d), theta[:kd].dot(d[:kd]), d[:kd].dot(d[:kd]), d.abs().max()]
             ).tolist()
@@ -598,9 +641,14 @@ def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: 
             return f_t, dphi_v + lam * (wd + t * dd)
 
         f_new, t = _strong_wolfe(phi, t0, f, gtd, dmax)
-        if not (f_new < f) or t == 0.0:  # no progress: at float precision
-            status = "converged" if float(g.abs().max()) <= tol else "precision"
+        if not (f_new < f) or t == 0.0:  # no progress
+            if not plain:  # once: forget the curvature model and try the plain gradient
+                plain = True
+                S_hist, Y_hist, rho, H_diag = [], [], [], 1.0
+                continue
+            status = "converged" if float(g.abs().max()) <= tol else "precision"  # float limit
             break
+        plain = False
         if cache["t"] != t:
             phi(t)
         theta.add_(d, alpha=t)
@@ -613,8 +661,8 @@ def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: 
         g_new = reg_grad(theta, g_data)
         s = d.mul_(t)
         yv = g_new - g
-        ys, yy, gmax, ww = torch.stack(
-            [yv.dot(s), yv.dot(yv), g_new.abs().max(), theta[:kd].dot(theta[:kd])]
+        ys, yDy, gmax, ww = torch.stack(
+            [yv.dot(s), (yv * D).dot(yv), g_new.abs().max(), theta[:kd].dot(theta[:kd])]
         ).tolist()
         if ys > 1e-10:
             if len(S_hist) == m:
@@ -622,7 +670,7 @@ def _lbfgs(prob: _LogisticProblem, state: _State, C: float, max_iter: int, tol: 
             S_hist.append(s)
             Y_hist.append(yv)
             rho.append(1.0 / ys)
-            H_diag = ys / yy
+            H_diag = ys / yDy
         f_old, f, g = f, float(f_data) + 0.5 * lam * ww, g_new
         if gmax <= tol or f_old - f <= ftol * max(abs(f_old), abs(f), 1.0):
             status = "converged"
