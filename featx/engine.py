@@ -400,7 +400,8 @@ def iter_features(
 
     # CUDA: decoding, the copy to the device and normalization of the next batches run on a
     # thread with its own stream while the model runs; elsewhere they run inline.
-    batches = Prefetcher(loader, prepare, dev) if cuda else map(prepare, loader)
+    # iter() here, so the DataLoader forks its workers from this thread, not the prefetch thread.
+    batches = Prefetcher(iter(loader), prepare, dev) if cuda else map(prepare, loader)
     pending = None
     try:
         with torch.inference_mode():
