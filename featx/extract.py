@@ -207,7 +207,7 @@ def extract(
         waited = 0.0
         t_extract = time.perf_counter()
         if todo:
-            n_new, n_new_failed, waited = _run(todo, src, bb, writer, rows, failed, opts)
+            n_new, n_new_failed, waited = _run(todo, src, bb, writer, rows, failed, opts, dec)
         t_extract = time.perf_counter() - t_extract
         labels = {it.key: it.label for it in src.items}
         split = {it.key: it.split for it in src.items}
@@ -343,13 +343,15 @@ def _run(
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],
     opts: ExtractOptions,
+    dec: str,
 ) -> tuple[int, int, float]:
     """Extract ``todo`` and write durable parts as it goes; fill ``rows`` and ``failed``.
 
     Parts are written by one background thread while the model keeps running (HDF5 writes and
     the fsync overlap the next batches). At most one part is in flight: the next checkpoint
     first waits for the previous one, which bounds memory and keeps parts in order. Returns
-    (rows extracted, failures, seconds spent waiting for part writes).
+    (rows extracted, failures, seconds spent waiting for part writes). ``dec`` is the resolved
+    ``--decode``.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -419,7 +421,7 @@ def _run(
             channels_last=opts.channels_last,
             compile=opts.compile,
             fold_bn=opts.fold_bn,
-            decode=opts.decode,
+            decode=dec,
             progress=opts.progress,
         ):
             if batch.indices.size:

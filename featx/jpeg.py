@@ -151,8 +151,8 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
 def resize_crop(imgs: Sequence[torch.Tensor], pre: Preprocess) -> torch.Tensor:
     """uint8 (3, H, W) images of any sizes -> uint8 (B, 3, crop, crop), on their device.
 
-    Same geometry as :meth:`Preprocess.resize_crop` (shorter side to ``resize_size`` with
-    torchvision's arithmetic, then the centre crop), antialiased like Pillow. Images of equal size
+    Same geometry as :meth:`Preprocess.resize_crop` (:meth:`Preprocess.geometry`), antialiased
+    like Pillow. Images of equal size
     are resized together, one kernel per size.
     """
     import torch
@@ -170,17 +170,12 @@ def resize_crop(imgs: Sequence[torch.Tensor], pre: Preprocess) -> torch.Tensor:
     c = pre.crop_size
     for (h, w), members in groups.items():
         x = torch.stack([imgs[i] for i in members])
-        if w <= h:
-            nw, nh = pre.resize_size, int(pre.resize_size * h / w)
-        else:
-            nw, nh = int(pre.resize_size * w / h), pre.resize_size
+        nw, nh, left, top = pre.geometry(w, h)
         if (nh, nw) != (h, w):
             kw: dict[str, Any] = {"size": (nh, nw), "mode": mode}
             if mode != "nearest-exact":
                 kw.update(antialias=True, align_corners=False)
             x = F.interpolate(x.float(), **kw).round_().clamp_(0, 255).to(torch.uint8)
-        left = int(round((nw - c) / 2.0))
-        top = int(round((nh - c) / 2.0))
         out[members] = x[:, :, top : top + c, left : left + c]
     return out
 

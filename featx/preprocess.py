@@ -83,6 +83,19 @@ class Preprocess:
         )
 
     # -- CPU half -------------------------------------------------------------------------------
+    def geometry(self, width: int, height: int) -> tuple[int, int, int, int]:
+        """(resized width, resized height, crop left, crop top) for an image of this size.
+
+        Same arithmetic as torchvision.transforms.functional.resize with an int size, then
+        center_crop; shared by the Pillow path and the device path (:mod:`featx.jpeg`).
+        """
+        if width <= height:
+            nw, nh = self.resize_size, int(self.resize_size * height / width)
+        else:
+            nw, nh = int(self.resize_size * width / height), self.resize_size
+        c = self.crop_size
+        return nw, nh, int(round((nw - c) / 2.0)), int(round((nh - c) / 2.0))
+
     def resize_crop(self, img: Image.Image) -> Image.Image:
         """Resize the shorter side to ``resize_size`` and centre-crop ``crop_size`` (PIL in/out)."""
         from PIL import Image
@@ -93,16 +106,10 @@ class Preprocess:
             "bicubic": Image.Resampling.BICUBIC,
         }[self.interpolation]
         w, h = img.size
-        # Same arithmetic as torchvision.transforms.functional.resize with an int size.
-        if w <= h:
-            nw, nh = self.resize_size, int(self.resize_size * h / w)
-        else:
-            nw, nh = int(self.resize_size * w / h), self.resize_size
+        nw, nh, left, top = self.geometry(w, h)
         if (nw, nh) != (w, h):
             img = img.resize((nw, nh), resample)
         c = self.crop_size
-        left = int(round((nw - c) / 2.0))
-        top = int(round((nh - c) / 2.0))
         return img.crop((left, top, left + c, top + c))
 
     def to_uint8(self, img: Image.Image) -> torch.Tensor:
