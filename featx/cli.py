@@ -214,8 +214,8 @@ def extract(source: str, **kw: Any) -> None:
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
     """
-    from featx.extract import ExtractOptions
-    from featx.extract import extract as run_extract
+    from featx.extraction import ExtractOptions
+    from featx.extraction import extract as run_extract
 
     opts = ExtractOptions(
         batch_size=kw["batch_size"],
@@ -572,8 +572,8 @@ def predict(
     Example:
       featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
     """
-    from featx.extract import ExtractOptions
-    from featx.predict import predict as run_predict
+    from featx.extraction import ExtractOptions
+    from featx.prediction import predict as run_predict
 
     opts = ExtractOptions(
         batch_size=batch_size,

@@ -185,8 +185,8 @@ def run_pipeline(
     path: str | os.PathLike, *, progress: bool = False, report: str | os.PathLike | None = None
 ) -> PipelineResult:
     """Run a pipeline file end to end; see the module docstring for the format."""
-    from featx.compare import compare
-    from featx.extract import ExtractOptions, extract
+    from featx.comparison import compare
+    from featx.extraction import ExtractOptions, extract
     from featx.store import load_features
 
     pl = load_pipeline(path)

@@ -180,7 +180,7 @@ def make_splits(
         Too few items per class for the split or the folds (the message says how many are
         needed), an unknown mode, or ``split="store"`` on a store without a usable split.
     """
-    from featx.heads._split import stratified_holdout
+    from featx.splits import stratified_holdout
 
     if split not in SPLIT_MODES:
         raise FeatxError(f"unknown split {split!r}; use one of {', '.join(SPLIT_MODES)}")
@@ -699,7 +699,7 @@ def evaluate(
     store : str, optional
         Name of the feature set in the result.
     splits : sequence of Split, optional
-        Precomputed splits (what :func:`featx.compare.compare` passes so every head and store
+        Precomputed splits (what :func:`featx.comparison.compare` passes so every head and store
         uses the same ones); overrides split/test_size/cv/shots.
 
     Returns

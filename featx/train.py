@@ -1,7 +1,7 @@
 """Store-level entry points behind ``featx fit`` and ``featx compare``.
 
 They read stores (through :mod:`featx.store`), run the protocol (:mod:`featx.protocol`,
-:mod:`featx.compare`) and write bundles (:mod:`featx.bundle`), so a Python user gets exactly what
+:mod:`featx.comparison`) and write bundles (:mod:`featx.bundle`), so a Python user gets exactly what
 the command line does.
 
 Examples
@@ -93,11 +93,11 @@ def compare_stores(
     heads: Sequence[Any] = ("logreg", "knn", "centroid", "mlp"),
     **protocol: Any,
 ):
-    """Load stores and run :func:`featx.compare.compare` on them; names come from the backbone.
+    """Load stores and run :func:`featx.comparison.compare` on them; names come from the backbone.
 
     Two stores of the same backbone (e.g. other layers) are named by their file stems.
     """
-    from featx.compare import compare
+    from featx.comparison import compare
     from featx.store import load_features
 
     if not stores:

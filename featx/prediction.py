@@ -7,7 +7,7 @@ with the predicted label and per-class probabilities.
 
 Examples
 --------
->>> from featx.predict import predict
+>>> from featx.prediction import predict
 >>> res = predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
@@ -102,11 +102,11 @@ def predict(
     out : path-like, optional
         The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extract.ExtractOptions, optional
+    options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
     """
     from featx.bundle import load_bundle
-    from featx.extract import extract
+    from featx.extraction import extract
     from featx.store import load_features
 
     b = load_bundle(bundle)

@@ -3,7 +3,7 @@ new or changed, and commit the store atomically.
 
 Examples
 --------
->>> from featx.extract import extract
+>>> from featx.extraction import extract
 >>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
 >>> result.n_items, result.dim  # doctest: +SKIP
 (1797, 1280)
