@@ -4,7 +4,8 @@
 same source hold the same items), draws the splits once, and evaluates every head on every store
 with those same splits. The :class:`Leaderboard` renders as Markdown, JSON or CSV, and
 :meth:`Leaderboard.write_report` writes the tables plus PNG plots (accuracy against fit time, the
-confusion matrix of the best head, and a store x head accuracy grid).
+confusion matrix of the best head, and a store x head accuracy grid); the rendering lives in
+:mod:`featx.report`.
 
 Examples
 --------
@@ -25,13 +26,8 @@ Examples
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
-import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -41,6 +37,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.features import FeatureSet
+from featx.options import DEFAULT_HEADS, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
 
 logger = logging.getLogger(__name__)
@@ -206,117 +203,33 @@ class Leaderboard:
             out.append(row)
         return out
 
+    # presentation lives in featx.report (the only module that imports matplotlib)
     def to_markdown(self) -> str:
         """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
-        lines = [
-            "| # | store | head | accuracy | bal. acc. | macro F1 | top-5 | log-loss | fit s "
-            "| predict s |",
-            "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for i, r in enumerate(self.results, 1):
+        from featx.report import leaderboard_markdown
 
-            def pm(k: str, r: Result = r) -> str:
-                v = getattr(r, k)
-                if v is None:
-                    return "–"
-                s = r.std.get(k)
-                return f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}"
-
-            lines.append(
-                f"| {i} | {_md(r.store)} | {_md(r.label)} | {pm('accuracy')} | "
-                f"{pm('balanced_accuracy')} | {pm('macro_f1')} | {pm('top5_accuracy')} | "
-                f"{pm('log_loss')} | {_secs(r.fit_seconds)} | {_secs(r.predict_seconds)} |"
-            )
-        if self.failures:
-            lines.append("")
-            lines.append("Failed:")
-            lines += [f"- {_md(f.store)} / {_md(f.head)}: {_md(f.error)}" for f in self.failures]
-        return "\n".join(lines) + "\n"
+        return leaderboard_markdown(self)
 
     def to_json(self, *, details: bool = False, indent: int | None = 2) -> str:
         """JSON with the protocol, the rows and the failures (``details``: per-class, confusion)."""
-        doc = {
-            "protocol": self.protocol,
-            "n_items": self.n_items,
-            "stores": list(self.stores),
-            "results": [r.to_dict(details=details) for r in self.results],
-            "failures": [f.__dict__ for f in self.failures],
-        }
-        return json.dumps(doc, indent=indent, allow_nan=False, default=_json_default)
+        from featx.report import leaderboard_json
+
+        return leaderboard_json(self, details=details, indent=indent)
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
-        """The rows as CSV; written to ``path`` when given. Returns the CSV text."""
-        buf = io.StringIO()
-        cols = list(COLUMNS) + ["accuracy_std", "balanced_accuracy_std", "macro_f1_std"]
-        writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows():
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in cols})
-        text = buf.getvalue()
-        if path is not None:
-            _atomic_write(Path(path), text)
-        return text
+        """The rows as CSV; written to ``path`` (atomically) when given. Returns the CSV text."""
+        from featx.report import leaderboard_csv
+
+        return leaderboard_csv(self, path)
 
     def write_report(self, directory: str | os.PathLike) -> dict[str, Path]:
         """Write ``leaderboard.md/.csv/.json`` and PNG plots into ``directory``.
 
-        Returns
-        -------
-        dict of str to Path
-            ``markdown``, ``csv``, ``json``, ``accuracy_vs_fit_time``, ``confusion_matrix`` and,
-            with several stores and heads, ``accuracy_grid``.
+        See :func:`featx.report.write_report`.
         """
-        d = Path(directory)
-        d.mkdir(parents=True, exist_ok=True)
-        paths: dict[str, Path] = {}
-        if self.results:
-            paths["accuracy_vs_fit_time"] = _plot_accuracy_vs_time(
-                self, d / "accuracy_vs_fit_time.png"
-            )
-            paths["confusion_matrix"] = _plot_confusion(self.best, d / "confusion_matrix.png")
-            n_stores = len({r.store for r in self.results})
-            n_heads = len({r.label for r in self.results})
-            if n_stores > 1 and n_heads > 1:
-                paths["accuracy_grid"] = _plot_grid(self, d / "accuracy_grid.png")
-        paths["csv"] = d / "leaderboard.csv"
-        self.to_csv(paths["csv"])
-        paths["json"] = d / "leaderboard.json"
-        _atomic_write(paths["json"], self.to_json(details=True))
-        paths["markdown"] = d / "leaderboard.md"
-        _atomic_write(paths["markdown"], self._report_markdown(paths))
-        logger.info("report written to %s", d)
-        return paths
+        from featx.report import write_report
 
-    def _report_markdown(self, paths: Mapping[str, Path]) -> str:
-        parts = ["# featx leaderboard", ""]
-        parts.append(
-            f"{len(self.results)} results, {len(set(self.stores))} store(s), "
-            f"{self.n_items} shared items; protocol: {self.protocol}."
-        )
-        parts += ["", self.to_markdown()]
-        for key, title in [
-            ("accuracy_vs_fit_time", "Accuracy against fit time"),
-            ("accuracy_grid", "Accuracy by store and head"),
-            ("confusion_matrix", "Confusion matrix of the best head"),
-        ]:
-            if key in paths:
-                parts += [f"## {title}", "", f"![{title}]({paths[key].name})", ""]
-        if self.results:
-            b = self.best
-            parts += [f"## Per-class report: {_md(b.label)} on {_md(b.store)}", ""]
-            parts += ["| class | precision | recall | F1 | support |", "|---|---:|---:|---:|---:|"]
-            parts += [
-                f"| {_md(c.name)} | {c.precision:.3f} | {c.recall:.3f} | {c.f1:.3f} | {c.support} |"
-                for c in b.per_class
-            ]
-            parts.append("")
-            pairs = most_confused(b, 10)
-            if pairs:
-                parts += [f"## Most confused classes: {_md(b.label)} on {_md(b.store)}", ""]
-                parts += ["| true class | predicted as | count |", "|---|---|---:|"]
-                parts += [f"| {_md(t)} | {_md(p)} | {n} |" for t, p, n in pairs]
-                parts.append("")
-        return "\n".join(parts)
+        return write_report(self, directory)
 
 
 def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
@@ -329,228 +242,6 @@ def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
         if cm[i, j] > 0:
             out.append((result.classes[i], result.classes[j], int(cm[i, j])))
     return out
-
-
-def _md(s: Any) -> str:
-    return str(s).replace("|", "\\|").replace("\n", " ")
-
-
-def _secs(s: float) -> str:
-    return f"{s:.3f}" if s < 10 else f"{s:.1f}"
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serializable: {type(o).__name__}")
-
-
-def _atomic_write(path: Path, text: str | bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(text.encode() if isinstance(text, str) else text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-# ---------------------------------------------------------------------------------------------
-# plots (matplotlib's object API with the Agg canvas: no pyplot, no global backend change)
-# ---------------------------------------------------------------------------------------------
-
-
-def _figure(w: float, h: float) -> Any:
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(w, h), dpi=110, layout="constrained")
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    _atomic_write(path, buf.getvalue())
-    return path
-
-
-def _plot_accuracy_vs_time(board: Leaderboard, path: Path) -> Path:
-    from matplotlib import colormaps
-    from matplotlib.lines import Line2D
-
-    res = board.results
-    stores = list(dict.fromkeys(r.store for r in res))
-    labels = list(dict.fromkeys(r.label for r in res))
-    colors = colormaps["tab10"]
-    markers = "osD^vP*Xh<>p8"
-    annotate = len(labels) > len(markers)  # markers alone cannot tell the heads apart
-    fig = _figure(9.5, 5.4)
-    ax = fig.subplots()
-    for r in res:
-        c = colors(stores.index(r.store) % 10)
-        m = markers[labels.index(r.label) % len(markers)]
-        x = max(r.fit_seconds, 1e-4)
-        yerr = r.std.get("accuracy")
-        ax.errorbar(x, r.accuracy, yerr=yerr, fmt=m, color=c, ms=9, mec="black", mew=0.6, capsize=3)
-        if annotate:
-            ax.annotate(
-                _short(r.label, 24),
-                (x, r.accuracy),
-                xytext=(6, 4),
-                textcoords="offset points",
-                fontsize=7,
-            )
-    b = board.best
-    ax.scatter(
-        [max(b.fit_seconds, 1e-4)],
-        [b.accuracy],
-        s=420,
-        facecolors="none",
-        edgecolors="gold",
-        linewidths=2.5,
-        zorder=3,
-    )
-    ax.annotate(
-        f"best: {_short(b.label, 28)}\n{b.store}, {b.accuracy:.4f}",
-        (max(b.fit_seconds, 1e-4), b.accuracy),
-        xytext=(12, -22),
-        textcoords="offset points",
-        fontsize=8,
-        fontweight="bold",
-    )
-    ax.set_xscale("log")
-    ax.set_xlabel("fit time per run, seconds (log scale; includes the hyper-parameter sweep)")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(f"Accuracy vs fit time: {b.n_test} test items, {board.protocol}", fontsize=10)
-    ax.grid(True, which="both", alpha=0.3)
-    handles = [
-        Line2D([], [], marker="o", ls="", color=colors(i % 10), mec="black", mew=0.6, label=s)
-        for i, s in enumerate(stores)
-    ]
-    store_legend = ax.legend(
-        handles=handles,
-        fontsize=8,
-        title="store",
-        title_fontsize=8,
-        loc="upper left",
-        bbox_to_anchor=(1.01, 1.0),
-    )
-    ax.add_artist(store_legend)
-    handles = [
-        Line2D(
-            [],
-            [],
-            marker=markers[i % len(markers)],
-            ls="",
-            color="gray",
-            mec="black",
-            mew=0.6,
-            label=_short(h, 30),
-        )
-        for i, h in enumerate(labels)
-    ]
-    ax.legend(
-        handles=handles,
-        fontsize=8,
-        title="head",
-        title_fontsize=8,
-        loc="lower left",
-        bbox_to_anchor=(1.01, 0.0),
-    )
-    lo = min(r.accuracy - r.std.get("accuracy", 0.0) for r in res)
-    hi = max(r.accuracy + r.std.get("accuracy", 0.0) for r in res)
-    pad = max(0.02, 0.08 * (hi - lo))
-    ax.set_ylim(max(0.0, lo - pad), min(1.0, hi) + pad)
-    return _save(fig, path)
-
-
-def _plot_confusion(r: Result, path: Path) -> Path:
-    cm = np.asarray(r.confusion_matrix, dtype=np.float64)
-    present = np.flatnonzero(cm.sum(axis=1) + cm.sum(axis=0) > 0)
-    cm = cm[np.ix_(present, present)]
-    names = [r.classes[i] for i in present]
-    K = len(names)
-    rows = cm.sum(axis=1, keepdims=True)
-    norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
-    side = float(np.clip(0.32 * K + 3.0, 5.0, 18.0))
-    fig = _figure(side + 1.2, side)
-    ax = fig.subplots()
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, shrink=0.8, label="share of the true class (row-normalized)")
-    fs = float(np.clip(11 - K / 6, 4.5, 10))
-    if K <= 120:
-        ax.set_xticks(range(K), [_short(n) for n in names], rotation=60, ha="right", fontsize=fs)
-        ax.set_yticks(range(K), [_short(n) for n in names], fontsize=fs)
-    else:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if K <= 25:
-        for i in range(K):
-            for j in range(K):
-                if cm[i, j]:
-                    ax.text(
-                        j,
-                        i,
-                        f"{int(cm[i, j])}",
-                        ha="center",
-                        va="center",
-                        fontsize=fs,
-                        color="white" if norm[i, j] > 0.5 else "black",
-                    )
-    ax.set_xlabel("predicted class")
-    ax.set_ylabel("true class")
-    ax.set_title(
-        f"{r.label} on {r.store}: accuracy {r.accuracy:.4f} ({int(cm.sum())} predictions)",
-        fontsize=12,
-    )
-    return _save(fig, path)
-
-
-def _short(name: str, n: int = 18) -> str:
-    return name if len(name) <= n else name[: n - 1] + "…"
-
-
-def _plot_grid(board: Leaderboard, path: Path) -> Path:
-    stores = sorted(
-        {r.store for r in board.results},
-        key=lambda s: -max(r.accuracy for r in board.results if r.store == s),
-    )
-    heads = sorted(
-        {r.label for r in board.results},
-        key=lambda h: -max(r.accuracy for r in board.results if r.label == h),
-    )
-    A = np.full((len(stores), len(heads)), np.nan)
-    for r in board.results:
-        A[stores.index(r.store), heads.index(r.label)] = r.accuracy
-    fig = _figure(max(5.0, 1.1 * len(heads) + 2.5), max(2.8, 0.55 * len(stores) + 1.8))
-    ax = fig.subplots()
-    finite = A[np.isfinite(A)]
-    im = ax.imshow(
-        A, cmap="viridis", vmin=float(finite.min()), vmax=float(finite.max()), aspect="auto"
-    )
-    fig.colorbar(im, ax=ax, label="test accuracy")
-    ax.set_xticks(
-        range(len(heads)), [_short(h, 24) for h in heads], rotation=30, ha="right", fontsize=9
-    )
-    ax.set_yticks(range(len(stores)), [_short(s, 28) for s in stores], fontsize=9)
-    mid = (finite.min() + finite.max()) / 2
-    for i in range(len(stores)):
-        for j in range(len(heads)):
-            if math.isfinite(A[i, j]):
-                ax.text(
-                    j,
-                    i,
-                    f"{A[i, j]:.3f}",
-                    ha="center",
-                    va="center",
-                    fontsize=9,
-                    color="black" if A[i, j] > mid else "white",
-                )
-    ax.set_title("Test accuracy by store (rows) and head (columns)", fontsize=10)
-    return _save(fig, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -569,18 +260,12 @@ def _parse_spec(spec: HeadSpec) -> tuple[str, dict[str, Any], Any]:
 
 def compare(
     feature_sets: Mapping[str, FeatureSet],
-    heads: Sequence[HeadSpec] = ("logreg",),
+    heads: Sequence[HeadSpec] = DEFAULT_HEADS,
     *,
-    preprocess: str | Sequence[Any] | None = "default",
-    class_weight: str | None = None,
-    split: str = "auto",
-    test_size: float = 0.2,
-    cv: int | None = None,
-    shots: int | None = None,
-    trials: int = 5,
-    seed: int = 0,
+    protocol: EvalProtocol | None = None,
     on_error: str = "continue",
     progress: bool = False,
+    **overrides: Any,
 ) -> Leaderboard:
     """Evaluate every head on every store with the same splits; rank them.
 
@@ -588,12 +273,11 @@ def compare(
     ----------
     feature_sets : mapping of str to FeatureSet
         Stores by name (e.g. the backbone). They are aligned on their shared keys first.
-    heads : sequence
+    heads : sequence, default=featx.options.DEFAULT_HEADS
         Head names, ``(name, params)`` or ``(name, params, preprocess)`` tuples.
-    preprocess : str, list or None, default="default"
-        Preprocessing of heads given without their own.
-    class_weight, split, test_size, cv, shots, trials, seed
-        As in :func:`featx.protocol.evaluate`; the splits are drawn once for all.
+    protocol : EvalProtocol, optional
+        As in :func:`featx.protocol.evaluate`; the splits are drawn once for all. Its
+        ``preprocess`` applies to heads given without their own.
     on_error : {"continue", "raise"}, default="continue"
         What a head that fails while fitting does: be listed under ``failures`` (and logged)
         while the others go on, or stop the comparison. Unknown heads and parameters always
@@ -601,12 +285,18 @@ def compare(
     progress : bool, default=False
         Show a progress bar over the (store, head) fits on stderr.
 
+    **overrides
+        Fields of :class:`~featx.options.EvalProtocol` applied on top of ``protocol``.
+
     Returns
     -------
     Leaderboard
     """
     from featx.heads import make_head, parse_preprocess
     from featx.protocol import describe_splits, evaluate
+
+    proto = EvalProtocol.resolve(protocol, overrides)
+    preprocess, class_weight, seed = proto.preprocess, proto.class_weight, proto.seed
 
     if on_error not in ("continue", "raise"):
         raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
@@ -626,10 +316,8 @@ def compare(
         labels.append(label)
     aligned = align(feature_sets)
     ref = next(iter(aligned.values()))
-    splits = protocol_splits(
-        ref, split=split, test_size=test_size, cv=cv, shots=shots, trials=trials, seed=seed
-    )
-    protocol = describe_splits(splits, shots, cv)
+    splits = protocol_splits(ref, proto)
+    described = describe_splits(splits, proto.shots, proto.cv)
     results: list[Result] = []
     failures: list[Failure] = []
     import sys
@@ -653,10 +341,8 @@ def compare(
                     fs,
                     name,
                     params=params,
-                    preprocess=pre,
-                    class_weight=class_weight,
+                    protocol=replace(proto, preprocess=pre),
                     splits=splits,
-                    seed=seed,
                     store=store,
                 )
             except Exception as e:  # noqa: BLE001  (recorded, logged, and re-raised on request)
@@ -668,14 +354,14 @@ def compare(
                 continue
             finally:
                 bar.update(1)
-            r = replace(r, protocol=protocol, label=label)
+            r = replace(r, protocol=described, label=label)
             results.append(r)
     bar.close()
     results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
     return Leaderboard(
         results=tuple(results),
         failures=tuple(failures),
-        protocol=protocol,
+        protocol=described,
         n_items=ref.n,
         stores=tuple(aligned),
     )
