@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from featx.store import load_features
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from helpers import write_image
 from PIL import Image, ImageOps
 
 from featx.errors import FeatxError

@@ -8,7 +8,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import TinyBackbone, write_image
+from helpers import TinyBackbone, write_image
 
 from featx.errors import FeatxError, StoreError, StoreLockedError
 from featx.extraction import ExtractOptions, extract
