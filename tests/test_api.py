@@ -183,7 +183,7 @@ def test_head_parameter_defaults_come_from_the_estimators():
         for key, p in info.params.items():
             assert p.default == sig[key].default, (name, key)
     assert get_head_info("mlp").params["hidden_sizes"].default == (512,)
-    assert get_head_info("linear-svm").params["max_iter"].default == 2000
+    assert get_head_info("linear-svm").params["max_iter"].default == 50
 
 
 def test_a_head_registers_with_its_estimator_only():

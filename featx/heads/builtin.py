@@ -1,16 +1,20 @@
 """The built-in heads, registered on import of :mod:`featx.heads`.
 
-Each head names its estimator: featx's own estimator classes (``LinearProbe``,
-``CosineKNNClassifier``, ``CentroidClassifier``, ``MLPClassifier``) or, for the heads that wrap a
-scikit-learn estimator in a validation sweep, a builder function below. The parameter defaults
+Each head names its estimator: featx's own estimator classes (``LinearProbe``, ``LinearSVM``,
+``RBFSVM``, ``CosineKNNClassifier``, ``CentroidClassifier``, ``MLPClassifier``) or, for ``ridge``,
+which wraps a scikit-learn estimator, a builder function below. Every head has
+``predict_proba``. The parameter defaults
 shown by ``featx heads`` are read from those signatures; here each parameter only gets its kind
 and help.
 
 - ``logreg``: :class:`LinearProbe`, multinomial logistic regression, C swept (standardize)
-- ``linear-svm``: ``LinearSVC``, C swept on a validation split (standardize)
-- ``svm``: ``SVC(kernel="rbf")``, C x gamma swept on a validation split (standardize)
+- ``linear-svm``: :class:`~featx.heads.svm.LinearSVM`, LinearSVC's objective by a Newton
+  solver in torch, C swept on a validation split (standardize)
+- ``svm``: :class:`~featx.heads.svm.RBFSVM`, ``SVC(kernel="rbf")`` up to 2000 items and a
+  Nystroem approximation above, C x gamma swept on a validation split (standardize)
 - ``knn``: :class:`CosineKNNClassifier`, k swept on a validation split (none: cosine)
-- ``ridge``: ``RidgeClassifierCV``, alpha chosen by efficient leave-one-out (standardize)
+- ``ridge``: ``RidgeClassifierCV``, alpha chosen by efficient leave-one-out, calibrated
+  (standardize)
 - ``centroid``: :class:`CentroidClassifier`, nearest class mean (none: cosine)
 - ``mlp``: :class:`MLPClassifier`, torch MLP with early stopping (standardize)
 
@@ -28,13 +32,21 @@ from featx.heads._params import Param
 from featx.heads.registry import HeadInfo, register_head
 
 # The default sweeps of the wrapped scikit-learn heads.
-LINEAR_SVM_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-4, 2, 13))
+#: ``linear-svm``: multiples of ``1 / m``, ``m`` the mean squared norm of the centred training
+#: rows (``m = d`` for standardized features), so the grid fits embeddings of any width.
+LINEAR_SVM_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-3, 3, 13))
+#: ``svm``: C of the exact SVC, C of the Nystroem path, gammas as multiples of ``"scale"``.
 SVM_CS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
+SVM_KERNEL_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-1, 3, 9))
 SVM_GAMMAS: tuple[float, ...] = (0.25, 1.0, 4.0)
+#: ``svm`` (solver auto): largest training set fitted by the exact SVC.
+SVM_EXACT_MAX_N = 2000
 RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 6, 17))
 
 _VAL = Param("float", "share of each class held out to choose hyper-parameters")
 _DEVICE = Param("str", "torch device: auto (CUDA when available), cpu, cuda, cuda:N")
+_BACKENDS = ("torch", "sklearn")
+_SVM_SOLVERS = ("auto", "exact", "nystroem")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -42,71 +54,29 @@ _DEVICE = Param("str", "torch device: auto (CUDA when available), cpu, cuda, cud
 # ---------------------------------------------------------------------------------------------
 
 
-def linear_svm(
-    C: float | None = None,
-    Cs: Sequence[float] | None = None,
-    val_size: float = 0.2,
-    max_iter: int = 2000,
-    tol: float = 1e-4,
-    class_weight: Any = None,
-    random_state: int | None = None,
-) -> Any:
-    """``LinearSVC``; without ``C``, C is swept over ``Cs`` (default logspace(-4,2,13))."""
-    from sklearn.svm import LinearSVC
-
-    from featx.heads.sweep import SweepClassifier
-
-    base = LinearSVC(
-        C=C or 1.0, max_iter=max_iter, tol=tol, class_weight=class_weight, random_state=random_state
-    )
-    if C is not None:
-        return base
-    grid = {"C": list(Cs if Cs is not None else LINEAR_SVM_CS)}
-    return SweepClassifier(base, grid, val_size=val_size, random_state=random_state)
-
-
-def rbf_svm(
-    C: float | None = None,
-    Cs: Sequence[float] | None = None,
-    gamma: float | str | None = None,
-    gammas: Sequence[float] | None = None,
-    val_size: float = 0.2,
-    class_weight: Any = None,
-    random_state: int | None = None,
-) -> Any:
-    """``SVC(kernel="rbf")``; C and gamma not given are swept (gammas: multiples of 'scale')."""
-    from sklearn.svm import SVC
-
-    from featx.heads.sweep import RelativeGamma, SweepClassifier
-
-    base = SVC(
-        kernel="rbf",
-        C=C or 1.0,
-        gamma=gamma if gamma is not None else "scale",
-        class_weight=class_weight,
-        random_state=random_state,
-    )
-    grid: dict[str, list] = {}
-    if C is None:
-        grid["C"] = list(Cs if Cs is not None else SVM_CS)
-    if gamma is None:
-        grid["gamma"] = [RelativeGamma(g) for g in (gammas if gammas is not None else SVM_GAMMAS)]
-    if not grid:
-        return base
-    return SweepClassifier(base, grid, val_size=val_size, random_state=random_state)
-
-
 def ridge(
-    alpha: float | None = None, alphas: Sequence[float] | None = None, class_weight: Any = None
+    alpha: float | None = None,
+    alphas: Sequence[float] | None = None,
+    val_size: float = 0.2,
+    class_weight: Any = None,
+    random_state: int | None = None,
 ) -> Any:
-    """``RidgeClassifier(alpha)``, or ``RidgeClassifierCV`` over ``alphas`` without ``alpha``."""
+    """``RidgeClassifier(alpha)``, or ``RidgeClassifierCV`` over ``alphas`` without ``alpha``.
+
+    Wrapped in :class:`~featx.heads.calibration.CalibratedClassifier` for probabilities: the
+    decision scores are calibrated on a ``val_size`` share held out of the training items.
+    """
     from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
+    from featx.heads.calibration import CalibratedClassifier
+
     if alpha is not None:
-        return RidgeClassifier(alpha=alpha, class_weight=class_weight)
-    return RidgeClassifierCV(
-        alphas=list(alphas if alphas is not None else RIDGE_ALPHAS), class_weight=class_weight
-    )
+        base = RidgeClassifier(alpha=alpha, class_weight=class_weight)
+    else:
+        base = RidgeClassifierCV(
+            alphas=list(alphas if alphas is not None else RIDGE_ALPHAS), class_weight=class_weight
+        )
+    return CalibratedClassifier(base, val_size=val_size, random_state=random_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,14 +107,18 @@ def _register_builtins() -> None:
     register_head(
         HeadInfo(
             name="linear-svm",
-            summary="linear SVM (LinearSVC), C swept on a validation split",
-            estimator=linear_svm,
+            summary="linear SVM (squared hinge, one-vs-rest), C swept with early stop, Newton",
+            estimator="featx.heads.svm:LinearSVM",
             params={
+                "backend": Param("str", "torch (fast, GPU) or sklearn (LinearSVC)", _BACKENDS),
                 "C": Param("float", "fixed C; skips the sweep"),
-                "Cs": Param("floats", "values of C to sweep (default logspace(-4,2,13))"),
+                "Cs": Param("floats", "values of C to sweep (default logspace(-3,3,13)/mean|x|^2)"),
                 "val_size": _VAL,
-                "max_iter": Param("int", "liblinear iterations"),
-                "tol": Param("float", "stopping tolerance"),
+                "patience": Param("int", "stop the sweep after this many C without gain"),
+                "max_iter": Param("int", "Newton iterations per C (sklearn: liblinear's)"),
+                "tol": Param("float", "gradient tolerance"),
+                "device": _DEVICE,
+                "dtype": Param("str", "torch precision", ("float32", "float64")),
             },
             default_preprocess=("standardize",),
         )
@@ -152,14 +126,19 @@ def _register_builtins() -> None:
     register_head(
         HeadInfo(
             name="svm",
-            summary="RBF-kernel SVM, C x gamma swept on a validation split",
-            estimator=rbf_svm,
+            summary="RBF-kernel SVM, C x gamma swept; exact SVC up to 2000 items, Nystroem above",
+            estimator="featx.heads.svm:RBFSVM",
             params={
+                "solver": Param("str", "exact (SVC), nystroem, or auto", _SVM_SOLVERS),
                 "C": Param("float", "fixed C; skips its sweep"),
-                "Cs": Param("floats", "values of C to sweep (default 0.1,1,10,100)"),
+                "Cs": Param("floats", "C values (default exact: 0.1-100, nystroem: 0.1-1000)"),
                 "gamma": Param("gamma", "fixed gamma (a number or 'scale'); skips its sweep"),
                 "gammas": Param("floats", "gammas to sweep, as multiples of 'scale'"),
+                "exact_max_n": Param("int", "largest training set solver=auto fits exactly"),
+                "rank": Param("int", "Nystroem landmarks (default min(n, 400 + n/5, 1500))"),
                 "val_size": _VAL,
+                "patience": Param("int", "nystroem: stop a C sweep after this many without gain"),
+                "device": _DEVICE,
             },
             default_preprocess=("standardize",),
         )
@@ -182,11 +161,12 @@ def _register_builtins() -> None:
     register_head(
         HeadInfo(
             name="ridge",
-            summary="ridge classifier, alpha chosen by efficient leave-one-out",
+            summary="ridge classifier, alpha by efficient leave-one-out, calibrated probabilities",
             estimator=ridge,
             params={
                 "alpha": Param("float", "fixed alpha; skips the sweep"),
                 "alphas": Param("floats", "alphas to sweep (default logspace(-2,6,17))"),
+                "val_size": Param("float", "share of each class held out to calibrate"),
             },
             default_preprocess=("standardize",),
         )

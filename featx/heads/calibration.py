@@ -2,9 +2,11 @@
 
 :class:`ScoreCalibrator` maps decision scores to class probabilities:
 
-- two classes (scores of shape ``(n,)``): Platt scaling, ``P(class 1) = sigmoid(a * s + c)``,
-  fitted with Platt's smoothed targets ``(n+ + 1) / (n+ + 2)`` and ``1 / (n- + 2)`` so that a
-  small, separable validation set does not give probabilities of exactly 0 and 1;
+- two classes (scores of shape ``(n,)``): Platt scaling without its offset,
+  ``P(class 1) = sigmoid(a * s)``, fitted with Platt's smoothed targets ``(n+ + 1) / (n+ + 2)``
+  and ``1 / (n- + 2)`` so that a small, separable validation set does not give probabilities of
+  exactly 0 and 1. Without the offset, ``P > 0.5`` exactly where the head predicts class 1, so
+  probabilities and predictions never disagree (scikit-learn's contract);
 - more classes (``(n, K)``): temperature scaling, ``softmax(a * s)`` with one scalar ``a > 0``,
   which keeps the head's ranking (and so its predictions) unchanged.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from dataclasses import replace
 from numbers import Real
 from typing import Any
 
@@ -35,7 +38,7 @@ from sklearn.utils._param_validation import HasMethods, Interval
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._split import stratified_holdout
+from featx.splits import stratified_holdout
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ class ScoreCalibrator:
     a_ : float
         Scale of the scores (1 / temperature).
     c_ : float
-        Offset (Platt only; 0 for temperature scaling).
+        Offset of the scores (0: kept so that probabilities agree with predictions).
     n_classes_ : int
     """
 
@@ -69,15 +72,14 @@ class ScoreCalibrator:
             t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
 
             def f(p: np.ndarray) -> tuple[float, np.ndarray]:
-                z = p[0] * S + p[1]
-                # log(1 + e^z) - t z, stable
-                lz = np.logaddexp(0.0, z)
-                loss = float(w @ (lz - t * z))
-                r = w * (_expit(z) - t)
-                return loss, np.array([r @ S, r.sum()])
+                z = p[0] * S
+                loss = float(w @ (np.logaddexp(0.0, z) - t * z))  # log(1 + e^z) - t z, stable
+                return loss, np.array([float(w @ ((_expit(z) - t) * S))])
 
-            res = minimize(f, np.array([1.0 / spread, 0.0]), jac=True, method="L-BFGS-B")
-            self.a_, self.c_ = float(res.x[0]), float(res.x[1])
+            res = minimize(
+                f, np.array([1.0 / spread]), jac=True, method="L-BFGS-B", bounds=[(0.0, None)]
+            )
+            self.a_, self.c_ = float(res.x[0]), 0.0
         else:
             self.n_classes_ = S.shape[1]
             Sf = np.where(np.isfinite(S), S, np.nan)
@@ -117,7 +119,7 @@ class ScoreCalibrator:
         if not hasattr(self, "a_"):
             return "ScoreCalibrator()"
         if self.n_classes_ == 2:
-            return f"ScoreCalibrator(platt: a={self.a_:.4g}, c={self.c_:.4g})"
+            return f"ScoreCalibrator(platt: a={self.a_:.4g})"
         return f"ScoreCalibrator(temperature={1.0 / self.a_:.4g})"
 
 
@@ -215,15 +217,18 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Decision scores of the refitted estimator."""
-        return self.estimator_.decision_function(self._check(X))
+        X = self._check(X)
+        return self.estimator_.decision_function(X)
 
     def predict(self, X: Any) -> np.ndarray:
         """Predictions of the refitted estimator."""
-        return self.estimator_.predict(self._check(X))
+        X = self._check(X)
+        return self.estimator_.predict(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities, columns in the order of ``classes_``."""
-        return self.calibrator_.predict_proba(_decision(self.estimator_, self._check(X)))
+        X = self._check(X)
+        return self.calibrator_.predict_proba(_decision(self.estimator_, X))
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
@@ -233,7 +238,7 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         inner = self.estimator.__sklearn_tags__()
         tags.input_tags.sparse = False
-        tags.classifier_tags = inner.classifier_tags
+        tags.classifier_tags = replace(inner.classifier_tags, multi_label=False)
         return tags
 
 

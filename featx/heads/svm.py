@@ -11,8 +11,8 @@ the same kernel (``rank`` landmarks chosen from the training items) and solves t
 above on those features, so the ``C x gamma`` sweep stays at seconds where the exact solver's
 time grows with ``n^2``-``n^3``. ``solver_`` says which path ran.
 
-Both calibrate their decision scores on the held-out validation split (Platt scaling for two
-classes, temperature scaling for more; :mod:`featx.heads.calibration`), so ``predict_proba``
+Both calibrate their decision scores on the held-out validation split (Platt-style scaling for
+two classes, temperature scaling for more; :mod:`featx.heads.calibration`), so ``predict_proba``
 exists for every fit.
 """
 
@@ -31,23 +31,16 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._split import stratified_holdout
 from featx.heads._weights import encode_class_weight, sample_weights, selection_score
+from featx.heads.builtin import LINEAR_SVM_CS as LINEAR_REL_CS
+from featx.heads.builtin import SVM_CS as EXACT_CS
+from featx.heads.builtin import SVM_EXACT_MAX_N as EXACT_MAX_N
+from featx.heads.builtin import SVM_GAMMAS as GAMMAS
+from featx.heads.builtin import SVM_KERNEL_CS as KERNEL_CS
 from featx.heads.calibration import calibrate
+from featx.splits import stratified_holdout
 
 logger = logging.getLogger(__name__)
-
-#: The default ``C`` grid of :class:`LinearSVM`, as multiples of ``1 / m`` where ``m`` is the
-#: mean squared norm of the centred training rows (``m = d`` for standardized features).
-LINEAR_REL_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-3, 3, 13))
-#: The ``C`` grid of :class:`RBFSVM`'s Nystroem path (kernel features have norm <= 1).
-KERNEL_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-1, 3, 9))
-#: The ``C`` grid of :class:`RBFSVM`'s exact path (scikit-learn's SVC).
-EXACT_CS: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0)
-#: ``gamma`` values as multiples of scikit-learn's ``gamma="scale"``.
-GAMMAS: tuple[float, ...] = (0.25, 1.0, 4.0)
-#: Above this many training items :class:`RBFSVM` (``solver="auto"``) uses the Nystroem path.
-EXACT_MAX_N = 2000
 
 
 def _scores_to_pred(Z: np.ndarray) -> np.ndarray:
@@ -406,7 +399,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (see ``calibrator_``)."""
-        return self.calibrator_.predict_proba(self.decision_function(X))
+        Z = self.decision_function(X)  # checks the fit first
+        return self.calibrator_.predict_proba(Z)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
@@ -466,6 +460,9 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
     val_scores_ : list of (dict, float)
         Every candidate tried with its validation score.
     calibrator_ : ScoreCalibrator
+    n_iter_ : int
+        Newton iterations of the chosen gamma's sweep and refit (Nystroem), or the exact
+        SVC's iterations.
 
     Examples
     --------
@@ -613,6 +610,7 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
                         best, Zv = (score, float(C), g), Z
         self.C_, self.gamma_ = best[1], best[2]
         self.estimator_ = svc(self.C_, self.gamma_).fit(X, y)
+        self.n_iter_ = int(np.max(self.estimator_.n_iter_))
         return Zv
 
     # -- Nystroem features + the squared-hinge solver
@@ -656,6 +654,7 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
                 prev = score
             sw = best["sweep"]
             coef, intercept, status = sw.refit(best["C"], best["W"], best["b"])
+            self.n_iter_ = sw.n_iter
         self.C_, self.gamma_ = float(best["C"]), float(best["gamma"])
         self.landmarks_ = X[landmarks].astype(np.float64)
         self.projection_ = best["P"].double().cpu().numpy()
@@ -696,7 +695,8 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
 
     def predict_proba(self, X: Any) -> np.ndarray:
         """Calibrated class probabilities (see ``calibrator_``)."""
-        return self.calibrator_.predict_proba(self.decision_function(X))
+        Z = self.decision_function(X)  # checks the fit first
+        return self.calibrator_.predict_proba(Z)
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Log of :meth:`predict_proba`."""
