@@ -1,4 +1,18 @@
-"""Linear-probe benchmark: the torch L-BFGS backend against scikit-learn's lbfgs, same sweep.
+"""Heads benchmarks: the linear probe's sweep, and every head against scikit-learn.
+
+Every head (issue #9), on a store's real embeddings or the synthetic problem below: the featx
+head with its default sweep (seconds, CPU seconds, test accuracy, the solver that ran), then the
+featx head and its scikit-learn equivalent both at the hyper-parameters the sweep chose::
+
+    python benchmarks/bench_heads.py --all-heads all --store digits.h5
+    python benchmarks/bench_heads.py --all-heads all --n 10000 --dim 2048 --classes 100
+
+"Equivalent" is exact for logreg, ridge and centroid (same objective); linear-svm's twin is
+LinearSVC, which penalizes the bias; svm's is the exact SVC (hinge loss, one-vs-one) where featx
+ran the Nystroem path; knn's is a cosine k-NN with distance weights (featx weights votes by
+exp(similarity / T)); mlp's is scikit-learn's MLP with the same widths.
+
+The linear-probe sweep, torch L-BFGS backend against scikit-learn's lbfgs:
 
     python benchmarks/bench_heads.py --n 50000 --dim 2048 --classes 100
     python benchmarks/bench_heads.py --n 10000 --dim 512 --classes 100 --stride 1
@@ -33,6 +47,7 @@ import os
 import platform
 import sys
 import time
+from typing import Any
 
 import numpy as np
 
@@ -121,6 +136,140 @@ def run_probe(backend: str, X, y, Xt, yt, Cs, threads: int | None, device: str =
     }
 
 
+# ---------------------------------------------------------------------------------------------
+# every head against its scikit-learn equivalent (issue #9)
+# ---------------------------------------------------------------------------------------------
+
+
+def _timed(fn):
+    t0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, round(time.perf_counter() - t0, 2), round(time.process_time() - c0, 2)
+
+
+def _acc(est, X, y) -> float:
+    return round(float((np.asarray(est.predict(X)) == y).mean()), 4)
+
+
+def _sklearn_twin(head: str, est: Any, n_classes: int) -> tuple[str, Any, bool]:
+    """(description, the scikit-learn estimator at the fitted head's hyper-parameters, exact?)."""
+    from sklearn.linear_model import LogisticRegression, RidgeClassifier
+    from sklearn.neighbors import KNeighborsClassifier, NearestCentroid
+    from sklearn.neural_network import MLPClassifier as SkMLP
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import Normalizer
+    from sklearn.svm import SVC, LinearSVC
+
+    if head == "logreg":
+        return f"LogisticRegression(C={est.C_:.3g})", LogisticRegression(C=est.C_), True
+    if head == "linear-svm":
+        desc = f"LinearSVC(C={est.C_:.3g}) (penalizes the bias)"
+        return desc, LinearSVC(C=est.C_, max_iter=2000), False
+    if head == "svm":
+        desc = f"SVC(C={est.C_:.3g}, gamma={est.gamma_:.3g}) (exact kernel, hinge, one-vs-one)"
+        return desc, SVC(C=est.C_, gamma=est.gamma_), False
+    if head == "knn":
+        k = est.k_
+        desc = f"KNeighborsClassifier({k}, cosine, distance weights) (featx: exp(sim/T) votes)"
+        return desc, KNeighborsClassifier(k, metric="cosine", weights="distance"), False
+    if head == "ridge":
+        alpha = float(getattr(est.estimator_, "alpha_", getattr(est.estimator_, "alpha", 1.0)))
+        return f"RidgeClassifier(alpha={alpha:.3g})", RidgeClassifier(alpha=alpha), True
+    if head == "centroid":
+        return (
+            "NearestCentroid on L2-normalized rows",
+            make_pipeline(Normalizer(), NearestCentroid()),
+            True,
+        )
+    if head == "mlp":
+        sizes = tuple(est.hidden_sizes)
+        desc = f"sklearn MLPClassifier({sizes}, adam, early stopping)"
+        return desc, SkMLP(sizes, early_stopping=True, max_iter=100, random_state=0), False
+    raise ValueError(head)
+
+
+def _fixed_params(head: str, est: Any) -> dict:
+    """The featx head's chosen hyper-parameters, as a fixed (no sweep) parameter dict."""
+    if head == "logreg":
+        return {"C": est.C_, "device": "cpu"}
+    if head == "linear-svm":
+        return {"C": est.C_, "device": "cpu"}
+    if head == "svm":
+        return {"C": est.C_, "gamma": est.gamma_, "solver": "nystroem", "device": "cpu"}
+    if head == "knn":
+        return {"k": est.k_}
+    if head == "ridge":
+        alpha = float(getattr(est.estimator_, "alpha_", getattr(est.estimator_, "alpha", 1.0)))
+        return {"alpha": alpha}
+    if head == "mlp":
+        return {"device": "cpu"}
+    return {}
+
+
+def run_all_heads(X, y, Xt, yt, heads: list[str], sklearn_max_s: float) -> dict:
+    """Each head: its default sweep, then featx and scikit-learn at the hyper-parameters chosen."""
+    import warnings
+
+    from featx.heads import make_head
+
+    rows = {}
+    K = int(y.max()) + 1
+    for head in heads:
+        device = {"device": "cpu"} if head in ("logreg", "linear-svm", "svm", "mlp") else {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe, s_wall, s_cpu = _timed(lambda h=head, d=device: make_head(h, d).fit(X, y))
+            est = pipe[-1]
+            row = {
+                "featx_sweep": {
+                    "seconds": s_wall,
+                    "cpu_seconds": s_cpu,
+                    "test_accuracy": _acc(pipe, Xt, yt),
+                    "solver": getattr(est, "solver_", ""),
+                }
+            }
+            fixed = make_head(head, _fixed_params(head, est))
+            fixed, f_wall, f_cpu = _timed(lambda p=fixed: p.fit(X, y))
+            row["featx_fixed"] = {
+                "params": {k: v for k, v in _fixed_params(head, est).items() if k != "device"},
+                "seconds": f_wall,
+                "cpu_seconds": f_cpu,
+                "test_accuracy": _acc(fixed, Xt, yt),
+                "solver": getattr(fixed[-1], "solver_", ""),
+            }
+            desc, twin, exact = _sklearn_twin(head, est, K)
+            steps = [s for _, s in pipe.steps[:-1]]
+            from sklearn.base import clone
+            from sklearn.pipeline import make_pipeline
+
+            twin = make_pipeline(*[clone(s) for s in steps], twin)
+            if head in ("svm", "linear-svm") and len(y) * X.shape[1] * K > sklearn_max_s * 2e6:
+                row["sklearn_fixed"] = {"estimator": desc, "skipped": "too slow on 2 cores"}
+            else:
+                twin, k_wall, k_cpu = _timed(lambda t=twin: t.fit(X, y))
+                row["sklearn_fixed"] = {
+                    "estimator": desc,
+                    "same_objective": exact,
+                    "seconds": k_wall,
+                    "cpu_seconds": k_cpu,
+                    "test_accuracy": _acc(twin, Xt, yt),
+                }
+                row["ratio_sklearn_over_featx_fixed"] = round(k_wall / max(f_wall, 1e-3), 2)
+        rows[head] = row
+        print(json.dumps({head: row}), file=sys.stderr, flush=True)
+    return rows
+
+
+def load_store(path: str, seed: int = 0):
+    """A store's train/test split (the protocol's stratified 80/20) as arrays."""
+    from featx.protocol import make_splits
+    from featx.store import load_features
+
+    fs = load_features(path)
+    s = make_splits(fs, split="stratified", seed=seed)[0]
+    return fs.X[s.train], fs.y[s.train], fs.X[s.test], fs.y[s.test]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="featx linear-probe benchmark")
     ap.add_argument("--n", type=int, default=50000, help="training rows")
@@ -133,7 +282,45 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--full-torch", action="store_true", help="also torch on all 45 values")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads first")
     ap.add_argument("--device", default="cpu", help="torch backend's device: cpu, cuda")
+    ap.add_argument(
+        "--all-heads",
+        default=None,
+        help="every head vs scikit-learn at the same hyper-parameters: 'all' or a list",
+    )
+    ap.add_argument("--store", default=None, help="--all-heads on a feature store's embeddings")
+    ap.add_argument(
+        "--sklearn-max",
+        type=float,
+        default=60.0,
+        help="--all-heads: skip the scikit-learn SVM twins above about this many seconds",
+    )
     a = ap.parse_args(argv)
+
+    if a.all_heads:
+        from featx.heads import list_heads
+
+        heads = list_heads() if a.all_heads == "all" else a.all_heads.split(",")
+        if a.threads:
+            import torch
+
+            torch.set_num_threads(a.threads)
+        t0 = time.perf_counter()
+        if a.store:
+            X, y, Xt, yt = load_store(a.store)
+            data = {"store": a.store}
+        else:
+            X, y, Xt, yt = make_problem(a.n, a.n_test, a.dim, a.classes, a.rank)
+            data = {"synthetic": f"{a.n} x {a.dim} x {a.classes}, rank {a.rank}"}
+        data.update(n_train=len(y), n_test=len(yt), dim=X.shape[1], classes=int(y.max()) + 1)
+        data["load_seconds"] = round(time.perf_counter() - t0, 1)
+        data["load_average_at_start"] = round(os.getloadavg()[0], 2)
+        rows = run_all_heads(X, y, Xt, yt, heads, a.sklearn_max)
+        print(
+            json.dumps(
+                {"benchmark": "all-heads", **data, "rows": rows, "versions": _versions()}, indent=2
+            )
+        )
+        return 0
 
     from featx.heads.linear import DEFAULT_CS
 

@@ -200,8 +200,8 @@ class Bundle:
         X = self._X(X)
         if not hasattr(self.estimator, "predict_proba"):
             raise FeatxError(
-                "this head gives no probabilities (e.g. linear-svm, svm, ridge); use predict, "
-                "or fit logreg, knn, centroid or mlp"
+                "this head gives no probabilities (every built-in head does; a custom estimator "
+                "needs predict_proba); use predict"
             )
         P = np.asarray(self.estimator.predict_proba(X), dtype=np.float64)
         out = np.zeros((P.shape[0], len(self.classes)))

@@ -432,7 +432,7 @@ def fit(
     "--heads",
     default=",".join(DEFAULT_HEADS),
     show_default=True,
-    help="Comma-separated head names.",
+    help="Comma-separated head names, or 'all' (see 'featx heads').",
 )
 @_protocol_options
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
@@ -456,6 +456,7 @@ def compare(
     Examples:
       featx compare cache/digits__efficientnet_lite0*.h5 --heads logreg,svm,knn,mlp
       featx compare A.h5 B.h5 --heads logreg,knn --report reports/ab --csv ab.csv
+      featx compare cache/digits__efficientnet_lite0*.h5 --heads all
     """
     from featx.train import compare_stores
 

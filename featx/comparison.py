@@ -53,8 +53,10 @@ COLUMNS = (
     "macro_f1",
     "top5_accuracy",
     "log_loss",
+    "roc_auc",
     "fit_seconds",
     "predict_seconds",
+    "solver",
 )
 
 
@@ -194,8 +196,10 @@ class Leaderboard:
                 "macro_f1": r.macro_f1,
                 "top5_accuracy": r.top5_accuracy,
                 "log_loss": r.log_loss,
+                "roc_auc": r.roc_auc,
                 "fit_seconds": r.fit_seconds,
                 "predict_seconds": r.predict_seconds,
+                "solver": r.solver,
             }
             for k in ("accuracy", "balanced_accuracy", "macro_f1"):
                 if k in r.std:
@@ -274,7 +278,8 @@ def compare(
     feature_sets : mapping of str to FeatureSet
         Stores by name (e.g. the backbone). They are aligned on their shared keys first.
     heads : sequence, default=featx.options.DEFAULT_HEADS
-        Head names, ``(name, params)`` or ``(name, params, preprocess)`` tuples.
+        Head names, ``(name, params)`` or ``(name, params, preprocess)`` tuples; the name
+        ``"all"`` stands for every registered head.
     protocol : EvalProtocol, optional
         As in :func:`featx.protocol.evaluate`; the splits are drawn once for all. Its
         ``preprocess`` applies to heads given without their own.
@@ -283,7 +288,8 @@ def compare(
         while the others go on, or stop the comparison. Unknown heads and parameters always
         raise before anything is fitted.
     progress : bool, default=False
-        Show a progress bar over the (store, head) fits on stderr.
+        Show a progress bar over the (store, head) fits on stderr, and one line per fitted head
+        (accuracy, fit seconds, how it was fitted).
 
     **overrides
         Fields of :class:`~featx.options.EvalProtocol` applied on top of ``protocol``.
@@ -300,6 +306,9 @@ def compare(
 
     if on_error not in ("continue", "raise"):
         raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
+    from featx.heads import list_heads
+
+    heads = [h for spec in heads for h in (list_heads() if spec == "all" else [spec])]
     specs = [_parse_spec(s) for s in heads]
     if not specs:
         raise FeatxError("compare needs at least one head")
@@ -356,6 +365,13 @@ def compare(
                 bar.update(1)
             r = replace(r, protocol=described, label=label)
             results.append(r)
+            if progress:
+                how = f" [{r.solver}]" if r.solver else ""
+                bar.write(
+                    f"{label} on {store}: accuracy {r.accuracy:.4f}, "
+                    f"fit {r.fit_seconds:.2f} s{how}",
+                    file=sys.stderr,
+                )
     bar.close()
     results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
     return Leaderboard(

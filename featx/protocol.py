@@ -313,7 +313,10 @@ class Metrics:
     """The metrics of one fitted head on one test set.
 
     ``top5_accuracy`` is None with 5 classes or fewer or when the head gives no scores;
-    ``log_loss`` is None when the head has no ``predict_proba``.
+    ``log_loss`` is None when the head has no ``predict_proba``; ``roc_auc`` (of the second
+    class's probability) is None unless there are two classes, probabilities, and test items of
+    both classes. ``solver`` says how the head was fitted when it tells (its ``solver_``, e.g.
+    ``"nystroem rank 1200 (cpu)"``), else ``""``.
     """
 
     accuracy: float
@@ -328,6 +331,8 @@ class Metrics:
     fit_seconds: float = 0.0
     predict_seconds: float = 0.0
     split: str = ""
+    roc_auc: float | None = None
+    solver: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -337,10 +342,12 @@ class Metrics:
             "macro_f1": self.macro_f1,
             "top5_accuracy": self.top5_accuracy,
             "log_loss": self.log_loss,
+            "roc_auc": self.roc_auc,
             "n_train": self.n_train,
             "n_test": self.n_test,
             "fit_seconds": self.fit_seconds,
             "predict_seconds": self.predict_seconds,
+            "solver": self.solver,
         }
 
 
@@ -388,24 +395,26 @@ def compute_metrics(
     if scores is not None and K > 5:
         top = np.argsort(-scores, axis=1, kind="stable")[:, :5]
         top5 = float(np.mean((top == np.asarray(y_true)[:, None]).any(axis=1)))
-    ll = None
+    ll = auc = None
     if proba is not None:
         eps = 1e-15
         pt = np.clip(proba[np.arange(len(y_true)), y_true], eps, 1.0)
         ll = float(-np.mean(np.log(pt)))
+        if K == 2 and len(np.unique(y_true)) == 2:
+            auc = float(skm.roc_auc_score(y_true, proba[:, 1]))
     cm = skm.confusion_matrix(y_true, y_pred, labels=labels)
     per_class = tuple(
         ClassReport(str(classes[i]), float(p[i]), float(r[i]), float(f[i]), int(s[i]))
         for i in range(K)
     )
-    return Metrics(acc, bacc, f1, top5, ll, per_class, cm)
+    return Metrics(acc, bacc, f1, top5, ll, per_class, cm, roc_auc=auc)
 
 
 # ---------------------------------------------------------------------------------------------
 # results
 # ---------------------------------------------------------------------------------------------
 
-_MEANED = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "log_loss")
+_MEANED = ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy", "log_loss", "roc_auc")
 
 
 @dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
@@ -422,7 +431,11 @@ class Result:
         Name of the feature set (e.g. the backbone).
     accuracy, balanced_accuracy, macro_f1 : float
         Means over runs.
-    top5_accuracy, log_loss : float or None
+    top5_accuracy, log_loss, roc_auc : float or None
+        ``roc_auc`` for two classes only.
+    solver : str
+        How the head was fitted, when it says (e.g. ``"nystroem rank 1200 (cpu)"``, ``"exact
+        SVC"``, ``"torch newton (cpu)"``); the distinct values of the runs joined by ``"; "``.
     std : dict of str to float
         Sample standard deviation (ddof=1) of each metric over runs; empty for a single run.
     fit_seconds, predict_seconds : float
@@ -458,6 +471,8 @@ class Result:
     per_class: tuple[ClassReport, ...]
     confusion_matrix: np.ndarray
     runs: tuple[Metrics, ...] = field(default=())
+    roc_auc: float | None = None
+    solver: str = ""
 
     @property
     def n_runs(self) -> int:
@@ -474,8 +489,10 @@ class Result:
             "macro_f1": self.macro_f1,
             "top5_accuracy": self.top5_accuracy,
             "log_loss": self.log_loss,
+            "roc_auc": self.roc_auc,
             "fit_seconds": self.fit_seconds,
             "predict_seconds": self.predict_seconds,
+            "solver": self.solver,
             "std": dict(self.std),
             "params": {k: _jsonable(v) for k, v in self.params.items()},
             "preprocess": list(self.preprocess),
@@ -590,6 +607,7 @@ def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarr
         scores = proba
     elif hasattr(est, "decision_function"):
         scores = _full_columns(est, np.asarray(est.decision_function(Xte)), K, -np.inf)
+    last = est.steps[-1][1] if hasattr(est, "steps") else est
     m = replace(
         compute_metrics(yte, y_pred, fs.classes, scores=scores, proba=proba),
         n_train=len(split.train),
@@ -597,6 +615,7 @@ def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarr
         fit_seconds=fit_s,
         predict_seconds=pred_s,
         split=split.name,
+        solver=str(getattr(last, "solver_", "")),
     )
     return est, m, y_pred
 
@@ -651,6 +670,8 @@ def _aggregate(
         per_class=pooled.per_class,
         confusion_matrix=pooled.confusion_matrix,
         runs=tuple(runs),
+        roc_auc=means["roc_auc"],
+        solver="; ".join(dict.fromkeys(m.solver for m in runs if m.solver)),
     )
 
 

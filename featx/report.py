@@ -33,10 +33,17 @@ __all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_markdown", "write
 
 def leaderboard_markdown(board: Leaderboard) -> str:
     """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
+    auc = any(r.roc_auc is not None for r in board.results)
+    solver = any(r.solver for r in board.results)
     lines = [
-        "| # | store | head | accuracy | bal. acc. | macro F1 | top-5 | log-loss | fit s "
-        "| predict s |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| # | store | head | accuracy | bal. acc. | macro F1 | top-5 | log-loss | "
+        + ("ROC-AUC | " if auc else "")
+        + "fit s | predict s |"
+        + (" solver |" if solver else ""),
+        "|---:|---|---|---:|---:|---:|---:|---:|"
+        + ("---:|" if auc else "")
+        + "---:|---:|"
+        + ("---|" if solver else ""),
     ]
     for i, r in enumerate(board.results, 1):
 
@@ -50,7 +57,10 @@ def leaderboard_markdown(board: Leaderboard) -> str:
         lines.append(
             f"| {i} | {_md(r.store)} | {_md(r.label)} | {pm('accuracy')} | "
             f"{pm('balanced_accuracy')} | {pm('macro_f1')} | {pm('top5_accuracy')} | "
-            f"{pm('log_loss')} | {_secs(r.fit_seconds)} | {_secs(r.predict_seconds)} |"
+            f"{pm('log_loss')} | "
+            + (f"{pm('roc_auc')} | " if auc else "")
+            + f"{_secs(r.fit_seconds)} | {_secs(r.predict_seconds)} |"
+            + (f" {_md(r.solver)} |" if solver else "")
         )
     if board.failures:
         lines.append("")

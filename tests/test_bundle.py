@@ -124,8 +124,19 @@ def test_saving_needs_a_fitted_head_and_overwrites_atomically(fs, fitted, tmp_pa
 
 
 def test_heads_without_probabilities_say_so(fs, tmp_path):
-    est = make_head("ridge", {"alpha": 1.0}).fit(fs.X, fs.y)
+    from sklearn.linear_model import RidgeClassifier
+
+    est = RidgeClassifier(alpha=1.0).fit(fs.X, fs.y)  # a custom estimator: no predict_proba
     b = load_bundle(save_bundle(tmp_path / "r.joblib", est, fs.classes, fs.meta))
     assert set(b.predict(fs.X[:10])) <= set(fs.classes)
     with pytest.raises(FeatxError, match="no probabilities"):
         b.predict_proba(fs.X[:2])
+
+
+@pytest.mark.parametrize("head", ["ridge", "linear-svm", "svm"])
+def test_every_builtin_head_gives_probabilities(fs, tmp_path, head):
+    est = make_head(head, {"device": "cpu"} if head != "ridge" else None).fit(fs.X, fs.y)
+    b = load_bundle(save_bundle(tmp_path / "h.joblib", est, fs.classes, fs.meta))
+    P = b.predict_proba(fs.X[:10])
+    assert P.shape == (10, len(fs.classes)) and np.allclose(P.sum(axis=1), 1.0)
+    assert np.array_equal(np.asarray(fs.classes)[P.argmax(axis=1)], b.predict(fs.X[:10]))

@@ -141,3 +141,24 @@ def test_cv_and_few_shot_comparisons_report_std():
     assert "±" in b.to_markdown()
     fs = compare(stores, ["centroid"], shots=2, trials=3)
     assert all(r.n_train == 14 for r in fs.results)
+
+
+def test_all_heads_report_probabilities_fit_seconds_and_their_solver(capsys):
+    from featx.heads import list_heads
+
+    stores = {"only": make_store(1.5, 3, n_per_class=20, n_classes=4)}
+    board = compare(stores, ["all"], seed=0, progress=True)
+    assert not board.failures
+    assert sorted(r.head for r in board.results) == list_heads()
+    for r in board.results:
+        assert r.log_loss is not None, r.head  # every head has predict_proba
+        assert r.fit_seconds > 0
+    solvers = {r.head: r.solver for r in board.results}
+    assert solvers["svm"] == "exact SVC" and solvers["linear-svm"].startswith("torch newton")
+    err = capsys.readouterr().err
+    for name in list_heads():  # one progress line per head, with its fit time
+        assert f"\n{name} on only: accuracy " in "\n" + err
+    md = board.to_markdown()
+    assert "| solver |" in md and "exact SVC" in md
+    rows = board.rows()
+    assert {"solver", "roc_auc", "fit_seconds"} <= set(rows[0])

@@ -222,8 +222,34 @@ def test_result_has_the_metrics_and_serializes_to_json():
     assert d["fit_seconds"] > 0 and d["predict_seconds"] > 0
     assert len(d["per_class"]) == 7 and np.sum(d["confusion_matrix"]) == r.n_test
     assert d["preprocess"] == ["standardize"]
-    ridge = evaluate(fs, "ridge")
-    assert ridge.log_loss is None and ridge.top5_accuracy is not None  # scores, no proba
+    ridge = evaluate(fs, "ridge")  # calibrated: every built-in head has probabilities
+    assert ridge.log_loss is not None and ridge.top5_accuracy is not None
+    assert ridge.roc_auc is None  # 7 classes
+    from sklearn.linear_model import RidgeClassifier
+
+    plain = evaluate(fs, RidgeClassifier())  # scores, no probabilities
+    assert plain.log_loss is None and plain.top5_accuracy is not None
+
+
+@pytest.mark.parametrize("head", ["linear-svm", "svm", "ridge", "centroid"])
+def test_two_classes_get_log_loss_and_roc_auc_from_every_head(head):
+    fs = make_fs(n_classes=2, n_per_class=40, sep=1.0)
+    params = {"device": "cpu"} if head in ("linear-svm", "svm") else None
+    r = evaluate(fs, head, params=params)
+    assert r.log_loss is not None and 0 < r.log_loss < np.log(2)
+    assert r.roc_auc is not None and 0.5 < r.roc_auc <= 1.0
+    d = json.loads(json.dumps(r.to_dict()))
+    assert d["roc_auc"] == r.roc_auc
+    if head == "linear-svm":
+        assert r.solver == "torch newton (cpu)"
+    # the AUC is scikit-learn's on the same probabilities
+    from featx.heads import make_head
+    from featx.protocol import protocol_splits
+
+    s = protocol_splits(fs)[0]
+    est = make_head(head, params).fit(fs.X[s.train], fs.y[s.train])
+    P = est.predict_proba(fs.X[s.test])
+    assert r.roc_auc == pytest.approx(skm.roc_auc_score(fs.y[s.test], P[:, 1]))
 
 
 def test_every_head_is_evaluated_on_the_same_test_items():
