@@ -190,19 +190,20 @@ def _sklearn_twin(head: str, est: Any, n_classes: int) -> tuple[str, Any, bool]:
 
 def _fixed_params(head: str, est: Any) -> dict:
     """The featx head's chosen hyper-parameters, as a fixed (no sweep) parameter dict."""
+    dev = os.environ.get("FEATX_BENCH_DEVICE", "cpu")
     if head == "logreg":
-        return {"C": est.C_, "device": "cpu"}
+        return {"C": est.C_, "device": dev}
     if head == "linear-svm":
-        return {"C": est.C_, "device": "cpu"}
+        return {"C": est.C_, "device": dev}
     if head == "svm":
-        return {"C": est.C_, "gamma": est.gamma_, "solver": "nystroem", "device": "cpu"}
+        return {"C": est.C_, "gamma": est.gamma_, "solver": "nystroem", "device": dev}
     if head == "knn":
         return {"k": est.k_}
     if head == "ridge":
         alpha = float(getattr(est.estimator_, "alpha_", getattr(est.estimator_, "alpha", 1.0)))
         return {"alpha": alpha}
     if head == "mlp":
-        return {"device": "cpu"}
+        return {"device": dev}
     return {}
 
 
@@ -214,8 +215,9 @@ def run_all_heads(X, y, Xt, yt, heads: list[str], sklearn_max_s: float) -> dict:
 
     rows = {}
     K = int(y.max()) + 1
+    dev = os.environ.get("FEATX_BENCH_DEVICE", "cpu")  # cuda: the torch heads on the GPU
     for head in heads:
-        device = {"device": "cpu"} if head in ("logreg", "linear-svm", "svm", "mlp") else {}
+        device = {"device": dev} if head in ("logreg", "linear-svm", "svm", "mlp") else {}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pipe, s_wall, s_cpu = _timed(lambda h=head, d=device: make_head(h, d).fit(X, y))

@@ -7,7 +7,10 @@
 # 2. extraction, ResNet-50 at 224 px, N synthetic 500x375 JPEGs: the standard loop, featx in bf16
 #    with Pillow decoding in the workers and with nvJPEG decoding on the GPU, and the model-only
 #    bound; then the same for ResNet-18 (a small model, where decoding matters most);
-# 3. the logreg sweep, 50k x 2048 x 100 classes: torch on CUDA against scikit-learn.
+# 3. the logreg sweep, 50k x 2048 x 100 classes: torch on CUDA against scikit-learn;
+# 4. (issue #9) every head, linear-svm and svm included, against scikit-learn at the same
+#    hyper-parameters on the synthetic 10k x 2048 x 100 problem, with the torch heads on CUDA
+#    (FEATX_BENCH_DEVICE=cuda), and featx compare --heads all on it.
 # Each step writes one JSON (or log) file into OUT_DIR; BENCHMARKS.md says how to read them.
 set -euo pipefail
 out=${1:?usage: gpu_suite.sh OUT_DIR [N_IMAGES]}
@@ -34,3 +37,7 @@ rm -rf "$(dirname "$jpegs")"
 
 $py benchmarks/bench_heads.py --n 50000 --dim 2048 --classes 100 --device cuda \
   >"$out/heads_cuda.json" 2>"$out/heads_cuda.err"
+
+# issue #9: every head on CUDA (torch heads) against scikit-learn at the same hyper-parameters
+FEATX_BENCH_DEVICE=cuda $py benchmarks/bench_heads.py --all-heads all --n 10000 --dim 2048 \
+  --classes 100 --sklearn-max 600 >"$out/all_heads_cuda.json" 2>"$out/all_heads_cuda.err"
