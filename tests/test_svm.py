@@ -237,3 +237,13 @@ def test_calibrated_ridge_has_probabilities():
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_ridge_head_chooses_alpha_on_the_training_share_and_refits_once():
+    from featx.heads import RIDGE_ALPHAS
+
+    X, y = _problem(3)
+    head = make_head("ridge").fit(X, y)[-1]
+    assert type(head.estimator_).__name__ == "RidgeClassifier"
+    assert head.estimator_.alpha in RIDGE_ALPHAS
+    assert head.predict_proba(X).shape == (len(y), 3)

@@ -141,9 +141,8 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
 
     Fits ``estimator`` on a stratified share of the data, calibrates its decision scores on the
     held-out rest (:class:`ScoreCalibrator`), then refits it on all the data; predictions are
-    those of the refitted estimator. A ``RidgeClassifierCV`` with its default efficient
-    leave-one-out is fitted once instead and calibrated on its leave-one-out scores. Used for the
-    ``ridge`` head.
+    those of the refitted estimator. A ``RidgeClassifierCV`` chooses alpha on the training
+    share and is refit on everything at that alpha (see ``_final``). Used for the ``ridge`` head.
 
     Parameters
     ----------
@@ -196,17 +195,11 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
                 f"{type(self.estimator).__name__} needs samples of at least 2 classes; "
                 f"got 1 class ({self.classes_[0]!r})"
             )
-        loo = _loo_scores(self.estimator, X, y)
-        if loo is not None:  # efficient leave-one-out: held-out scores of every item, one fit
-            self.estimator_, Z = loo
-            self.calibrator_ = calibrate(Z, y_enc)
-            logger.info("%s: %r (leave-one-out)", type(self.estimator).__name__, self.calibrator_)
-            return self
         train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
         if len(val) and len(np.unique(y_enc[train])) == len(self.classes_):
             est = clone(self.estimator).fit(X[train], y[train])
             self.calibrator_ = calibrate(_decision(est, X[val]), y_enc[val])
-            self.estimator_ = clone(self.estimator).fit(X, y)
+            self.estimator_ = _final(self.estimator, est).fit(X, y)
         else:
             warnings.warn(
                 "too few items per class to hold some out for calibration; the probabilities "
@@ -250,25 +243,23 @@ class CalibratedClassifier(ClassifierMixin, BaseEstimator):
         return tags
 
 
-def _loo_scores(estimator: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, np.ndarray] | None:
-    """(fitted estimator, its leave-one-out decision scores) for ``RidgeClassifierCV``; else None.
+def _final(estimator: Any, fitted: Any) -> Any:
+    """The estimator to refit on all the data after calibrating ``fitted`` (fit on a share).
 
-    Its efficient leave-one-out already computes, for every item, the score it gets from the
-    model fitted without it (``cv_results_`` at the chosen alpha): held-out scores for the
-    calibration at the cost of the one fit the head needs anyway.
+    A ``RidgeClassifierCV`` is refit as a ``RidgeClassifier`` at the alpha it chose on the
+    share: one solve instead of a second leave-one-out search over every alpha (its
+    leave-one-out values are squared errors, not scores, so they cannot calibrate).
     """
     from sklearn.base import clone
-    from sklearn.linear_model import RidgeClassifierCV
+    from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
 
-    if not isinstance(estimator, RidgeClassifierCV) or estimator.cv is not None:
-        return None
-    if estimator.scoring is not None or len(np.unique(y)) < 2:
-        return None
-    est = clone(estimator).set_params(store_cv_results=True).fit(X, y)
-    alphas = np.atleast_1d(np.asarray(est.alphas, dtype=np.float64))
-    idx = int(np.argmin(np.abs(alphas - est.alpha_)))
-    Z = np.asarray(est.cv_results_[..., idx], dtype=np.float64).reshape(len(y), -1)
-    return est, Z[:, 0] if Z.shape[1] == 1 else Z
+    if isinstance(estimator, RidgeClassifierCV):
+        return RidgeClassifier(
+            alpha=float(np.atleast_1d(fitted.alpha_)[0]),
+            fit_intercept=estimator.fit_intercept,
+            class_weight=estimator.class_weight,
+        )
+    return clone(estimator)
 
 
 def _decision(est: Any, X: np.ndarray) -> np.ndarray:
