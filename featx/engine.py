@@ -19,10 +19,11 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.jpeg import resolve_decode
+from featx.options import PRECISIONS as PRECISIONS  # one list, also for the CLI
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: isolated user state, tiny images, a tiny deterministic backbone."""
+"""Shared fixtures: tiny images, a tiny deterministic backbone, a fake backbone family.
+
+User state (caches, TORCH_HOME) is isolated by the root conftest.py, for doctests too."""
 
 from __future__ import annotations
 
@@ -7,17 +9,6 @@ from pathlib import Path
 
 import pytest
 from helpers import TinyBackbone, tiny_family, write_image  # noqa: F401  (re-exported)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_state(tmp_path_factory, monkeypatch):
-    """Point every user path at a temp dir so tests never touch real caches."""
-    home = tmp_path_factory.mktemp("state")
-    monkeypatch.setenv("FEATX_CACHE_DIR", str(home / "cache"))
-    monkeypatch.setenv("FEATX_DATA_DIR", str(home / "data"))
-    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    yield
 
 
 @pytest.fixture
