@@ -200,23 +200,50 @@ def backbones(pattern: str | None, as_json: bool) -> None:
     show_default=True,
     help="Images per durable checkpoint (a kill loses at most this many).",
 )
+@click.option(
+    "--engine",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="local: this process; ray: a Ray cluster (pip install 'featx[ray]', docs/scale-out.md).",
+)
+@click.option(
+    "--ray-address",
+    help="Ray cluster: auto (this machine's cluster) or ray://HOST:10001; "
+    "default: a local Ray runtime.",
+)
+@click.option(
+    "--actors", type=click.IntRange(1), help="Ray model actors (default: by GPUs or CPUs)."
+)
+@click.option(
+    "--gpus-per-actor", type=click.FloatRange(0), help="GPUs each Ray actor reserves (default 0)."
+)
+@click.option(
+    "--cpus-per-actor",
+    type=click.FloatRange(0, min_open=True),
+    help="CPUs each Ray actor reserves (default 1).",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def extract(source: str, **kw: Any) -> None:
     """Extract features of SOURCE into a feature store (only what is new or changed).
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
-    (path,label[,split]), sklearn:digits, or torchvision:NAME.
+    (path,label[,split]; also as a URI: s3://, gs://, file://), sklearn:digits, or
+    torchvision:NAME.
 
     \b
     Examples:
       featx extract photos/ -b resnet50 --weights IMAGENET1K_V2
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
+      featx extract s3://bucket/manifest.csv --engine ray --ray-address auto --gpus-per-actor 1
     """
     from featx.extract import ExtractOptions
     from featx.extract import extract as run_extract
 
+    if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
+        logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data's per-run INFO lines
     opts = ExtractOptions(
         batch_size=kw["batch_size"],
         workers=kw["workers"],
@@ -229,6 +256,11 @@ def extract(source: str, **kw: Any) -> None:
         decode=kw["decode"],
         checkpoint_every=kw["checkpoint_every"],
         progress=not kw["quiet"],
+        engine=kw["engine"],
+        ray_address=kw["ray_address"],
+        actors=kw["actors"],
+        gpus_per_actor=kw["gpus_per_actor"],
+        cpus_per_actor=kw["cpus_per_actor"],
     )
     result = run_extract(
         source,
@@ -261,6 +293,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("dim", result.dim),
                 ("backbone", f"{result.backbone} ({result.weights})"),
                 ("device", f"{result.device} {result.precision}"),
+                *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
                 ("images/s", f"{result.images_per_s:.1f}"),
             ]

@@ -15,7 +15,7 @@ A pipeline file::
     name = "efficientnet_lite0"      # also: weights, weights_file, layer, pool, image_size
 
     [extract]                        # batch_size, workers, device, precision, dtype, ...
-    batch_size = 64
+    batch_size = 64                  # engine = "ray", ray_address, actors, gpus_per_actor, ...
 
     [protocol]                       # split, test_size, cv, shots, trials, seed, class_weight,
                                      # preprocess
@@ -57,6 +57,12 @@ _EXTRACT = {
     "compile",
     "decode",
     "checkpoint_every",
+    # --engine ray (docs/scale-out.md)
+    "engine",
+    "ray_address",
+    "actors",
+    "gpus_per_actor",
+    "cpus_per_actor",
 }
 _PROTOCOL = {"split", "test_size", "cv", "shots", "trials", "seed", "class_weight", "preprocess"}
 
