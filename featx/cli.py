@@ -243,7 +243,11 @@ def extract(source: str, **kw: Any) -> None:
     from featx.extract import extract as run_extract
 
     if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
-        logging.getLogger("ray.data").setLevel(logging.WARNING)  # Ray Data's per-run INFO lines
+        import contextlib
+
+        with contextlib.suppress(ImportError):  # a missing extra is reported by the library
+            import ray.data  # noqa: F401 - configures its loggers on import; then quiet them
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # -v shows Ray Data's own lines
     opts = ExtractOptions(
         batch_size=kw["batch_size"],
         workers=kw["workers"],
