@@ -5,7 +5,7 @@
 
 Rows:
 
-- ``local``: ``featx.extract.extract`` with the local engine (default workers) into a fresh store.
+- ``local``: ``featx.extract`` with the local engine (default workers) into a fresh store.
 - ``ray``: the same call with ``engine="ray"`` on a local Ray runtime started once by the
   benchmark (``ray.init(num_cpus=os.cpu_count())``, its start-up reported as ``ray_init_s``),
   ``--actors`` model actors of ``--cpus-per-actor`` CPUs; the rest of the CPUs decode.
@@ -36,7 +36,8 @@ import numpy as np
 
 
 def run(src: str, store: Path, model: str, image_size: int | None, **opts) -> dict:
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import extract
+    from featx.options import ExtractOptions
 
     if store.exists():
         store.unlink()

@@ -3,7 +3,7 @@
 What runs where
 ---------------
 The driver (the process that runs ``featx extract``) scans the source, computes the incremental
-plan and owns the store, exactly as with the local engine (see :mod:`featx.extract`). Only the
+plan and owns the store, exactly as with the local engine (see :mod:`featx.extraction`). Only the
 to-do rows become a Ray Dataset of ``(position, key, path)`` rows. Two operators follow:
 
 1. *decode* — Ray tasks (one CPU each, spread over the cluster) read each file, decode it with

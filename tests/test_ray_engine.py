@@ -10,7 +10,8 @@ import pytest
 from conftest import write_image
 
 from featx.errors import FeatxError
-from featx.extract import ExtractOptions, extract
+from featx.extraction import extract
+from featx.options import ExtractOptions
 from featx.store import load_features, store_info
 
 
@@ -118,7 +119,7 @@ def test_interrupted_ray_run_resumes_from_its_parts(
     ray_runtime, image_folder, tiny_backbone, tmp_path, monkeypatch
 ):
     """The driver stops after two part files (as after kill -9); the next run resumes them."""
-    import featx.extract as fx
+    import featx.extraction as fx
 
     real = fx._batches
 
@@ -176,7 +177,7 @@ def test_ray_options_are_checked_before_any_work(
         _run(image_folder, tiny_backbone, store, engine="ray", decode="device")
     with pytest.raises(FeatxError, match="--actors applies only with --engine ray"):
         _run(image_folder, tiny_backbone, store, actors=2)
-    with pytest.raises(FeatxError, match="unknown --engine"):
+    with pytest.raises(FeatxError, match="engine must be one of local, ray"):
         _run(image_folder, tiny_backbone, store, engine="spark")
     assert not store.exists() and not (tmp_path / "s.h5.parts").exists()
 

@@ -7,7 +7,8 @@ import pytest
 from conftest import write_image
 
 from featx.errors import FeatxError
-from featx.extract import ExtractOptions, extract
+from featx.extraction import extract
+from featx.options import ExtractOptions
 from featx.sources import is_uri, open_source
 from featx.store import load_features
 

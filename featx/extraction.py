@@ -3,8 +3,8 @@ new or changed, and commit the store atomically.
 
 Examples
 --------
->>> from featx.extract import extract
->>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
+>>> import featx
+>>> result = featx.extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
 >>> result.n_items, result.dim  # doctest: +SKIP
 (1797, 1280)
 """
@@ -20,50 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from featx.backbones.registry import BackboneLike
 from featx.errors import FeatxError
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions
 from featx.sources import Item, Source, open_source
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """How to run an extraction (none of these change the features, except ``dtype``)."""
-
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float32"
-    content_hash: bool = False
-    strict: bool = False
-    compile: bool = False
-    channels_last: bool = True
-    fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
-    decode: str = "auto"  # where JPEGs are decoded: cpu, device (nvJPEG on CUDA), auto
-    checkpoint_every: int = 2048  # images per durable part file
-    checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
-    progress: bool = False
-    # --engine ray (see featx.ray_engine); the ray_* options apply only there
-    engine: str = "local"  # local | ray
-    ray_address: str | None = None  # None: a local Ray runtime; "auto"; "ray://HOST:PORT"
-    actors: int | None = None  # model actors (None: by the cluster's GPUs or CPUs)
-    gpus_per_actor: float | None = None  # default 0
-    cpus_per_actor: float | None = None  # default 1
-
-    def ray_settings(self):
-        """The Ray options as :class:`featx.ray_engine.RaySettings` (validated)."""
-        from featx.ray_engine import RaySettings
-
-        if self.actors is not None and self.actors < 1:
-            raise FeatxError("--actors must be at least 1")
-        g = 0.0 if self.gpus_per_actor is None else float(self.gpus_per_actor)
-        c = 1.0 if self.cpus_per_actor is None else float(self.cpus_per_actor)
-        if g < 0 or c <= 0:
-            raise FeatxError("--gpus-per-actor must be >= 0 and --cpus-per-actor > 0")
-        return RaySettings(address=self.ray_address, actors=self.actors, gpus_per_actor=g,
-                           cpus_per_actor=c)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -121,15 +84,18 @@ def _same(old: tuple[int, int, str], item: Item) -> bool:
     return old[0] == item.size and old[1] == item.mtime_ns
 
 
-def store_config(source: Source, backbone: Any, dtype: str = "float32") -> StoreConfig:
+__all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
+
+
+def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
     return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
 
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: Any = "efficientnet_lite0",
+    backbone: str | BackboneSpec | BackboneLike = DEFAULT_BACKBONE,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     weights_file: str | os.PathLike | None = None,
     layer: str | None = None,
     pool: str | None = None,
@@ -145,8 +111,10 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str or Backbone
-        A registry name (``featx backbones``) or an already loaded backbone.
+    backbone : str, BackboneSpec or Backbone
+        A registry name (``featx backbones``), a :class:`~featx.options.BackboneSpec`, or an
+        already loaded backbone (any object with the attributes of
+        :class:`~featx.backbones.registry.BackboneLike`).
     weights, weights_file, layer, pool, image_size
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
@@ -165,7 +133,11 @@ def extract(
         if isinstance(source, Source)
         else open_source(source, root=root, download=download, content_hash=opts.content_hash)
     )
-    if isinstance(backbone, str):
+    if isinstance(backbone, BackboneSpec):
+        from featx.backbones import load_backbone
+
+        bb = load_backbone(backbone)
+    elif isinstance(backbone, str):
         from featx.backbones import load_backbone
 
         bb = load_backbone(
@@ -273,7 +245,6 @@ def extract(
     )
 
 
-ENGINES = ("local", "ray")
 _RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")
 
 
@@ -282,8 +253,6 @@ def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:
     from featx.engine import resolve_device, resolve_precision
     from featx.jpeg import resolve_decode
 
-    if opts.engine not in ENGINES:
-        raise FeatxError(f"unknown --engine {opts.engine!r}; use one of {', '.join(ENGINES)}")
     if opts.engine == "local":
         given = [k for k in _RAY_ONLY if getattr(opts, k) is not None]
         if given:
@@ -432,7 +401,7 @@ def _batches(todo: list[Item], src: Source, bb: Any, opts: ExtractOptions, dec: 
 def _run(
     todo: list[Item],
     src: Source,
-    bb: Any,
+    bb: BackboneLike,
     writer: StoreWriter,
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],
