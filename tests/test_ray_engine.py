@@ -20,15 +20,16 @@ def ray_runtime():
     """One local Ray runtime (2 CPUs) shared by this module's tests, shut down after them."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    import conftest
+    import helpers
     from ray import cloudpickle
 
-    # The tests' TinyBackbone lives in conftest, which Ray workers cannot import: ship it by value.
-    cloudpickle.register_pickle_by_value(conftest)
+    # The tests' TinyBackbone lives in tests/helpers.py, which Ray workers cannot import: ship
+    # it by value.
+    cloudpickle.register_pickle_by_value(helpers)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING", log_to_driver=False)
     yield ray
     ray.shutdown()
-    cloudpickle.unregister_pickle_by_value(conftest)
+    cloudpickle.unregister_pickle_by_value(helpers)
 
 
 def _run(src, bb, store, **kw):
