@@ -1,6 +1,8 @@
-"""Shared fixtures: tiny images, a tiny deterministic backbone, a fake backbone family.
+"""Shared fixtures: isolated user state, tiny images, a tiny deterministic backbone, a fake
+backbone family. Plain helpers live in tests/helpers.py (import them from there).
 
-User state (caches, TORCH_HOME) is isolated by the root conftest.py, for doctests too."""
+The docstring examples under featx/ (--doctest-modules) write no user state: they use temp
+folders, random-init or package-embedded weights."""
 
 from __future__ import annotations
 
@@ -9,6 +11,17 @@ from pathlib import Path
 
 import pytest
 from helpers import TinyBackbone, tiny_family, write_image  # noqa: F401  (re-exported)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_state(tmp_path_factory, monkeypatch):
+    """Point every user path at a temp dir so tests never touch real caches."""
+    home = tmp_path_factory.mktemp("state")
+    monkeypatch.setenv("FEATX_CACHE_DIR", str(home / "cache"))
+    monkeypatch.setenv("FEATX_DATA_DIR", str(home / "data"))
+    monkeypatch.setenv("TORCH_HOME", str(home / "torch"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    yield
 
 
 @pytest.fixture
