@@ -16,7 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from featx.heads import make_head
 from featx.heads._hinge import targets
 from featx.heads.calibration import CalibratedClassifier, ScoreCalibrator
-from featx.heads.svm import LinearSVM, RBFSVM, auto_rank
+from featx.heads.svm import RBFSVM, LinearSVM, auto_rank
 from featx.splits import stratified_holdout
 
 
@@ -103,7 +103,7 @@ def test_sweep_warm_starts_stops_early_and_picks_by_validation():
     assert done[0] and not done.all()  # the sweep stopped before the end of the grid
     last = np.flatnonzero(done)[-1]
     best = int(np.nanargmax(scores))
-    assert svm.C_ == svm.Cs_[best] or scores[np.searchsorted(svm.Cs_, svm.C_)] == scores[best]
+    assert svm.Cs_[best] == svm.C_ or scores[np.searchsorted(svm.Cs_, svm.C_)] == scores[best]
     assert last - best >= 2  # the patience of 2 values without gain
     full = LinearSVM(random_state=0, device="cpu", patience=None).fit(X, y)
     assert np.isfinite(full.val_scores_).all()
