@@ -208,6 +208,12 @@ def _read_index(f) -> StoreIndex:
     )
 
 
+def read_index(path: str | os.PathLike) -> StoreIndex:
+    """The keys, fingerprints, failures, labels and splits of a store, without its features."""
+    with _open_read(path) as f:
+        return _read_index(f)
+
+
 def _meta(f) -> dict[str, Any]:
     meta = {}
     for k, v in f.attrs.items():
