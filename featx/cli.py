@@ -322,6 +322,51 @@ def info(store: str, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npz", "parquet", "csv"]),
+    help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output file (default: the store's path with the format's suffix).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
+    """Write a feature STORE's ids, labels, splits and features as npz, Parquet or CSV.
+
+    \b
+    Examples:
+      featx export STORE                       # STORE with .npz: np.load(...)["features"]
+      featx export STORE --format parquet      # pandas.read_parquet; features as a list column
+      featx export STORE --out digits.csv      # id,label,split,f0,f1,...
+    """
+    from featx.export import export_store
+
+    res = export_store(store, out, format=fmt)
+    if as_json:
+        _print_json(res.to_dict())
+        return
+    click.echo(
+        _table(
+            [
+                ("out", res.out),
+                ("format", res.format),
+                ("items", f"{res.n_items} x {res.dim}"),
+                ("failed (left out)", res.n_failed_left_out),
+                ("file", f"{res.bytes / 1e6:.1f} MB"),
+            ]
+        )
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # heads: fit / compare / predict / run
 # ---------------------------------------------------------------------------------------------
 def _protocol_options(f):
@@ -564,13 +609,16 @@ def predict(
 ) -> None:
     """Label the images of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
 
-    The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached store
-    (re-running extracts nothing new), and OUT gets path, predicted, true_label (when SOURCE has
-    labels) and p_<class> columns.
+    SOURCE is a folder, a CSV manifest, torchvision:NAME, one image file, or a quoted glob
+    pattern. The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached
+    store (re-running extracts nothing new), and OUT gets path, predicted, true_label (when
+    SOURCE has labels) and p_<class> columns.
 
     \b
-    Example:
-      featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
+    Examples:
+      featx predict head.joblib new_images/ --out preds.csv
+      featx predict head.joblib photo.jpg
+      featx predict head.joblib 'shots/**/*.jpg'
     """
     from featx.extract import ExtractOptions
     from featx.predict import predict as run_predict
