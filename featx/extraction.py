@@ -3,8 +3,8 @@ new or changed, and commit the store atomically.
 
 Examples
 --------
->>> from featx.extract import extract
->>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
+>>> import featx
+>>> result = featx.extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
 >>> result.n_items, result.dim  # doctest: +SKIP
 (1797, 1280)
 """
@@ -20,31 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from featx.backbones.registry import BackboneLike
 from featx.errors import FeatxError
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions
 from featx.sources import Item, Source, open_source
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """How to run an extraction (none of these change the features, except ``dtype``)."""
-
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float32"
-    content_hash: bool = False
-    strict: bool = False
-    compile: bool = False
-    channels_last: bool = True
-    fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
-    decode: str = "auto"  # where JPEGs are decoded: cpu, device (nvJPEG on CUDA), auto
-    checkpoint_every: int = 2048  # images per durable part file
-    checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
-    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -101,15 +83,18 @@ def _same(old: tuple[int, int, str], item: Item) -> bool:
     return old[0] == item.size and old[1] == item.mtime_ns
 
 
-def store_config(source: Source, backbone: Any, dtype: str = "float32") -> StoreConfig:
+__all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
+
+
+def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
     return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
 
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: Any = "efficientnet_lite0",
+    backbone: str | BackboneSpec | BackboneLike = DEFAULT_BACKBONE,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     weights_file: str | os.PathLike | None = None,
     layer: str | None = None,
     pool: str | None = None,
@@ -125,8 +110,10 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str or Backbone
-        A registry name (``featx backbones``) or an already loaded backbone.
+    backbone : str, BackboneSpec or Backbone
+        A registry name (``featx backbones``), a :class:`~featx.options.BackboneSpec`, or an
+        already loaded backbone (any object with the attributes of
+        :class:`~featx.backbones.registry.BackboneLike`).
     weights, weights_file, layer, pool, image_size
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
@@ -145,7 +132,11 @@ def extract(
         if isinstance(source, Source)
         else open_source(source, root=root, download=download, content_hash=opts.content_hash)
     )
-    if isinstance(backbone, str):
+    if isinstance(backbone, BackboneSpec):
+        from featx.backbones import load_backbone
+
+        bb = load_backbone(backbone)
+    elif isinstance(backbone, str):
         from featx.backbones import load_backbone
 
         bb = load_backbone(
@@ -338,7 +329,7 @@ def _metadata_changed(src: Source, old) -> bool:
 def _run(
     todo: list[Item],
     src: Source,
-    bb: Any,
+    bb: BackboneLike,
     writer: StoreWriter,
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],

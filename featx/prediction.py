@@ -7,8 +7,8 @@ with the predicted label and per-class probabilities.
 
 Examples
 --------
->>> from featx.predict import predict
->>> res = predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> import featx
+>>> res = featx.predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -19,13 +19,19 @@ import csv
 import io
 import logging
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import atomic_write
+from featx.options import BackboneSpec, ExtractOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -47,30 +53,33 @@ class PredictResult:
         return d
 
 
-def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike | None = None):
-    """Load the backbone a bundle's store was built with, and prove it is the same one."""
+def rebuild_backbone(
+    store_meta: Mapping[str, Any], weights_file: str | os.PathLike | None = None
+) -> Backbone:
+    """Load the backbone a bundle's store was built with, and prove it is the same one.
+
+    The store's recorded ``config.backbone`` becomes a :class:`~featx.options.BackboneSpec`
+    (:meth:`~featx.options.BackboneSpec.from_config`), the backbone is loaded from it, and its
+    ``config()`` must equal the recorded one.
+    """
     from featx.backbones import load_backbone
 
     cfg = (store_meta.get("config") or {}).get("backbone")
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
-    weights = cfg.get("weights")
-    if str(weights).startswith("file:") and weights_file is None:
+    spec = BackboneSpec.from_config(cfg)
+    if str(spec.weights).startswith("file:") and weights_file is None:
         raise FeatxError(
-            f"the bundle's backbone used a local weights file ({weights[5:]}); "
+            f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
             "pass it again with --weights-file"
         )
-    layer = cfg.get("layer") or None
-    kwargs = {
-        "weights_file": weights_file,
-        "layer": layer,
-        "pool": cfg.get("pool") if layer and layer != "pre_logits" else None,
-    }
-    w = None if str(weights).lower() == "none" or weights_file else weights
-    bb = load_backbone(cfg["name"], w, **kwargs)
-    crop = (cfg.get("preprocess") or {}).get("crop_size")
+    if weights_file is not None:
+        # the file brings the weights; the default id only picks the preprocessing
+        spec = replace(spec, weights=None, weights_file=os.fspath(weights_file))
+    crop = spec.image_size
+    bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
-        bb = load_backbone(cfg["name"], w, image_size=int(crop), **kwargs)
+        bb = load_backbone(spec)
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
@@ -110,7 +119,7 @@ def predict(
     source: str | os.PathLike,
     *,
     out: str | os.PathLike | None = None,
-    options: Any = None,
+    options: ExtractOptions | None = None,
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
@@ -128,11 +137,11 @@ def predict(
     out : path-like, optional
         The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extract.ExtractOptions, optional
+    options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
     """
     from featx.bundle import load_bundle
-    from featx.extract import extract
+    from featx.extraction import extract
     from featx.store import load_features
 
     b = load_bundle(bundle)
@@ -183,10 +192,7 @@ def predict(
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow(row)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out_path)
+    atomic_write(out_path, buf.getvalue())
 
     counts: dict[str, int] = {}
     for p in pred:
