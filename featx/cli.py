@@ -279,11 +279,39 @@ def format_info(info: dict[str, Any]) -> str:
     return text
 
 
+def format_locations(loc: dict[str, Any]) -> str:
+    """``featx info`` without a store: where featx reads and writes."""
+    size = f"{loc['stores']} stores, {loc['stores_bytes'] / 1e6:.1f} MB"
+    return _table(
+        [
+            ("cache", f"{loc['cache_dir']} ({size})"),
+            ("  set by", loc["cache_dir_from"]),
+            ("head bundles", loc["heads_dir"]),
+            ("built-in datasets", loc["datasets_dir"]),
+            ("torchvision data", f"{loc['data_dir']} (set by {loc['data_dir_from']})"),
+            ("torch weights", loc["torch_weights_dir"]),
+            ("hugging face", loc["huggingface_dir"]),
+            ("project setting", loc["project_setting"] or "none (featx.toml or [tool.featx])"),
+        ]
+    )
+
+
 @cli.command()
-@click.argument("store", type=click.Path())
+@click.argument("store", type=click.Path(), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store: str, as_json: bool) -> None:
-    """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance."""
+def info(store: str | None, as_json: bool) -> None:
+    """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance.
+
+    Without STORE: where featx keeps stores, bundles, datasets and weights, and which setting
+    chose each folder (FEATX_CACHE_DIR, the nearest featx.toml / pyproject.toml [tool.featx],
+    or the user cache folder).
+    """
+    if store is None:
+        from featx.settings import locations
+
+        loc = locations()
+        click.echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
+        return
     from featx.store import store_info
 
     data = store_info(store)

@@ -150,7 +150,7 @@ def embed_files(
         For :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
         The store file; default ``files__<backbone>__<hash>.h5`` in the cache folder.
-    options : featx.extract.ExtractOptions, optional
+    options : featx.options.ExtractOptions, optional
         Batch size, device, precision, workers, progress.
     on_error : {"raise", "nan"}
         What to do with a file that does not decode: raise a FeatxError naming it, or give it a
@@ -160,7 +160,8 @@ def embed_files(
     -------
     Embedded
     """
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import extract
+    from featx.options import ExtractOptions
     from featx.store import load_features, read_index
 
     if on_error not in ("raise", "nan"):
@@ -199,7 +200,7 @@ def embed_files(
 
 def default_files_store(backbone: Any, dtype: str = "float32") -> Path:
     """Where :func:`embed_files` keeps the embeddings of ``backbone`` by default."""
-    from featx.extract import store_config
+    from featx.extraction import store_config
     from featx.store import default_store_path
 
     return default_store_path(store_config(files_source([]), backbone, dtype), "files")
@@ -292,7 +293,7 @@ class Embedder(TransformerMixin, BaseEstimator):
         """Embed the image paths ``X``; returns an array of shape (len(X), backbone dim)."""
         from sklearn.utils.validation import check_is_fitted
 
-        from featx.extract import ExtractOptions
+        from featx.options import ExtractOptions
 
         check_is_fitted(self, "backbone_")
         opts = ExtractOptions(

@@ -100,12 +100,11 @@ def find_project_settings(start: str | os.PathLike | None = None) -> tuple[Path,
         if f.is_file():
             return f, _check(f, _read_toml(f), "")
         p = folder / "pyproject.toml"
-        if p.is_file():
-            # parse only a pyproject.toml that mentions featx: a broken unrelated one is not ours
-            if "featx" in p.read_text(encoding="utf-8", errors="replace"):
-                table = _read_toml(p).get("tool", {}).get("featx")
-                if table is not None:
-                    return p, _check(p, table, "[tool.featx] ")
+        # parse only a pyproject.toml that mentions featx: a broken unrelated one is not ours
+        if p.is_file() and "featx" in p.read_text(encoding="utf-8", errors="replace"):
+            table = _read_toml(p).get("tool", {}).get("featx")
+            if table is not None:
+                return p, _check(p, table, "[tool.featx] ")
     return None
 
 

@@ -15,9 +15,7 @@ DOCS = REPO / "docs"
 
 
 def _generator():
-    spec = importlib.util.spec_from_file_location(
-        "gen_cli", REPO / "tools" / "gen_cli_reference.py"
-    )
+    spec = importlib.util.spec_from_file_location("gen_docs", REPO / "tools" / "gen_docs.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -27,8 +25,23 @@ def test_cli_reference_is_up_to_date():
     expected = _generator().render()
     actual = (DOCS / "cli.md").read_text()
     assert actual == expected, (
-        "docs/cli.md is stale: run `python tools/gen_cli_reference.py` and commit the result"
+        "docs/cli.md is stale: run `python tools/gen_docs.py` and commit the result"
     )
+
+
+def test_pipeline_option_tables_are_up_to_date():
+    text = (DOCS / "pipelines.md").read_text()
+    assert text == _generator().render_pipelines(text), (
+        "docs/pipelines.md is stale: run `python tools/gen_docs.py` and commit the result"
+    )
+
+
+def test_api_page_names_every_public_name():
+    import featx
+
+    text = (DOCS / "api.md").read_text()
+    missing = [n for n in featx.__all__ if not n.startswith("_") and f"`{n}" not in text]
+    assert not missing, f"docs/api.md does not mention {missing}"
 
 
 def test_cli_reference_has_every_command():

@@ -25,7 +25,8 @@ def _invoke(args, ok=True):
 @pytest.fixture
 def split_store(tmp_path, tiny_backbone) -> Path:
     """A store with labels, splits, one unlabeled item and one failed item."""
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import extract
+    from featx.options import ExtractOptions
 
     root = tmp_path / "src"
     rows = [("path", "label", "split")]
