@@ -399,7 +399,9 @@ def heads_cmd(as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['name']:<11} {r['summary']}")
         for k, p in r["params"].items():
-            click.echo(f"{'':<13}{k}={p['type']}  {p['help']} (default {p['default']})")
+            # a help text that already explains its default (e.g. a sweep's values) keeps it
+            default = "" if "default" in p["help"] else f" (default {p['default']})"
+            click.echo(f"{'':<13}{k}={p['type']}  {p['help']}{default}")
 
 
 def _print_result(res: dict[str, Any]) -> None:
@@ -457,7 +459,8 @@ def _print_result(res: dict[str, Any]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Bundle file (default: cache/heads/<store>__<head>.joblib).",
+    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.joblib); "
+    "without --out nothing is written.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fit(
@@ -469,11 +472,11 @@ def fit(
     refit: str,
     **proto: Any,
 ) -> None:
-    """Train a head on a feature STORE, report test metrics, save a bundle for predict.
+    """Train a head on a feature STORE and report test metrics; --out saves it for predict.
 
     \b
     Examples:
-      featx fit cache/digits__...h5 --head logreg
+      featx fit cache/digits__...h5 --head logreg --out head.joblib
       featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
@@ -494,9 +497,11 @@ def fit(
         _print_json(res)
         return
     _print_result(res)
-    click.echo(
-        f"\nbundle: {report.bundle} (refit on {'all labeled items' if refit == 'all' else 'train'})"
-    )
+    if report.bundle is None:
+        click.echo("\nbundle: not saved (add --out FILE.joblib to keep it for 'featx predict')")
+    else:
+        on = "all labeled items" if refit == "all" else "train"
+        click.echo(f"\nbundle: {report.bundle} (refit on {on})")
 
 
 @cli.command()

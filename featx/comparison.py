@@ -320,18 +320,10 @@ def compare(
     described = describe_splits(splits, proto.shots, proto.cv)
     results: list[Result] = []
     failures: list[Failure] = []
-    import sys
 
-    from tqdm.auto import tqdm
+    from featx.progress import progress_bar
 
-    bar = tqdm(
-        total=len(aligned) * len(specs),
-        desc="fit",
-        unit="head",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total=len(aligned) * len(specs), desc="fit", unit="head", enabled=progress)
     for store, fs in aligned.items():
         for (name, params, pre), label in zip(specs, labels, strict=True):
             bar.set_postfix_str(f"{label} on {store}", refresh=True)
