@@ -197,16 +197,24 @@ def extract(source: str, **kw: Any) -> None:
     """Extract features of SOURCE into a feature store (only what is new or changed).
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
-    (path,label[,split]), sklearn:digits, or torchvision:NAME.
+    (path,label[,split]; also as a URI: s3://, gs://, file://), sklearn:digits, or
+    torchvision:NAME.
 
     \b
     Examples:
       featx extract photos/ -b resnet50 --weights IMAGENET1K_V2
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
+      featx extract s3://bucket/manifest.csv --engine ray --ray-address auto --gpus-per-actor 1
     """
     from featx.extraction import extract as run_extract
 
+    if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
+        import contextlib
+
+        with contextlib.suppress(ImportError):  # a missing extra is reported by the library
+            import ray.data  # noqa: F401 - configures its loggers on import; then quiet them
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # -v shows Ray Data's own lines
     result = run_extract(
         source,
         _pick(BackboneSpec, kw),
@@ -233,6 +241,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("dim", result.dim),
                 ("backbone", f"{result.backbone} ({result.weights})"),
                 ("device", f"{result.device} {result.precision}"),
+                *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
                 ("images/s", f"{result.images_per_s:.1f}"),
             ]
