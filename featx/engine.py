@@ -13,16 +13,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.errors import FeatxError
 from featx.jpeg import resolve_decode
+from featx.options import PRECISIONS as PRECISIONS  # one list, also for the CLI
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.backbones.registry import BackboneLike
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -313,7 +317,7 @@ class Batch:
 
 
 def iter_features(
-    backbone: Any,
+    backbone: BackboneLike,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
     *,

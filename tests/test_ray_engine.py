@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from featx.errors import FeatxError
 from featx.extraction import extract

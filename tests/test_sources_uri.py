@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from featx.errors import FeatxError
 from featx.extraction import extract
