@@ -1,11 +1,12 @@
 """Wall time of short featx commands, measured per process, and which heavy modules they import.
 
-Each command runs ``--repeat`` times as a fresh ``python -m featx ...`` process (interleaved, so
+Each command runs ``--repeat`` times as a fresh ``python -m featx.cli ...`` process (interleaved, so
 machine load hits every row alike); the median wall time is reported, plus whether torch, timm,
 torchvision, sklearn or h5py were imported (from ``python -X importtime``, in a separate run).
 A ``python -c pass`` row gives the interpreter's own start-up as the floor.
 
     python benchmarks/bench_startup.py --repeat 5          # JSON on stdout
+    python benchmarks/bench_startup.py --tree /tmp/old --no-info   # another checkout, same way
 
 The no-op extract row extracts a tiny folder once first (not timed), then times the re-run.
 """
@@ -54,24 +55,27 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--no-info", dest="info", action="store_false", help="featx before 'info'")
+    ap.add_argument("--tree", help="featx checkout to time (put first on PYTHONPATH)")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="featx-startup-"))
     env = {**os.environ, "FEATX_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
+    if a.tree:
+        env["PYTHONPATH"] = os.path.abspath(a.tree)
     src = _images(tmp / "imgs")
     store = tmp / "s.h5"
     extract = ["extract", str(src), "-b", "resnet18", "--weights", "none", "--image-size", "32"]
     extract += ["--workers", "0", "-q", "--store", str(store)]
-    subprocess.run([sys.executable, "-m", "featx", *extract], env=env, check=True)
+    subprocess.run([sys.executable, "-m", "featx.cli", *extract], env=env, check=True)
     rows = {
         "python -c pass (floor)": ["-c", "pass"],
-        "featx --help": ["-m", "featx", "--help"],
-        "featx --version": ["-m", "featx", "--version"],
-        "featx backbones 'resnet*'": ["-m", "featx", "backbones", "resnet*"],
-        "featx backbones": ["-m", "featx", "backbones"],
-        "featx heads": ["-m", "featx", "heads"],
-        **({"featx info (no argument)": ["-m", "featx", "info"]} if a.info else {}),
-        "featx info STORE": ["-m", "featx", "info", str(store)],
-        "featx extract (no-op)": ["-m", "featx", *extract],
+        "featx --help": ["-m", "featx.cli", "--help"],
+        "featx --version": ["-m", "featx.cli", "--version"],
+        "featx backbones 'resnet*'": ["-m", "featx.cli", "backbones", "resnet*"],
+        "featx backbones": ["-m", "featx.cli", "backbones"],
+        "featx heads": ["-m", "featx.cli", "heads"],
+        **({"featx info (no argument)": ["-m", "featx.cli", "info"]} if a.info else {}),
+        "featx info STORE": ["-m", "featx.cli", "info", str(store)],
+        "featx extract (no-op)": ["-m", "featx.cli", *extract],
     }
     times: dict[str, list[float]] = {k: [] for k in rows}
     for _ in range(a.repeat):
@@ -82,6 +86,7 @@ def main() -> None:
             if res.returncode != 0:
                 sys.exit(f"{name} failed: {res.stderr.decode()[-500:]}")
     out = {
+        "tree": env.get("PYTHONPATH", ""),
         "python": sys.version.split()[0],
         "cpus": os.cpu_count(),
         "load_avg": os.getloadavg(),
