@@ -149,6 +149,8 @@ def compare_stores(
     protocol: EvalProtocol | None = None,
     on_error: str = "continue",
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
     **overrides: Any,
 ) -> Leaderboard:
     """Load stores and run :func:`featx.comparison.compare` on them (named by
@@ -164,5 +166,12 @@ def compare_stores(
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(
-        sets, list(heads), protocol=protocol, on_error=on_error, progress=progress, **overrides
+        sets,
+        list(heads),
+        protocol=protocol,
+        on_error=on_error,
+        progress=progress,
+        engine=engine,
+        ray_address=ray_address,
+        **overrides,
     )
