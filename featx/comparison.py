@@ -425,7 +425,7 @@ def compare(
                 bar.write(
                     f"{label} on {store}: accuracy {r.accuracy:.4f}, "
                     f"fit {r.fit_seconds:.2f} s{how}",
-                    file=sys.stderr,
+                    file=bar.fp,
                 )
     bar.close()
     for (store, _, _, _, label), (r, e) in zip(pairs, outcomes, strict=True):
