@@ -414,19 +414,19 @@ def compare(
             bar.set_postfix_str(f"{label} on {store}", refresh=True)
             bar.update(0)
             outcome = _evaluate_pair(aligned[store], name, params, proto, pre, splits, store)
-            bar.update(1)
-            if outcome[1] is not None and on_error == "raise":
-                bar.close()
-                raise outcome[1]
-            outcomes.append(outcome)
             r = outcome[0]
-            if progress and r is not None:
+            if progress and r is not None:  # before update: the bar's last state shows once
                 how = f" [{r.solver}]" if r.solver else ""
                 bar.write(
                     f"{label} on {store}: accuracy {r.accuracy:.4f}, "
                     f"fit {r.fit_seconds:.2f} s{how}",
                     file=bar.fp,
                 )
+            bar.update(1)
+            if outcome[1] is not None and on_error == "raise":
+                bar.close()
+                raise outcome[1]
+            outcomes.append(outcome)
     bar.close()
     for (store, _, _, _, label), (r, e) in zip(pairs, outcomes, strict=True):
         if e is not None:  # recorded, logged, and re-raised on request
