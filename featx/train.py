@@ -9,7 +9,7 @@ Examples
 >>> from featx.train import fit_store
 >>> report = fit_store("cache/digits__...h5", "logreg")  # doctest: +SKIP
 >>> report.result.accuracy, report.bundle  # doctest: +SKIP
-(0.955, PosixPath('cache/heads/digits__..._logreg.joblib'))
+(0.955, PosixPath('cache/heads/digits__..._logreg.npz'))
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class FitReport:
 
 def default_bundle_path(store: str | os.PathLike, head: str) -> Path:
     cache = Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
-    return cache / "heads" / f"{Path(store).stem}__{head}.joblib"
+    return cache / "heads" / f"{Path(store).stem}__{head}.npz"
 
 
 def fit_store(
