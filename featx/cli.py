@@ -44,6 +44,16 @@ class FeatxGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:
+            from featx.errors import disk_full_error, is_disk_full
+
+            if ctx.meta.get("featx.verbose") or not is_disk_full(exc):
+                raise
+            import os
+
+            where = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else "."
+            click.echo(f"error: {disk_full_error(where)}", err=True)
+            ctx.exit(1)
         except Exception as exc:  # noqa: BLE001 - no traceback unless -v
             if ctx.meta.get("featx.verbose"):
                 raise
@@ -184,6 +194,11 @@ def backbones(pattern: str | None, as_json: bool) -> None:
     help="Fingerprint files by content hash too (slower, catches same-size edits).",
 )
 @click.option("--strict", is_flag=True, help="Fail on the first undecodable file.")
+@click.option(
+    "--allow-outside-root",
+    is_flag=True,
+    help="Let a CSV manifest name files outside its own folder (../x.png, absolute paths).",
+)
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
 @click.option(
     "--decode",
@@ -242,6 +257,7 @@ def extract(source: str, **kw: Any) -> None:
         options=opts,
         root=kw["root"],
         download=kw["download"],
+        allow_outside_root=kw["allow_outside_root"],
     )
     if kw["as_json"]:
         _print_json(result.to_dict())
@@ -310,15 +326,67 @@ def format_info(info: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store: str, as_json: bool) -> None:
+@click.option(
+    "--verify", "check", is_flag=True, help="Also read every chunk and check it (featx verify)."
+)
+def info(store: str, as_json: bool, check: bool) -> None:
     """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance."""
-    from featx.store import store_info
+    from featx.store import store_info, verify_store
 
+    report = verify_store(store) if check else None
+    if report is not None and not report.ok:
+        _verify_failed(report, as_json)
     data = store_info(store)
+    if report is not None:
+        data["verify"] = report.to_dict()
     if as_json:
         _print_json(data)
     else:
         click.echo(format_info(data))
+        if report is not None:
+            click.echo(
+                f"verified  {report.chunks_read} chunks, {report.bytes_read / 1e6:.1f} MB: ok"
+            )
+
+
+def _verify_failed(report: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for p in report.problems:
+            click.echo(f"damaged: {p}", err=True)
+    raise FeatxError(
+        f"store {report.store} is damaged ({len(report.problems)} problem(s): "
+        f"{report.problems[0]}); delete it and run the same 'featx extract' again"
+    )
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(store: str, as_json: bool) -> None:
+    """Check a feature STORE: read every chunk, compare checksums, check the schema.
+
+    Exits 0 when the store is intact and 1 (with what is damaged) when not.
+
+    \b
+    Example:
+      featx verify cache/digits__efficientnet_lite0-...h5
+    """
+    from featx.store import verify_store
+
+    report = verify_store(store)
+    if not report.ok:
+        _verify_failed(report, as_json)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(
+        f"{report.store}: ok ({report.n_items} rows x {report.dim}, {report.chunks_read} chunks, "
+        f"{report.bytes_read / 1e6:.1f} MB read)"
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -451,7 +519,7 @@ def _print_result(res: dict[str, Any]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Bundle file (default: cache/heads/<store>__<head>.joblib).",
+    help="Bundle file (default: cache/heads/<store>__<head>.npz).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fit(
@@ -547,6 +615,17 @@ def compare(
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
 @click.option("--workers", type=click.IntRange(0))
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Also load a pickle-based (joblib) bundle; unpickling runs any code it holds, so only "
+    "for bundles whose origin you trust.",
+)
+@click.option(
+    "--allow-outside-root",
+    is_flag=True,
+    help="Let a CSV manifest name files outside its own folder.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def predict(
@@ -559,6 +638,8 @@ def predict(
     precision: str,
     batch_size: int,
     workers: int | None,
+    trust_pickle: bool,
+    allow_outside_root: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -570,7 +651,7 @@ def predict(
 
     \b
     Example:
-      featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
+      featx predict cache/heads/digits__logreg.npz new_images/ --out preds.csv
     """
     from featx.extract import ExtractOptions
     from featx.predict import predict as run_predict
@@ -582,7 +663,16 @@ def predict(
         precision=precision,
         progress=not quiet,
     )
-    res = run_predict(bundle, source, out=out, options=opts, weights_file=weights_file, root=root)
+    res = run_predict(
+        bundle,
+        source,
+        out=out,
+        options=opts,
+        weights_file=weights_file,
+        root=root,
+        trust=trust_pickle,
+        allow_outside_root=allow_outside_root,
+    )
     if as_json:
         _print_json(res.to_dict())
         return

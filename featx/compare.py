@@ -246,12 +246,16 @@ class Leaderboard:
 
     def to_csv(self, path: str | os.PathLike | None = None) -> str:
         """The rows as CSV; written to ``path`` when given. Returns the CSV text."""
+        from featx.csvsafe import safe_cell
+
         buf = io.StringIO()
         cols = list(COLUMNS) + ["accuracy_std", "balanced_accuracy_std", "macro_f1_std"]
         writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
         writer.writeheader()
         for row in self.rows():
-            writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in cols})
+            writer.writerow(
+                {k: ("" if row.get(k) is None else safe_cell(row.get(k, ""))) for k in cols}
+            )
         text = buf.getvalue()
         if path is not None:
             _atomic_write(Path(path), text)

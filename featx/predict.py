@@ -3,12 +3,16 @@
 The bundle remembers the backbone configuration of the store it was trained on. Prediction
 rebuilds exactly that backbone, extracts the new images into their own cached store (so a second
 prediction over the same folder extracts nothing), checks the feature dimension, and writes a CSV
-with the predicted label and per-class probabilities.
+with the predicted label and per-class probabilities. Cells a spreadsheet would run as formulas
+(labels or file names starting with ``=``, ``+``, ``-``, ``@``) are written with a leading quote.
+
+When the cache folder is read-only, an up-to-date cached store is used as it is; otherwise the
+features are extracted into a temporary store that is removed afterwards.
 
 Examples
 --------
 >>> from featx.predict import predict
->>> res = predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> res = predict("head.npz", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -17,14 +21,18 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from featx.errors import FeatxError
+from featx.errors import FeatxError, StoreReadOnlyError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,6 +98,8 @@ def predict(
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
+    trust: bool = False,
+    allow_outside_root: bool = False,
 ) -> PredictResult:
     """Predict labels of every image of ``source`` with a head bundle; write a CSV.
 
@@ -104,19 +114,32 @@ def predict(
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
     options : featx.extract.ExtractOptions, optional
         How to run the extraction.
+    trust : bool, default False
+        Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
+        whose origin you trust.
+    allow_outside_root : bool, default False
+        Let a CSV manifest name files outside its folder.
     """
     from featx.bundle import load_bundle
+    from featx.csvsafe import safe_cell
     from featx.extract import extract
     from featx.store import load_features
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, trust=trust)
     bb = rebuild_backbone(b.store_meta, weights_file)
     if b.dim is not None and int(b.dim) != int(bb.dim):
         raise FeatxError(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
-    r = extract(source, bb, options=options, root=root, download=download)
-    fs = load_features(r.store)
+    kw = {"options": options, "root": root, "download": download}
+    kw["allow_outside_root"] = allow_outside_root
+    with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+        try:
+            r = extract(source, bb, **kw)
+        except StoreReadOnlyError as exc:
+            log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+            r = extract(source, bb, store=Path(scratch) / "features.h5", **kw)
+        fs = load_features(r.store)
     b.check_compatible(fs.dim)
     pred = np.asarray(b.predict(fs.X), dtype=object)
     proba = b.predict_proba(fs.X) if hasattr(b.estimator, "predict_proba") else None
@@ -132,15 +155,16 @@ def predict(
     header = ["path", "predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
-    w.writerow(header)
+    w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(fs.keys):
         row = [key, pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
-        w.writerow(row)
+        w.writerow([safe_cell(c) for c in row])
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
+    # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
+    tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")
     os.replace(tmp, out_path)
 
     counts: dict[str, int] = {}
