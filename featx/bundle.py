@@ -51,7 +51,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -435,21 +435,11 @@ def save_bundle(
     payload["arrays"] = {ref: hashlib.sha256(b).hexdigest() for ref, b in members.items()}
     text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            with zipfile.ZipFile(f, "w") as z:
-                z.writestr(_JSON, text, compress_type=zipfile.ZIP_DEFLATED)
-                z.writestr(_SUM, hashlib.sha256(text).hexdigest() + "\n")
-                for ref, data in members.items():
-                    z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as z:
+        z.writestr(_JSON, text, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(_SUM, hashlib.sha256(text).hexdigest() + "\n")
+        for ref, data in members.items():
+            z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
     logger.info("saved head bundle %s (%d classes, dim %d)", path, len(classes), dim)
     return path
 

@@ -16,6 +16,16 @@ import click
 
 from featx import __version__
 from featx.errors import FeatxError
+from featx.options import (
+    DEFAULT_HEAD,
+    DEFAULT_HEADS,
+    DEFAULT_REFIT,
+    REFIT_MODES,
+    BackboneSpec,
+    EvalProtocol,
+    ExtractOptions,
+    option_fields,
+)
 
 log = logging.getLogger("featx")
 
@@ -62,6 +72,50 @@ class FeatxGroup(click.Group):
                 f"error: {type(exc).__name__}: {msg} (re-run with -v for the traceback)", err=True
             )
             ctx.exit(1)
+
+
+def spec_options(spec: type, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
+    """Click options for the fields of a spec in :mod:`featx.options` (flag, type, default, help).
+
+    Each option's parameter name is the field name, so ``spec(**{k: kw[k] ...})`` rebuilds it.
+    """
+    decorators = []
+    for f in option_fields(spec):
+        if not f.flag or f.name in exclude or (only is not None and f.name not in only):
+            continue
+        info = f.info
+        decls = [f.flag, f.name] if info.short is None else [info.short, f.flag, f.name]
+        kw: dict[str, Any] = {"help": info.help, "default": f.default}
+        if f.kind is bool:
+            kw["is_flag"] = True
+            if f.default:
+                decls[-2] = f"{f.flag}/--no-{f.flag[2:]}"
+                kw["show_default"] = True
+        elif info.choices is not None:
+            kw["type"] = click.Choice(list(info.choices))
+        elif f.kind in (int, float):
+            rng = click.IntRange if f.kind is int else click.FloatRange
+            extra = {} if f.kind is int else {"min_open": info.min_open, "max_open": info.max_open}
+            if info.min is None and info.max is None:
+                kw["type"] = f.kind
+            else:
+                kw["type"] = rng(info.min, info.max, **extra)
+        if f.default is not None and f.kind is not bool:
+            kw["show_default"] = True
+        decorators.append(click.option(*decls, **kw))
+
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return apply
+
+
+def _pick(spec: type, kw: dict[str, Any], **extra: Any) -> Any:
+    """Build ``spec`` from the CLI keywords that are its fields (plus ``extra``)."""
+    names = {f.name for f in option_fields(spec)}
+    return spec(**{k: v for k, v in kw.items() if k in names}, **extra)
 
 
 def _print_json(obj: Any) -> None:
@@ -138,31 +192,7 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 @cli.command()
 @click.argument("source")
-@click.option(
-    "-b",
-    "--backbone",
-    default="efficientnet_lite0",
-    show_default=True,
-    help="Backbone name (see 'featx backbones').",
-)
-@click.option(
-    "--weights",
-    default="DEFAULT",
-    show_default=True,
-    help="DEFAULT, a weights enum name (e.g. IMAGENET1K_V2) or none.",
-)
-@click.option(
-    "--weights-file",
-    type=click.Path(dir_okay=False),
-    help="Local checkpoint (state dict) to load instead.",
-)
-@click.option("--layer", help="Module whose output is the feature (default: pooled embedding).")
-@click.option(
-    "--pool",
-    type=click.Choice(["avg", "max", "gem", "cls", "avgmax"]),
-    help="How to pool the layer's output.",
-)
-@click.option("--image-size", type=click.IntRange(8, 4096), help="Override the input size.")
+@spec_options(BackboneSpec)
 @click.option(
     "--store",
     type=click.Path(dir_okay=False),
@@ -170,94 +200,38 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
 @click.option("--download", is_flag=True, help="Let a torchvision dataset download itself.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 on CUDA, fp32 on CPU.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="How features are stored.",
-)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="DataLoader workers (default: by device).")
-@click.option(
-    "--hash",
-    "content_hash",
-    is_flag=True,
-    help="Fingerprint files by content hash too (slower, catches same-size edits).",
-)
-@click.option("--strict", is_flag=True, help="Fail on the first undecodable file.")
-@click.option(
-    "--allow-outside-root",
-    is_flag=True,
-    help="Let a CSV manifest name files outside its own folder (../x.png, absolute paths).",
-)
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option(
-    "--decode",
-    type=click.Choice(["auto", "cpu", "device"]),
-    default="auto",
-    show_default=True,
-    help="Where JPEGs are decoded and resized: Pillow in the workers (cpu) or in batches on the "
-    "model's device (nvJPEG on CUDA); auto: device on CUDA.",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(1),
-    default=2048,
-    show_default=True,
-    help="Images per durable checkpoint (a kill loses at most this many).",
-)
+@spec_options(ExtractOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def extract(source: str, **kw: Any) -> None:
     """Extract features of SOURCE into a feature store (only what is new or changed).
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
-    (path,label[,split]), sklearn:digits, or torchvision:NAME.
+    (path,label[,split]; also as a URI: s3://, gs://, file://), sklearn:digits, or
+    torchvision:NAME.
 
     \b
     Examples:
       featx extract photos/ -b resnet50 --weights IMAGENET1K_V2
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
+      featx extract s3://bucket/manifest.csv --engine ray --ray-address auto --gpus-per-actor 1
     """
-    from featx.extract import ExtractOptions
-    from featx.extract import extract as run_extract
+    from featx.extraction import extract as run_extract
 
-    opts = ExtractOptions(
-        batch_size=kw["batch_size"],
-        workers=kw["workers"],
-        device=kw["device"],
-        precision=kw["precision"],
-        dtype=kw["dtype"],
-        content_hash=kw["content_hash"],
-        strict=kw["strict"],
-        compile=kw["compile_"],
-        decode=kw["decode"],
-        checkpoint_every=kw["checkpoint_every"],
-        progress=not kw["quiet"],
-    )
+    if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
+        import contextlib
+
+        with contextlib.suppress(ImportError):  # a missing extra is reported by the library
+            import ray.data  # noqa: F401 - configures its loggers on import; then quiet them
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # -v shows Ray Data's own lines
     result = run_extract(
         source,
-        kw["backbone"],
-        weights=kw["weights"],
-        weights_file=kw["weights_file"],
-        layer=kw["layer"],
-        pool=kw["pool"],
-        image_size=kw["image_size"],
+        _pick(BackboneSpec, kw),
         store=kw["store"],
-        options=opts,
+        options=_pick(ExtractOptions, kw, progress=not kw["quiet"]),
         root=kw["root"],
         download=kw["download"],
-        allow_outside_root=kw["allow_outside_root"],
     )
     if kw["as_json"]:
         _print_json(result.to_dict())
@@ -277,6 +251,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("dim", result.dim),
                 ("backbone", f"{result.backbone} ({result.weights})"),
                 ("device", f"{result.device} {result.precision}"),
+                *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
                 ("images/s", f"{result.images_per_s:.1f}"),
             ]
@@ -393,49 +368,8 @@ def verify(store: str, as_json: bool) -> None:
 # heads: fit / compare / predict / run
 # ---------------------------------------------------------------------------------------------
 def _protocol_options(f):
-    """Options shared by fit and compare (the evaluation protocol)."""
-    opts = [
-        click.option(
-            "--split",
-            type=click.Choice(["auto", "store", "stratified"]),
-            default="auto",
-            show_default=True,
-            help="auto: the store's split when it has one, else stratified.",
-        ),
-        click.option(
-            "--test-size",
-            type=click.FloatRange(0, 1, min_open=True, max_open=True),
-            default=0.2,
-            show_default=True,
-            help="Share of items held out for testing.",
-        ),
-        click.option("--cv", type=click.IntRange(2), help="Stratified K-fold cross-validation."),
-        click.option(
-            "--shots", type=click.IntRange(1), help="Few-shot: K training items per class."
-        ),
-        click.option(
-            "--trials",
-            type=click.IntRange(1),
-            default=5,
-            show_default=True,
-            help="Few-shot trials (mean and std reported).",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--class-weight",
-            type=click.Choice(["balanced"]),
-            help="Reweight classes for imbalanced data.",
-        ),
-        click.option(
-            "--preprocess",
-            default="default",
-            show_default=True,
-            help="Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    """Options shared by fit and compare: the fields of :class:`featx.options.EvalProtocol`."""
+    return spec_options(EvalProtocol)(f)
 
 
 @cli.command(name="heads")
@@ -500,7 +434,9 @@ def _print_result(res: dict[str, Any]) -> None:
 
 @cli.command()
 @click.argument("store", type=click.Path())
-@click.option("--head", default="logreg", show_default=True, help="Head name (see 'featx heads').")
+@click.option(
+    "--head", default=DEFAULT_HEAD, show_default=True, help="Head name (see 'featx heads')."
+)
 @click.option(
     "--param",
     "params",
@@ -511,8 +447,8 @@ def _print_result(res: dict[str, Any]) -> None:
 @_protocol_options
 @click.option(
     "--refit",
-    type=click.Choice(["all", "train"]),
-    default="all",
+    type=click.Choice(list(REFIT_MODES)),
+    default=DEFAULT_REFIT,
     show_default=True,
     help="Ship a head refit on every labeled item, or the one measured on the test split.",
 )
@@ -543,7 +479,14 @@ def fit(
     from featx.heads import parse_params
     from featx.train import fit_store
 
-    report = fit_store(store, head, params=parse_params(params), refit=refit, out=out, **proto)
+    report = fit_store(
+        store,
+        head,
+        params=parse_params(params),
+        protocol=EvalProtocol(**proto),
+        refit=refit,
+        out=out,
+    )
     res = report.to_dict(details=True)
     if as_json:
         _print_json(res)
@@ -558,7 +501,7 @@ def fit(
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--heads",
-    default="logreg,knn,centroid,mlp",
+    default=",".join(DEFAULT_HEADS),
     show_default=True,
     help="Comma-separated head names.",
 )
@@ -588,7 +531,7 @@ def compare(
     from featx.train import compare_stores
 
     names = [h.strip() for h in heads.split(",") if h.strip()]
-    board = compare_stores(stores, names, progress=not quiet, **proto)
+    board = compare_stores(stores, names, protocol=EvalProtocol(**proto), progress=not quiet)
     if csv_path:
         board.to_csv(csv_path)
     if report:
@@ -611,20 +554,14 @@ def compare(
     help="The local weights file the bundle's backbone was built from, if any.",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(0))
+@spec_options(
+    ExtractOptions, only=("device", "precision", "batch_size", "workers", "allow_outside_root")
+)
 @click.option(
     "--trust-pickle",
     is_flag=True,
     help="Also load a pickle-based (joblib) bundle; unpickling runs any code it holds, so only "
     "for bundles whose origin you trust.",
-)
-@click.option(
-    "--allow-outside-root",
-    is_flag=True,
-    help="Let a CSV manifest name files outside its own folder.",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -653,14 +590,14 @@ def predict(
     Example:
       featx predict cache/heads/digits__logreg.npz new_images/ --out preds.csv
     """
-    from featx.extract import ExtractOptions
-    from featx.predict import predict as run_predict
+    from featx.prediction import predict as run_predict
 
     opts = ExtractOptions(
         batch_size=batch_size,
         workers=workers,
         device=device,
         precision=precision,
+        allow_outside_root=allow_outside_root,
         progress=not quiet,
     )
     res = run_predict(
@@ -671,7 +608,6 @@ def predict(
         weights_file=weights_file,
         root=root,
         trust=trust_pickle,
-        allow_outside_root=allow_outside_root,
     )
     if as_json:
         _print_json(res.to_dict())

@@ -65,13 +65,16 @@ import numpy as np
 
 from featx.errors import StoreError, StoreLockedError, StoreReadOnlyError
 from featx.features import FeatureSet
+from featx.files import atomic_path, atomic_write
+from featx.files import cache_dir as default_cache_dir
+from featx.options import STORE_DTYPES as FEATURE_DTYPES  # one list, also for the CLI
 
 log = logging.getLogger(__name__)
 
 FORMAT = "featx-store"
 SCHEMA_VERSION = 1
 PART_FORMAT = "featx-store-part"
-FEATURE_DTYPES = ("float32", "float16")
+
 CHUNK_BYTES = 8 << 20  # ~8 MB feature chunks: large sequential reads, bounded memory per chunk
 COPY_ROWS = 8192  # rows per block when merging into a new store
 
@@ -138,7 +141,7 @@ def _slug(s: str) -> str:
 
 def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | None = None) -> Path:
     """``$FEATX_CACHE_DIR/<source>__<backbone>-<weights>[-<layer>-<pool>]__<hash>.h5``."""
-    cache = Path(cache_dir or os.environ.get("FEATX_CACHE_DIR") or "cache")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     bb = config.backbone
     parts = [str(bb.get("name", "backbone")).replace("/", "-"), str(bb.get("weights", ""))]
     if bb.get("layer"):
@@ -389,15 +392,6 @@ class Rows:
     failed_sha256: list[str]
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 # HDF5 refuses Fletcher-32 on variable-length strings; their SHA-256 attribute covers them.
 _GZIP = {"compression": "gzip", "chunks": True}
 _CHECKED = {**_GZIP, "fletcher32": True}
@@ -492,24 +486,15 @@ def _atomic_h5(path: Path):
 
     @contextlib.contextmanager
     def cm():
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        sink = _Sink(tmp)
-        try:
+        with atomic_path(path) as tmp:
+            sink = _Sink(tmp)
             try:
                 with h5py.File(sink, "w", libver=("earliest", "v110")) as f:
                     yield f
             finally:
-                if sink.error is not None:  # HDF5 closed the file without writing further
-                    sink.close()
-                    raise sink.error
-            os.fsync(sink.fileno())
-            sink.close()
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            sink.close()
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                sink.close()  # HDF5 has closed the file: nothing holds it any more
+            if sink.error is not None:  # a write failed; HDF5 finished without the disk
+                raise sink.error
 
     return cm()
 
@@ -711,9 +696,7 @@ class StoreWriter:
         self.parts_dir.mkdir(exist_ok=True)
         cfg_file = self.parts_dir / "config.json"
         if not cfg_file.exists():
-            tmp = cfg_file.with_name(f"config.json.tmp-{os.getpid()}")
-            tmp.write_text(self.config.to_json())
-            os.replace(tmp, cfg_file)
+            atomic_write(cfg_file, self.config.to_json())
         self._n_parts += 1
         path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
         while path.exists():

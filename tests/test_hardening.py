@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import TinyBackbone, write_image
+from helpers import TinyBackbone, write_image
 
 from featx import errors
 from featx.errors import FeatxError, StoreLockedError
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 from featx.sources import open_source
 from featx.store import Rows, StoreConfig, StoreWriter, load_features, store_info
 
@@ -317,7 +317,7 @@ _FULL = """
 import sys
 from pathlib import Path
 from test_hardening import WideBackbone
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 try:
     extract(sys.argv[1], WideBackbone(), store=sys.argv[2],
             options=ExtractOptions(batch_size=8, workers=0, checkpoint_every=40))
@@ -513,7 +513,7 @@ def test_verify_and_info_verify_exit_codes(tmp_path):
 def test_csv_cells_that_start_a_formula_are_neutralised(tmp_path):
     import csv
 
-    from featx.compare import compare
+    from featx.comparison import compare
     from featx.csvsafe import safe_cell
     from featx.features import FeatureSet
 

@@ -11,8 +11,8 @@ features are extracted into a temporary store that is removed afterwards.
 
 Examples
 --------
->>> from featx.predict import predict
->>> res = predict("head.npz", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> import featx
+>>> res = featx.predict("head.npz", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -24,13 +24,19 @@ import io
 import logging
 import os
 import tempfile
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.errors import FeatxError, StoreReadOnlyError
+from featx.files import atomic_write
+from featx.options import BackboneSpec, ExtractOptions
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.backbones import Backbone
 
 log = logging.getLogger(__name__)
 
@@ -52,30 +58,33 @@ class PredictResult:
         return d
 
 
-def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike | None = None):
-    """Load the backbone a bundle's store was built with, and prove it is the same one."""
+def rebuild_backbone(
+    store_meta: Mapping[str, Any], weights_file: str | os.PathLike | None = None
+) -> Backbone:
+    """Load the backbone a bundle's store was built with, and prove it is the same one.
+
+    The store's recorded ``config.backbone`` becomes a :class:`~featx.options.BackboneSpec`
+    (:meth:`~featx.options.BackboneSpec.from_config`), the backbone is loaded from it, and its
+    ``config()`` must equal the recorded one.
+    """
     from featx.backbones import load_backbone
 
     cfg = (store_meta.get("config") or {}).get("backbone")
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
-    weights = cfg.get("weights")
-    if str(weights).startswith("file:") and weights_file is None:
+    spec = BackboneSpec.from_config(cfg)
+    if str(spec.weights).startswith("file:") and weights_file is None:
         raise FeatxError(
-            f"the bundle's backbone used a local weights file ({weights[5:]}); "
+            f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
             "pass it again with --weights-file"
         )
-    layer = cfg.get("layer") or None
-    kwargs = {
-        "weights_file": weights_file,
-        "layer": layer,
-        "pool": cfg.get("pool") if layer and layer != "pre_logits" else None,
-    }
-    w = None if str(weights).lower() == "none" or weights_file else weights
-    bb = load_backbone(cfg["name"], w, **kwargs)
-    crop = (cfg.get("preprocess") or {}).get("crop_size")
+    if weights_file is not None:
+        # the file brings the weights; the default id only picks the preprocessing
+        spec = replace(spec, weights=None, weights_file=os.fspath(weights_file))
+    crop = spec.image_size
+    bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
-        bb = load_backbone(cfg["name"], w, image_size=int(crop), **kwargs)
+        bb = load_backbone(spec)
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
@@ -94,12 +103,11 @@ def predict(
     source: str | os.PathLike,
     *,
     out: str | os.PathLike | None = None,
-    options: Any = None,
+    options: ExtractOptions | None = None,
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
     trust: bool = False,
-    allow_outside_root: bool = False,
 ) -> PredictResult:
     """Predict labels of every image of ``source`` with a head bundle; write a CSV.
 
@@ -112,17 +120,15 @@ def predict(
     out : path-like, optional
         The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extract.ExtractOptions, optional
+    options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
-    allow_outside_root : bool, default False
-        Let a CSV manifest name files outside its folder.
     """
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
-    from featx.extract import extract
+    from featx.extraction import extract
     from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
@@ -132,7 +138,6 @@ def predict(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
     kw = {"options": options, "root": root, "download": download}
-    kw["allow_outside_root"] = allow_outside_root
     with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
         try:
             r = extract(source, bb, **kw)
@@ -161,11 +166,8 @@ def predict(
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow([safe_cell(c) for c in row])
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
     # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
-    tmp.write_text(buf.getvalue(), encoding="utf-8", errors="surrogateescape")
-    os.replace(tmp, out_path)
+    atomic_write(out_path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
     counts: dict[str, int] = {}
     for p in pred:

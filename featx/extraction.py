@@ -3,8 +3,8 @@ new or changed, and commit the store atomically.
 
 Examples
 --------
->>> from featx.extract import extract
->>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
+>>> import featx
+>>> result = featx.extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
 >>> result.n_items, result.dim  # doctest: +SKIP
 (1797, 1280)
 """
@@ -20,31 +20,13 @@ from typing import Any
 
 import numpy as np
 
+from featx.backbones.registry import BackboneLike
 from featx.errors import FeatxError, disk_full_error, is_disk_full
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions
 from featx.sources import Item, Source, open_source
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """How to run an extraction (none of these change the features, except ``dtype``)."""
-
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float32"
-    content_hash: bool = False
-    strict: bool = False
-    compile: bool = False
-    channels_last: bool = True
-    fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
-    decode: str = "auto"  # where JPEGs are decoded: cpu, device (nvJPEG on CUDA), auto
-    checkpoint_every: int = 2048  # images per durable part file
-    checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
-    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,6 +50,7 @@ class ExtractResult:
     backbone: str
     weights: str
     noop: bool
+    engine: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,15 +84,18 @@ def _same(old: tuple[int, int, str], item: Item) -> bool:
     return old[0] == item.size and old[1] == item.mtime_ns
 
 
-def store_config(source: Source, backbone: Any, dtype: str = "float32") -> StoreConfig:
+__all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
+
+
+def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
     return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
 
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: Any = "efficientnet_lite0",
+    backbone: str | BackboneSpec | BackboneLike = DEFAULT_BACKBONE,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     weights_file: str | os.PathLike | None = None,
     layer: str | None = None,
     pool: str | None = None,
@@ -118,7 +104,6 @@ def extract(
     options: ExtractOptions | None = None,
     root: str | None = None,
     download: bool = False,
-    allow_outside_root: bool = False,
 ) -> ExtractResult:
     """Extract features of every new or changed item of ``source`` into its store.
 
@@ -126,16 +111,16 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str or Backbone
-        A registry name (``featx backbones``) or an already loaded backbone.
+    backbone : str, BackboneSpec or Backbone
+        A registry name (``featx backbones``), a :class:`~featx.options.BackboneSpec`, or an
+        already loaded backbone (any object with the attributes of
+        :class:`~featx.backbones.registry.BackboneLike`).
     weights, weights_file, layer, pool, image_size
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
         The store file; default: a name under the cache folder derived from the configuration.
     options : ExtractOptions
         Batching, device, precision, dtype, hashing, strictness, progress.
-    allow_outside_root : bool
-        Let a CSV manifest name files outside its folder (see :func:`featx.sources.open_source`).
 
     Raises
     ------
@@ -160,10 +145,14 @@ def extract(
             root=root,
             download=download,
             content_hash=opts.content_hash,
-            allow_outside_root=allow_outside_root,
+            allow_outside_root=opts.allow_outside_root,
         )
     )
-    if isinstance(backbone, str):
+    if isinstance(backbone, BackboneSpec):
+        from featx.backbones import load_backbone
+
+        bb = load_backbone(backbone)
+    elif isinstance(backbone, str):
         from featx.backbones import load_backbone
 
         bb = load_backbone(
@@ -181,12 +170,7 @@ def extract(
     if path.exists() and path.is_dir():
         raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
 
-    from featx.engine import resolve_device, resolve_precision
-    from featx.jpeg import resolve_decode
-
-    dev = resolve_device(opts.device)
-    prec = resolve_precision(opts.precision, dev)
-    dec = resolve_decode(opts.decode, dev)
+    dev, prec, dec = _resolve_engine(opts)
 
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
@@ -243,6 +227,7 @@ def _extract_locked(
                 backbone=bb.name,
                 weights=bb.weights,
                 noop=True,
+                engine=opts.engine,
             )
         writer.require_writable()
         n_new, n_new_failed = 0, plan["n_scan_failed"]
@@ -296,7 +281,41 @@ def _extract_locked(
         backbone=bb.name,
         weights=bb.weights,
         noop=False,
+        engine=opts.engine,
     )
+
+
+_RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")
+
+
+def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:
+    """(device, precision, decode) of the run, checked before the store is touched."""
+    from featx.engine import resolve_device, resolve_precision
+    from featx.jpeg import resolve_decode
+
+    if opts.engine == "local":
+        given = [k for k in _RAY_ONLY if getattr(opts, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise FeatxError(f"{flag} applies only with --engine ray")
+        dev = resolve_device(opts.device)
+        prec = resolve_precision(opts.precision, dev)
+        return dev, prec, resolve_decode(opts.decode, dev)
+    import torch
+
+    from featx.ray_engine import actor_device, import_ray
+
+    import_ray()
+    settings = opts.ray_settings()
+    dev = torch.device(actor_device(opts.device, settings.gpus_per_actor))
+    if (opts.decode or "auto").lower() == "device":
+        raise FeatxError(
+            "--decode device is not available with --engine ray (Ray tasks decode on CPUs); "
+            "use --decode cpu or auto"
+        )
+    if opts.workers is not None:
+        raise FeatxError("--workers applies to the local engine; with --engine ray use --actors")
+    return dev, resolve_precision(opts.precision, dev), "cpu"
 
 
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
@@ -390,10 +409,51 @@ def _metadata_changed(src: Source, old) -> bool:
     return False
 
 
+def _batches(todo: list[Item], src: Source, bb: Any, opts: ExtractOptions, dec: str):
+    """The engine's batches of features for ``todo``: local (in-process) or Ray."""
+    if opts.engine == "ray":
+        from featx.engine import resolve_precision
+        from featx.ray_engine import actor_device, iter_features_ray
+
+        settings = opts.ray_settings()
+        dev = actor_device(opts.device, settings.gpus_per_actor)
+        import torch
+
+        return iter_features_ray(
+            bb,
+            todo,
+            src.reader(),
+            settings=settings,
+            device=dev,
+            precision=resolve_precision(opts.precision, torch.device(dev)),
+            batch_size=opts.batch_size,
+            channels_last=opts.channels_last,
+            compile=opts.compile,
+            fold_bn=opts.fold_bn,
+            progress=opts.progress,
+        )
+    from featx.engine import iter_features
+
+    return iter_features(
+        bb,
+        todo,
+        src.reader(),
+        device=opts.device,
+        precision=opts.precision,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+        fold_bn=opts.fold_bn,
+        decode=dec,
+        progress=opts.progress,
+    )
+
+
 def _run(
     todo: list[Item],
     src: Source,
-    bb: Any,
+    bb: BackboneLike,
     writer: StoreWriter,
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],
@@ -409,8 +469,6 @@ def _run(
     ``--decode``.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
-
-    from featx.engine import iter_features
 
     pending_idx: list[np.ndarray] = []
     pending_feats: list[np.ndarray] = []
@@ -465,20 +523,7 @@ def _run(
     # Leaving the with-block waits for a part still being written, also when the run fails:
     # a part is then complete on disk (and resumed next time) or was never renamed into place.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
-        for batch in iter_features(
-            bb,
-            todo,
-            src.reader(),
-            device=opts.device,
-            precision=opts.precision,
-            batch_size=opts.batch_size,
-            workers=opts.workers,
-            channels_last=opts.channels_last,
-            compile=opts.compile,
-            fold_bn=opts.fold_bn,
-            decode=dec,
-            progress=opts.progress,
-        ):
+        for batch in _batches(todo, src, bb, opts, dec):
             if batch.indices.size:
                 pending_idx.append(batch.indices)
                 pending_feats.append(batch.features)
