@@ -172,8 +172,7 @@ def test_manifest_paths_outside_its_folder_are_refused(tmp_path, tiny_backbone, 
         csv,
         tiny_backbone,
         store=tmp_path / "s.h5",
-        options=ExtractOptions(workers=0),
-        allow_outside_root=True,
+        options=ExtractOptions(workers=0, allow_outside_root=True),
     )
     assert r.n_items == 2
 
