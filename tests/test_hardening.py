@@ -529,3 +529,53 @@ def test_csv_cells_that_start_a_formula_are_neutralised(tmp_path):
     rows = list(csv.DictReader(board.to_csv(tmp_path / "lb.csv").splitlines()))
     assert rows[0]["store"] == """'=HYPERLINK("http://evil")"""
     assert not any(v.startswith(("=", "+", "@")) for row in rows for v in row.values())
+
+
+def test_predict_quotes_formulas_and_works_from_a_read_only_cache(tmp_path):
+    """Class and file names that start a formula are quoted in preds.csv; with the cache folder
+    read-only, an up-to-date cached store is used and new images go to a temporary store."""
+    import csv
+
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from featx.cli import cli
+
+    def invoke(*args):
+        r = CliRunner().invoke(cli, [str(a) for a in args])
+        assert r.exit_code == 0, r.output + (r.stderr or "")
+        return r
+
+    bb = ["-b", "resnet18", "--weights", "none", "--image-size", "32", "--workers", "0", "-q"]
+    classes = ("=red", "green", "@blue")
+    for split, n in (("train", 6), ("new", 2)):
+        for c, name in enumerate(classes):
+            for i in range(n):
+                arr = np.random.default_rng(i + 10 * c).integers(0, 90, (28, 28, 3), np.uint8)
+                arr[..., c] += 160
+                (tmp_path / split / name).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(arr).save(tmp_path / split / name / f"{i}.png")
+    store = tmp_path / "train.h5"
+    invoke("extract", tmp_path / "train", *bb, "--store", store)
+    bundle = tmp_path / "h.npz"
+    invoke("fit", store, "--head", "centroid", "--out", bundle)
+    out = tmp_path / "p.csv"
+    invoke("predict", bundle, tmp_path / "new", "--out", out, "--workers", "0", "-q")
+    rows = list(csv.reader(out.read_text().splitlines()))
+    cells = [c for row in rows[1:] for c in row]
+    assert not [c for c in cells if c.startswith(("=", "+", "@"))]
+    assert "'=red" in cells and "'@blue" in cells and "'=red/0.png" in cells
+    cache = Path(os.environ["FEATX_CACHE_DIR"])
+    before = sorted(p.name for p in cache.iterdir())
+    with _read_only(cache):
+        r = invoke(
+            "predict", bundle, tmp_path / "new", "--out", out, "--workers", "0", "-q", "--json"
+        )
+        assert json.loads(r.stdout)["n_extracted"] == 0  # the cached store, read without a lock
+        write_image(tmp_path / "new" / "green" / "extra.png", seed=3)
+        r = invoke(
+            "predict", bundle, tmp_path / "new", "--out", out, "--workers", "0", "-q", "--json"
+        )
+        res = json.loads(r.stdout)
+        assert res["n_predicted"] == 7 and res["n_extracted"] == 7  # into a temporary store
+    assert sorted(p.name for p in cache.iterdir()) == before
