@@ -547,7 +547,7 @@ def fit(
 
     \b
     Examples:
-      featx fit cache/digits__...h5 --head logreg --out head.joblib
+      featx fit cache/digits__...h5 --head logreg --out head.npz
       featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
