@@ -569,7 +569,7 @@ def fit(
         return
     _print_result(res)
     if report.bundle is None:
-        click.echo("\nbundle: not saved (add --out FILE.joblib to keep it for 'featx predict')")
+        click.echo("\nbundle: not saved (add --out FILE.npz to keep it for 'featx predict')")
     else:
         on = "all labeled items" if refit == "all" else "train"
         click.echo(f"\nbundle: {report.bundle} (refit on {on})")
