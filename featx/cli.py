@@ -54,6 +54,16 @@ class FeatxGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:
+            from featx.errors import disk_full_error, is_disk_full
+
+            if ctx.meta.get("featx.verbose") or not is_disk_full(exc):
+                raise
+            import os
+
+            where = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else "."
+            click.echo(f"error: {disk_full_error(where)}", err=True)
+            ctx.exit(1)
         except Exception as exc:  # noqa: BLE001 - no traceback unless -v
             if ctx.meta.get("featx.verbose"):
                 raise
@@ -308,7 +318,10 @@ def format_locations(loc: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("store", type=click.Path(), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store: str | None, as_json: bool) -> None:
+@click.option(
+    "--verify", "check", is_flag=True, help="Also read every chunk and check it (featx verify)."
+)
+def info(store: str | None, as_json: bool, check: bool) -> None:
     """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance.
 
     Without STORE: where featx keeps stores, bundles, datasets and weights, and which setting
@@ -321,13 +334,62 @@ def info(store: str | None, as_json: bool) -> None:
         loc = locations()
         click.echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
         return
-    from featx.store import store_info
+    from featx.store import store_info, verify_store
 
+    report = verify_store(store) if check else None
+    if report is not None and not report.ok:
+        _verify_failed(report, as_json)
     data = store_info(store)
+    if report is not None:
+        data["verify"] = report.to_dict()
     if as_json:
         _print_json(data)
     else:
         click.echo(format_info(data))
+        if report is not None:
+            click.echo(
+                f"verified  {report.chunks_read} chunks, {report.bytes_read / 1e6:.1f} MB: ok"
+            )
+
+
+def _verify_failed(report: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for p in report.problems:
+            click.echo(f"damaged: {p}", err=True)
+    raise FeatxError(
+        f"store {report.store} is damaged ({len(report.problems)} problem(s): "
+        f"{report.problems[0]}); delete it and run the same 'featx extract' again"
+    )
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(store: str, as_json: bool) -> None:
+    """Check a feature STORE: read every chunk, compare checksums, check the schema.
+
+    Exits 0 when the store is intact and 1 (with what is damaged) when not.
+
+    \b
+    Example:
+      featx verify cache/digits__efficientnet_lite0-...h5
+    """
+    from featx.store import verify_store
+
+    report = verify_store(store)
+    if not report.ok:
+        _verify_failed(report, as_json)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(
+        f"{report.store}: ok ({report.n_items} rows x {report.dim}, {report.chunks_read} chunks, "
+        f"{report.bytes_read / 1e6:.1f} MB read)"
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -468,7 +530,7 @@ def _print_result(res: dict[str, Any]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.joblib); "
+    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.npz); "
     "without --out nothing is written.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -485,7 +547,7 @@ def fit(
 
     \b
     Examples:
-      featx fit cache/digits__...h5 --head logreg --out head.joblib
+      featx fit cache/digits__...h5 --head logreg --out head.npz
       featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
@@ -507,7 +569,7 @@ def fit(
         return
     _print_result(res)
     if report.bundle is None:
-        click.echo("\nbundle: not saved (add --out FILE.joblib to keep it for 'featx predict')")
+        click.echo("\nbundle: not saved (add --out FILE.npz to keep it for 'featx predict')")
     else:
         on = "all labeled items" if refit == "all" else "train"
         click.echo(f"\nbundle: {report.bundle} (refit on {on})")
@@ -582,7 +644,15 @@ def compare(
     help="The local weights file the bundle's backbone was built from, if any.",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
-@spec_options(ExtractOptions, only=("device", "precision", "batch_size", "workers"))
+@spec_options(
+    ExtractOptions, only=("device", "precision", "batch_size", "workers", "allow_outside_root")
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Also load a pickle-based (joblib) bundle; unpickling runs any code it holds, so only "
+    "for bundles whose origin you trust.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def predict(
@@ -595,6 +665,8 @@ def predict(
     precision: str,
     batch_size: int,
     workers: int | None,
+    trust_pickle: bool,
+    allow_outside_root: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -607,9 +679,9 @@ def predict(
 
     \b
     Examples:
-      featx predict head.joblib new_images/ --out preds.csv
-      featx predict head.joblib photo.jpg
-      featx predict head.joblib 'shots/**/*.jpg'
+      featx predict head.npz new_images/ --out preds.csv
+      featx predict head.npz photo.jpg
+      featx predict head.npz 'shots/**/*.jpg'
     """
     from featx.prediction import predict as run_predict
 
@@ -618,9 +690,18 @@ def predict(
         workers=workers,
         device=device,
         precision=precision,
+        allow_outside_root=allow_outside_root,
         progress=not quiet,
     )
-    res = run_predict(bundle, source, out=out, options=opts, weights_file=weights_file, root=root)
+    res = run_predict(
+        bundle,
+        source,
+        out=out,
+        options=opts,
+        weights_file=weights_file,
+        root=root,
+        trust=trust_pickle,
+    )
     if as_json:
         _print_json(res.to_dict())
         return

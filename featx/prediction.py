@@ -3,12 +3,16 @@
 The bundle remembers the backbone configuration of the store it was trained on. Prediction
 rebuilds exactly that backbone, extracts the new images into their own cached store (so a second
 prediction over the same folder extracts nothing), checks the feature dimension, and writes a CSV
-with the predicted label and per-class probabilities.
+with the predicted label and per-class probabilities. Cells a spreadsheet would run as formulas
+(labels or file names starting with ``=``, ``+``, ``-``, ``@``) are written with a leading quote.
+
+When the cache folder is read-only, an up-to-date cached store is used as it is; otherwise the
+features are extracted into a temporary store that is removed afterwards.
 
 Examples
 --------
 >>> import featx
->>> res = featx.predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> res = featx.predict("head.npz", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -19,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featx.errors import FeatxError
+from featx.errors import FeatxError, StoreReadOnlyError
 from featx.files import atomic_write
 from featx.options import BackboneSpec, ExtractOptions
 
@@ -123,6 +128,7 @@ def predict(
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
+    trust: bool = False,
 ) -> PredictResult:
     """Predict labels of every image of ``source`` with a head bundle; write a CSV.
 
@@ -139,12 +145,16 @@ def predict(
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
     options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
+    trust : bool, default False
+        Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
+        whose origin you trust.
     """
     from featx.bundle import load_bundle
+    from featx.csvsafe import safe_cell
     from featx.extraction import extract
     from featx.store import load_features
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, trust=trust)
     bb = rebuild_backbone(b.store_meta, weights_file)
     if b.dim is not None and int(b.dim) != int(bb.dim):
         raise FeatxError(
@@ -152,8 +162,14 @@ def predict(
         )
     files = image_files(source)
     if files is None:
-        r = extract(source, bb, options=options, root=root, download=download)
-        fs = load_features(r.store)
+        kw = {"options": options, "root": root, "download": download}
+        with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+            try:
+                r = extract(source, bb, **kw)
+            except StoreReadOnlyError as exc:
+                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+                r = extract(source, bb, store=Path(scratch) / "features.h5", **kw)
+            fs = load_features(r.store)
         b.check_compatible(fs.dim)
         keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
         true = (
@@ -186,13 +202,14 @@ def predict(
     header = ["path", "predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
-    w.writerow(header)
+    w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
         row = [key, pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
-        w.writerow(row)
-    atomic_write(out_path, buf.getvalue())
+        w.writerow([safe_cell(c) for c in row])
+    # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
+    atomic_write(out_path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
     counts: dict[str, int] = {}
     for p in pred:

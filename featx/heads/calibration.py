@@ -43,8 +43,10 @@ from featx.splits import stratified_holdout
 logger = logging.getLogger(__name__)
 
 
-class ScoreCalibrator:
+class ScoreCalibrator(BaseEstimator):
     """Platt (two classes) or temperature (more) scaling of decision scores.
+
+    A (parameter-free) scikit-learn estimator, so that bundles store it as plain state.
 
     Attributes (after ``fit``)
     --------------------------
