@@ -14,9 +14,11 @@ the parts are deleted. A ``kill -9`` at any moment leaves the previous store int
 finished part on disk, and the next run resumes from them. A writer holds an exclusive POSIX
 record lock (``lockf``) on ``STORE.lock`` for the whole run and writes its pid there, so a second
 writer fails at once with an error naming that pid; the kernel releases the lock when the process
-dies, and a forked child (a DataLoader worker) never inherits it. A run that finds nothing to do
-needs no write access at all: without a writable folder it reads the store unlocked (readers are
-safe, see below) and only fails if there is something to write.
+dies, and a forked child (a DataLoader worker) never inherits it. The writer deletes
+``STORE.lock`` on exit while still holding it (the next writer checks that the file it locked is
+still the one at that path), so lock files do not pile up beside stores. A run that finds
+nothing to do needs no write access at all: without a writable folder it reads the store
+unlocked (readers are safe, see below) and only fails if there is something to write.
 
 Faults
 ------
@@ -608,21 +610,32 @@ class StoreWriter:
                         f"this process (pid {os.getpid()}) is already writing {self.path}; "
                         "finish that write first or use another --store"
                     )
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            while True:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        os.close(fd)
+                        raise
+                    holder = _lock_holder(fd)
                     os.close(fd)
-                    raise
-                holder = _lock_holder(fd)
+                    who = f"featx process {holder}" if holder else "another featx process"
+                    raise StoreLockedError(
+                        f"{who} is writing {self.path} (lock {self.lock_path.name} is held); "
+                        "wait for it to finish or use another --store"
+                    ) from None
+                st = os.fstat(fd)
+                # The previous writer removes the lock file on exit (while holding it), so no
+                # .lock files pile up. If it did so after we opened the file, we hold a lock on
+                # a removed file that nobody else will see: drop it and lock the current one.
+                try:
+                    now = os.stat(self.lock_path)
+                except FileNotFoundError:
+                    now = None
+                if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                    break
                 os.close(fd)
-                who = f"featx process {holder}" if holder else "another featx process"
-                raise StoreLockedError(
-                    f"{who} is writing {self.path} (lock {self.lock_path.name} is held); "
-                    "wait for it to finish or use another --store"
-                ) from None
-            st = os.fstat(fd)
             self._lock_fd, self._lock_key = fd, (st.st_dev, st.st_ino)
             _HELD.add(self._lock_key)
         with contextlib.suppress(OSError):  # the pid is for messages only
@@ -632,6 +645,10 @@ class StoreWriter:
     def __exit__(self, *exc) -> None:
         if self._lock_fd is not None:
             with _HELD_GUARD:
+                with contextlib.suppress(OSError):  # still holding it: no other writer races us
+                    st = os.stat(self.lock_path)
+                    if (st.st_dev, st.st_ino) == self._lock_key:
+                        os.unlink(self.lock_path)
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._lock_fd, 0)
                     fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
