@@ -126,14 +126,47 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # extract / info
 # ---------------------------------------------------------------------------------------------
+def _text_source_options(f):
+    """Options naming the columns of a text table (CSV / TSV / JSONL)."""
+    opts = [
+        click.option(
+            "--text-column",
+            help="Column with the text (default: text, sentence, content, body, review, ...).",
+        ),
+        click.option(
+            "--label-column", help="Column with the label (default: label, class, category, ...)."
+        ),
+        click.option("--id-column", help="Unique row id used as key (default: id, if present)."),
+        click.option("--split-column", help="train/val/test per row (default: split, if present)."),
+        click.option(
+            "--encoding", default="utf-8", show_default=True, help="Encoding of a text table."
+        ),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _text_format(kw: dict[str, Any]):
+    from featx.text import TextFormat
+
+    return TextFormat(
+        text_column=kw.pop("text_column", None),
+        label_column=kw.pop("label_column", None),
+        id_column=kw.pop("id_column", None),
+        split_column=kw.pop("split_column", None),
+        encoding=kw.pop("encoding", "utf-8"),
+    )
+
+
 @cli.command()
 @click.argument("source")
 @click.option(
     "-b",
     "--backbone",
-    default="efficientnet_lite0",
-    show_default=True,
-    help="Backbone name (see 'featx backbones').",
+    default=None,
+    help="Backbone name (see 'featx backbones'); default efficientnet_lite0 for images, "
+    "all-minilm-l6-v2 for text.",
 )
 @click.option(
     "--weights",
@@ -146,13 +179,28 @@ def backbones(pattern: str | None, as_json: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Local checkpoint (state dict) to load instead.",
 )
-@click.option("--layer", help="Module whose output is the feature (default: pooled embedding).")
+@click.option(
+    "--layer",
+    help="Module whose output is the feature (default: pooled embedding); for text, a hidden "
+    "layer index (-2: second to last).",
+)
 @click.option(
     "--pool",
-    type=click.Choice(["avg", "max", "gem", "cls", "avgmax"]),
-    help="How to pool the layer's output.",
+    type=click.Choice(["avg", "max", "gem", "cls", "avgmax", "mean", "mean_sqrt_len"]),
+    help="How to pool the layer's output (text: mean, cls, max, mean_sqrt_len).",
 )
 @click.option("--image-size", type=click.IntRange(8, 4096), help="Override the input size.")
+@click.option(
+    "--max-seq-length",
+    type=click.IntRange(2),
+    help="Text: tokens per text (longer ones are truncated); default the model's.",
+)
+@click.option(
+    "--normalize/--no-normalize",
+    default=None,
+    help="Text: L2-normalise the embeddings (default: what the model folder asks for).",
+)
+@_text_source_options
 @click.option(
     "--store",
     type=click.Path(dir_okay=False),
@@ -206,16 +254,21 @@ def extract(source: str, **kw: Any) -> None:
     """Extract features of SOURCE into a feature store (only what is new or changed).
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
-    (path,label[,split]), sklearn:digits, or torchvision:NAME.
+    (path,label[,split]), sklearn:digits, or torchvision:NAME; or text: a CSV / TSV / JSONL
+    table with a text column, or a folder of .txt files in class subfolders.
 
     \b
     Examples:
       featx extract photos/ -b resnet50 --weights IMAGENET1K_V2
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
+      featx extract reviews.csv --text-column body --label-column stars
+      featx extract tickets.jsonl -b hf:models/my-sbert --max-seq-length 128
     """
     from featx.extract import ExtractOptions
     from featx.extract import extract as run_extract
+
+    text_format = _text_format(kw)
 
     opts = ExtractOptions(
         batch_size=kw["batch_size"],
@@ -242,6 +295,9 @@ def extract(source: str, **kw: Any) -> None:
         options=opts,
         root=kw["root"],
         download=kw["download"],
+        max_seq_length=kw["max_seq_length"],
+        normalize=kw["normalize"],
+        text=text_format,
     )
     if kw["as_json"]:
         _print_json(result.to_dict())
@@ -262,8 +318,12 @@ def extract(source: str, **kw: Any) -> None:
                 ("backbone", f"{result.backbone} ({result.weights})"),
                 ("device", f"{result.device} {result.precision}"),
                 ("seconds", f"{result.seconds:.1f}"),
-                ("images/s", f"{result.images_per_s:.1f}"),
+                (
+                    "texts/s" if result.modality == "text" else "images/s",
+                    f"{result.images_per_s:.1f}",
+                ),
             ]
+            + ([("truncated", result.n_truncated)] if result.n_truncated else [])
         )
     )
     if result.n_failed:
@@ -272,12 +332,19 @@ def extract(source: str, **kw: Any) -> None:
 
 def format_info(info: dict[str, Any]) -> str:
     pre = info.get("preprocess") or {}
-    pre_s = (
-        f"resize {pre.get('resize_size')} -> crop {pre.get('crop_size')} "
-        f"{pre.get('interpolation')}, mean {pre.get('mean')}, std {pre.get('std')}"
-        if pre
-        else ""
-    )
+    text = info.get("text")
+    if text:
+        pre_s = (
+            f"{pre.get('tokenizer')}, {text['max_seq_length']} tokens, "
+            f"lowercase {pre.get('lowercase')}, normalize {text['normalize']}"
+        )
+    elif pre:
+        pre_s = (
+            f"resize {pre.get('resize_size')} -> crop {pre.get('crop_size')} "
+            f"{pre.get('interpolation')}, mean {pre.get('mean')}, std {pre.get('std')}"
+        )
+    else:
+        pre_s = ""
     splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     classes = ", ".join(info["classes"][:10]) + (" ..." if info["n_classes"] > 10 else "")
     versions = info.get("versions") or {}
@@ -299,12 +366,23 @@ def format_info(info: dict[str, Any]) -> str:
         ("versions", " ".join(f"{k}={v}" for k, v in versions.items())),
         ("file", f"{info['file_bytes'] / 1e6:.1f} MB"),
     ]
-    text = _table(rows)
+    if text:
+        rows.insert(
+            10,
+            (
+                "text",
+                f"column {text['text_column'] or '-'}, median {text['median_tokens']} tokens, "
+                f"{text['n_truncated']} truncated at {text['max_seq_length']}",
+            ),
+        )
+    out = _table(rows)
     if info["failed"]:
-        text += "\nfailed items (first 20):\n" + "\n".join(
+        out += "\nfailed items (first 20):\n" + "\n".join(
             f"  {f['path']}: {f['reason']}" for f in info["failed"]
         )
-    return text
+    if text and text["truncated"]:
+        out += "\ntruncated texts (first 20): " + ", ".join(text["truncated"])
+    return out
 
 
 @cli.command()
@@ -543,6 +621,7 @@ def compare(
     help="The local weights file the bundle's backbone was built from, if any.",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
+@_text_source_options
 @click.option("--device", default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto")
 @click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
@@ -561,16 +640,18 @@ def predict(
     workers: int | None,
     quiet: bool,
     as_json: bool,
+    **text_kw: Any,
 ) -> None:
-    """Label the images of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
+    """Label the images or texts of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
 
     The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached store
     (re-running extracts nothing new), and OUT gets path, predicted, true_label (when SOURCE has
-    labels) and p_<class> columns.
+    labels) and p_<class> columns (text: key and line instead of path).
 
     \b
-    Example:
+    Examples:
       featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
+      featx predict cache/heads/tickets__logreg.joblib new_tickets.csv --out preds.csv
     """
     from featx.extract import ExtractOptions
     from featx.predict import predict as run_predict
@@ -582,13 +663,21 @@ def predict(
         precision=precision,
         progress=not quiet,
     )
-    res = run_predict(bundle, source, out=out, options=opts, weights_file=weights_file, root=root)
+    res = run_predict(
+        bundle,
+        source,
+        out=out,
+        options=opts,
+        weights_file=weights_file,
+        root=root,
+        text=_text_format(text_kw),
+    )
     if as_json:
         _print_json(res.to_dict())
         return
     top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
     rows = [
-        ("predictions", f"{res.out} ({res.n_predicted} images)"),
+        ("predictions", f"{res.out} ({res.n_predicted} items)"),
         ("features", f"{res.store} ({res.n_extracted} extracted now)"),
         ("failed", res.n_failed),
         ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),

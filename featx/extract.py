@@ -68,27 +68,39 @@ class ExtractResult:
     backbone: str
     weights: str
     noop: bool
+    n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
+    modality: str = "image"  # or "text"; for text, images_per_s counts texts
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _versions() -> dict[str, str]:
+def _versions(text: bool = False) -> dict[str, str]:
     import h5py
-    import timm
     import torch
-    import torchvision
 
     import featx
 
-    return {
-        "featx_version": featx.__version__,
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "timm_version": timm.__version__,
-        "h5py_version": h5py.__version__,
-        "numpy_version": np.__version__,
-    }
+    out = {"featx_version": featx.__version__, "torch_version": torch.__version__}
+    if text:
+        import tokenizers
+        import transformers
+
+        out["transformers_version"] = transformers.__version__
+        out["tokenizers_version"] = tokenizers.__version__
+    else:
+        import timm
+        import torchvision
+
+        out["torchvision_version"] = torchvision.__version__
+        out["timm_version"] = timm.__version__
+    out["h5py_version"] = h5py.__version__
+    out["numpy_version"] = np.__version__
+    return out
+
+
+def _is_text(obj: Any) -> bool:
+    return getattr(obj, "modality", "image") == "text"
 
 
 def _fp(item: Item) -> tuple[int, int, str]:
@@ -107,7 +119,7 @@ def store_config(source: Source, backbone: Any, dtype: str = "float32") -> Store
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: Any = "efficientnet_lite0",
+    backbone: Any = None,
     *,
     weights: str | None = "DEFAULT",
     weights_file: str | os.PathLike | None = None,
@@ -118,6 +130,9 @@ def extract(
     options: ExtractOptions | None = None,
     root: str | None = None,
     download: bool = False,
+    max_seq_length: int | None = None,
+    normalize: bool | None = None,
+    text: Any = None,
 ) -> ExtractResult:
     """Extract features of every new or changed item of ``source`` into its store.
 
@@ -125,14 +140,17 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str or Backbone
-        A registry name (``featx backbones``) or an already loaded backbone.
-    weights, weights_file, layer, pool, image_size
+    backbone : str or Backbone, optional
+        A registry name (``featx backbones``) or an already loaded backbone. Default:
+        ``efficientnet_lite0`` for images, ``all-minilm-l6-v2`` for text.
+    weights, weights_file, layer, pool, image_size, max_seq_length, normalize
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
         The store file; default: a name under the cache folder derived from the configuration.
     options : ExtractOptions
         Batching, device, precision, dtype, hashing, strictness, progress.
+    text : featx.text.TextFormat, optional
+        Columns and encoding of a text table (see :func:`featx.sources.open_source`).
 
     Returns
     -------
@@ -143,11 +161,22 @@ def extract(
     src = (
         source
         if isinstance(source, Source)
-        else open_source(source, root=root, download=download, content_hash=opts.content_hash)
+        else open_source(
+            source, root=root, download=download, content_hash=opts.content_hash, text=text
+        )
     )
+    is_text = _is_text(src)
+    if backbone is None:
+        from featx.backbones import DEFAULT_BACKBONE
+        from featx.backbones._text import DEFAULT_TEXT_BACKBONE
+
+        backbone = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
     if isinstance(backbone, str):
         from featx.backbones import load_backbone
+        from featx.backbones._text import is_text_name
 
+        if is_text_name(backbone) != is_text:
+            _mismatch(src, backbone, is_text)
         bb = load_backbone(
             backbone,
             weights,
@@ -155,9 +184,13 @@ def extract(
             layer=layer,
             pool=pool,
             image_size=image_size,
+            max_seq_length=max_seq_length,
+            normalize=normalize,
         )
     else:
         bb = backbone
+    if _is_text(bb) != is_text:
+        _mismatch(src, bb.name, is_text)
     config = store_config(src, bb, opts.dtype)
     path = Path(store) if store else default_store_path(config, src.name)
     if path.exists() and path.is_dir():
@@ -168,7 +201,7 @@ def extract(
 
     dev = resolve_device(opts.device)
     prec = resolve_precision(opts.precision, dev)
-    dec = resolve_decode(opts.decode, dev)
+    dec = "-" if is_text else resolve_decode(opts.decode, dev)
 
     with StoreWriter(path, config) as writer:
         plan = _plan(src, writer)
@@ -202,6 +235,8 @@ def extract(
                 backbone=bb.name,
                 weights=bb.weights,
                 noop=True,
+                n_truncated=_stored_truncated(path) if is_text else 0,
+                modality="text" if is_text else "image",
             )
         n_new = n_new_failed = 0
         waited = 0.0
@@ -221,8 +256,17 @@ def extract(
             "preprocess": bb.preprocess.to_dict(),
             "source": {"kind": src.kind, "uri": src.uri, "name": src.name},
             "dim": int(bb.dim),
-            **_versions(),
+            **_versions(is_text),
         }
+        per_row = None
+        n_truncated = 0
+        if is_text:
+            per_row, n_truncated = _text_rows(src, bb, rows)
+            attrs["modality"] = "text"
+            attrs["normalize"] = bool(bb.normalize)
+            attrs["max_seq_length"] = int(bb.preprocess.max_seq_length)
+            attrs["text_column"] = getattr(src, "text_column", "")
+            attrs["n_truncated"] = n_truncated
         t_commit = time.perf_counter()
         writer.commit(
             rows=rows,
@@ -232,6 +276,7 @@ def extract(
             classes=src.classes,
             fingerprints=fps,
             attrs=attrs,
+            per_row=per_row,
         )
         t_commit_s = time.perf_counter() - t_commit
     seconds = time.perf_counter() - t0
@@ -253,7 +298,49 @@ def extract(
         backbone=bb.name,
         weights=bb.weights,
         noop=False,
+        n_truncated=n_truncated,
+        modality="text" if is_text else "image",
     )
+
+
+def _mismatch(src: Source, name: str, is_text: bool) -> None:
+    if is_text:
+        raise FeatxError(
+            f"{src.uri} is a text source but {name} is an image backbone; use a text encoder "
+            "(all-minilm-l6-v2, or hf:PATH for a local model folder)"
+        )
+    raise FeatxError(
+        f"{src.uri} is an image source but {name} is a text encoder; use an image backbone "
+        "(see 'featx backbones')"
+    )
+
+
+def _stored_truncated(path: Path) -> int:
+    from featx.store import store_info
+
+    return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
+
+
+def _text_rows(
+    src: Source, bb: Any, rows: dict[str, tuple[str, int]]
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Per-row token counts of a text store (``text/n_tokens``) and how many were truncated."""
+    from featx.text.engine import count_tokens
+
+    items = [it for it in src.items if it.key in rows]
+    counts = count_tokens(bb.tokenizer, src.texts(items), int(bb.preprocess.max_seq_length))
+    n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
+    n_truncated = int((counts > bb.preprocess.max_seq_length).sum())
+    if n_truncated:
+        log.warning(
+            "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
+            "(featx info lists how many)",
+            n_truncated,
+            len(items),
+            bb.preprocess.max_seq_length,
+            bb.preprocess.max_seq_length,
+        )
+    return {"text/n_tokens": n_tokens}, n_truncated
 
 
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
@@ -356,6 +443,9 @@ def _run(
     from concurrent.futures import Future, ThreadPoolExecutor
 
     from featx.engine import iter_features
+
+    if _is_text(bb):
+        from featx.text.engine import iter_text_features as iter_features  # noqa: F811
 
     pending_idx: list[np.ndarray] = []
     pending_feats: list[np.ndarray] = []

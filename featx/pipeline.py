@@ -10,9 +10,12 @@ A pipeline file::
     report = "reports/demo"          # relative to the pipeline file's folder
 
     sources = ["sklearn:digits"]     # or a table: {spec = "torchvision:CIFAR10", root = "data"}
+                                     # text: {spec = "reviews.csv", text_column = "body",
+                                     #   label_column, id_column, split_column, encoding}
 
     [[backbones]]
-    name = "efficientnet_lite0"      # also: weights, weights_file, layer, pool, image_size
+    name = "efficientnet_lite0"      # also: weights, weights_file, layer, pool, image_size;
+                                     # text encoders: max_seq_length, normalize
 
     [extract]                        # batch_size, workers, device, precision, dtype, ...
     batch_size = 64
@@ -43,8 +46,19 @@ from featx.errors import FeatxError
 log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "report", "sources", "backbones", "heads", "extract", "protocol"}
-_SOURCE = {"spec", "root", "download", "name"}
-_BACKBONE = {"name", "weights", "weights_file", "layer", "pool", "image_size", "label"}
+_TEXT_SOURCE = {"text_column", "label_column", "id_column", "split_column", "encoding"}
+_SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
+_BACKBONE = {
+    "name",
+    "weights",
+    "weights_file",
+    "layer",
+    "pool",
+    "image_size",
+    "label",
+    "max_seq_length",
+    "normalize",
+}
 _HEAD = {"name", "params", "preprocess"}
 _EXTRACT = {
     "batch_size",
@@ -177,8 +191,21 @@ class PipelineResult:
 def _backbone_label(b: dict[str, Any]) -> str:
     if b.get("label"):
         return str(b["label"])
-    extra = [str(b[k]) for k in ("weights", "layer", "pool", "image_size") if b.get(k)]
+    keys = ("weights", "layer", "pool", "image_size", "max_seq_length", "normalize")
+    extra = [
+        f"{k}={b[k]}" if k == "normalize" else str(b[k])
+        for k in keys
+        if b.get(k) or (k == "normalize" and k in b)
+    ]
     return b["name"] + (f"[{','.join(extra)}]" if extra else "")
+
+
+def _text_format(s: dict[str, Any]) -> Any:
+    if not any(k in s for k in _TEXT_SOURCE):
+        return None
+    from featx.text import TextFormat
+
+    return TextFormat(**{k: s[k] for k in _TEXT_SOURCE if k in s})
 
 
 def run_pipeline(
@@ -222,6 +249,9 @@ def run_pipeline(
                 options=opts,
                 root=s.get("root"),
                 download=bool(s.get("download", False)),
+                max_seq_length=b.get("max_seq_length"),
+                normalize=b.get("normalize"),
+                text=_text_format(s),
             )
             stores[src_name][label] = r.store
             feature_sets[label] = load_features(r.store)

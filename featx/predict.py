@@ -51,6 +51,8 @@ def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike
     cfg = (store_meta.get("config") or {}).get("backbone")
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
+    if cfg.get("family") == "text":
+        return _rebuild_text(cfg)
     weights = cfg.get("weights")
     if str(weights).startswith("file:") and weights_file is None:
         raise FeatxError(
@@ -81,6 +83,30 @@ def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike
     return bb
 
 
+def _rebuild_text(cfg: dict[str, Any]):
+    from featx.backbones._text import load_text_backbone
+    from featx.store import StoreConfig, config_difference
+
+    pre = cfg.get("preprocess") or {}
+    bb = load_text_backbone(
+        cfg["name"],
+        cfg.get("weights"),
+        layer=cfg.get("layer"),
+        pool=cfg.get("pool"),
+        normalize=cfg.get("normalize"),
+        max_seq_length=pre.get("max_seq_length"),
+    )
+    if bb.config() != cfg:
+        diff = config_difference(
+            StoreConfig(source={}, backbone=cfg), StoreConfig(source={}, backbone=bb.config())
+        )
+        raise FeatxError(
+            f"cannot rebuild the bundle's text encoder exactly ({diff}); "
+            "use the model folder and featx version it was trained with"
+        )
+    return bb
+
+
 def predict(
     bundle: str | os.PathLike,
     source: str | os.PathLike,
@@ -90,8 +116,9 @@ def predict(
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
+    text: Any = None,
 ) -> PredictResult:
-    """Predict labels of every image of ``source`` with a head bundle; write a CSV.
+    """Predict labels of every image or text of ``source`` with a head bundle; write a CSV.
 
     Parameters
     ----------
@@ -104,9 +131,13 @@ def predict(
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
     options : featx.extract.ExtractOptions, optional
         How to run the extraction.
+    text : featx.text.TextFormat, optional
+        Columns of a text table. For text the CSV's first column is ``key`` (the row's key in
+        the store) followed by ``line`` (its line in a table) instead of ``path``.
     """
     from featx.bundle import load_bundle
-    from featx.extract import extract
+    from featx.extract import ExtractOptions, extract
+    from featx.sources import open_source
     from featx.store import load_features
 
     b = load_bundle(bundle)
@@ -115,8 +146,15 @@ def predict(
         raise FeatxError(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
-    r = extract(source, bb, options=options, root=root, download=download)
+    opts = options or ExtractOptions()
+    src = open_source(
+        source, root=root, download=download, content_hash=opts.content_hash, text=text
+    )
+    r = extract(src, bb, options=opts)
     fs = load_features(r.store)
+    is_text = getattr(src, "modality", "image") == "text"
+    lines = {it.key: getattr(it, "line", 0) for it in src.items} if is_text else {}
+    with_line = any(lines.values())
     b.check_compatible(fs.dim)
     pred = np.asarray(b.predict(fs.X), dtype=object)
     proba = b.predict_proba(fs.X) if hasattr(b.estimator, "predict_proba") else None
@@ -129,12 +167,14 @@ def predict(
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    header = ["path", "predicted"] + (["true_label"] if true is not None else [])
+    first = (["key"] + (["line"] if with_line else [])) if is_text else ["path"]
+    header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow(header)
     for i, key in enumerate(fs.keys):
-        row = [key, pred[i]] + ([true[i]] if true is not None else [])
+        lead = [key, lines.get(key, 0)] if with_line else [key]
+        row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow(row)

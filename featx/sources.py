@@ -323,6 +323,7 @@ def open_source(
     root: str | None = None,
     download: bool = False,
     content_hash: bool = False,
+    text: Any = None,
 ) -> Source:
     """Scan a source and return its items, sorted by key.
 
@@ -337,6 +338,10 @@ def open_source(
     content_hash : bool
         Also fingerprint every file by the SHA-256 of its bytes (slower; catches edits that keep
         size and modification time).
+    text : featx.text.TextFormat, optional
+        Columns and encoding of a text table. Text sources (``.csv`` without a ``path`` column,
+        ``.tsv``, ``.jsonl``, a folder of ``.txt`` files, ``text:PATH``) are scanned by
+        :func:`featx.text.open_text_source`.
 
     Examples
     --------
@@ -345,6 +350,10 @@ def open_source(
     ('imagefolder', 1797, ('0', '1'))
     """
     s = str(spec)
+    from featx.text.sources import is_text_spec, open_text_source
+
+    if is_text_spec(s, text):
+        return open_text_source(s, text)
     if s.startswith("sklearn:"):
         from featx.datasets import materialize
 

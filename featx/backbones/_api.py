@@ -244,6 +244,11 @@ def list_backbones(pattern: str | None = None) -> list[BackboneInfo]:
 
         return _timm.list_infos(pat[len(TIMM_PREFIX) :])
     out = [_lite0.info(n) for n in _lite0.NAMES if fnmatch.fnmatchcase(n, pat)]
+    from featx.backbones import _text
+
+    text_info = _text.text_backbone_info()
+    if fnmatch.fnmatchcase(text_info["name"], pat):
+        out.append(BackboneInfo(**text_info))
     from featx.backbones import _torchvision
 
     out += [_torchvision.info(n) for n in _torchvision.names() if fnmatch.fnmatchcase(n, pat)]
@@ -268,8 +273,15 @@ def load_backbone(
     layer: str | None = None,
     pool: str | None = None,
     image_size: int | None = None,
+    max_seq_length: int | None = None,
+    normalize: bool | None = None,
 ) -> Backbone:
-    """Load a frozen backbone that maps image batches to feature vectors.
+    """Load a frozen backbone that maps image batches (or texts) to feature vectors.
+
+    A text encoder name (``all-minilm-l6-v2``, ``hf:PATH``, a model folder) returns a
+    :class:`featx.backbones._text.TextBackbone` from
+    :func:`~featx.backbones._text.load_text_backbone`, which takes ``weights``, ``layer``,
+    ``pool``, ``max_seq_length`` and ``normalize``.
 
     Parameters
     ----------
@@ -317,8 +329,27 @@ def load_backbone(
     >>> bb.dim, bb.pool, bb.preprocess.crop_size
     (512, 'avg', 64)
     """
-    from featx.backbones import _features
+    from featx.backbones import _features, _text
 
+    if _text.is_text_name(name):
+        if weights_file is not None or image_size is not None:
+            raise FeatxError(
+                f"{name} is a text encoder: --weights-file and --image-size do not apply "
+                "(give its folder as hf:PATH)"
+            )
+        return _text.load_text_backbone(  # type: ignore[return-value]
+            name,
+            weights,
+            layer=layer,
+            pool=pool,
+            normalize=normalize,
+            max_seq_length=max_seq_length,
+        )
+    if max_seq_length is not None or normalize is not None:
+        raise FeatxError(
+            f"{name} is an image backbone: --max-seq-length and --normalize apply to text "
+            "encoders only"
+        )
     family, canonical = resolve_name(name)
     w = _norm_weights(weights)
     if pool is not None:
