@@ -158,11 +158,24 @@ def extract(
     """
     opts = options or ExtractOptions()
     t0 = time.perf_counter()
+    if backbone is None:
+        hint = None
+    elif isinstance(backbone, str):
+        from featx.backbones._text import is_text_name
+
+        hint = "text" if is_text_name(backbone) else "image"
+    else:
+        hint = "text" if _is_text(backbone) else "image"
     src = (
         source
         if isinstance(source, Source)
         else open_source(
-            source, root=root, download=download, content_hash=opts.content_hash, text=text
+            source,
+            root=root,
+            download=download,
+            content_hash=opts.content_hash,
+            text=text,
+            modality=hint,
         )
     )
     is_text = _is_text(src)

@@ -148,7 +148,12 @@ def predict(
         )
     opts = options or ExtractOptions()
     src = open_source(
-        source, root=root, download=download, content_hash=opts.content_hash, text=text
+        source,
+        root=root,
+        download=download,
+        content_hash=opts.content_hash,
+        text=text,
+        modality=getattr(bb, "modality", "image"),
     )
     r = extract(src, bb, options=opts)
     fs = load_features(r.store)

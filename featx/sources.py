@@ -324,6 +324,7 @@ def open_source(
     download: bool = False,
     content_hash: bool = False,
     text: Any = None,
+    modality: str | None = None,
 ) -> Source:
     """Scan a source and return its items, sorted by key.
 
@@ -342,6 +343,9 @@ def open_source(
         Columns and encoding of a text table. Text sources (``.csv`` without a ``path`` column,
         ``.tsv``, ``.jsonl``, a folder of ``.txt`` files, ``text:PATH``) are scanned by
         :func:`featx.text.open_text_source`.
+    modality : {"image", "text"}, optional
+        What the backbone takes, when known: with ``"image"`` a ``.csv`` is always an image
+        manifest, with ``"text"`` always a text table.
 
     Examples
     --------
@@ -352,7 +356,10 @@ def open_source(
     s = str(spec)
     from featx.text.sources import is_text_spec, open_text_source
 
-    if is_text_spec(s, text):
+    is_csv = s.lower().endswith(".csv") and not s.startswith("text:")
+    if (modality == "text" and is_csv) or (
+        is_text_spec(s, text) and not (modality == "image" and is_csv)
+    ):
         return open_text_source(s, text)
     if s.startswith("sklearn:"):
         from featx.datasets import materialize

@@ -525,3 +525,17 @@ def test_bundled_minilm_matches_sentence_transformers():
     ref = st.SentenceTransformer(str(minilm_path()), device="cpu").encode(texts, batch_size=2)
     cos = (ours * ref).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(ref, axis=1)
     assert cos.min() >= 0.999, cos
+
+
+def test_backbone_hint_decides_what_a_csv_is(tmp_path):
+    from featx.backbones import list_backbones
+    from featx.sources import open_source
+
+    p = write_table(tmp_path / "m.csv", [{"file": "a.png", "label": "x"}])
+    assert open_source(p).kind == "text-csv"  # no path column: a text table
+    with pytest.raises(FeatxError, match="lacks the column"):
+        open_source(p, modality="image")  # for an image backbone it is a broken manifest
+    q = write_table(tmp_path / "q.csv", [{"path": "a.png", "text": "hello", "label": "x"}])
+    assert open_source(q, modality="text").kind == "text-csv"
+    (info,) = list_backbones("all-minilm*")
+    assert (info.family, info.dim) == ("text", 384)
