@@ -123,7 +123,7 @@ def speed(args: argparse.Namespace) -> dict:
     for name, texts in sets.items():
         embed_texts(bb, texts[: args.batch_size], device="cpu", batch_size=args.batch_size)
         st.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm both up
-        t_featx, t_st = [], []
+        t_featx, t_st, t_bf16 = [], [], []
         for _ in range(args.repeats):
             t = time.perf_counter()
             a = embed_texts(bb, texts, device="cpu", precision="fp32", batch_size=args.batch_size)
@@ -131,23 +131,43 @@ def speed(args: argparse.Namespace) -> dict:
             t = time.perf_counter()
             b = st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
             t_st.append(time.perf_counter() - t)
-        cos = float(((a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)).min())
+            if args.bf16:
+                t = time.perf_counter()
+                c = embed_texts(
+                    bb, texts, device="cpu", precision="bf16", batch_size=args.batch_size
+                )
+                t_bf16.append(time.perf_counter() - t)
+
+        def min_cos(x, y) -> float:
+            return float(
+                ((x * y).sum(1) / np.linalg.norm(x, axis=1) / np.linalg.norm(y, axis=1)).min()
+            )
+
         n = len(texts)
         f, s = n / statistics.median(t_featx), n / statistics.median(t_st)
-        out["sets"][name] = {
+        rec = {
             "n": n,
             "featx_per_s": f,
             "st_per_s": s,
             "ratio": f / s,
             "featx_s": t_featx,
             "st_s": t_st,
-            "min_cosine": cos,
+            "min_cosine": min_cos(a, b),
         }
         print(
-            f"| {name} ({n} texts, batch {args.batch_size}) | {f:.1f} | {s:.1f} | "
-            f"{f / s:.2f} | {cos:.6f} |",
+            f"| {name} ({n} texts, batch {args.batch_size}) | featx fp32 | {f:.1f} | {s:.1f} | "
+            f"{f / s:.2f} | {rec['min_cosine']:.6f} |",
             flush=True,
         )
+        if args.bf16:
+            g = n / statistics.median(t_bf16)
+            rec.update(bf16_per_s=g, bf16_s=t_bf16, bf16_ratio=g / s, bf16_min_cosine=min_cos(c, b))
+            print(
+                f"| {name} ({n} texts, batch {args.batch_size}) | featx bf16 | {g:.1f} | {s:.1f} | "
+                f"{g / s:.2f} | {rec['bf16_min_cosine']:.6f} |",
+                flush=True,
+            )
+        out["sets"][name] = rec
     return out
 
 
@@ -258,6 +278,7 @@ def main() -> None:
     s.add_argument("--n-long", type=int, default=64)
     s.add_argument("--batch-size", type=int, default=32)
     s.add_argument("--repeats", type=int, default=3)
+    s.add_argument("--bf16", action="store_true", help="also time featx with --precision bf16")
     a = sub.add_parser("accuracy")
     a.add_argument("--task", choices=["headlines", "articles"], default="headlines")
     a.add_argument("--max-seq-length", type=int, default=None)
