@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARCH := $(shell uname -m)
-# The torch builds that install from this machine kind's local disk (see docs/install.md).
+# The torch builds that install from this machine kind's local disk (see the Install section of README.md).
 ifeq ($(ARCH),aarch64)
 TORCH_PINS := torch==2.9.1 torchvision==0.24.1
 else

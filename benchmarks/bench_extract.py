@@ -8,7 +8,7 @@ Rows (images/s, end to end from JPEG files to features on disk):
 - ``standard``: what users write: torchvision ImageFolder + PIL transforms (Resize, CenterCrop,
   ToTensor, Normalize), a DataLoader with the same workers and pinned memory, fp32, batch 256,
   features gathered in a list and saved with ``np.save``.
-- ``featx-<precision>[-<decode>]``: ``featx.extract.extract`` into a fresh store (scan, decode,
+- ``featx-<precision>[-<decode>]``: ``featx.extraction.extract`` into a fresh store (scan, decode,
   model, crash-safe parts, final atomic commit), once per precision and ``--decodes`` value
   (``cpu``: Pillow in the workers; ``device``: nvJPEG on CUDA, see featx/jpeg.py; ``auto``).
   ``store_write_share`` is the time the run waited on the store (parts are written on a
@@ -94,7 +94,7 @@ def featx_run(
     decode: str = "auto",
 ) -> dict:
     import featx.store as st
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
 
     opts = ExtractOptions(
         batch_size=batch_size,

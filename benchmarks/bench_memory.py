@@ -23,7 +23,7 @@ from pathlib import Path
 
 CHILD = r"""
 import json, resource, sys
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 root, model, store, precision, workers = sys.argv[1:6]
 r = extract(root, model, weights=None, store=store,
             options=ExtractOptions(device="cpu", precision=precision, workers=int(workers)))

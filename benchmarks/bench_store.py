@@ -41,7 +41,7 @@ def make_files(root: Path, n: int) -> None:
 
 def bench_write_and_noop(root: Path, store: Path) -> dict:
     import featx.store as st
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
 
     spent = {"parts": 0.0, "commit": 0.0}
     orig_part, orig_commit = st.StoreWriter.write_part, st.StoreWriter.commit

@@ -198,7 +198,7 @@ def _tfidf_cv_C(train_text, y_train) -> float:
 
 
 def accuracy(args: argparse.Namespace) -> dict:
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
     from featx.store import load_features
     from featx.text import TextFormat
     from featx.train import compare_stores

@@ -1,10 +1,168 @@
 """featx: extract frozen-backbone image embeddings once, then fit and compare heads in seconds.
 
-Importing featx is cheap: torch, timm and scikit-learn are imported by the modules that need them.
+The public API, importable from ``featx`` directly (each name loads its module on first use, so
+``import featx`` stays cheap: torch, timm and scikit-learn load when a function needs them):
+
+=====================  ==========================================================================
+extract                source + backbone -> feature store (:mod:`featx.extraction`)
+load_features          store -> :class:`FeatureSet` of numpy arrays (:mod:`featx.store`)
+evaluate, fit_head     one head on a FeatureSet: metrics / a fitted head (:mod:`featx.protocol`)
+compare                every head on every FeatureSet, same splits -> :class:`Leaderboard`
+fit_store              fit + evaluate + save a bundle from a store path (:mod:`featx.train`)
+compare_stores         :func:`compare` over store paths (:mod:`featx.train`)
+predict                bundle + new images -> CSV of labels (:mod:`featx.prediction`)
+run_pipeline           a pipeline TOML file end to end (:mod:`featx.pipeline`)
+list_backbones         backbone names with their dims (:mod:`featx.backbones`)
+load_backbone          name or :class:`BackboneSpec` -> frozen :class:`Backbone`
+make_head, list_heads  heads by name (:mod:`featx.heads`)
+ExtractOptions, ...    the option specs with every default (:mod:`featx.options`)
+=====================  ==========================================================================
+
+Examples
+--------
+>>> import featx
+>>> featx.EvalProtocol(cv=5).cv
+5
+>>> sorted(featx.list_heads())[:3]
+['centroid', 'knn', 'linear-svm']
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from featx.errors import FeatxError, StoreError
 
 __version__ = "0.1.0"
 
-from featx.errors import FeatxError  # noqa: E402
+# name -> module that defines it; loaded on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {
+    # options and defaults
+    "BackboneSpec": "featx.options",
+    "EvalProtocol": "featx.options",
+    "ExtractOptions": "featx.options",
+    # extraction and stores
+    "extract": "featx.extraction",
+    "ExtractResult": "featx.extraction",
+    "load_features": "featx.store",
+    "store_info": "featx.store",
+    "FeatureSet": "featx.features",
+    # backbones
+    "Backbone": "featx.backbones",
+    "BackboneInfo": "featx.backbones",
+    "BackboneLike": "featx.backbones",
+    "Family": "featx.backbones",
+    "list_backbones": "featx.backbones",
+    "load_backbone": "featx.backbones",
+    "register_family": "featx.backbones",
+    # heads
+    "HeadInfo": "featx.heads",
+    "Param": "featx.heads",
+    "list_heads": "featx.heads",
+    "make_head": "featx.heads",
+    "register_head": "featx.heads",
+    # evaluation and comparison
+    "evaluate": "featx.protocol",
+    "fit_head": "featx.protocol",
+    "FittedHead": "featx.protocol",
+    "Result": "featx.protocol",
+    "compare": "featx.comparison",
+    "Leaderboard": "featx.comparison",
+    "fit_store": "featx.train",
+    "compare_stores": "featx.train",
+    "FitReport": "featx.train",
+    # bundles and prediction
+    "predict": "featx.prediction",
+    "PredictResult": "featx.prediction",
+    "save_bundle": "featx.bundle",
+    "load_bundle": "featx.bundle",
+    "Bundle": "featx.bundle",
+    # pipelines
+    "run_pipeline": "featx.pipeline",
+    "load_pipeline": "featx.pipeline",
+    "PipelineResult": "featx.pipeline",
+    # files
+    "cache_dir": "featx.files",
+}
 
-__all__ = ["FeatxError", "__version__"]
+__all__ = [
+    "Backbone",
+    "BackboneInfo",
+    "BackboneLike",
+    "BackboneSpec",
+    "Bundle",
+    "EvalProtocol",
+    "ExtractOptions",
+    "ExtractResult",
+    "Family",
+    "FeatureSet",
+    "FeatxError",
+    "FitReport",
+    "FittedHead",
+    "HeadInfo",
+    "Leaderboard",
+    "Param",
+    "PipelineResult",
+    "PredictResult",
+    "Result",
+    "StoreError",
+    "__version__",
+    "cache_dir",
+    "compare",
+    "compare_stores",
+    "evaluate",
+    "extract",
+    "fit_head",
+    "fit_store",
+    "list_backbones",
+    "list_heads",
+    "load_backbone",
+    "load_bundle",
+    "load_features",
+    "load_pipeline",
+    "make_head",
+    "predict",
+    "register_family",
+    "register_head",
+    "run_pipeline",
+    "save_bundle",
+    "store_info",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featx' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the real signatures)
+    from featx.backbones import (
+        Backbone,
+        BackboneInfo,
+        BackboneLike,
+        Family,
+        list_backbones,
+        load_backbone,
+        register_family,
+    )
+    from featx.bundle import Bundle, load_bundle, save_bundle
+    from featx.comparison import Leaderboard, compare
+    from featx.extraction import ExtractResult, extract
+    from featx.features import FeatureSet
+    from featx.files import cache_dir
+    from featx.heads import HeadInfo, Param, list_heads, make_head, register_head
+    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions
+    from featx.pipeline import PipelineResult, load_pipeline, run_pipeline
+    from featx.prediction import PredictResult, predict
+    from featx.protocol import FittedHead, Result, evaluate, fit_head
+    from featx.store import load_features, store_info
+    from featx.train import FitReport, compare_stores, fit_store

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -137,17 +137,8 @@ def save_bundle(
         "metrics": dict(metrics or {}),
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            joblib.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        joblib.dump(payload, f)
     logger.info("saved head bundle %s (%d classes, dim %d)", path, len(classes), dim)
     return path
 

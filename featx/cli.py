@@ -16,6 +16,17 @@ import click
 
 from featx import __version__
 from featx.errors import FeatxError
+from featx.options import (
+    DEFAULT_HEAD,
+    DEFAULT_HEADS,
+    DEFAULT_REFIT,
+    REFIT_MODES,
+    BackboneSpec,
+    EvalProtocol,
+    ExtractOptions,
+    TextFormat,
+    option_fields,
+)
 
 log = logging.getLogger("featx")
 
@@ -52,6 +63,50 @@ class FeatxGroup(click.Group):
                 f"error: {type(exc).__name__}: {msg} (re-run with -v for the traceback)", err=True
             )
             ctx.exit(1)
+
+
+def spec_options(spec: type, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
+    """Click options for the fields of a spec in :mod:`featx.options` (flag, type, default, help).
+
+    Each option's parameter name is the field name, so ``spec(**{k: kw[k] ...})`` rebuilds it.
+    """
+    decorators = []
+    for f in option_fields(spec):
+        if not f.flag or f.name in exclude or (only is not None and f.name not in only):
+            continue
+        info = f.info
+        decls = [f.flag, f.name] if info.short is None else [info.short, f.flag, f.name]
+        kw: dict[str, Any] = {"help": info.help, "default": f.default}
+        if f.kind is bool:
+            kw["is_flag"] = True
+            if f.default or f.default is None:  # None: unset unless one of the pair is given
+                decls[-2] = f"{f.flag}/--no-{f.flag[2:]}"
+                kw["show_default"] = f.default is not None
+        elif info.choices is not None:
+            kw["type"] = click.Choice(list(info.choices))
+        elif f.kind in (int, float):
+            rng = click.IntRange if f.kind is int else click.FloatRange
+            extra = {} if f.kind is int else {"min_open": info.min_open, "max_open": info.max_open}
+            if info.min is None and info.max is None:
+                kw["type"] = f.kind
+            else:
+                kw["type"] = rng(info.min, info.max, **extra)
+        if f.default is not None and f.kind is not bool:
+            kw["show_default"] = True
+        decorators.append(click.option(*decls, **kw))
+
+    def apply(fn):
+        for d in reversed(decorators):
+            fn = d(fn)
+        return fn
+
+    return apply
+
+
+def _pick(spec: type, kw: dict[str, Any], **extra: Any) -> Any:
+    """Build ``spec`` from the CLI keywords that are its fields (plus ``extra``)."""
+    names = {f.name for f in option_fields(spec)}
+    return spec(**{k: v for k, v in kw.items() if k in names}, **extra)
 
 
 def _print_json(obj: Any) -> None:
@@ -126,81 +181,9 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # extract / info
 # ---------------------------------------------------------------------------------------------
-def _text_source_options(f):
-    """Options naming the columns of a text table (CSV / TSV / JSONL)."""
-    opts = [
-        click.option(
-            "--text-column",
-            help="Column with the text (default: text, sentence, content, body, review, ...).",
-        ),
-        click.option(
-            "--label-column", help="Column with the label (default: label, class, category, ...)."
-        ),
-        click.option("--id-column", help="Unique row id used as key (default: id, if present)."),
-        click.option("--split-column", help="train/val/test per row (default: split, if present)."),
-        click.option(
-            "--encoding", default="utf-8", show_default=True, help="Encoding of a text table."
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
-
-
-def _text_format(kw: dict[str, Any]):
-    from featx.text import TextFormat
-
-    return TextFormat(
-        text_column=kw.pop("text_column", None),
-        label_column=kw.pop("label_column", None),
-        id_column=kw.pop("id_column", None),
-        split_column=kw.pop("split_column", None),
-        encoding=kw.pop("encoding", "utf-8"),
-    )
-
-
 @cli.command()
 @click.argument("source")
-@click.option(
-    "-b",
-    "--backbone",
-    default=None,
-    help="Backbone name (see 'featx backbones'); default efficientnet_lite0 for images, "
-    "all-minilm-l6-v2 for text.",
-)
-@click.option(
-    "--weights",
-    default="DEFAULT",
-    show_default=True,
-    help="DEFAULT, a weights enum name (e.g. IMAGENET1K_V2) or none.",
-)
-@click.option(
-    "--weights-file",
-    type=click.Path(dir_okay=False),
-    help="Local checkpoint (state dict) to load instead.",
-)
-@click.option(
-    "--layer",
-    help="Module whose output is the feature (default: pooled embedding); for text, a hidden "
-    "layer index (-2: second to last).",
-)
-@click.option(
-    "--pool",
-    type=click.Choice(["avg", "max", "gem", "cls", "avgmax", "mean", "mean_sqrt_len"]),
-    help="How to pool the layer's output (text: mean, cls, max, mean_sqrt_len).",
-)
-@click.option("--image-size", type=click.IntRange(8, 4096), help="Override the input size.")
-@click.option(
-    "--max-seq-length",
-    type=click.IntRange(2),
-    help="Text: tokens per text (longer ones are truncated); default the model's.",
-)
-@click.option(
-    "--normalize/--no-normalize",
-    default=None,
-    help="Text: L2-normalise the embeddings (default: what the model folder asks for).",
-)
-@_text_source_options
+@spec_options(BackboneSpec)
 @click.option(
     "--store",
     type=click.Path(dir_okay=False),
@@ -208,46 +191,8 @@ def _text_format(kw: dict[str, Any]):
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
 @click.option("--download", is_flag=True, help="Let a torchvision dataset download itself.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda[:N] or mps.")
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 on CUDA, fp32 on CPU.",
-)
-@click.option(
-    "--dtype",
-    type=click.Choice(["float32", "float16"]),
-    default="float32",
-    show_default=True,
-    help="How features are stored.",
-)
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(0), help="DataLoader workers (default: by device).")
-@click.option(
-    "--hash",
-    "content_hash",
-    is_flag=True,
-    help="Fingerprint files by content hash too (slower, catches same-size edits).",
-)
-@click.option("--strict", is_flag=True, help="Fail on the first undecodable file.")
-@click.option("--compile", "compile_", is_flag=True, help="torch.compile the model.")
-@click.option(
-    "--decode",
-    type=click.Choice(["auto", "cpu", "device"]),
-    default="auto",
-    show_default=True,
-    help="Where JPEGs are decoded and resized: Pillow in the workers (cpu) or in batches on the "
-    "model's device (nvJPEG on CUDA); auto: device on CUDA.",
-)
-@click.option(
-    "--checkpoint-every",
-    type=click.IntRange(1),
-    default=2048,
-    show_default=True,
-    help="Images per durable checkpoint (a kill loses at most this many).",
-)
+@spec_options(TextFormat)
+@spec_options(ExtractOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def extract(source: str, **kw: Any) -> None:
@@ -265,39 +210,16 @@ def extract(source: str, **kw: Any) -> None:
       featx extract reviews.csv --text-column body --label-column stars
       featx extract tickets.jsonl -b hf:models/my-sbert --max-seq-length 128
     """
-    from featx.extract import ExtractOptions
-    from featx.extract import extract as run_extract
+    from featx.extraction import extract as run_extract
 
-    text_format = _text_format(kw)
-
-    opts = ExtractOptions(
-        batch_size=kw["batch_size"],
-        workers=kw["workers"],
-        device=kw["device"],
-        precision=kw["precision"],
-        dtype=kw["dtype"],
-        content_hash=kw["content_hash"],
-        strict=kw["strict"],
-        compile=kw["compile_"],
-        decode=kw["decode"],
-        checkpoint_every=kw["checkpoint_every"],
-        progress=not kw["quiet"],
-    )
     result = run_extract(
         source,
-        kw["backbone"],
-        weights=kw["weights"],
-        weights_file=kw["weights_file"],
-        layer=kw["layer"],
-        pool=kw["pool"],
-        image_size=kw["image_size"],
+        _pick(BackboneSpec, kw),
         store=kw["store"],
-        options=opts,
+        options=_pick(ExtractOptions, kw, progress=not kw["quiet"]),
         root=kw["root"],
         download=kw["download"],
-        max_seq_length=kw["max_seq_length"],
-        normalize=kw["normalize"],
-        text=text_format,
+        text=_pick(TextFormat, kw),
     )
     if kw["as_json"]:
         _print_json(result.to_dict())
@@ -403,49 +325,8 @@ def info(store: str, as_json: bool) -> None:
 # heads: fit / compare / predict / run
 # ---------------------------------------------------------------------------------------------
 def _protocol_options(f):
-    """Options shared by fit and compare (the evaluation protocol)."""
-    opts = [
-        click.option(
-            "--split",
-            type=click.Choice(["auto", "store", "stratified"]),
-            default="auto",
-            show_default=True,
-            help="auto: the store's split when it has one, else stratified.",
-        ),
-        click.option(
-            "--test-size",
-            type=click.FloatRange(0, 1, min_open=True, max_open=True),
-            default=0.2,
-            show_default=True,
-            help="Share of items held out for testing.",
-        ),
-        click.option("--cv", type=click.IntRange(2), help="Stratified K-fold cross-validation."),
-        click.option(
-            "--shots", type=click.IntRange(1), help="Few-shot: K training items per class."
-        ),
-        click.option(
-            "--trials",
-            type=click.IntRange(1),
-            default=5,
-            show_default=True,
-            help="Few-shot trials (mean and std reported).",
-        ),
-        click.option("--seed", type=int, default=0, show_default=True),
-        click.option(
-            "--class-weight",
-            type=click.Choice(["balanced"]),
-            help="Reweight classes for imbalanced data.",
-        ),
-        click.option(
-            "--preprocess",
-            default="default",
-            show_default=True,
-            help="Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
-        ),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+    """Options shared by fit and compare: the fields of :class:`featx.options.EvalProtocol`."""
+    return spec_options(EvalProtocol)(f)
 
 
 @cli.command(name="heads")
@@ -510,7 +391,9 @@ def _print_result(res: dict[str, Any]) -> None:
 
 @cli.command()
 @click.argument("store", type=click.Path())
-@click.option("--head", default="logreg", show_default=True, help="Head name (see 'featx heads').")
+@click.option(
+    "--head", default=DEFAULT_HEAD, show_default=True, help="Head name (see 'featx heads')."
+)
 @click.option(
     "--param",
     "params",
@@ -521,8 +404,8 @@ def _print_result(res: dict[str, Any]) -> None:
 @_protocol_options
 @click.option(
     "--refit",
-    type=click.Choice(["all", "train"]),
-    default="all",
+    type=click.Choice(list(REFIT_MODES)),
+    default=DEFAULT_REFIT,
     show_default=True,
     help="Ship a head refit on every labeled item, or the one measured on the test split.",
 )
@@ -553,7 +436,14 @@ def fit(
     from featx.heads import parse_params
     from featx.train import fit_store
 
-    report = fit_store(store, head, params=parse_params(params), refit=refit, out=out, **proto)
+    report = fit_store(
+        store,
+        head,
+        params=parse_params(params),
+        protocol=EvalProtocol(**proto),
+        refit=refit,
+        out=out,
+    )
     res = report.to_dict(details=True)
     if as_json:
         _print_json(res)
@@ -568,7 +458,7 @@ def fit(
 @click.argument("stores", nargs=-1, required=True, type=click.Path())
 @click.option(
     "--heads",
-    default="logreg,knn,centroid,mlp",
+    default=",".join(DEFAULT_HEADS),
     show_default=True,
     help="Comma-separated head names.",
 )
@@ -598,7 +488,7 @@ def compare(
     from featx.train import compare_stores
 
     names = [h.strip() for h in heads.split(",") if h.strip()]
-    board = compare_stores(stores, names, progress=not quiet, **proto)
+    board = compare_stores(stores, names, protocol=EvalProtocol(**proto), progress=not quiet)
     if csv_path:
         board.to_csv(csv_path)
     if report:
@@ -621,11 +511,8 @@ def compare(
     help="The local weights file the bundle's backbone was built from, if any.",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
-@_text_source_options
-@click.option("--device", default="auto", show_default=True)
-@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp16"]), default="auto")
-@click.option("--batch-size", type=click.IntRange(1), default=64, show_default=True)
-@click.option("--workers", type=click.IntRange(0))
+@spec_options(TextFormat)
+@spec_options(ExtractOptions, only=("device", "precision", "batch_size", "workers"))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def predict(
@@ -651,10 +538,9 @@ def predict(
     \b
     Examples:
       featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
-      featx predict cache/heads/tickets__logreg.joblib new_tickets.csv --out preds.csv
+      featx predict cache/heads/tickets.joblib new_tickets.csv --out preds.csv
     """
-    from featx.extract import ExtractOptions
-    from featx.predict import predict as run_predict
+    from featx.prediction import predict as run_predict
 
     opts = ExtractOptions(
         batch_size=batch_size,
@@ -670,7 +556,7 @@ def predict(
         options=opts,
         weights_file=weights_file,
         root=root,
-        text=_text_format(text_kw),
+        text=_pick(TextFormat, text_kw),
     )
     if as_json:
         _print_json(res.to_dict())

@@ -7,17 +7,12 @@ ship inside scikit-learn. They are written once, in ImageFolder layout, under
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 from featx.errors import FeatxError
+from featx.files import atomic_path, cache_dir
 
 BUILTIN = ("sklearn:digits",)
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
 
 
 def materialize(spec: str) -> Path:
@@ -33,15 +28,11 @@ def materialize(spec: str) -> Path:
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    tmp = target.with_name(f"{name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
-        d = tmp / str(int(label))
-        d.mkdir(parents=True, exist_ok=True)
-        arr = np.clip(img * (255.0 / 16.0) + 0.5, 0, 255).astype(np.uint8)
-        Image.fromarray(arr).save(d / f"{i:04d}.png")
-    (tmp / ".complete").write_text("ok\n")
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        for i, (img, label) in enumerate(zip(digits.images, digits.target, strict=True)):
+            d = tmp / str(int(label))
+            d.mkdir(parents=True, exist_ok=True)
+            arr = np.clip(img * (255.0 / 16.0) + 0.5, 0, 255).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{i:04d}.png")
+        (tmp / ".complete").write_text("ok\n")
     return target

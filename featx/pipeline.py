@@ -10,18 +10,16 @@ A pipeline file::
     report = "reports/demo"          # relative to the pipeline file's folder
 
     sources = ["sklearn:digits"]     # or a table: {spec = "torchvision:CIFAR10", root = "data"}
-                                     # text: {spec = "reviews.csv", text_column = "body",
-                                     #   label_column, id_column, split_column, encoding}
+                                     # text: {spec = "reviews.csv", text_column = "body", ...}:
+                                     # the fields of featx.options.TextFormat
 
     [[backbones]]
-    name = "efficientnet_lite0"      # also: weights, weights_file, layer, pool, image_size;
-                                     # text encoders: max_seq_length, normalize
+    name = "efficientnet_lite0"      # also the other fields of featx.options.BackboneSpec
 
-    [extract]                        # batch_size, workers, device, precision, dtype, ...
+    [extract]                        # the fields of featx.options.ExtractOptions
     batch_size = 64
 
-    [protocol]                       # split, test_size, cv, shots, trials, seed, class_weight,
-                                     # preprocess
+    [protocol]                       # the fields of featx.options.EvalProtocol
     test_size = 0.2
     seed = 0
 
@@ -42,37 +40,19 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
+from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
 
 log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "report", "sources", "backbones", "heads", "extract", "protocol"}
-_TEXT_SOURCE = {"text_column", "label_column", "id_column", "split_column", "encoding"}
+_TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
 _SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
-_BACKBONE = {
-    "name",
-    "weights",
-    "weights_file",
-    "layer",
-    "pool",
-    "image_size",
-    "label",
-    "max_seq_length",
-    "normalize",
-}
+# The keys of [[backbones]], [extract] and [protocol] are the fields of the specs in
+# featx.options: an option added there is accepted here.
+_BACKBONE = {*BackboneSpec.toml_keys(), "label"}
 _HEAD = {"name", "params", "preprocess"}
-_EXTRACT = {
-    "batch_size",
-    "workers",
-    "device",
-    "precision",
-    "dtype",
-    "content_hash",
-    "strict",
-    "compile",
-    "decode",
-    "checkpoint_every",
-}
-_PROTOCOL = {"split", "test_size", "cv", "shots", "trials", "seed", "class_weight", "preprocess"}
+_EXTRACT = set(ExtractOptions.toml_keys())
+_PROTOCOL = set(EvalProtocol.toml_keys())
 
 
 @dataclass(frozen=True)
@@ -142,6 +122,11 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads.append(h)
     ext = dict(_check_keys("[extract]", doc.get("extract", {}), _EXTRACT, p))
     proto = dict(_check_keys("[protocol]", doc.get("protocol", {}), _PROTOCOL, p))
+    try:  # the same value checks as the CLI and the Python API
+        ExtractOptions.from_mapping(ext)
+        EvalProtocol.from_mapping(proto)
+    except FeatxError as exc:
+        raise FeatxError(f"pipeline {p}: {exc}") from None
     report = Path(doc.get("report", f"reports/{p.stem}"))
     if not report.is_absolute():
         report = Path(os.path.normpath(p.parent / report))
@@ -191,34 +176,24 @@ class PipelineResult:
 def _backbone_label(b: dict[str, Any]) -> str:
     if b.get("label"):
         return str(b["label"])
-    keys = ("weights", "layer", "pool", "image_size", "max_seq_length", "normalize")
-    extra = [
-        f"{k}={b[k]}" if k == "normalize" else str(b[k])
-        for k in keys
-        if b.get(k) or (k == "normalize" and k in b)
-    ]
+    keys = ("weights", "layer", "pool", "image_size", "max_seq_length")
+    extra = [str(b[k]) for k in keys if b.get(k)]
+    if b.get("normalize") is not None:
+        extra.append(f"normalize={b['normalize']}")
     return b["name"] + (f"[{','.join(extra)}]" if extra else "")
-
-
-def _text_format(s: dict[str, Any]) -> Any:
-    if not any(k in s for k in _TEXT_SOURCE):
-        return None
-    from featx.text import TextFormat
-
-    return TextFormat(**{k: s[k] for k in _TEXT_SOURCE if k in s})
 
 
 def run_pipeline(
     path: str | os.PathLike, *, progress: bool = False, report: str | os.PathLike | None = None
 ) -> PipelineResult:
     """Run a pipeline file end to end; see the module docstring for the format."""
-    from featx.compare import compare
-    from featx.extract import ExtractOptions, extract
+    from featx.comparison import compare
+    from featx.extraction import extract
     from featx.store import load_features
 
     pl = load_pipeline(path)
     opts = ExtractOptions(**pl.extract, progress=progress)
-    proto = dict(pl.protocol)
+    proto = EvalProtocol.from_mapping(pl.protocol)
     heads = [
         (h["name"], h.get("params") or {}, h["preprocess"])
         if "preprocess" in h
@@ -236,26 +211,21 @@ def run_pipeline(
         feature_sets = {}
         for b in pl.backbones:
             label = _backbone_label(b)
-            weights = b.get("weights", "DEFAULT")
+            spec = BackboneSpec.from_mapping({k: v for k, v in b.items() if k != "label"})
             log.info("extracting %s with %s", s["spec"], label)
             r = extract(
                 s["spec"],
-                b["name"],
-                weights=weights,
-                weights_file=b.get("weights_file"),
-                layer=b.get("layer"),
-                pool=b.get("pool"),
-                image_size=b.get("image_size"),
+                spec,
                 options=opts,
                 root=s.get("root"),
                 download=bool(s.get("download", False)),
-                max_seq_length=b.get("max_seq_length"),
-                normalize=b.get("normalize"),
-                text=_text_format(s),
+                text=TextFormat.from_mapping({k: s[k] for k in _TEXT_SOURCE if k in s})
+                if any(k in s for k in _TEXT_SOURCE)
+                else None,
             )
             stores[src_name][label] = r.store
             feature_sets[label] = load_features(r.store)
-        lb = compare(feature_sets, heads, progress=progress, **proto)
+        lb = compare(feature_sets, heads, protocol=proto, progress=progress)
         out = report_root / src_name if multi else report_root
         lb.write_report(out)
         boards[src_name] = lb

@@ -13,7 +13,7 @@ Examples
 >>> X = (rng.normal(size=(120, 8)) + 3 * np.eye(3, 8)[y]).astype(np.float32)
 >>> fs = FeatureSet(X=X, y=y, classes=("a", "b", "c"), split=None,
 ...                 keys=np.array([f"img{i:03d}" for i in range(120)]))
->>> result = evaluate(fs, "centroid", seed=0)
+>>> result = evaluate(fs, "centroid", seed=0)  # or protocol=EvalProtocol(seed=0)
 >>> result.n_test, result.accuracy > 0.8
 (24, True)
 """
@@ -31,10 +31,28 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.features import FeatureSet
+from featx.options import DEFAULT_HEAD, DEFAULT_REFIT, REFIT_MODES, SPLIT_MODES, EvalProtocol
 
 logger = logging.getLogger(__name__)
 
-SPLIT_MODES = ("auto", "store", "stratified")
+__all__ = [
+    "SPLIT_MODES",
+    "ClassReport",
+    "EvalProtocol",
+    "FittedHead",
+    "Metrics",
+    "Result",
+    "Split",
+    "check_features",
+    "compute_metrics",
+    "describe_splits",
+    "evaluate",
+    "few_shot_splits",
+    "fit_head",
+    "head_label",
+    "make_splits",
+    "protocol_splits",
+]
 _CHUNK = 8192
 
 
@@ -149,10 +167,10 @@ def _store_split(fs: FeatureSet, labeled: np.ndarray) -> Split | None:
 def make_splits(
     fs: FeatureSet,
     *,
-    split: str = "auto",
-    test_size: float = 0.2,
-    cv: int | None = None,
-    seed: int = 0,
+    split: str = EvalProtocol.split,
+    test_size: float = EvalProtocol.test_size,
+    cv: int | None = EvalProtocol.cv,
+    seed: int = EvalProtocol.seed,
 ) -> list[Split]:
     """The train/test splits of the protocol, over labeled rows only.
 
@@ -180,7 +198,7 @@ def make_splits(
         Too few items per class for the split or the folds (the message says how many are
         needed), an unknown mode, or ``split="store"`` on a store without a usable split.
     """
-    from featx.heads._split import stratified_holdout
+    from featx.splits import stratified_holdout
 
     if split not in SPLIT_MODES:
         raise FeatxError(f"unknown split {split!r}; use one of {', '.join(SPLIT_MODES)}")
@@ -637,21 +655,19 @@ def _aggregate(
 
 
 def protocol_splits(
-    fs: FeatureSet,
-    *,
-    split: str = "auto",
-    test_size: float = 0.2,
-    cv: int | None = None,
-    shots: int | None = None,
-    trials: int = 5,
-    seed: int = 0,
+    fs: FeatureSet, protocol: EvalProtocol | None = None, **overrides: Any
 ) -> list[Split]:
-    """All the splits one evaluation runs over: one split, ``cv`` folds, or few-shot trials."""
-    if shots is not None and cv is not None:
+    """All the splits one evaluation runs over: one split, ``cv`` folds, or few-shot trials.
+
+    ``protocol`` (default :class:`~featx.options.EvalProtocol`) with ``overrides`` applied;
+    ``class_weight`` and ``preprocess`` play no part in the splits.
+    """
+    p = EvalProtocol.resolve(protocol, overrides)
+    if p.shots is not None and p.cv is not None:
         raise FeatxError("few-shot (shots) and cv folds exclude each other; choose one")
-    splits = make_splits(fs, split=split, test_size=test_size, cv=cv, seed=seed)
-    if shots is not None:
-        splits = few_shot_splits(fs, splits[0], shots, trials, seed)
+    splits = make_splits(fs, split=p.split, test_size=p.test_size, cv=p.cv, seed=p.seed)
+    if p.shots is not None:
+        splits = few_shot_splits(fs, splits[0], p.shots, p.trials, p.seed)
     return splits
 
 
@@ -667,19 +683,13 @@ def describe_splits(splits: Sequence[Split], shots: int | None, cv: int | None) 
 
 def evaluate(
     fs: FeatureSet,
-    head: Any = "logreg",
+    head: Any = DEFAULT_HEAD,
     *,
     params: Mapping[str, Any] | None = None,
-    preprocess: str | Sequence[Any] | None = "default",
-    class_weight: str | dict | None = None,
-    split: str = "auto",
-    test_size: float = 0.2,
-    cv: int | None = None,
-    shots: int | None = None,
-    trials: int = 5,
-    seed: int = 0,
+    protocol: EvalProtocol | None = None,
     store: str | None = None,
     splits: Sequence[Split] | None = None,
+    **overrides: Any,
 ) -> Result:
     """Fit a head on the training items and measure it on the test items.
 
@@ -690,17 +700,20 @@ def evaluate(
     head : str or estimator, default="logreg"
         A registered head name (see :func:`featx.heads.list_heads`) or any scikit-learn
         classifier (cloned for each run).
-    params, preprocess, class_weight
+    params : mapping, optional
         Passed to :func:`featx.heads.make_head`.
-    split, test_size, cv, seed
-        See :func:`make_splits`.
-    shots, trials : int, optional
-        Few-shot: ``trials`` runs, each with ``shots`` training items per class (seeded per trial).
+    protocol : EvalProtocol, optional
+        Split, test size, cv folds, few-shot shots and trials, seed, class weights and
+        preprocessing (see :class:`~featx.options.EvalProtocol` for the defaults).
     store : str, optional
         Name of the feature set in the result.
     splits : sequence of Split, optional
-        Precomputed splits (what :func:`featx.compare.compare` passes so every head and store
+        Precomputed splits (what :func:`featx.comparison.compare` passes so every head and store
         uses the same ones); overrides split/test_size/cv/shots.
+    **overrides
+        Fields of :class:`~featx.options.EvalProtocol` (``split=``, ``cv=``, ``shots=``,
+        ``trials=``, ``seed=``, ``test_size=``, ``class_weight=``, ``preprocess=``), applied on
+        top of ``protocol``.
 
     Returns
     -------
@@ -710,14 +723,14 @@ def evaluate(
     ------
     FeatxError
         For every bad input: no labels, one class, too few items for the split, folds or shots,
-        NaN/inf features, unknown head or parameter.
+        NaN/inf features, unknown head, parameter or option.
     """
+    p = EvalProtocol.resolve(protocol, overrides)
     check_features(fs)
     if splits is None:
-        splits = protocol_splits(
-            fs, split=split, test_size=test_size, cv=cv, shots=shots, trials=trials, seed=seed
-        )
+        splits = protocol_splits(fs, p)
     splits = list(splits)
+    preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
     _, name, tokens = _build(head, params, preprocess, class_weight, seed)
     runs, preds = [], []
     for s in splits:
@@ -742,7 +755,7 @@ def evaluate(
         params=params,
         preprocess=tokens,
         class_weight=class_weight,
-        protocol=describe_splits(splits, shots, cv),
+        protocol=describe_splits(splits, p.shots, p.cv),
         store=store,
     )
 
@@ -771,25 +784,26 @@ class FittedHead:
 
 def fit_head(
     fs: FeatureSet,
-    head: Any = "logreg",
+    head: Any = DEFAULT_HEAD,
     *,
     params: Mapping[str, Any] | None = None,
-    preprocess: str | Sequence[Any] | None = "default",
-    class_weight: str | dict | None = None,
-    split: str = "auto",
-    test_size: float = 0.2,
-    seed: int = 0,
-    refit: str = "train",
+    protocol: EvalProtocol | None = None,
+    refit: str = DEFAULT_REFIT,
     store: str | None = None,
+    **overrides: Any,
 ) -> FittedHead:
     """Fit one head to ship (e.g. in a bundle), evaluated on the protocol's test items.
 
     Parameters
     ----------
-    refit : {"train", "all"}, default="train"
+    refit : {"all", "train"}, default="all"
+        ``"all"`` (:data:`featx.options.DEFAULT_REFIT`): after the evaluation, refit on every
+        labeled item (more data; ``result`` then describes the train-only fit that preceded it).
         ``"train"``: the returned estimator is the one fitted on the training items and
-        ``result`` measures exactly it. ``"all"``: after the evaluation, refit on every labeled
-        item (more data; ``result`` then describes the train-only fit that preceded it).
+        ``result`` measures exactly it.
+    protocol, **overrides
+        As in :func:`evaluate`, with one split: ``cv`` and ``shots`` are refused here (evaluate
+        with them, then fit on the plain split, as :func:`featx.train.fit_store` does).
 
     Other parameters are those of :func:`evaluate`.
 
@@ -797,10 +811,16 @@ def fit_head(
     -------
     FittedHead
     """
-    if refit not in ("train", "all"):
-        raise FeatxError(f"refit must be 'train' or 'all'; got {refit!r}")
+    if refit not in REFIT_MODES:
+        raise FeatxError(f"refit must be one of {', '.join(REFIT_MODES)}; got {refit!r}")
+    p = EvalProtocol.resolve(protocol, overrides)
+    if p.cv is not None or p.shots is not None:
+        raise FeatxError(
+            "fit_head fits on one split; evaluate cv folds or few-shot trials with evaluate()"
+        )
+    preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
     labeled = check_features(fs)
-    s = make_splits(fs, split=split, test_size=test_size, seed=seed)[0]
+    s = make_splits(fs, split=p.split, test_size=p.test_size, seed=seed)[0]
     est, name, tokens = _build(head, params, preprocess, class_weight, seed)
     est, m, y_pred = _run(est, fs, s)
     result = _aggregate(

@@ -354,12 +354,16 @@ def open_source(
     ('imagefolder', 1797, ('0', '1'))
     """
     s = str(spec)
-    from featx.text.sources import is_text_spec, open_text_source
+    from featx.text.sources import has_text_column, is_text_spec, open_text_source
 
     is_csv = s.lower().endswith(".csv") and not s.startswith("text:")
-    if (modality == "text" and is_csv) or (
-        is_text_spec(s, text) and not (modality == "image" and is_csv)
-    ):
+    if is_csv and modality is not None:
+        # The backbone decides, unless the table plainly is the other kind: an image backbone
+        # on a table with a text column gets the text-vs-image error, not a manifest error.
+        as_text = modality == "text" or (is_text_spec(s, text) and has_text_column(s, text))
+    else:
+        as_text = is_text_spec(s, text)
+    if as_text:
         return open_text_source(s, text)
     if s.startswith("sklearn:"):
         from featx.datasets import materialize

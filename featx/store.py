@@ -36,6 +36,8 @@ import numpy as np
 
 from featx.errors import StoreError, StoreLockedError
 from featx.features import FeatureSet
+from featx.files import atomic_path, atomic_write
+from featx.files import cache_dir as default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +111,7 @@ def _slug(s: str) -> str:
 
 def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | None = None) -> Path:
     """``$FEATX_CACHE_DIR/<source>__<backbone>-<weights>[-<layer>-<pool>]__<hash>.h5``."""
-    cache = Path(cache_dir or os.environ.get("FEATX_CACHE_DIR") or "cache")
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     bb = config.backbone
     parts = [str(bb.get("name", "backbone")).replace("/", "-"), str(bb.get("weights", ""))]
     if bb.get("layer"):
@@ -326,15 +328,6 @@ class Rows:
     failed_sha256: list[str]
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _str_ds(group, name: str, values: Iterable[str]) -> None:
     h5py = _h5()
     arr = np.asarray(list(values), dtype=object)
@@ -354,17 +347,8 @@ def _atomic_h5(path: Path):
 
     @contextlib.contextmanager
     def cm():
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        try:
-            with h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
-                yield f
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp, h5py.File(tmp, "w", libver=("earliest", "v110")) as f:
+            yield f
 
     return cm()
 
@@ -491,9 +475,7 @@ class StoreWriter:
         self.parts_dir.mkdir(exist_ok=True)
         cfg_file = self.parts_dir / "config.json"
         if not cfg_file.exists():
-            tmp = cfg_file.with_name(f"config.json.tmp-{os.getpid()}")
-            tmp.write_text(self.config.to_json())
-            os.replace(tmp, cfg_file)
+            atomic_write(cfg_file, self.config.to_json())
         self._n_parts += 1
         path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
         while path.exists():

@@ -1,13 +1,13 @@
 """Store-level entry points behind ``featx fit`` and ``featx compare``.
 
 They read stores (through :mod:`featx.store`), run the protocol (:mod:`featx.protocol`,
-:mod:`featx.compare`) and write bundles (:mod:`featx.bundle`), so a Python user gets exactly what
+:mod:`featx.comparison`) and write bundles (:mod:`featx.bundle`), so a Python user gets exactly what
 the command line does.
 
 Examples
 --------
->>> from featx.train import fit_store
->>> report = fit_store("cache/digits__...h5", "logreg")  # doctest: +SKIP
+>>> import featx
+>>> report = featx.fit_store("cache/digits__...h5", "logreg")  # doctest: +SKIP
 >>> report.result.accuracy, report.bundle  # doctest: +SKIP
 (0.955, PosixPath('cache/heads/digits__..._logreg.joblib'))
 """
@@ -18,16 +18,23 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from featx.errors import FeatxError
+from featx.files import cache_dir
+from featx.options import DEFAULT_HEAD, DEFAULT_HEADS, DEFAULT_REFIT, EvalProtocol
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.comparison import HeadSpec, Leaderboard
+    from featx.features import FeatureSet
+    from featx.protocol import Result
 
 
 @dataclass(frozen=True)
 class FitReport:
     """What :func:`fit_store` did: the evaluation and where the bundle went."""
 
-    result: Any  # featx.protocol.Result
+    result: Result
     bundle: Path
     refit: str
 
@@ -39,50 +46,40 @@ class FitReport:
 
 
 def default_bundle_path(store: str | os.PathLike, head: str) -> Path:
-    cache = Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
-    return cache / "heads" / f"{Path(store).stem}__{head}.joblib"
+    """``<cache>/heads/<store stem>__<head>.joblib`` (see :func:`featx.files.cache_dir`)."""
+    return cache_dir() / "heads" / f"{Path(store).stem}__{head}.joblib"
 
 
 def fit_store(
     store: str | os.PathLike,
-    head: str = "logreg",
+    head: str = DEFAULT_HEAD,
     *,
     params: Mapping[str, Any] | None = None,
-    preprocess: str | Sequence[Any] | None = "default",
-    class_weight: str | None = None,
-    split: str = "auto",
-    test_size: float = 0.2,
-    cv: int | None = None,
-    shots: int | None = None,
-    trials: int = 5,
-    seed: int = 0,
-    refit: str = "all",
+    protocol: EvalProtocol | None = None,
+    refit: str = DEFAULT_REFIT,
     out: str | os.PathLike | None = None,
+    **overrides: Any,
 ) -> FitReport:
     """Fit one head on a store, evaluate it, and save a bundle that ``featx predict`` can use.
 
     With ``cv`` or ``shots`` the reported metrics are the mean (and std) over folds or trials;
-    the bundled head is then fitted by the plain split protocol. ``refit="all"`` (default) ships
-    a head refit on every labeled item; ``"train"`` ships the very estimator the metrics measure.
+    the bundled head is then fitted by the plain split protocol. ``refit="all"`` (the default,
+    :data:`featx.options.DEFAULT_REFIT`) ships a head refit on every labeled item; ``"train"``
+    ships the very estimator the metrics measure. ``protocol`` and ``**overrides`` are those of
+    :func:`featx.protocol.evaluate`.
     """
     from featx.bundle import save_bundle
     from featx.protocol import evaluate, fit_head
     from featx.store import load_features
 
+    proto = EvalProtocol.resolve(protocol, overrides)
     fs = load_features(store)
-    common = dict(
-        params=dict(params or {}),
-        preprocess=preprocess,
-        class_weight=class_weight,
-        split=split,
-        test_size=test_size,
-        seed=seed,
-        store=Path(store).stem,
-    )
-    fitted = fit_head(fs, head, refit=refit, **common)
+    name = Path(store).stem
+    params = dict(params or {})
+    fitted = fit_head(fs, head, params=params, protocol=proto.split_only(), refit=refit, store=name)
     result = fitted.result
-    if cv or shots:
-        result = evaluate(fs, head, cv=cv, shots=shots, trials=trials, **common)
+    if proto.cv or proto.shots:
+        result = evaluate(fs, head, params=params, protocol=proto, store=name)
     path = Path(out) if out else default_bundle_path(store, head)
     save_bundle(path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False))
     return FitReport(result=result, bundle=path, refit=refit)
@@ -90,25 +87,31 @@ def fit_store(
 
 def compare_stores(
     stores: Sequence[str | os.PathLike],
-    heads: Sequence[Any] = ("logreg", "knn", "centroid", "mlp"),
-    **protocol: Any,
-):
-    """Load stores and run :func:`featx.compare.compare` on them; names come from the backbone.
+    heads: Sequence[HeadSpec] = DEFAULT_HEADS,
+    *,
+    protocol: EvalProtocol | None = None,
+    on_error: str = "continue",
+    progress: bool = False,
+    **overrides: Any,
+) -> Leaderboard:
+    """Load stores and run :func:`featx.comparison.compare` on them; names come from the backbone.
 
     Two stores of the same backbone (e.g. other layers) are named by their file stems.
     """
-    from featx.compare import compare
+    from featx.comparison import compare
     from featx.store import load_features
 
     if not stores:
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    sets: dict[str, Any] = {}
+    sets: dict[str, FeatureSet] = {}
     for path in stores:
         fs = load_features(path)
         label = str(fs.meta.get("backbone") or Path(path).stem)
         if label in sets:
             label = Path(path).stem
         sets[label] = fs
-    return compare(sets, list(heads), **protocol)
+    return compare(
+        sets, list(heads), protocol=protocol, on_error=on_error, progress=progress, **overrides
+    )

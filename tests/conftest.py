@@ -5,10 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from featx.preprocess import Preprocess
+from helpers import TinyBackbone, tiny_family, write_image  # noqa: F401  (re-exported)
 
 
 @pytest.fixture(autouse=True)
@@ -22,19 +20,6 @@ def _isolated_state(tmp_path_factory, monkeypatch):
     yield
 
 
-def write_image(path: Path, seed: int, size=(24, 20), mode="RGB", fmt=None) -> Path:
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
-    img = Image.fromarray(arr, "RGB")
-    if mode != "RGB":
-        img = img.convert(mode)
-    img.save(path, format=fmt)
-    return path
-
-
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """ImageFolder layout: 3 classes x 4 images, mixed PNG and JPEG."""
@@ -46,41 +31,20 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
-class TinyBackbone:
-    """A deterministic 8-d conv embedding at 16 px: fast stand-in for a real backbone."""
-
-    def __init__(self, seed: int = 0):
-        import torch
-
-        g = torch.Generator().manual_seed(seed)
-        conv = torch.nn.Conv2d(3, 8, 3, padding=1)
-        with torch.no_grad():
-            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * 0.2)
-            conv.bias.zero_()
-        self.model = torch.nn.Sequential(
-            conv, torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
-        ).eval()
-        self.name = "test/tiny"
-        self.weights = f"seed{seed}"
-        self.weights_sha256 = None
-        self.layer = ""
-        self.pool = "avg"
-        self.dim = 8
-        self.preprocess = Preprocess(crop_size=16, resize_size=18)
-
-    def config(self) -> dict:
-        return {
-            "name": self.name,
-            "weights": self.weights,
-            "layer": self.layer,
-            "pool": self.pool,
-            "preprocess": self.preprocess.to_dict(),
-        }
-
-
 @pytest.fixture
 def tiny_backbone() -> TinyBackbone:
     return TinyBackbone()
+
+
+@pytest.fixture
+def fake_backbone_family():
+    """Register the ``test`` backbone family (``-b tiny``) for one test, then remove it."""
+    from featx.backbones import register_family, unregister_family
+
+    fam = tiny_family()
+    register_family(fam)
+    yield fam
+    unregister_family(fam.name)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,7 +6,6 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import TinyBackbone
 
 from featx.cli import cli
 
@@ -17,17 +16,9 @@ def runner():
 
 
 @pytest.fixture
-def fake_registry(monkeypatch):
-    """`featx extract -b tiny` loads the deterministic TinyBackbone."""
-    import featx.backbones as backbones
-    from featx.errors import FeatxError
-
-    def load(name, weights="DEFAULT", **kw):
-        if name != "tiny":
-            raise FeatxError(f"unknown backbone {name!r}")
-        return TinyBackbone()
-
-    monkeypatch.setattr(backbones, "load_backbone", load)
+def fake_registry(fake_backbone_family):
+    """`featx extract -b tiny` loads the deterministic TinyBackbone (a registered family)."""
+    return fake_backbone_family
 
 
 def test_help_is_fast_and_lists_commands(runner):

@@ -12,7 +12,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import write_image
+from helpers import write_image
 
 from featx.store import load_features
 
@@ -94,7 +94,7 @@ def test_crash_inside_commit_keeps_old_store_and_parts(
     image_folder, tiny_backbone, tmp_path, monkeypatch
 ):
     from featx import store as store_mod
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
 
     opts = ExtractOptions(batch_size=4, workers=0, checkpoint_every=4)
     path = tmp_path / "s.h5"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 from featx.store import load_features
 
 pytestmark = pytest.mark.gpu

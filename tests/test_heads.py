@@ -20,11 +20,11 @@ from featx.heads import (
     parse_params,
     parse_preprocess,
 )
-from featx.heads._split import stratified_holdout
 from featx.heads.linear import DEFAULT_CS, LinearProbe
 from featx.heads.mlp import MLPClassifier
 from featx.heads.neighbors import CentroidClassifier, CosineKNNClassifier
 from featx.heads.sweep import RelativeGamma, SweepClassifier
+from featx.splits import stratified_holdout
 
 ALL_HEADS = ["centroid", "knn", "linear-svm", "logreg", "mlp", "ridge", "svm"]
 FAST = {"logreg": {"device": "cpu"}, "mlp": {"device": "cpu", "max_epochs": 30, "lr": 0.01}}

@@ -9,11 +9,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from helpers import write_image
 from PIL import Image, ImageOps
 
 from featx.errors import FeatxError
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 from featx.jpeg import decode_batch, orient, resize_crop, resolve_decode, sniff
 from featx.preprocess import Preprocess
 from featx.store import load_features, store_info

@@ -242,7 +242,7 @@ def test_evaluate_accepts_a_plain_sklearn_estimator():
 
 def test_fit_head_returns_the_estimator_its_result_measures():
     fs = make_fs(sep=1.0)
-    fitted = fit_head(fs, "knn", params={"k": 3})
+    fitted = fit_head(fs, "knn", params={"k": 3}, refit="train")  # (default: "all")
     (s,) = make_splits(fs)
     acc = np.mean(fitted.estimator.predict(fs.X[s.test]) == fs.y[s.test])
     assert fitted.result.accuracy == pytest.approx(acc)

@@ -8,10 +8,10 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from conftest import TinyBackbone, write_image
+from helpers import TinyBackbone, write_image
 
 from featx.errors import FeatxError, StoreError, StoreLockedError
-from featx.extract import ExtractOptions, extract
+from featx.extraction import ExtractOptions, extract
 from featx.store import StoreWriter, load_features, read_config, store_info
 
 OPTS = ExtractOptions(batch_size=4, workers=0)
@@ -190,7 +190,7 @@ def test_not_a_store(tmp_path, image_folder, tiny_backbone):
 
 
 def test_second_writer_gets_a_clear_error(image_folder, tiny_backbone, tmp_path):
-    from featx.extract import store_config
+    from featx.extraction import store_config
     from featx.sources import open_source
 
     store = tmp_path / "s.h5"

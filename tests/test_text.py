@@ -337,7 +337,7 @@ def test_missing_transformers_is_one_line(tiny_bert, monkeypatch):
 
 
 def _extract(source, model, **kw):
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
 
     opts = ExtractOptions(batch_size=kw.pop("batch_size", 4), device="cpu")
     return extract(source, f"hf:{model}", options=opts, **kw)
@@ -391,7 +391,7 @@ def test_extract_store_incremental(tmp_path, tiny_bert):
 
 
 def test_modality_mismatch_is_an_error(tickets, image_folder, tiny_bert):
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import ExtractOptions, extract
 
     with pytest.raises(FeatxError, match="is a text source but resnet18 is an image backbone"):
         extract(tickets, "resnet18", weights="none")

@@ -1,8 +1,10 @@
 """Frozen pretrained image backbones: name -> model + the preprocessing of its weights.
 
 ``load_backbone(name, weights, ...)`` returns a :class:`Backbone` whose ``model`` maps a
-normalized image batch to (B, D) features; ``list_backbones(pattern)`` lists the names. Importing
-this package is cheap: torch, torchvision and timm load on first use.
+normalized image batch to (B, D) features; ``list_backbones(pattern)`` lists the names. Names
+belong to families (``featx``, ``torchvision``, ``timm``), each registered in
+:mod:`featx.backbones.registry` by its own module. Importing this package is cheap: torch,
+torchvision and timm load on first use.
 
 Examples
 --------
@@ -26,11 +28,23 @@ from featx.backbones._api import (
     load_backbone,
     resolve_name,
 )
+from featx.backbones.registry import (
+    BackboneLike,
+    Family,
+    families,
+    register_family,
+    unregister_family,
+)
 
 __all__ = [
     "DEFAULT_BACKBONE",
     "Backbone",
     "BackboneInfo",
+    "BackboneLike",
+    "Family",
+    "families",
+    "register_family",
+    "unregister_family",
     "imagenet_categories",
     "list_backbones",
     "load_backbone",

@@ -1,6 +1,6 @@
-"""The backbone registry: names -> frozen feature models with their preprocessing.
+"""Loading and listing backbones by name, over the family table of :mod:`featx.backbones.registry`.
 
-Three families share one namespace:
+The built-in families share one namespace:
 
 * ``featx``: models embedded in featx's dependencies; today ``efficientnet_lite0`` (the default).
 * ``torchvision``: every classification model of ``torchvision.models`` under its own name.
@@ -10,134 +10,39 @@ Three families share one namespace:
 from __future__ import annotations
 
 import difflib
-import fnmatch
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from featx.backbones.registry import (
+    FEATURES_VERSION,
+    Backbone,
+    BackboneInfo,
+    Body,
+    LoadRequest,
+    close_names,
+    families,
+    get_family,
+)
 from featx.errors import FeatxError
-from featx.preprocess import Preprocess
+from featx.options import DEFAULT_BACKBONE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
+    from featx.options import BackboneSpec
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
-TIMM_PREFIX = "timm/"
-FAMILIES = ("featx", "torchvision", "timm")
-#: Bump when featx changes how a backbone computes its features (it is part of ``config()``).
-FEATURES_VERSION = 1
-
-
-@dataclass(frozen=True)
-class BackboneInfo:
-    """What ``featx backbones`` shows for one name, found without loading weights.
-
-    Attributes
-    ----------
-    name : str
-        The name :func:`load_backbone` accepts.
-    family : {"featx", "torchvision", "timm"}
-    dim : int or None
-        Size of the default (pooled penultimate) embedding; None where finding it would need a
-        model build per name (long timm listings).
-    input_size : int
-        Crop size of the default weights' preprocessing.
-    weights : str
-        Where the default weights come from, e.g. ``"torchvision IMAGENET1K_V2 (cached)"``.
-    """
-
-    name: str
-    family: str
-    dim: int | None
-    input_size: int
-    weights: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, eq=False)
-class Backbone:
-    """A loaded, frozen, eval-mode feature model plus the facts that identify its features.
-
-    Attributes
-    ----------
-    name : str
-        Canonical name: ``"resnet50"``, ``"timm/resnet18"``, ``"efficientnet_lite0"``.
-    family : {"featx", "torchvision", "timm"}
-    weights : str
-        Weights id: a torchvision enum name (``"IMAGENET1K_V2"``), a timm tag (``"a1_in1k"``),
-        ``"IMAGENET1K_V1"`` for the embedded Lite0, ``"none"`` (seeded random init) or
-        ``"file:<basename>"``.
-    weights_sha256 : str or None
-        sha256 of the weights file, where there is one.
-    layer : str
-        The layer whose output is the feature: ``"pre_logits"`` (the pooled penultimate embedding,
-        what the classifier sees), ``"feature_map"`` (the last feature map before the model's own
-        pooling) or a module path from ``model.body.named_modules()``.
-    pool : str
-        The pooling applied: ``avg``, ``max``, ``gem``, ``avgmax``, ``cls`` or ``none``. For
-        ``pre_logits`` it is the model's own (``avg`` for CNNs, ``cls`` for ViTs, ...).
-    preprocess : Preprocess
-        The preprocessing that belongs to the weights, with ``image_size`` applied.
-    dim : int
-        Feature dimension D.
-    model : torch.nn.Module
-        Eval mode, ``requires_grad=False``; ``model(x)`` maps a normalized float batch
-        (B, 3, H, W) to float32 features (B, D).
-    """
-
-    name: str
-    family: str
-    weights: str
-    weights_sha256: str | None
-    layer: str
-    pool: str
-    preprocess: Preprocess
-    dim: int
-    model: torch.nn.Module = field(repr=False)
-
-    def config(self) -> dict[str, Any]:
-        """Everything that identifies the features, as JSON-able data (the store hashes it)."""
-        return {
-            "name": self.name,
-            "family": self.family,
-            "weights": self.weights,
-            "weights_sha256": self.weights_sha256,
-            "layer": self.layer,
-            "pool": self.pool,
-            "dim": self.dim,
-            "preprocess": self.preprocess.to_dict(),
-            "features_version": FEATURES_VERSION,
-        }
-
-
-@dataclass
-class Body:
-    """What a family hands back: a network without its classifier and its facts (internal)."""
-
-    model: torch.nn.Module  # forward(x) -> the pooled penultimate embedding
-    weights: str
-    weights_sha256: str | None
-    preprocess: Preprocess
-    default_pool: str  # what model(x) does, e.g. "avg" or "cls"
-    feature_map: tuple[str, str, str | None]  # (source, target, post): reach the last map
-    layout: str = "NCHW"  # of 4-D maps inside this model
-    prefix_tokens: int = 0  # class/register tokens at the start of 3-D outputs
-
-
-@dataclass(frozen=True)
-class LoadRequest:
-    """Arguments of :func:`load_backbone`, normalized (internal)."""
-
-    name: str  # the family's own name (without "timm/")
-    weights: str | None  # "DEFAULT", a family-specific id, or None for random init
-    weights_file: str | None
-    image_size: int | None
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "FEATURES_VERSION",
+    "Backbone",
+    "BackboneInfo",
+    "list_backbones",
+    "load_backbone",
+    "resolve_name",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,38 +79,34 @@ def resolve_name(name: str) -> tuple[str, str]:
     FeatxError
         For an unknown name, with the closest known names.
     """
-    from featx.backbones import _lite0
-
     if not isinstance(name, str) or not name.strip():
         raise FeatxError(f"backbone name must be a non-empty string, not {name!r}")
-    raw = name.strip()
-    if raw.lower().startswith(TIMM_PREFIX):
-        from featx.backbones import _timm
+    family, canonical, _own = _resolve(name.strip())
+    return family, canonical
 
-        arch, _tag = _timm.split_name(raw[len(TIMM_PREFIX) :])
-        return "timm", TIMM_PREFIX + arch
-    for cand in (raw, raw.lower()):
-        if cand in _lite0.NAMES:
-            return "featx", cand
-    from featx.backbones import _torchvision
 
-    tv = _torchvision.names()
-    for cand in (raw, raw.lower()):
-        if cand in tv:
-            return "torchvision", cand
-    known = list(_lite0.NAMES) + tv
+def _resolve(raw: str) -> tuple[str, str, str]:
+    """-> (family, canonical name, the family's own name: ``raw`` without the family prefix)."""
+    fams = families()
+    for fam in fams:
+        if fam.prefix and raw.lower().startswith(fam.prefix.lower()):
+            own = raw[len(fam.prefix) :]
+            canonical = fam.resolve(own)
+            if canonical is not None:
+                return fam.name, canonical, own
+    for fam in fams:
+        if not fam.prefix:
+            canonical = fam.resolve(raw)
+            if canonical is not None:
+                return fam.name, canonical, canonical
+    known = [n for fam in fams if not fam.prefix for n in fam.names()]
     close = difflib.get_close_matches(raw.lower(), known, n=5, cutoff=0.6)
     hint = f"did you mean {', '.join(close)}? " if close else ""
+    prefixed = ", ".join(f"{f.name} models are named {f.prefix}<model>" for f in fams if f.prefix)
     raise FeatxError(
-        f"unknown backbone {raw!r}; {hint}run `featx backbones` to list them "
-        "(timm models are named timm/<model>)"
+        f"unknown backbone {raw!r}; {hint}run `featx backbones` to list them"
+        + (f" ({prefixed})" if prefixed else "")
     )
-
-
-def close_names(word: str, choices: list[str], n: int = 5) -> str:
-    """A ``"; did you mean a, b?"`` fragment (empty when nothing is close)."""
-    close = difflib.get_close_matches(word, choices, n=n, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,22 +137,15 @@ def list_backbones(pattern: str | None = None) -> list[BackboneInfo]:
     >>> [b.name for b in list_backbones("resnet1*")]
     ['resnet101', 'resnet152', 'resnet18']
     """
-    from featx.backbones import _lite0
-
     pat = (pattern or "*").strip().lower() or "*"
-    if pat.startswith(TIMM_PREFIX):
-        from featx.backbones import _timm
-
-        return _timm.list_infos(pat[len(TIMM_PREFIX) :])
-    out = [_lite0.info(n) for n in _lite0.NAMES if fnmatch.fnmatchcase(n, pat)]
-    from featx.backbones import _text
-
-    text_info = _text.text_backbone_info()
-    if fnmatch.fnmatchcase(text_info["name"], pat):
-        out.append(BackboneInfo(**text_info))
-    from featx.backbones import _torchvision
-
-    out += [_torchvision.info(n) for n in _torchvision.names() if fnmatch.fnmatchcase(n, pat)]
+    fams = families()
+    for fam in fams:
+        if fam.prefix and pat.startswith(fam.prefix.lower()):
+            return fam.list_infos(pat[len(fam.prefix) :])
+    out: list[BackboneInfo] = []
+    for fam in fams:
+        if fam.listed_by_default and not fam.prefix:
+            out += fam.list_infos(pat)
     return out
 
 
@@ -259,14 +153,8 @@ def list_backbones(pattern: str | None = None) -> list[BackboneInfo]:
 # loading
 
 
-def _family_module(family: str) -> Any:
-    from featx.backbones import _lite0, _timm, _torchvision
-
-    return {"featx": _lite0, "torchvision": _torchvision, "timm": _timm}[family]
-
-
 def load_backbone(
-    name: str = DEFAULT_BACKBONE,
+    name: str | BackboneSpec = DEFAULT_BACKBONE,
     weights: str | None = "DEFAULT",
     *,
     weights_file: str | os.PathLike[str] | None = None,
@@ -278,16 +166,18 @@ def load_backbone(
 ) -> Backbone:
     """Load a frozen backbone that maps image batches (or texts) to feature vectors.
 
-    A text encoder name (``all-minilm-l6-v2``, ``hf:PATH``, a model folder) returns a
-    :class:`featx.backbones._text.TextBackbone` from
-    :func:`~featx.backbones._text.load_text_backbone`, which takes ``weights``, ``layer``,
+    A text encoder (``all-minilm-l6-v2``, ``hf:PATH``, a local model folder) comes back as a
+    :class:`featx.backbones._text.TextBackbone` (see
+    :func:`~featx.backbones._text.load_text_backbone`): it takes ``weights``, ``layer``,
     ``pool``, ``max_seq_length`` and ``normalize``.
 
     Parameters
     ----------
-    name : str
+    name : str or BackboneSpec
         ``"efficientnet_lite0"`` (embedded, default), a torchvision model name (``"resnet50"``) or
-        ``"timm/<model>[.<tag>]"``. See :func:`list_backbones`.
+        ``"timm/<model>[.<tag>]"``. See :func:`list_backbones`. A
+        :class:`~featx.options.BackboneSpec` supplies every other argument (``weights_file``
+        given here wins over the spec's).
     weights : str or None
         ``"DEFAULT"``; a torchvision weights name (``"IMAGENET1K_V1"``) or a timm tag
         (``"a1_in1k"``); ``"none"``/None for a random init (seeded with 0, so repeatable). With no
@@ -329,28 +219,39 @@ def load_backbone(
     >>> bb.dim, bb.pool, bb.preprocess.crop_size
     (512, 'avg', 64)
     """
-    from featx.backbones import _features, _text
+    from featx.backbones import _features
 
-    if _text.is_text_name(name):
-        if weights_file is not None or image_size is not None:
-            raise FeatxError(
-                f"{name} is a text encoder: --weights-file and --image-size do not apply "
-                "(give its folder as hf:PATH)"
-            )
-        return _text.load_text_backbone(  # type: ignore[return-value]
-            name,
-            weights,
-            layer=layer,
-            pool=pool,
-            normalize=normalize,
-            max_seq_length=max_seq_length,
+    if not isinstance(name, str):  # a BackboneSpec: its fields are the arguments
+        spec = name
+        return load_backbone(
+            spec.name,
+            spec.weights,
+            weights_file=weights_file if weights_file is not None else spec.weights_file,
+            layer=spec.layer,
+            pool=spec.pool,
+            image_size=spec.image_size,
+            max_seq_length=spec.max_seq_length,
+            normalize=spec.normalize,
         )
+    if not name.strip():
+        raise FeatxError(f"backbone name must be a non-empty string, not {name!r}")
+    family, canonical, own = _resolve(name.strip())
+    fam = get_family(family)
+    if fam.load is not None:  # a family that builds its whole backbone (text encoders)
+        given = {
+            "weights_file": weights_file,
+            "layer": layer,
+            "pool": pool,
+            "image_size": image_size,
+            "max_seq_length": max_seq_length,
+            "normalize": normalize,
+        }
+        return fam.load(own, weights, **{k: v for k, v in given.items() if v is not None})
     if max_seq_length is not None or normalize is not None:
         raise FeatxError(
             f"{name} is an image backbone: --max-seq-length and --normalize apply to text "
             "encoders only"
         )
-    family, canonical = resolve_name(name)
     w = _norm_weights(weights)
     if pool is not None:
         pool = str(pool).strip().lower()
@@ -365,9 +266,8 @@ def load_backbone(
         wf = os.fspath(os.path.expanduser(os.fspath(weights_file)))
         if not os.path.isfile(wf):
             raise FeatxError(f"weights file {wf} does not exist; check --weights-file")
-    own = name.strip()[len(TIMM_PREFIX) :] if family == "timm" else canonical
     req = LoadRequest(name=own, weights=w, weights_file=wf, image_size=image_size)
-    body = _family_module(family).build(req)
+    body = get_family(family).build(req)
     if image_size is not None and body.preprocess.crop_size != image_size:
         body.preprocess = body.preprocess.with_image_size(image_size)
 
@@ -457,12 +357,3 @@ def _feature_model(
     if out.ndim != 2 or out.shape[0] != 1:
         raise RuntimeError(f"{canonical} features have shape {tuple(out.shape)}, expected (1, D)")
     return fm, layer_name, used_pool, int(out.shape[1])
-
-
-def seeded(fn: Callable[[], Any], seed: int = 0) -> Any:
-    """Call ``fn`` with the CPU RNG seeded, leaving the global RNG state as it was."""
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return fn()

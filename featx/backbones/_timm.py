@@ -9,23 +9,27 @@ import math
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
-import timm
-import torch
-from timm.models import (
-    get_arch_pretrained_cfgs,
-    get_pretrained_cfg,
-    is_model,
-    split_model_name_tag,
-)
-from torch import nn
-
-from featx.backbones._api import TIMM_PREFIX, BackboneInfo, Body, LoadRequest, close_names, seeded
 from featx.backbones._checkpoint import load_into, read_state_dict, sha256_file
+from featx.backbones.registry import (
+    BackboneInfo,
+    Body,
+    Family,
+    LoadRequest,
+    close_names,
+    register_family,
+    seeded,
+)
 from featx.errors import FeatxError
 from featx.preprocess import INTERPOLATIONS, Preprocess
+
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
+# timm and torch are imported inside the functions: registering this family stays cheap.
+TIMM_PREFIX = "timm/"
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +40,9 @@ _POOL_NAMES = {"token": "cls", "avg": "avg", "fast": "avg", "max": "max", "catav
 
 def split_name(name: str) -> tuple[str, str | None]:
     """``"resnet18.a1_in1k"`` -> ``("resnet18", "a1_in1k")``, checking the architecture exists."""
+    import timm
+    from timm.models import is_model, split_model_name_tag
+
     arch, tag = split_model_name_tag(name.strip())
     if not is_model(arch) and is_model(arch.lower()):
         arch = arch.lower()
@@ -48,11 +55,15 @@ def split_name(name: str) -> tuple[str, str | None]:
 
 
 def _tags(arch: str) -> list[str]:
+    from timm.models import get_arch_pretrained_cfgs, split_model_name_tag
+
     return [split_model_name_tag(k)[1] for k in get_arch_pretrained_cfgs(arch)]
 
 
 def resolve_tag(arch: str, name_tag: str | None, weights: str | None) -> tuple[str | None, bool]:
     """Which pretrained tag to use, and whether to load its weights."""
+    from timm.models import get_pretrained_cfg
+
     tags = _tags(arch)
     if weights is None or weights == "DEFAULT":
         tag = name_tag
@@ -125,6 +136,7 @@ def _hf_reachable() -> bool:
 def pretrained_file(cfg: Any, full_name: str) -> str:
     """A local file with the weights of ``cfg``: from the caches, else downloaded."""
     import huggingface_hub
+    import torch
     from huggingface_hub.errors import EntryNotFoundError
 
     if cfg.file:
@@ -172,6 +184,8 @@ def pretrained_file(cfg: Any, full_name: str) -> str:
 
 
 def _create(full_name: str, cfg: Any, size: int, **kwargs: Any) -> nn.Module:
+    import timm
+
     if cfg is not None and cfg.fixed_input_size:
         try:  # ViT-like models build their position embeddings for the input size
             return timm.create_model(full_name, num_classes=0, img_size=size, **kwargs)
@@ -196,6 +210,8 @@ def _own_pool(model: nn.Module) -> str:
 
 
 def build(req: LoadRequest) -> Body:
+    from timm.models import get_pretrained_cfg
+
     arch, name_tag = split_name(req.name)
     # With a weights file, DEFAULT only picks the preprocessing, even for untrained archs.
     from_file = req.weights_file is not None and req.weights == "DEFAULT"
@@ -265,6 +281,8 @@ def build(req: LoadRequest) -> Body:
 @functools.cache
 def embedding_dim(arch: str) -> int | None:
     """``head_hidden_size`` (or ``num_features``) of the architecture built on ``meta``."""
+    import timm
+
     try:
         model = timm.create_model(arch, num_classes=0, device="meta")
     except Exception as e:
@@ -276,6 +294,9 @@ def embedding_dim(arch: str) -> int | None:
 
 def list_infos(pattern: str) -> list[BackboneInfo]:
     """timm models matching ``pattern`` (the part after ``timm/``); tags when it has a dot."""
+    import timm
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+
     if "." in pattern:
         full_names = [n for n in timm.list_pretrained() if fnmatch.fnmatchcase(n, pattern)]
     else:
@@ -297,3 +318,21 @@ def list_infos(pattern: str) -> list[BackboneInfo]:
             )
         )
     return out
+
+
+def resolve(name: str) -> str:
+    """``"resnet18.a1_in1k"`` (the part after ``timm/``) -> ``"timm/resnet18"``."""
+    arch, _tag = split_name(name)
+    return TIMM_PREFIX + arch
+
+
+register_family(
+    Family(
+        name="timm",
+        prefix=TIMM_PREFIX,
+        resolve=resolve,
+        list_infos=list_infos,
+        build=build,
+        listed_by_default=False,
+    )
+)

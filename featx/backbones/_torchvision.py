@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import logging
 import os
@@ -13,8 +14,16 @@ import torchvision
 from torch import nn
 from torchvision.models import get_model, get_model_weights
 
-from featx.backbones._api import BackboneInfo, Body, LoadRequest, close_names, seeded
 from featx.backbones._checkpoint import load_into, read_state_dict, sha256_file
+from featx.backbones.registry import (
+    BackboneInfo,
+    Body,
+    Family,
+    LoadRequest,
+    close_names,
+    register_family,
+    seeded,
+)
 from featx.errors import FeatxError
 from featx.preprocess import Preprocess
 
@@ -310,3 +319,21 @@ def info(name: str) -> BackboneInfo:
         input_size=int(w.transforms().crop_size[0]),
         weights=f"torchvision {w.name} ({where})",
     )
+
+
+def resolve(name: str) -> str | None:
+    """The canonical name when ``name`` is a torchvision classification model, else None."""
+    tv = names()
+    for cand in (name, name.lower()):
+        if cand in tv:
+            return cand
+    return None
+
+
+def list_infos(pattern: str) -> list[BackboneInfo]:
+    return [info(n) for n in names() if fnmatch.fnmatchcase(n, pattern)]
+
+
+register_family(
+    Family(name="torchvision", resolve=resolve, list_infos=list_infos, build=build, names=names)
+)

@@ -40,8 +40,8 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._split import stratified_holdout
 from featx.heads._weights import encode_class_weight, sample_weights, selection_score
+from featx.splits import stratified_holdout
 
 logger = logging.getLogger(__name__)
 

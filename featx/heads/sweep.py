@@ -3,7 +3,7 @@
 :class:`SweepClassifier` is the protocol of the linear probe for any scikit-learn classifier: fit
 each candidate on the training part, score it on a stratified, seeded validation part, refit the
 best on everything. It is what ``GridSearchCV(cv=<one stratified split>)`` does, except that it
-never fails on small classes (see :func:`featx.heads._split.stratified_holdout`) and falls back to
+never fails on small classes (see :func:`featx.splits.stratified_holdout`) and falls back to
 the first candidate when no validation split is possible (one item per class, as in 1-shot).
 """
 
@@ -24,8 +24,8 @@ from sklearn.utils.metaestimators import available_if
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from featx.heads._split import stratified_holdout
 from featx.heads._weights import encode_class_weight, selection_score
+from featx.splits import stratified_holdout
 
 logger = logging.getLogger(__name__)
 

@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
+from featx.options import TextFormat
 from featx.sources import SPLIT_ALIASES, Item, Source
 
 log = logging.getLogger(__name__)
@@ -68,37 +69,6 @@ SPLIT_COLUMNS = ("split",)
 
 class TextError(Exception):
     """One text that cannot be embedded (empty, undecodable, too long); recorded, not fatal."""
-
-
-@dataclass(frozen=True)
-class TextFormat:
-    """How to read a text table. Every column is found by name, case-insensitively.
-
-    Parameters
-    ----------
-    text_column : str, optional
-        The column holding the text. Default: the first of ``text``, ``sentence``, ``content``,
-        ``body``, ``review``, ``message``, ``document``, ``comment``, ``question``, ``title``; or
-        the only column that is not the label, id or split column.
-    label_column : str, optional
-        The class label. Default: ``label``, ``labels``, ``class``, ``category``, ``target`` or
-        ``y`` when present; none means unlabeled. An empty cell means unlabeled too.
-    id_column : str, optional
-        A unique row id used as the row's key. Default: ``id`` when present, else content keys.
-    split_column : str, optional
-        ``train`` / ``val`` / ``test`` per row. Default: ``split`` when present.
-    encoding : str
-        The file's encoding (default UTF-8; a byte-order mark is skipped).
-    """
-
-    text_column: str | None = None
-    label_column: str | None = None
-    id_column: str | None = None
-    split_column: str | None = None
-    encoding: str = "utf-8"
-
-    def is_default(self) -> bool:
-        return self == TextFormat()
 
 
 @dataclass(frozen=True)
@@ -240,6 +210,14 @@ def _all_txt(root: Path) -> bool:
                 return False
             found = True
     return found
+
+
+def has_text_column(spec: str | os.PathLike, fmt: TextFormat | None = None) -> bool:
+    """Whether a CSV's header names a text column (``--text-column`` or a default name)."""
+    header = _csv_header(Path(str(spec)), fmt.encoding if fmt else "utf-8")
+    if fmt is not None and fmt.text_column:
+        return fmt.text_column.strip().lower() in header
+    return any(name in header for name in TEXT_COLUMNS)
 
 
 def _csv_header(path: Path, encoding: str) -> list[str]:

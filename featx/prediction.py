@@ -7,8 +7,8 @@ with the predicted label and per-class probabilities.
 
 Examples
 --------
->>> from featx.predict import predict
->>> res = predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> import featx
+>>> res = featx.predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -18,13 +18,19 @@ from __future__ import annotations
 import csv
 import io
 import os
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.errors import FeatxError
+from featx.files import atomic_write
+from featx.options import BackboneSpec, ExtractOptions, TextFormat
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.backbones import Backbone
 
 
 @dataclass(frozen=True)
@@ -44,32 +50,33 @@ class PredictResult:
         return d
 
 
-def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike | None = None):
-    """Load the backbone a bundle's store was built with, and prove it is the same one."""
+def rebuild_backbone(
+    store_meta: Mapping[str, Any], weights_file: str | os.PathLike | None = None
+) -> Backbone:
+    """Load the backbone a bundle's store was built with, and prove it is the same one.
+
+    The store's recorded ``config.backbone`` becomes a :class:`~featx.options.BackboneSpec`
+    (:meth:`~featx.options.BackboneSpec.from_config`), the backbone is loaded from it, and its
+    ``config()`` must equal the recorded one.
+    """
     from featx.backbones import load_backbone
 
     cfg = (store_meta.get("config") or {}).get("backbone")
     if not isinstance(cfg, dict) or "name" not in cfg:
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
-    if cfg.get("family") == "text":
-        return _rebuild_text(cfg)
-    weights = cfg.get("weights")
-    if str(weights).startswith("file:") and weights_file is None:
+    spec = BackboneSpec.from_config(cfg)
+    if str(spec.weights).startswith("file:") and weights_file is None:
         raise FeatxError(
-            f"the bundle's backbone used a local weights file ({weights[5:]}); "
+            f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
             "pass it again with --weights-file"
         )
-    layer = cfg.get("layer") or None
-    kwargs = {
-        "weights_file": weights_file,
-        "layer": layer,
-        "pool": cfg.get("pool") if layer and layer != "pre_logits" else None,
-    }
-    w = None if str(weights).lower() == "none" or weights_file else weights
-    bb = load_backbone(cfg["name"], w, **kwargs)
-    crop = (cfg.get("preprocess") or {}).get("crop_size")
+    if weights_file is not None:
+        # the file brings the weights; the default id only picks the preprocessing
+        spec = replace(spec, weights=None, weights_file=os.fspath(weights_file))
+    crop = spec.image_size
+    bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
-        bb = load_backbone(cfg["name"], w, image_size=int(crop), **kwargs)
+        bb = load_backbone(spec)
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
@@ -83,40 +90,16 @@ def rebuild_backbone(store_meta: dict[str, Any], weights_file: str | os.PathLike
     return bb
 
 
-def _rebuild_text(cfg: dict[str, Any]):
-    from featx.backbones._text import load_text_backbone
-    from featx.store import StoreConfig, config_difference
-
-    pre = cfg.get("preprocess") or {}
-    bb = load_text_backbone(
-        cfg["name"],
-        cfg.get("weights"),
-        layer=cfg.get("layer"),
-        pool=cfg.get("pool"),
-        normalize=cfg.get("normalize"),
-        max_seq_length=pre.get("max_seq_length"),
-    )
-    if bb.config() != cfg:
-        diff = config_difference(
-            StoreConfig(source={}, backbone=cfg), StoreConfig(source={}, backbone=bb.config())
-        )
-        raise FeatxError(
-            f"cannot rebuild the bundle's text encoder exactly ({diff}); "
-            "use the model folder and featx version it was trained with"
-        )
-    return bb
-
-
 def predict(
     bundle: str | os.PathLike,
     source: str | os.PathLike,
     *,
     out: str | os.PathLike | None = None,
-    options: Any = None,
+    options: ExtractOptions | None = None,
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
-    text: Any = None,
+    text: TextFormat | None = None,
 ) -> PredictResult:
     """Predict labels of every image or text of ``source`` with a head bundle; write a CSV.
 
@@ -129,14 +112,14 @@ def predict(
     out : path-like, optional
         The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extract.ExtractOptions, optional
+    options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
-    text : featx.text.TextFormat, optional
-        Columns of a text table. For text the CSV's first column is ``key`` (the row's key in
-        the store) followed by ``line`` (its line in a table) instead of ``path``.
+    text : featx.options.TextFormat, optional
+        Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
+        store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
     """
     from featx.bundle import load_bundle
-    from featx.extract import ExtractOptions, extract
+    from featx.extraction import extract
     from featx.sources import open_source
     from featx.store import load_features
 
@@ -183,10 +166,7 @@ def predict(
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow(row)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, out_path)
+    atomic_write(out_path, buf.getvalue())
 
     counts: dict[str, int] = {}
     for p in pred:

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from featx.compare import align, compare
+from featx.comparison import align, compare
 from featx.errors import FeatxError
 from featx.features import FeatureSet
 

@@ -3,8 +3,8 @@ new or changed, and commit the store atomically.
 
 Examples
 --------
->>> from featx.extract import extract
->>> result = extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
+>>> import featx
+>>> result = featx.extract("photos/", "efficientnet_lite0")  # doctest: +SKIP
 >>> result.n_items, result.dim  # doctest: +SKIP
 (1797, 1280)
 """
@@ -14,37 +14,26 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from featx.backbones.registry import BackboneLike
 from featx.errors import FeatxError
+from featx.options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_TEXT_BACKBONE,
+    DEFAULT_WEIGHTS,
+    BackboneSpec,
+    ExtractOptions,
+    TextFormat,
+)
 from featx.sources import Item, Source, open_source
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ExtractOptions:
-    """How to run an extraction (none of these change the features, except ``dtype``)."""
-
-    batch_size: int = 64
-    workers: int | None = None
-    device: str = "auto"
-    precision: str = "auto"
-    dtype: str = "float32"
-    content_hash: bool = False
-    strict: bool = False
-    compile: bool = False
-    channels_last: bool = True
-    fold_bn: bool = True  # fp32: BatchNorm folded into convs (equal to float32 rounding)
-    decode: str = "auto"  # where JPEGs are decoded: cpu, device (nvJPEG on CUDA), auto
-    checkpoint_every: int = 2048  # images per durable part file
-    checkpoint_seconds: float = 60.0  # ... or this often, whichever comes first
-    progress: bool = False
 
 
 @dataclass(frozen=True)
@@ -113,15 +102,18 @@ def _same(old: tuple[int, int, str], item: Item) -> bool:
     return old[0] == item.size and old[1] == item.mtime_ns
 
 
-def store_config(source: Source, backbone: Any, dtype: str = "float32") -> StoreConfig:
+__all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
+
+
+def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
     return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
 
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: Any = None,
+    backbone: str | BackboneSpec | BackboneLike | None = None,
     *,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     weights_file: str | os.PathLike | None = None,
     layer: str | None = None,
     pool: str | None = None,
@@ -132,7 +124,7 @@ def extract(
     download: bool = False,
     max_seq_length: int | None = None,
     normalize: bool | None = None,
-    text: Any = None,
+    text: TextFormat | None = None,
 ) -> ExtractResult:
     """Extract features of every new or changed item of ``source`` into its store.
 
@@ -140,16 +132,18 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str or Backbone, optional
-        A registry name (``featx backbones``) or an already loaded backbone. Default:
-        ``efficientnet_lite0`` for images, ``all-minilm-l6-v2`` for text.
+    backbone : str, BackboneSpec or Backbone, optional
+        A registry name (``featx backbones``), a :class:`~featx.options.BackboneSpec`, or an
+        already loaded backbone (any object with the attributes of
+        :class:`~featx.backbones.registry.BackboneLike`). Default (also for a spec without a
+        name): ``efficientnet_lite0`` for images, ``all-minilm-l6-v2`` for text.
     weights, weights_file, layer, pool, image_size, max_seq_length, normalize
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
         The store file; default: a name under the cache folder derived from the configuration.
     options : ExtractOptions
         Batching, device, precision, dtype, hashing, strictness, progress.
-    text : featx.text.TextFormat, optional
+    text : TextFormat, optional
         Columns and encoding of a text table (see :func:`featx.sources.open_source`).
 
     Returns
@@ -158,14 +152,15 @@ def extract(
     """
     opts = options or ExtractOptions()
     t0 = time.perf_counter()
-    if backbone is None:
-        hint = None
-    elif isinstance(backbone, str):
-        from featx.backbones._text import is_text_name
+    from featx.backbones._text import is_text_name
 
-        hint = "text" if is_text_name(backbone) else "image"
+    name = backbone.name if isinstance(backbone, BackboneSpec) else backbone
+    if name is None:
+        hint = None
+    elif isinstance(name, str):
+        hint = "text" if is_text_name(name) else "image"
     else:
-        hint = "text" if _is_text(backbone) else "image"
+        hint = "text" if _is_text(name) else "image"
     src = (
         source
         if isinstance(source, Source)
@@ -179,17 +174,21 @@ def extract(
         )
     )
     is_text = _is_text(src)
-    if backbone is None:
-        from featx.backbones import DEFAULT_BACKBONE
-        from featx.backbones._text import DEFAULT_TEXT_BACKBONE
-
-        backbone = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
-    if isinstance(backbone, str):
+    if name is None:
+        name = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
+        if isinstance(backbone, BackboneSpec):
+            backbone = replace(backbone, name=name)
+        else:
+            backbone = name
+    if isinstance(name, str) and is_text_name(name) != is_text:
+        _mismatch(src, name, is_text)
+    if isinstance(backbone, BackboneSpec):
         from featx.backbones import load_backbone
-        from featx.backbones._text import is_text_name
 
-        if is_text_name(backbone) != is_text:
-            _mismatch(src, backbone, is_text)
+        bb = load_backbone(backbone)
+    elif isinstance(backbone, str):
+        from featx.backbones import load_backbone
+
         bb = load_backbone(
             backbone,
             weights,
@@ -341,17 +340,18 @@ def _text_rows(
     from featx.text.engine import count_tokens
 
     items = [it for it in src.items if it.key in rows]
-    counts = count_tokens(bb.tokenizer, src.texts(items), int(bb.preprocess.max_seq_length))
+    limit = int(bb.preprocess.max_seq_length)
+    counts = count_tokens(bb.tokenizer, src.texts(items), limit)
     n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
-    n_truncated = int((counts > bb.preprocess.max_seq_length).sum())
+    n_truncated = int((counts > limit).sum())
     if n_truncated:
         log.warning(
             "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
             "(featx info lists how many)",
             n_truncated,
             len(items),
-            bb.preprocess.max_seq_length,
-            bb.preprocess.max_seq_length,
+            limit,
+            limit,
         )
     return {"text/n_tokens": n_tokens}, n_truncated
 
@@ -438,7 +438,7 @@ def _metadata_changed(src: Source, old) -> bool:
 def _run(
     todo: list[Item],
     src: Source,
-    bb: Any,
+    bb: BackboneLike,
     writer: StoreWriter,
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],

@@ -1,0 +1,367 @@
+"""Compare heads across feature stores on identical splits, and write a report a person can read.
+
+:func:`compare` aligns the stores on their shared keys (stores of different backbones over the
+same source hold the same items), draws the splits once, and evaluates every head on every store
+with those same splits. The :class:`Leaderboard` renders as Markdown, JSON or CSV, and
+:meth:`Leaderboard.write_report` writes the tables plus PNG plots (accuracy against fit time, the
+confusion matrix of the best head, and a store x head accuracy grid); the rendering lives in
+:mod:`featx.report`.
+
+Examples
+--------
+>>> import numpy as np
+>>> from featx.features import FeatureSet
+>>> rng = np.random.default_rng(0)
+>>> y = np.repeat(np.arange(3), 30)
+>>> keys = np.array([f"img{i:03d}" for i in range(90)])
+>>> stores = {
+...     name: FeatureSet(X=(rng.normal(size=(90, 6)) + s * np.eye(3, 6)[y]).astype(np.float32),
+...                      y=y, classes=("a", "b", "c"), split=None, keys=keys)
+...     for name, s in [("small", 1.0), ("big", 4.0)]
+... }
+>>> board = compare(stores, ["centroid", ("knn", {"k": 5})])
+>>> len(board.results), board.best.store
+(4, 'big')
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.features import FeatureSet
+from featx.options import DEFAULT_HEADS, EvalProtocol
+from featx.protocol import Result, head_label, protocol_splits
+
+logger = logging.getLogger(__name__)
+
+HeadSpec = str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Any]
+
+COLUMNS = (
+    "rank",
+    "store",
+    "head",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "top5_accuracy",
+    "log_loss",
+    "fit_seconds",
+    "predict_seconds",
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# aligning stores
+# ---------------------------------------------------------------------------------------------
+
+
+def align(feature_sets: Mapping[str, FeatureSet]) -> dict[str, FeatureSet]:
+    """Restrict every store to the keys they all hold, in key order, with one class list.
+
+    After this, row ``i`` of every returned store is the same item, so row-index splits drawn on
+    one apply to all.
+
+    Raises
+    ------
+    FeatxError
+        No stores, no shared keys, or stores that label a shared item differently.
+    """
+    if not feature_sets:
+        raise FeatxError("compare needs at least one feature store")
+    names = list(feature_sets)
+    common: np.ndarray | None = None
+    for fs in feature_sets.values():
+        k = np.asarray(fs.keys).astype(str)
+        if len(np.unique(k)) != len(k):
+            raise FeatxError("a feature store has duplicate keys; rebuild it")
+        common = k if common is None else np.intersect1d(common, k)
+    assert common is not None
+    common = np.sort(common)
+    if len(common) == 0:
+        raise FeatxError(
+            f"the stores {', '.join(names)} share no items (keys); "
+            "compare stores extracted from the same source"
+        )
+    classes: list[str] = []
+    for fs in feature_sets.values():
+        classes += [c for c in fs.classes if c not in classes]
+    out: dict[str, FeatureSet] = {}
+    ref_names: np.ndarray | None = None
+    for name, fs in feature_sets.items():
+        k = np.asarray(fs.keys).astype(str)
+        dropped = len(k) - len(common)
+        if dropped:
+            logger.warning("store %r: %d items not in every store are left out", name, dropped)
+        pos = np.argsort(k, kind="stable")
+        rows = pos[np.searchsorted(k[pos], common)]
+        y = np.asarray(fs.y)[rows]
+        label_names = np.array([fs.classes[v] if v >= 0 else "" for v in y], dtype=object)
+        if ref_names is None:
+            ref_names, ref = label_names, name
+        elif not np.array_equal(label_names, ref_names):
+            bad = np.flatnonzero(label_names != ref_names)
+            i = bad[0]
+            raise FeatxError(
+                f"stores {ref!r} and {name!r} disagree on the label of {len(bad)} shared items "
+                f"(first: {str(common[i])!r}: {ref_names[i]!r} vs {label_names[i]!r}); "
+                "compare stores built from the same source"
+            )
+        index = {c: i for i, c in enumerate(classes)}
+        y_new = np.array([index[fs.classes[v]] if v >= 0 else -1 for v in y], dtype=np.int64)
+        split = None if fs.split is None else np.asarray(fs.split)[rows]
+        same = len(rows) == fs.n and np.array_equal(rows, np.arange(fs.n))
+        out[name] = FeatureSet(
+            X=fs.X if same else fs.X[rows],  # no copy when the store is already aligned
+            y=y_new,
+            classes=tuple(classes),
+            split=split,
+            keys=common,
+            meta=fs.meta,
+        )
+    ref_split = next(iter(out.values())).split
+    for name, fs in out.items():
+        if (
+            fs.split is not None
+            and ref_split is not None
+            and not np.array_equal(fs.split.astype(str), ref_split.astype(str))
+        ):
+            logger.warning("store %r has another train/test split; the first store's is used", name)
+    if ref_split is not None:
+        out = {n: replace(fs, split=ref_split) for n, fs in out.items()}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# leaderboard
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A head that failed on a store, and why."""
+
+    store: str
+    head: str
+    error: str
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
+class Leaderboard:
+    """Results of every head on every store, best accuracy first.
+
+    Attributes
+    ----------
+    results : tuple of Result
+        Sorted by accuracy, then balanced accuracy, then fit time.
+    failures : tuple of Failure
+    protocol : str
+        The split protocol all results share.
+    n_items : int
+        Items shared by the stores.
+    """
+
+    results: tuple[Result, ...]
+    failures: tuple[Failure, ...] = ()
+    protocol: str = ""
+    n_items: int = 0
+    stores: tuple[str, ...] = field(default=())
+
+    @property
+    def best(self) -> Result:
+        """The most accurate head."""
+        if not self.results:
+            raise FeatxError("the leaderboard is empty: every head failed (see its failures)")
+        return self.results[0]
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per result with the leaderboard columns (plus ``*_std`` over runs)."""
+        out = []
+        for i, r in enumerate(self.results, 1):
+            row = {
+                "rank": i,
+                "store": r.store,
+                "head": r.label,
+                "accuracy": r.accuracy,
+                "balanced_accuracy": r.balanced_accuracy,
+                "macro_f1": r.macro_f1,
+                "top5_accuracy": r.top5_accuracy,
+                "log_loss": r.log_loss,
+                "fit_seconds": r.fit_seconds,
+                "predict_seconds": r.predict_seconds,
+            }
+            for k in ("accuracy", "balanced_accuracy", "macro_f1"):
+                if k in r.std:
+                    row[f"{k}_std"] = r.std[k]
+            out.append(row)
+        return out
+
+    # presentation lives in featx.report (the only module that imports matplotlib)
+    def to_markdown(self) -> str:
+        """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
+        from featx.report import leaderboard_markdown
+
+        return leaderboard_markdown(self)
+
+    def to_json(self, *, details: bool = False, indent: int | None = 2) -> str:
+        """JSON with the protocol, the rows and the failures (``details``: per-class, confusion)."""
+        from featx.report import leaderboard_json
+
+        return leaderboard_json(self, details=details, indent=indent)
+
+    def to_csv(self, path: str | os.PathLike | None = None) -> str:
+        """The rows as CSV; written to ``path`` (atomically) when given. Returns the CSV text."""
+        from featx.report import leaderboard_csv
+
+        return leaderboard_csv(self, path)
+
+    def write_report(self, directory: str | os.PathLike) -> dict[str, Path]:
+        """Write ``leaderboard.md/.csv/.json`` and PNG plots into ``directory``.
+
+        See :func:`featx.report.write_report`.
+        """
+        from featx.report import write_report
+
+        return write_report(self, directory)
+
+
+def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
+    """The ``n`` largest off-diagonal confusion-matrix cells as (true, predicted, count)."""
+    cm = np.asarray(result.confusion_matrix).copy()
+    np.fill_diagonal(cm, 0)
+    flat = np.argsort(-cm, axis=None, kind="stable")[:n]
+    out = []
+    for i, j in zip(*np.unravel_index(flat, cm.shape), strict=True):
+        if cm[i, j] > 0:
+            out.append((result.classes[i], result.classes[j], int(cm[i, j])))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+# ---------------------------------------------------------------------------------------------
+
+
+def _parse_spec(spec: HeadSpec) -> tuple[str, dict[str, Any], Any]:
+    if isinstance(spec, str):
+        return spec, {}, "default"
+    if isinstance(spec, tuple | list) and len(spec) in (2, 3) and isinstance(spec[0], str):
+        params = dict(spec[1] or {})
+        return spec[0], params, (spec[2] if len(spec) == 3 else "default")
+    raise FeatxError(f"a head must be a name or (name, params[, preprocess]); got {spec!r}")
+
+
+def compare(
+    feature_sets: Mapping[str, FeatureSet],
+    heads: Sequence[HeadSpec] = DEFAULT_HEADS,
+    *,
+    protocol: EvalProtocol | None = None,
+    on_error: str = "continue",
+    progress: bool = False,
+    **overrides: Any,
+) -> Leaderboard:
+    """Evaluate every head on every store with the same splits; rank them.
+
+    Parameters
+    ----------
+    feature_sets : mapping of str to FeatureSet
+        Stores by name (e.g. the backbone). They are aligned on their shared keys first.
+    heads : sequence, default=featx.options.DEFAULT_HEADS
+        Head names, ``(name, params)`` or ``(name, params, preprocess)`` tuples.
+    protocol : EvalProtocol, optional
+        As in :func:`featx.protocol.evaluate`; the splits are drawn once for all. Its
+        ``preprocess`` applies to heads given without their own.
+    on_error : {"continue", "raise"}, default="continue"
+        What a head that fails while fitting does: be listed under ``failures`` (and logged)
+        while the others go on, or stop the comparison. Unknown heads and parameters always
+        raise before anything is fitted.
+    progress : bool, default=False
+        Show a progress bar over the (store, head) fits on stderr.
+
+    **overrides
+        Fields of :class:`~featx.options.EvalProtocol` applied on top of ``protocol``.
+
+    Returns
+    -------
+    Leaderboard
+    """
+    from featx.heads import make_head, parse_preprocess
+    from featx.protocol import describe_splits, evaluate
+
+    proto = EvalProtocol.resolve(protocol, overrides)
+    preprocess, class_weight, seed = proto.preprocess, proto.class_weight, proto.seed
+
+    if on_error not in ("continue", "raise"):
+        raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
+    specs = [_parse_spec(s) for s in heads]
+    if not specs:
+        raise FeatxError("compare needs at least one head")
+    specs = [(n, p, preprocess if pre == "default" else pre) for n, p, pre in specs]
+    labels = []
+    for name, params, pre in specs:  # fail fast on names and parameters
+        make_head(name, params, pre, class_weight, seed)
+        label = head_label(name, params)
+        if not (isinstance(pre, str) and pre == "default"):
+            tokens = [str(t) for t in parse_preprocess(pre, name)]
+            label += f" [{'+'.join(tokens) or 'no preprocessing'}]"
+        if label in labels:
+            raise FeatxError(f"head {label!r} is listed twice; give each head once")
+        labels.append(label)
+    aligned = align(feature_sets)
+    ref = next(iter(aligned.values()))
+    splits = protocol_splits(ref, proto)
+    described = describe_splits(splits, proto.shots, proto.cv)
+    results: list[Result] = []
+    failures: list[Failure] = []
+    import sys
+
+    from tqdm.auto import tqdm
+
+    bar = tqdm(
+        total=len(aligned) * len(specs),
+        desc="fit",
+        unit="head",
+        file=sys.stderr,
+        disable=not progress,
+        dynamic_ncols=True,
+    )
+    for store, fs in aligned.items():
+        for (name, params, pre), label in zip(specs, labels, strict=True):
+            bar.set_postfix_str(f"{label} on {store}", refresh=True)
+            bar.update(0)
+            try:
+                r = evaluate(
+                    fs,
+                    name,
+                    params=params,
+                    protocol=replace(proto, preprocess=pre),
+                    splits=splits,
+                    store=store,
+                )
+            except Exception as e:  # noqa: BLE001  (recorded, logged, and re-raised on request)
+                if on_error == "raise":
+                    raise
+                msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+                logger.error("%s on %s failed: %s", label, store, msg)
+                failures.append(Failure(store, label, msg))
+                continue
+            finally:
+                bar.update(1)
+            r = replace(r, protocol=described, label=label)
+            results.append(r)
+    bar.close()
+    results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
+    return Leaderboard(
+        results=tuple(results),
+        failures=tuple(failures),
+        protocol=described,
+        n_items=ref.n,
+        stores=tuple(aligned),
+    )

