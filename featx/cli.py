@@ -199,19 +199,27 @@ def extract(source: str, **kw: Any) -> None:
     """Extract features of SOURCE into a feature store (only what is new or changed).
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
-    (path,label[,split]), sklearn:digits, or torchvision:NAME; or text: a CSV / TSV / JSONL
-    table with a text column, or a folder of .txt files in class subfolders.
+    (path,label[,split]; also as a URI: s3://, gs://, file://), sklearn:digits, or
+    torchvision:NAME; or text: a CSV / TSV / JSONL table with a text column, or a folder of
+    .txt files in class subfolders.
 
     \b
     Examples:
       featx extract photos/ -b resnet50 --weights IMAGENET1K_V2
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
+      featx extract s3://bucket/manifest.csv --engine ray --ray-address auto --gpus-per-actor 1
       featx extract reviews.csv --text-column body --label-column stars
       featx extract tickets.jsonl -b hf:models/my-sbert --max-seq-length 128
     """
     from featx.extraction import extract as run_extract
 
+    if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
+        import contextlib
+
+        with contextlib.suppress(ImportError):  # a missing extra is reported by the library
+            import ray.data  # noqa: F401 - configures its loggers on import; then quiet them
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # -v shows Ray Data's own lines
     result = run_extract(
         source,
         _pick(BackboneSpec, kw),
@@ -239,6 +247,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("dim", result.dim),
                 ("backbone", f"{result.backbone} ({result.weights})"),
                 ("device", f"{result.device} {result.precision}"),
+                *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
                 (
                     "texts/s" if result.modality == "text" else "images/s",

@@ -13,16 +13,20 @@ import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from featx.errors import FeatxError
 from featx.jpeg import resolve_decode
+from featx.options import PRECISIONS as PRECISIONS  # one list, also for the CLI
+
+if TYPE_CHECKING:  # pragma: no cover
+    from featx.backbones.registry import BackboneLike
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
 DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
 
 
@@ -265,6 +269,44 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
+def prepare_model(
+    backbone: Any,
+    dev: Any,
+    amp_dtype: Any,
+    *,
+    channels_last: bool = True,
+    compile: bool = False,
+    fold_bn: bool = True,
+) -> tuple[Any, Any]:
+    """The backbone's model ready for inference on ``dev``: (model, input memory format).
+
+    BatchNorms folded in fp32 (``amp_dtype`` None, see :func:`fold_batchnorm`), channels_last
+    layout, ``torch.compile``. Shared by the local engine and the Ray actors.
+    """
+    import torch
+
+    model = backbone.model.to(dev).eval()
+    if fold_bn and amp_dtype is None:
+        model = fold_batchnorm(model, backbone.preprocess.crop_size)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if compile:
+        model = torch.compile(model)
+    return model, memory_format
+
+
+AMP_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
+
+
+def amp_dtype_of(precision: str) -> Any:
+    """The autocast dtype of a resolved precision (None for fp32)."""
+    import torch
+
+    name = AMP_DTYPES[precision]
+    return None if name is None else getattr(torch, name)
+
+
 @dataclass(frozen=True)
 class Batch:
     """One processed batch: positions into the item list, their features, and failures."""
@@ -275,7 +317,7 @@ class Batch:
 
 
 def iter_features(
-    backbone: Any,
+    backbone: BackboneLike,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
     *,
@@ -321,7 +363,7 @@ def iter_features(
         raise FeatxError("--batch-size must be at least 1")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[prec]
+    amp_dtype = amp_dtype_of(prec)
     nworkers = default_workers(dev) if workers is None else int(workers)
     if nworkers < 0:
         raise FeatxError("--workers must be 0 or more")
@@ -339,14 +381,9 @@ def iter_features(
         prefetch_factor=4 if nworkers else None,
         persistent_workers=False,
     )
-    model = backbone.model.to(dev).eval()
-    if fold_bn and amp_dtype is None:
-        model = fold_batchnorm(model, backbone.preprocess.crop_size)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    if compile:
-        model = torch.compile(model)
+    model, memory_format = prepare_model(
+        backbone, dev, amp_dtype, channels_last=channels_last, compile=compile, fold_bn=fold_bn
+    )
     log.info(
         "extracting %d items on %s (%s, batch %d, %d workers, decode on %s)",
         len(items),

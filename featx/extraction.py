@@ -59,6 +59,7 @@ class ExtractResult:
     noop: bool
     n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
     modality: str = "image"  # or "text"; for text, images_per_s counts texts
+    engine: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -208,12 +209,11 @@ def extract(
     if path.exists() and path.is_dir():
         raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
 
-    from featx.engine import resolve_device, resolve_precision
-    from featx.jpeg import resolve_decode
-
-    dev = resolve_device(opts.device)
-    prec = resolve_precision(opts.precision, dev)
-    dec = "-" if is_text else resolve_decode(opts.decode, dev)
+    if is_text and opts.engine != "local":
+        raise FeatxError("--engine ray runs image backbones; text runs on the local engine")
+    dev, prec, dec = _resolve_engine(opts)
+    if is_text:
+        dec = "-"
 
     with StoreWriter(path, config) as writer:
         plan = _plan(src, writer)
@@ -249,6 +249,7 @@ def extract(
                 noop=True,
                 n_truncated=_stored_truncated(path) if is_text else 0,
                 modality="text" if is_text else "image",
+                engine=opts.engine,
             )
         n_new = n_new_failed = 0
         waited = 0.0
@@ -310,9 +311,43 @@ def extract(
         backbone=bb.name,
         weights=bb.weights,
         noop=False,
+        engine=opts.engine,
         n_truncated=n_truncated,
         modality="text" if is_text else "image",
     )
+
+
+_RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")
+
+
+def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:
+    """(device, precision, decode) of the run, checked before the store is touched."""
+    from featx.engine import resolve_device, resolve_precision
+    from featx.jpeg import resolve_decode
+
+    if opts.engine == "local":
+        given = [k for k in _RAY_ONLY if getattr(opts, k) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise FeatxError(f"{flag} applies only with --engine ray")
+        dev = resolve_device(opts.device)
+        prec = resolve_precision(opts.precision, dev)
+        return dev, prec, resolve_decode(opts.decode, dev)
+    import torch
+
+    from featx.ray_engine import actor_device, import_ray
+
+    import_ray()
+    settings = opts.ray_settings()
+    dev = torch.device(actor_device(opts.device, settings.gpus_per_actor))
+    if (opts.decode or "auto").lower() == "device":
+        raise FeatxError(
+            "--decode device is not available with --engine ray (Ray tasks decode on CPUs); "
+            "use --decode cpu or auto"
+        )
+    if opts.workers is not None:
+        raise FeatxError("--workers applies to the local engine; with --engine ray use --actors")
+    return dev, resolve_precision(opts.precision, dev), "cpu"
 
 
 def _mismatch(src: Source, name: str, is_text: bool) -> None:
@@ -435,6 +470,60 @@ def _metadata_changed(src: Source, old) -> bool:
     return False
 
 
+def _batches(todo: list[Item], src: Source, bb: Any, opts: ExtractOptions, dec: str):
+    """The engine's batches of features for ``todo``: local (in-process) or Ray."""
+    if _is_text(bb):
+        from featx.text.engine import iter_text_features
+
+        return iter_text_features(
+            bb,
+            todo,
+            src.reader(),
+            device=opts.device,
+            precision=opts.precision,
+            batch_size=opts.batch_size,
+            compile=opts.compile,
+            progress=opts.progress,
+        )
+    if opts.engine == "ray":
+        from featx.engine import resolve_precision
+        from featx.ray_engine import actor_device, iter_features_ray
+
+        settings = opts.ray_settings()
+        dev = actor_device(opts.device, settings.gpus_per_actor)
+        import torch
+
+        return iter_features_ray(
+            bb,
+            todo,
+            src.reader(),
+            settings=settings,
+            device=dev,
+            precision=resolve_precision(opts.precision, torch.device(dev)),
+            batch_size=opts.batch_size,
+            channels_last=opts.channels_last,
+            compile=opts.compile,
+            fold_bn=opts.fold_bn,
+            progress=opts.progress,
+        )
+    from featx.engine import iter_features
+
+    return iter_features(
+        bb,
+        todo,
+        src.reader(),
+        device=opts.device,
+        precision=opts.precision,
+        batch_size=opts.batch_size,
+        workers=opts.workers,
+        channels_last=opts.channels_last,
+        compile=opts.compile,
+        fold_bn=opts.fold_bn,
+        decode=dec,
+        progress=opts.progress,
+    )
+
+
 def _run(
     todo: list[Item],
     src: Source,
@@ -454,11 +543,6 @@ def _run(
     ``--decode``.
     """
     from concurrent.futures import Future, ThreadPoolExecutor
-
-    from featx.engine import iter_features
-
-    if _is_text(bb):
-        from featx.text.engine import iter_text_features as iter_features  # noqa: F811
 
     pending_idx: list[np.ndarray] = []
     pending_feats: list[np.ndarray] = []
@@ -513,20 +597,7 @@ def _run(
     # Leaving the with-block waits for a part still being written, also when the run fails:
     # a part is then complete on disk (and resumed next time) or was never renamed into place.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
-        for batch in iter_features(
-            bb,
-            todo,
-            src.reader(),
-            device=opts.device,
-            precision=opts.precision,
-            batch_size=opts.batch_size,
-            workers=opts.workers,
-            channels_last=opts.channels_last,
-            compile=opts.compile,
-            fold_bn=opts.fold_bn,
-            decode=dec,
-            progress=opts.progress,
-        ):
+        for batch in _batches(todo, src, bb, opts, dec):
             if batch.indices.size:
                 pending_idx.append(batch.indices)
                 pending_feats.append(batch.features)

@@ -104,9 +104,26 @@ def load_rgb(path: str | os.PathLike, draft_size: tuple[int, int] | None = None)
     try:
         if os.path.getsize(path) == 0:
             raise ImageDecodeError("empty file (0 bytes)")
+    except OSError as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ImageDecodeError(f"cannot decode: {reason}") from None
+    return _decode(path, draft_size)
+
+
+def decode_rgb(data: bytes) -> Image.Image:
+    """Like :func:`load_rgb`, for the bytes of an image file (e.g. read from object storage)."""
+    import io
+
+    if not data:
+        raise ImageDecodeError("empty file (0 bytes)")
+    return _decode(io.BytesIO(data), None)
+
+
+def _decode(fp, draft_size: tuple[int, int] | None) -> Image.Image:
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(fp) as img:
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", draft_size)
                 img.load()

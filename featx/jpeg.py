@@ -29,14 +29,14 @@ import warnings
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from featx.options import DECODE_MODES as DECODES  # one list, also for the CLI
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from featx.preprocess import Preprocess
 
 log = logging.getLogger(__name__)
-
-DECODES = ("auto", "cpu", "device")
 
 _SOI = b"\xff\xd8\xff"
 _EOI = b"\xff\xd9"

@@ -68,6 +68,8 @@ REFIT_MODES: tuple[str, ...] = ("all", "train")
 #: a head meant for use is refit on every labeled item after its evaluation; its metrics then
 #: describe the train-only fit that preceded it. ``refit="train"`` ships the measured estimator.
 DEFAULT_REFIT = "all"
+#: Extraction engines: this process, or a Ray cluster (``featx[ray]``).
+ENGINES: tuple[str, ...] = ("local", "ray")
 #: Help text of every ``--device`` option.
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps."
 
@@ -254,9 +256,41 @@ class ExtractOptions(_Spec):
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+    # --engine ray (featx/ray_engine.py, docs/scale-out.md); the Ray options apply only there
+    engine: str = option(
+        "local",
+        "local: this process; ray: a Ray cluster (pip install 'featx[ray]', docs/scale-out.md).",
+        choices=ENGINES,
+    )
+    ray_address: str | None = option(
+        None,
+        "Ray cluster: auto (this machine's cluster) or ray://HOST:10001; "
+        "default: a local Ray runtime.",
+        kind=str,
+    )
+    actors: int | None = option(
+        None, "Ray model actors (default: by the cluster's GPUs or CPUs).", min=1, kind=int
+    )
+    gpus_per_actor: float | None = option(
+        None, "GPUs each Ray actor reserves (default 0).", min=0, kind=float
+    )
+    cpus_per_actor: float | None = option(
+        None, "CPUs each Ray actor reserves (default 1).", min=0, min_open=True, kind=float
+    )
 
     def __post_init__(self) -> None:
         _check(self)
+
+    def ray_settings(self) -> Any:
+        """The Ray options as :class:`featx.ray_engine.RaySettings`, defaults filled in."""
+        from featx.ray_engine import RaySettings
+
+        return RaySettings(
+            address=self.ray_address,
+            actors=self.actors,
+            gpus_per_actor=0.0 if self.gpus_per_actor is None else float(self.gpus_per_actor),
+            cpus_per_actor=1.0 if self.cpus_per_actor is None else float(self.cpus_per_actor),
+        )
 
 
 @dataclass(frozen=True)
@@ -407,6 +441,7 @@ __all__ = [
     "DEFAULT_TEXT_BACKBONE",
     "DEFAULT_WEIGHTS",
     "DEVICE_HELP",
+    "ENGINES",
     "POOLS",
     "PRECISIONS",
     "REFIT_MODES",

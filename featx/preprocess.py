@@ -10,7 +10,7 @@ Examples
 --------
 >>> p = Preprocess(crop_size=224, resize_size=256)
 >>> p.with_image_size(160).resize_size
-183
+182
 """
 
 from __future__ import annotations

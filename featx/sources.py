@@ -31,6 +31,7 @@ import hashlib
 import inspect
 import logging
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,6 +94,8 @@ class Source:
         """A picklable function item -> PIL RGB image (raises ImageDecodeError)."""
         if self.kind == "torchvision":
             return _DatasetReader(self.dataset)
+        if is_uri(self.uri):
+            return _UriReader()
         return _FileReader()
 
 
@@ -193,10 +196,35 @@ def _scan_csv(path: Path, content_hash: bool) -> Source:
     base = path.resolve().parent
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            classes, raw = _parse_manifest(f, path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FeatxError(f"cannot read CSV {path}: {exc}") from None
+    index = {c: i for i, c in enumerate(classes)}
+    items, seen = [], {}
+    for lineno, p, lab, split in raw:
+        full = Path(p) if os.path.isabs(p) else base / p
+        key = os.path.relpath(full, base).replace(os.sep, "/") if not os.path.isabs(p) else p
+        if key in seen:
+            raise FeatxError(
+                f"CSV {path} line {lineno}: {p} is listed twice (first on line {seen[key]})"
+            )
+        seen[key] = lineno
+        if not full.is_file():
+            raise FeatxError(
+                f"CSV {path} line {lineno}: file {p} not found (paths are relative to the CSV)"
+            )
+        items.append(_file_item(str(full), key, index.get(lab, -1), split, content_hash))
+    items.sort(key=lambda it: it.key)
+    return Source(kind="csv", uri=str(path.resolve()), name=path.stem, classes=classes, items=items)
+
+
+def _parse_manifest(f: Any, path: Any) -> tuple[tuple[str, ...], list[tuple[int, str, str, str]]]:
+    """A manifest's class names and rows (line number, path, label, split), validated."""
+    try:
+        reader = csv.DictReader(f)
+        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
+        rows = list(reader)
+    except csv.Error as exc:
         raise FeatxError(f"cannot read CSV {path}: {exc}") from None
     missing = [c for c in ("path", "label") if c not in fields]
     if missing:
@@ -219,23 +247,137 @@ def _scan_csv(path: Path, content_hash: bool) -> Source:
     if not raw:
         raise FeatxError(f"CSV {path} lists no images; add rows 'path,label[,split]'")
     classes = tuple(sorted({lab for _, _, lab, _ in raw if lab}))
+    return classes, raw
+
+
+# ---------------------------------------------------------------------------------------------
+# CSV manifests behind a URI (s3://, gs://, file://, ...): what every node of a cluster can read
+
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def is_uri(spec: str) -> bool:
+    """True for ``scheme://...`` (a pyarrow filesystem URI), False for a local path."""
+    return bool(_URI.match(str(spec)))
+
+
+def _filesystem(uri: str) -> tuple[Any, str]:
+    try:
+        from pyarrow import fs
+    except ImportError:  # pragma: no cover - pyarrow comes with featx[ray]
+        raise FeatxError(f"{uri}: reading URIs needs pyarrow: pip install pyarrow") from None
+    try:
+        return fs.FileSystem.from_uri(uri)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds
+        raise FeatxError(f"cannot open {uri}: {str(exc).splitlines()[0]}") from None
+
+
+def _uri_root(uri: str) -> str:
+    """``scheme://netloc`` of a URI (what a path on its filesystem is relative to)."""
+    scheme, rest = uri.split("://", 1)
+    if scheme.lower() == "file":
+        return "file://"
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def _join_uri(root: str, fs_path: str) -> str:
+    """The URI of a filesystem path ``fs_path`` on the filesystem of ``root``."""
+    if root == "file://":
+        return "file://" + fs_path
+    return root + "/" + fs_path.split("/", 1)[1] if "/" in fs_path else root
+
+
+def _scan_csv_uri(uri: str, content_hash: bool) -> Source:
+    import io
+    import posixpath
+
+    from pyarrow import fs as pafs
+
+    filesystem, csv_path = _filesystem(uri)
+    try:
+        with filesystem.open_input_stream(csv_path) as f:
+            text = f.read().decode("utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise FeatxError(f"cannot read CSV {uri}: {str(exc).splitlines()[0]}") from None
+    classes, raw = _parse_manifest(io.StringIO(text, newline=""), uri)
     index = {c: i for i, c in enumerate(classes)}
-    items, seen = [], {}
+    root = _uri_root(uri)
+    base = posixpath.dirname(csv_path)
+    rows, seen = [], {}
     for lineno, p, lab, split in raw:
-        full = Path(p) if os.path.isabs(p) else base / p
-        key = os.path.relpath(full, base).replace(os.sep, "/") if not os.path.isabs(p) else p
+        if is_uri(p):
+            raise FeatxError(
+                f"CSV {uri} line {lineno}: {p}: give paths relative to the CSV (or absolute on "
+                "the same filesystem), not URIs"
+            )
+        full = posixpath.normpath(p if p.startswith("/") else posixpath.join(base, p))
+        key = p if p.startswith("/") else posixpath.relpath(full, base)
         if key in seen:
             raise FeatxError(
-                f"CSV {path} line {lineno}: {p} is listed twice (first on line {seen[key]})"
+                f"CSV {uri} line {lineno}: {p} is listed twice (first on line {seen[key]})"
             )
         seen[key] = lineno
-        if not full.is_file():
+        rows.append((lineno, p, full, key, index.get(lab, -1), split))
+    try:
+        infos = filesystem.get_file_info([full for _, _, full, *_ in rows])
+    except OSError as exc:
+        raise FeatxError(f"cannot list the files of {uri}: {str(exc).splitlines()[0]}") from None
+    items = []
+    for (lineno, p, full, key, label, split), info in zip(rows, infos, strict=True):
+        if info.type != pafs.FileType.File:
             raise FeatxError(
-                f"CSV {path} line {lineno}: file {p} not found (paths are relative to the CSV)"
+                f"CSV {uri} line {lineno}: file {p} not found (paths are relative to the CSV)"
             )
-        items.append(_file_item(str(full), key, index.get(lab, -1), split, content_hash))
+        sha = ""
+        if content_hash:
+            h = hashlib.sha256()
+            with filesystem.open_input_stream(full) as f:
+                while chunk := f.read(1 << 20):
+                    h.update(chunk)
+            sha = h.hexdigest()
+        items.append(
+            Item(
+                key=key,
+                label=label,
+                split=split,
+                path=_join_uri(root, full),
+                size=int(info.size or 0),
+                mtime_ns=int(info.mtime_ns or 0),
+                sha256=sha,
+            )
+        )
     items.sort(key=lambda it: it.key)
-    return Source(kind="csv", uri=str(path.resolve()), name=path.stem, classes=classes, items=items)
+    name = posixpath.splitext(posixpath.basename(csv_path))[0]
+    return Source(kind="csv", uri=uri, name=name, classes=classes, items=items)
+
+
+class _UriReader:
+    """Reads items whose path is a URI through pyarrow's filesystems (cached per process)."""
+
+    def __init__(self) -> None:
+        self._fs: dict[str, Any] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"_fs": {}}
+
+    def __call__(self, item: Item):
+        from featx.images import decode_rgb, load_rgb
+
+        path = item.path or ""
+        if not is_uri(path):
+            return load_rgb(path)
+        root = _uri_root(path)
+        if root not in self._fs:
+            self._fs[root] = _filesystem(path)[0]
+        filesystem = self._fs[root]
+        fs_path = path[len("file://") :] if root == "file://" else _filesystem_path(path)
+        with filesystem.open_input_file(fs_path) as f:
+            return decode_rgb(f.read())
+
+
+def _filesystem_path(uri: str) -> str:
+    """``bucket/key`` for ``s3://bucket/key`` (pyarrow's path form for object stores)."""
+    return uri.split("://", 1)[1]
 
 
 def _tv_splits(cls: type) -> list[tuple[str, dict[str, Any]]]:
@@ -373,6 +515,13 @@ def open_source(
         return src
     if s.startswith("torchvision:"):
         return _scan_torchvision(s.split(":", 1)[1], root, download)
+    if is_uri(s):
+        if not s.split("?", 1)[0].lower().endswith(".csv"):
+            raise FeatxError(
+                f"source {s}: a URI source must be a CSV manifest (path,label[,split]) ending "
+                "in .csv"
+            )
+        return _scan_csv_uri(s, content_hash)
     path = Path(s)
     if not path.exists():
         raise FeatxError(f"source {s} does not exist; give a folder, a .csv or torchvision:NAME")

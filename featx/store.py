@@ -38,13 +38,14 @@ from featx.errors import StoreError, StoreLockedError
 from featx.features import FeatureSet
 from featx.files import atomic_path, atomic_write
 from featx.files import cache_dir as default_cache_dir
+from featx.options import STORE_DTYPES as FEATURE_DTYPES  # one list, also for the CLI
 
 log = logging.getLogger(__name__)
 
 FORMAT = "featx-store"
 SCHEMA_VERSION = 1
 PART_FORMAT = "featx-store-part"
-FEATURE_DTYPES = ("float32", "float16")
+
 CHUNK_BYTES = 8 << 20  # ~8 MB feature chunks: large sequential reads, bounded memory per chunk
 COPY_ROWS = 8192  # rows per block when merging into a new store
 

@@ -1,4 +1,8 @@
-"""Shared fixtures: isolated user state, tiny images, a tiny deterministic backbone."""
+"""Shared fixtures: isolated user state, tiny images, a tiny deterministic backbone, a fake
+backbone family. Plain helpers live in tests/helpers.py (import them from there).
+
+The docstring examples under featx/ (--doctest-modules) write no user state: they use temp
+folders, random-init or package-embedded weights."""
 
 from __future__ import annotations
 
