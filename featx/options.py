@@ -374,7 +374,7 @@ class BackboneSpec(_Spec):
         --------
         >>> BackboneSpec.from_config({"name": "resnet18", "weights": "IMAGENET1K_V1",
         ...     "layer": "pre_logits", "pool": "avg", "preprocess": {"crop_size": 224}})
-        BackboneSpec(name='resnet18', weights='IMAGENET1K_V1', weights_file=None, layer=None, pool=None, image_size=224)
+        BackboneSpec(name='resnet18', weights='IMAGENET1K_V1', weights_file=None, layer=None, pool=None, image_size=224, max_seq_length=None, normalize=None)
         """  # noqa: E501
         if not isinstance(config, Mapping) or "name" not in config:
             raise FeatxError("the backbone configuration does not name its backbone")
