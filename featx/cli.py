@@ -477,6 +477,7 @@ def fit(
 @click.option(
     "--report", type=click.Path(file_okay=False), help="Write tables and PNG plots to this folder."
 )
+@spec_options(ExtractOptions, only=("engine", "ray_address"))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def compare(
     stores: tuple[str, ...],
@@ -485,6 +486,8 @@ def compare(
     csv_path: str | None,
     report: str | None,
     quiet: bool,
+    engine: str,
+    ray_address: str | None,
     **proto: Any,
 ) -> None:
     """Train every head on every STORE with the same splits; print a leaderboard.
@@ -493,11 +496,19 @@ def compare(
     Examples:
       featx compare cache/digits__efficientnet_lite0*.h5 --heads logreg,svm,knn,mlp
       featx compare A.h5 B.h5 --heads logreg,knn --report reports/ab --csv ab.csv
+      featx compare cache/*.h5 --heads logreg,svm,knn,mlp --engine ray   # fits as Ray tasks
     """
     from featx.train import compare_stores
 
     names = [h.strip() for h in heads.split(",") if h.strip()]
-    board = compare_stores(stores, names, protocol=EvalProtocol(**proto), progress=not quiet)
+    board = compare_stores(
+        stores,
+        names,
+        protocol=EvalProtocol(**proto),
+        progress=not quiet,
+        engine=engine,
+        ray_address=ray_address,
+    )
     if csv_path:
         board.to_csv(csv_path)
     if report:

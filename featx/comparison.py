@@ -258,6 +258,61 @@ def _parse_spec(spec: HeadSpec) -> tuple[str, dict[str, Any], Any]:
     raise FeatxError(f"a head must be a name or (name, params[, preprocess]); got {spec!r}")
 
 
+ENGINES = ("local", "ray")
+
+
+def _evaluate_pair(
+    fs: FeatureSet,
+    name: str,
+    params: dict[str, Any],
+    proto: EvalProtocol,
+    pre: Any,
+    splits: Any,
+    store: str,
+) -> tuple[Result | None, Exception | None]:
+    """One (store, head) fit: (result, None), or (None, the exception it raised)."""
+    from featx.protocol import evaluate
+
+    try:
+        r = evaluate(
+            fs, name, params=params, protocol=replace(proto, preprocess=pre), splits=splits,
+            store=store,
+        )  # fmt: skip
+    except Exception as e:  # noqa: BLE001 - the caller records or re-raises it
+        return None, e
+    return r, None
+
+
+def _fan_out_ray(
+    aligned: Mapping[str, FeatureSet],
+    pairs: list[tuple[str, str, dict[str, Any], Any, str]],
+    proto: EvalProtocol,
+    splits: Any,
+    address: str | None,
+    bar: Any,
+) -> list[tuple[Result | None, Exception | None]]:
+    """Every (store, head) fit as a Ray task; outcomes in the order of ``pairs``."""
+    from featx.ray_engine import connect
+
+    ray, started = connect(address)
+    try:
+        task = ray.remote(num_cpus=1)(_evaluate_pair)
+        refs_fs = {store: ray.put(fs) for store, fs in aligned.items()}  # once per store
+        ref_splits = ray.put(splits)
+        refs = [
+            task.remote(refs_fs[store], name, params, proto, pre, ref_splits, store)
+            for store, name, params, pre, _ in pairs
+        ]
+        pending = list(refs)
+        while pending:  # progress as tasks finish, in any order
+            done, pending = ray.wait(pending, num_returns=1)
+            bar.update(len(done))
+        return ray.get(refs)
+    finally:
+        if started:
+            ray.shutdown()
+
+
 def compare(
     feature_sets: Mapping[str, FeatureSet],
     heads: Sequence[HeadSpec] = DEFAULT_HEADS,
@@ -265,6 +320,8 @@ def compare(
     protocol: EvalProtocol | None = None,
     on_error: str = "continue",
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
     **overrides: Any,
 ) -> Leaderboard:
     """Evaluate every head on every store with the same splits; rank them.
@@ -284,6 +341,13 @@ def compare(
         raise before anything is fitted.
     progress : bool, default=False
         Show a progress bar over the (store, head) fits on stderr.
+    engine : {"local", "ray"}, default="local"
+        ``ray``: every (store, head) fit is a Ray task (1 CPU), the feature sets and splits go
+        through the object store once (``pip install 'featx[ray]'``, docs/scale-out.md). The
+        results are the same as locally; heads must be built-in or registered by a module the
+        workers import.
+    ray_address : str, optional
+        With ``engine="ray"``: as ``featx extract --ray-address`` (None: a local Ray runtime).
 
     **overrides
         Fields of :class:`~featx.options.EvalProtocol` applied on top of ``protocol``.
@@ -293,13 +357,17 @@ def compare(
     Leaderboard
     """
     from featx.heads import make_head, parse_preprocess
-    from featx.protocol import describe_splits, evaluate
+    from featx.protocol import describe_splits
 
     proto = EvalProtocol.resolve(protocol, overrides)
     preprocess, class_weight, seed = proto.preprocess, proto.class_weight, proto.seed
 
     if on_error not in ("continue", "raise"):
         raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
+    if engine not in ENGINES:
+        raise FeatxError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+    if engine == "local" and ray_address is not None:
+        raise FeatxError("--ray-address applies only with --engine ray")
     specs = [_parse_spec(s) for s in heads]
     if not specs:
         raise FeatxError("compare needs at least one head")
@@ -332,31 +400,34 @@ def compare(
         disable=not progress,
         dynamic_ncols=True,
     )
-    for store, fs in aligned.items():
-        for (name, params, pre), label in zip(specs, labels, strict=True):
+    pairs = [
+        (store, name, params, pre, label)
+        for store in aligned
+        for (name, params, pre), label in zip(specs, labels, strict=True)
+    ]
+    if engine == "ray":
+        outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
+    else:
+        outcomes = []
+        for store, name, params, pre, label in pairs:
             bar.set_postfix_str(f"{label} on {store}", refresh=True)
             bar.update(0)
-            try:
-                r = evaluate(
-                    fs,
-                    name,
-                    params=params,
-                    protocol=replace(proto, preprocess=pre),
-                    splits=splits,
-                    store=store,
-                )
-            except Exception as e:  # noqa: BLE001  (recorded, logged, and re-raised on request)
-                if on_error == "raise":
-                    raise
-                msg = f"{type(e).__name__}: {e}".replace("\n", " ")
-                logger.error("%s on %s failed: %s", label, store, msg)
-                failures.append(Failure(store, label, msg))
-                continue
-            finally:
-                bar.update(1)
-            r = replace(r, protocol=described, label=label)
-            results.append(r)
+            outcome = _evaluate_pair(aligned[store], name, params, proto, pre, splits, store)
+            bar.update(1)
+            if outcome[1] is not None and on_error == "raise":
+                bar.close()
+                raise outcome[1]
+            outcomes.append(outcome)
     bar.close()
+    for (store, _, _, _, label), (r, e) in zip(pairs, outcomes, strict=True):
+        if e is not None:  # recorded, logged, and re-raised on request
+            if on_error == "raise":
+                raise e
+            msg = f"{type(e).__name__}: {e}".replace("\n", " ")
+            logger.error("%s on %s failed: %s", label, store, msg)
+            failures.append(Failure(store, label, msg))
+            continue
+        results.append(replace(r, protocol=described, label=label))
     results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
     return Leaderboard(
         results=tuple(results),

@@ -92,6 +92,8 @@ def compare_stores(
     protocol: EvalProtocol | None = None,
     on_error: str = "continue",
     progress: bool = False,
+    engine: str = "local",
+    ray_address: str | None = None,
     **overrides: Any,
 ) -> Leaderboard:
     """Load stores and run :func:`featx.comparison.compare` on them; names come from the backbone.
@@ -113,5 +115,12 @@ def compare_stores(
             label = Path(path).stem
         sets[label] = fs
     return compare(
-        sets, list(heads), protocol=protocol, on_error=on_error, progress=progress, **overrides
+        sets,
+        list(heads),
+        protocol=protocol,
+        on_error=on_error,
+        progress=progress,
+        engine=engine,
+        ray_address=ray_address,
+        **overrides,
     )

@@ -238,3 +238,42 @@ def test_decoding_runs_as_tasks_apart_from_the_model_actors(
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(decode)]" in optimized
     assert "ActorPoolMapOperator[MapBatches(ModelActor)]" in optimized
+
+
+def _toy_set(sep: float, seed: int, n_classes: int = 4, per_class: int = 15, dim: int = 6):
+    from featx.features import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    y = np.arange(per_class * n_classes) % n_classes
+    X = rng.normal(size=(n_classes, dim))[y] * sep + rng.normal(size=(y.size, dim))
+    keys = np.array([f"img{i:04d}" for i in range(y.size)])
+    classes = tuple(f"c{i}" for i in range(n_classes))
+    return FeatureSet(X=X.astype(np.float32), y=y, classes=classes, split=None, keys=keys)
+
+
+def test_compare_fans_out_stores_x_heads_as_ray_tasks(ray_runtime):
+    """The stretch goal: every (store, head) fit a Ray task; the same leaderboard as locally."""
+    from featx.comparison import compare
+
+    sets = {"weak": _toy_set(0.6, 1), "strong": _toy_set(1.5, 2)}
+    failing = ("centroid", {"metric": "euclidean"}, "pca:500")  # more components than items
+    heads = ["centroid", ("knn", {"k": 3}), ("ridge", {"alpha": 1.0}), failing]
+    local = compare(sets, heads, seed=0)
+    distributed = compare(sets, heads, seed=0, engine="ray")
+
+    def summary(board):
+        return sorted(
+            (r.store, r.label, r.accuracy, r.balanced_accuracy, r.confusion_matrix.tolist())
+            for r in board.results
+        )
+
+    assert len(local.results) == 6 and summary(distributed) == summary(local)
+    # a head that fails while fitting is recorded the same way, and re-raised on request
+    assert sorted((f.store, f.head, f.error) for f in distributed.failures) == sorted(
+        (f.store, f.head, f.error) for f in local.failures
+    )
+    assert len(local.failures) == 2
+    with pytest.raises(FeatxError, match="pca:500"):
+        compare(sets, [failing], seed=0, engine="ray", on_error="raise")
+    with pytest.raises(FeatxError, match="--ray-address applies only with --engine ray"):
+        compare(sets, ["centroid"], ray_address="auto")
