@@ -11,6 +11,8 @@ compare                every head on every FeatureSet, same splits -> :class:`Le
 fit_store              fit + evaluate + save a bundle from a store path (:mod:`featx.train`)
 compare_stores         :func:`compare` over store paths (:mod:`featx.train`)
 predict                bundle + new images -> CSV of labels (:mod:`featx.prediction`)
+Embedder, embed_files  image paths -> embeddings, a scikit-learn transformer (:mod:`featx.embedder`)
+export_store           store -> npz / Parquet / CSV (:mod:`featx.export`)
 run_pipeline           a pipeline TOML file end to end (:mod:`featx.pipeline`)
 list_backbones         backbone names with their dims (:mod:`featx.backbones`)
 load_backbone          name or :class:`BackboneSpec` -> frozen :class:`Backbone`
@@ -80,6 +82,10 @@ _LAZY: dict[str, str] = {
     "save_bundle": "featx.bundle",
     "load_bundle": "featx.bundle",
     "Bundle": "featx.bundle",
+    # image paths -> embeddings, exports
+    "Embedder": "featx.embedder",
+    "embed_files": "featx.embedder",
+    "export_store": "featx.export",
     # pipelines
     "run_pipeline": "featx.pipeline",
     "load_pipeline": "featx.pipeline",
@@ -96,6 +102,7 @@ __all__ = [
     "BackboneLike",
     "BackboneSpec",
     "Bundle",
+    "Embedder",
     "EvalProtocol",
     "ExtractOptions",
     "ExtractResult",
@@ -116,8 +123,10 @@ __all__ = [
     "cache_dir",
     "compare",
     "compare_stores",
+    "embed_files",
     "embed_texts",
     "evaluate",
+    "export_store",
     "extract",
     "fit_head",
     "fit_store",
@@ -162,6 +171,8 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     )
     from featx.bundle import Bundle, load_bundle, save_bundle
     from featx.comparison import Leaderboard, compare
+    from featx.embedder import Embedder, embed_files
+    from featx.export import export_store
     from featx.extraction import ExtractResult, extract
     from featx.features import FeatureSet
     from featx.files import cache_dir

@@ -316,11 +316,39 @@ def format_info(info: dict[str, Any]) -> str:
     return out
 
 
+def format_locations(loc: dict[str, Any]) -> str:
+    """``featx info`` without a store: where featx reads and writes."""
+    size = f"{loc['stores']} stores, {loc['stores_bytes'] / 1e6:.1f} MB"
+    return _table(
+        [
+            ("cache", f"{loc['cache_dir']} ({size})"),
+            ("  set by", loc["cache_dir_from"]),
+            ("head bundles", loc["heads_dir"]),
+            ("built-in datasets", loc["datasets_dir"]),
+            ("torchvision data", f"{loc['data_dir']} (set by {loc['data_dir_from']})"),
+            ("torch weights", loc["torch_weights_dir"]),
+            ("hugging face", loc["huggingface_dir"]),
+            ("project setting", loc["project_setting"] or "none (featx.toml or [tool.featx])"),
+        ]
+    )
+
+
 @cli.command()
-@click.argument("store", type=click.Path())
+@click.argument("store", type=click.Path(), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store: str, as_json: bool) -> None:
-    """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance."""
+def info(store: str | None, as_json: bool) -> None:
+    """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance.
+
+    Without STORE: where featx keeps stores, bundles, datasets and weights, and which setting
+    chose each folder (FEATX_CACHE_DIR, the nearest featx.toml / pyproject.toml [tool.featx],
+    or the user cache folder).
+    """
+    if store is None:
+        from featx.settings import locations
+
+        loc = locations()
+        click.echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
+        return
     from featx.store import store_info
 
     data = store_info(store)
@@ -328,6 +356,51 @@ def info(store: str, as_json: bool) -> None:
         _print_json(data)
     else:
         click.echo(format_info(data))
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+# ---------------------------------------------------------------------------------------------
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["npz", "parquet", "csv"]),
+    help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Output file (default: the store's path with the format's suffix).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
+    """Write a feature STORE's ids, labels, splits and features as npz, Parquet or CSV.
+
+    \b
+    Examples:
+      featx export STORE                       # STORE with .npz: np.load(...)["features"]
+      featx export STORE --format parquet      # pandas.read_parquet; features as a list column
+      featx export STORE --out digits.csv      # id,label,split,f0,f1,...
+    """
+    from featx.export import export_store
+
+    res = export_store(store, out, format=fmt)
+    if as_json:
+        _print_json(res.to_dict())
+        return
+    click.echo(
+        _table(
+            [
+                ("out", res.out),
+                ("format", res.format),
+                ("items", f"{res.n_items} x {res.dim}"),
+                ("failed (left out)", res.n_failed_left_out),
+                ("file", f"{res.bytes / 1e6:.1f} MB"),
+            ]
+        )
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +436,9 @@ def heads_cmd(as_json: bool) -> None:
     for r in rows:
         click.echo(f"{r['name']:<11} {r['summary']}")
         for k, p in r["params"].items():
-            click.echo(f"{'':<13}{k}={p['type']}  {p['help']} (default {p['default']})")
+            # a help text that already explains its default (e.g. a sweep's values) keeps it
+            default = "" if "default" in p["help"] else f" (default {p['default']})"
+            click.echo(f"{'':<13}{k}={p['type']}  {p['help']}{default}")
 
 
 def _print_result(res: dict[str, Any]) -> None:
@@ -421,7 +496,8 @@ def _print_result(res: dict[str, Any]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Bundle file (default: cache/heads/<store>__<head>.joblib).",
+    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.joblib); "
+    "without --out nothing is written.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fit(
@@ -433,11 +509,11 @@ def fit(
     refit: str,
     **proto: Any,
 ) -> None:
-    """Train a head on a feature STORE, report test metrics, save a bundle for predict.
+    """Train a head on a feature STORE and report test metrics; --out saves it for predict.
 
     \b
     Examples:
-      featx fit cache/digits__...h5 --head logreg
+      featx fit cache/digits__...h5 --head logreg --out head.joblib
       featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
@@ -458,9 +534,11 @@ def fit(
         _print_json(res)
         return
     _print_result(res)
-    click.echo(
-        f"\nbundle: {report.bundle} (refit on {'all labeled items' if refit == 'all' else 'train'})"
-    )
+    if report.bundle is None:
+        click.echo("\nbundle: not saved (add --out FILE.joblib to keep it for 'featx predict')")
+    else:
+        on = "all labeled items" if refit == "all" else "train"
+        click.echo(f"\nbundle: {report.bundle} (refit on {on})")
 
 
 @cli.command()
@@ -551,14 +629,18 @@ def predict(
 ) -> None:
     """Label the images or texts of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
 
-    The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached store
-    (re-running extracts nothing new), and OUT gets path, predicted, true_label (when SOURCE has
-    labels) and p_<class> columns (text: key and line instead of path).
+    SOURCE is a folder, a CSV manifest, torchvision:NAME, one image file, or a quoted glob
+    pattern; or a text table / .txt folder (as for 'featx extract'). The bundle's backbone is
+    rebuilt exactly, SOURCE is extracted into its own cached store (re-running extracts nothing
+    new), and OUT gets path, predicted, true_label (when SOURCE has labels) and p_<class> columns
+    (text: key and line instead of path).
 
     \b
     Examples:
-      featx predict cache/heads/digits__logreg.joblib new_images/ --out preds.csv
-      featx predict cache/heads/tickets.joblib new_tickets.csv --out preds.csv
+      featx predict head.joblib new_images/ --out preds.csv
+      featx predict head.joblib photo.jpg
+      featx predict head.joblib 'shots/**/*.jpg'
+      featx predict tickets.joblib new_tickets.csv --out preds.csv
     """
     from featx.prediction import predict as run_predict
 

@@ -388,18 +388,10 @@ def compare(
     described = describe_splits(splits, proto.shots, proto.cv)
     results: list[Result] = []
     failures: list[Failure] = []
-    import sys
 
-    from tqdm.auto import tqdm
+    from featx.progress import progress_bar
 
-    bar = tqdm(
-        total=len(aligned) * len(specs),
-        desc="fit",
-        unit="head",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
+    bar = progress_bar(total=len(aligned) * len(specs), desc="fit", unit="head", enabled=progress)
     pairs = [
         (store, name, params, pre, label)
         for store in aligned

@@ -394,16 +394,10 @@ def iter_features(
         "the device" if dec == "device" else "the CPU",
     )
 
-    from tqdm.auto import tqdm
+    from featx.progress import progress_bar
 
-    bar = tqdm(
-        total=len(items),
-        unit="img",
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-        smoothing=0.1,
-        desc="extract",
+    bar = progress_bar(
+        total=len(items), desc="extract", unit="img", enabled=progress, smoothing=0.1
     )
     n_failed = 0
     cuda = dev.type == "cuda"

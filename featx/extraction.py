@@ -183,23 +183,41 @@ def extract(
             backbone = name
     if isinstance(name, str) and is_text_name(name) != is_text:
         _mismatch(src, name, is_text)
-    if isinstance(backbone, BackboneSpec):
-        from featx.backbones import load_backbone
+    memo_key = None
+    if isinstance(backbone, str | BackboneSpec):
+        from featx.backbones import load_backbone, memo
 
-        bb = load_backbone(backbone)
-    elif isinstance(backbone, str):
-        from featx.backbones import load_backbone
-
-        bb = load_backbone(
-            backbone,
-            weights,
-            weights_file=weights_file,
-            layer=layer,
-            pool=pool,
-            image_size=image_size,
-            max_seq_length=max_seq_length,
-            normalize=normalize,
+        spec = (
+            backbone
+            if isinstance(backbone, BackboneSpec)
+            else BackboneSpec(
+                name=backbone,
+                weights=weights,
+                weights_file=None if weights_file is None else os.fspath(weights_file),
+                layer=layer,
+                pool=pool,
+                image_size=image_size,
+                max_seq_length=max_seq_length,
+                normalize=normalize,
+            )
         )
+        if not is_text:  # text encoders are always loaded (a model folder can change in place)
+            memo_key = memo.request_key(
+                spec.name,
+                spec.weights,
+                weights_file=spec.weights_file,
+                layer=spec.layer,
+                pool=spec.pool,
+                image_size=spec.image_size,
+            )
+            remembered = memo.recall(memo_key)
+            if remembered is not None:
+                done = _up_to_date(src, remembered, store, opts, t0)
+                if done is not None:
+                    return done
+        bb = load_backbone(spec)
+        if not is_text:
+            memo.remember(memo_key, bb.config())
     else:
         bb = backbone
     if _is_text(bb) != is_text:
@@ -315,6 +333,56 @@ def extract(
         n_truncated=n_truncated,
         modality="text" if is_text else "image",
     )
+
+
+def _up_to_date(
+    src: Source,
+    backbone_config: dict[str, Any],
+    store: str | os.PathLike | None,
+    opts: ExtractOptions,
+    t0: float,
+) -> ExtractResult | None:
+    """The no-op result when the store of a remembered backbone configuration is up to date.
+
+    Needs neither torch nor the model (see :mod:`featx.backbones.memo`); None when there is
+    anything to do, or any doubt, and the caller then builds the backbone as usual.
+    """
+    if opts.engine != "local" or any(getattr(opts, k) is not None for k in _RAY_ONLY):
+        return None  # Ray runs, and flags the normal path rejects, take the normal path
+    config = StoreConfig(source=src.identity(), backbone=backbone_config, dtype=opts.dtype)
+    path = Path(store) if store else default_store_path(config, src.name)
+    if not path.is_file() or path.with_name(path.name + ".parts").exists():
+        return None
+    try:
+        with StoreWriter(path, config) as writer:
+            plan = _plan(src, writer)
+            if plan["todo"] or plan["dirty"] or writer.dim is None:
+                return None
+            if opts.strict and plan["failed"]:
+                return None  # the normal path raises the error about it
+            log.info("store %s is up to date", path)
+            return ExtractResult(
+                store=str(path),
+                n_items=len(plan["rows"]),
+                n_new=0,
+                n_resumed=0,
+                n_removed=0,
+                n_failed=len(plan["failed"]),
+                n_new_failed=0,
+                dim=int(writer.dim),
+                seconds=time.perf_counter() - t0,
+                images_per_s=0.0,
+                store_seconds=0.0,
+                device=opts.device,
+                precision=opts.precision,
+                decode=opts.decode,
+                backbone=str(backbone_config.get("name")),
+                weights=str(backbone_config.get("weights")),
+                noop=True,
+                engine=opts.engine,
+            )
+    except FeatxError:
+        return None  # e.g. a configuration mismatch: the normal path says what is wrong
 
 
 _RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")

@@ -28,9 +28,13 @@ __all__ = ["atomic_path", "atomic_write", "cache_dir", "fsync_dir"]
 def cache_dir() -> Path:
     """The folder under which featx caches stores, head bundles and built-in datasets.
 
-    ``$FEATX_CACHE_DIR`` when set, else ``cache`` (relative to the working directory).
+    ``$FEATX_CACHE_DIR`` when set, else the ``cache_dir`` of the nearest ``featx.toml`` or
+    ``pyproject.toml`` ``[tool.featx]`` (walking up from the working directory), else the user's
+    cache folder (``~/.cache/featx`` on Linux); see :mod:`featx.settings`. Always absolute.
     """
-    return Path(os.environ.get("FEATX_CACHE_DIR") or "cache")
+    from featx.settings import cache_dir as resolved
+
+    return resolved()
 
 
 def fsync_dir(path: str | os.PathLike) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
@@ -31,6 +32,8 @@ from featx.options import BackboneSpec, ExtractOptions, TextFormat
 
 if TYPE_CHECKING:  # pragma: no cover
     from featx.backbones import Backbone
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,27 @@ def rebuild_backbone(
     return bb
 
 
+def image_files(source: str | os.PathLike) -> list[str] | None:
+    """The files SOURCE names when it is one image file or a glob pattern; None otherwise.
+
+    A folder, a ``.csv`` manifest or a ``scheme:NAME`` source is not a file list (None).
+    """
+    s = os.fspath(source)
+    p = Path(s)
+    if p.is_file():
+        from featx.images import is_image_name
+
+        return [s] if is_image_name(p.name) else None
+    if p.exists() or not any(c in s for c in "*?["):
+        return None
+    import glob
+
+    files = sorted(f for f in glob.glob(s, recursive=True) if os.path.isfile(f))
+    if not files:
+        raise FeatxError(f"no file matches {s!r}; check the pattern (quote it for the shell)")
+    return files
+
+
 def predict(
     bundle: str | os.PathLike,
     source: str | os.PathLike,
@@ -108,7 +132,9 @@ def predict(
     bundle : path-like
         A bundle written by ``featx fit``.
     source : str or path-like
-        Folder, CSV manifest or ``torchvision:NAME``, as for ``featx extract``.
+        Folder, CSV manifest or ``torchvision:NAME``, as for ``featx extract``; or one image
+        file or a glob pattern (``"photos/*.jpg"``, ``"**"`` recursive), whose features go to
+        the backbone's store of loose files (see :func:`featx.embedder.embed_files`).
     out : path-like, optional
         The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
@@ -130,27 +156,48 @@ def predict(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
     opts = options or ExtractOptions()
-    src = open_source(
-        source,
-        root=root,
-        download=download,
-        content_hash=opts.content_hash,
-        text=text,
-        modality=getattr(bb, "modality", "image"),
-    )
-    r = extract(src, bb, options=opts)
-    fs = load_features(r.store)
-    is_text = getattr(src, "modality", "image") == "text"
-    lines = {it.key: getattr(it, "line", 0) for it in src.items} if is_text else {}
+    is_text = getattr(bb, "modality", "image") == "text"
+    files = None if is_text else image_files(source)
+    lines: dict[str, int] = {}
+    if files is None:
+        src = open_source(
+            source,
+            root=root,
+            download=download,
+            content_hash=opts.content_hash,
+            text=text,
+            modality=getattr(bb, "modality", "image"),
+        )
+        r = extract(src, bb, options=opts)
+        fs = load_features(r.store)
+        b.check_compatible(fs.dim)
+        keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
+        if is_text:
+            lines = {it.key: getattr(it, "line", 0) for it in src.items}
+        true = (
+            np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
+            if fs.classes
+            else None
+        )
+    else:
+        from featx.embedder import embed_files
+
+        emb = embed_files(files, bb, options=opts, on_error="nan")
+        b.check_compatible(emb.X.shape[1])
+        ok = ~np.isnan(emb.X).any(axis=1)
+        keys = np.asarray(files, dtype=object)[ok]
+        X, store, n_failed, n_new, true = (
+            emb.X[ok],
+            emb.store,
+            int((~ok).sum()),
+            emb.n_extracted,
+            None,
+        )
+        for p, why in emb.failed.items():
+            log.warning("%s: %s", p, why)
     with_line = any(lines.values())
-    b.check_compatible(fs.dim)
-    pred = np.asarray(b.predict(fs.X), dtype=object)
-    proba = b.predict_proba(fs.X) if hasattr(b.estimator, "predict_proba") else None
-    true = (
-        np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
-        if fs.classes
-        else None
-    )
+    pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
+    proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
@@ -160,7 +207,7 @@ def predict(
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow(header)
-    for i, key in enumerate(fs.keys):
+    for i, key in enumerate(keys):
         lead = [key, lines.get(key, 0)] if with_line else [key]
         row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
@@ -178,10 +225,10 @@ def predict(
             accuracy = float(np.mean(pred[known] == true[known]))
     return PredictResult(
         out=str(out_path),
-        store=r.store,
-        n_predicted=len(fs.keys),
-        n_failed=r.n_failed,
-        n_extracted=r.n_new,
+        store=store,
+        n_predicted=len(keys),
+        n_failed=n_failed,
+        n_extracted=n_new,
         classes=tuple(b.classes),
         counts=counts,
         accuracy=accuracy,

@@ -627,6 +627,10 @@ def _aggregate(
     y_true = np.concatenate([fs.y[t] for t in tests])
     pooled = compute_metrics(y_true, np.concatenate(preds), fs.classes)
     n_labeled = int((fs.y >= 0).sum())
+    if isinstance(head, str) and params:  # report values typed (--param k=5 -> 5, not "5")
+        from featx.heads.registry import coerce_params
+
+        params = coerce_params(head, params)
     return Result(
         head=head,
         label=head_label(head, params),

@@ -401,7 +401,10 @@ def _scan_torchvision(name: str, root: str | None, download: bool) -> Source:
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
         raise FeatxError(f"torchvision has no dataset {name!r}{hint}")
     params = inspect.signature(cls.__init__).parameters
-    root = root or os.path.join(os.environ.get("FEATX_DATA_DIR", "data"), name)
+    if not root:
+        from featx.settings import data_dir
+
+        root = str(data_dir() / name)
     datasets: dict[str, Any] = {}
     errors = []
     for split, kwargs in _tv_splits(cls):
@@ -475,7 +478,8 @@ def open_source(
     spec : str or path-like
         A folder, a ``.csv`` manifest, ``sklearn:digits`` or ``torchvision:NAME``.
     root : str, optional
-        Where a torchvision dataset lives (default ``$FEATX_DATA_DIR/NAME`` or ``data/NAME``).
+        Where a torchvision dataset lives (default ``<data folder>/NAME``: ``$FEATX_DATA_DIR``,
+        the project's ``data_dir`` setting, or the user data folder; see :mod:`featx.settings`).
     download : bool
         Let a torchvision dataset download itself (needs a network).
     content_hash : bool

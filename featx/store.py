@@ -111,7 +111,11 @@ def _slug(s: str) -> str:
 
 
 def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | None = None) -> Path:
-    """``$FEATX_CACHE_DIR/<source>__<backbone>-<weights>[-<layer>-<pool>]__<hash>.h5``."""
+    """``<cache>/<source>__<backbone>-<weights>[-<layer>][-<pool>][-<size>px][-float16]__<hash>.h5``.
+
+    Everything a user varies from the command line shows in the readable part, so two stores of
+    one source and backbone never differ only in their configuration hash.
+    """
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     bb = config.backbone
     parts = [str(bb.get("name", "backbone")).replace("/", "-"), str(bb.get("weights", ""))]
@@ -119,6 +123,9 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
         parts.append(str(bb["layer"]))
     if bb.get("pool"):
         parts.append(str(bb["pool"]))
+    crop = (bb.get("preprocess") or {}).get("crop_size")
+    if crop:
+        parts.append(f"{crop}px")
     if config.dtype != "float32":
         parts.append(config.dtype)
     name = f"{_slug(source_name)}__{_slug('-'.join(p for p in parts if p))}__{config.hash}.h5"
@@ -209,6 +216,12 @@ def _read_index(f) -> StoreIndex:
         split=_strings(f["split"]),
         classes=tuple(_strings(f["classes"])),
     )
+
+
+def read_index(path: str | os.PathLike) -> StoreIndex:
+    """The keys, fingerprints, failures, labels and splits of a store, without its features."""
+    with _open_read(path) as f:
+        return _read_index(f)
 
 
 def _meta(f) -> dict[str, Any]:

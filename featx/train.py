@@ -35,12 +35,12 @@ class FitReport:
     """What :func:`fit_store` did: the evaluation and where the bundle went."""
 
     result: Result
-    bundle: Path
+    bundle: Path | None  # None: no ``out`` was given, nothing was written
     refit: str
 
     def to_dict(self, details: bool = True) -> dict[str, Any]:
         d = self.result.to_dict(details=details)
-        d["bundle"] = str(self.bundle)
+        d["bundle"] = None if self.bundle is None else str(self.bundle)
         d["refit"] = self.refit
         return d
 
@@ -60,7 +60,10 @@ def fit_store(
     out: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> FitReport:
-    """Fit one head on a store, evaluate it, and save a bundle that ``featx predict`` can use.
+    """Fit one head on a store, evaluate it, and (with ``out``) save a bundle for ``featx predict``.
+
+    Without ``out`` nothing is written and ``FitReport.bundle`` is None
+    (:func:`default_bundle_path` gives a conventional place to pass as ``out``).
 
     With ``cv`` or ``shots`` the reported metrics are the mean (and std) over folds or trials;
     the bundled head is then fitted by the plain split protocol. ``refit="all"`` (the default,
@@ -76,13 +79,67 @@ def fit_store(
     fs = load_features(store)
     name = Path(store).stem
     params = dict(params or {})
-    fitted = fit_head(fs, head, params=params, protocol=proto.split_only(), refit=refit, store=name)
+    # without a bundle to ship, refitting on every labeled item would be wasted work
+    fit_refit = refit if out else "train"
+    fitted = fit_head(
+        fs, head, params=params, protocol=proto.split_only(), refit=fit_refit, store=name
+    )
     result = fitted.result
     if proto.cv or proto.shots:
         result = evaluate(fs, head, params=params, protocol=proto, store=name)
-    path = Path(out) if out else default_bundle_path(store, head)
+    if not out:
+        return FitReport(result=result, bundle=None, refit=refit)
+    path = Path(out)
     save_bundle(path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False))
     return FitReport(result=result, bundle=path, refit=refit)
+
+
+#: What tells two stores apart in a leaderboard, in the order labels show it.
+_DISTINCT = ("weights", "layer", "pool", "size", "dtype")
+
+
+def _describe(meta: dict[str, Any]) -> dict[str, str]:
+    cfg = meta.get("config") or {}
+    bb = cfg.get("backbone") or {}
+    pre = bb.get("preprocess") or meta.get("preprocess") or {}
+    crop = pre.get("crop_size") if isinstance(pre, dict) else None
+    return {
+        "backbone": str(meta.get("backbone") or bb.get("name") or ""),
+        "weights": str(meta.get("weights") or bb.get("weights") or ""),
+        "layer": str(meta.get("layer") or bb.get("layer") or ""),
+        "pool": str(meta.get("pool") or bb.get("pool") or ""),
+        "size": f"{crop}px" if crop else "",
+        "dtype": str(cfg.get("dtype") or ""),
+    }
+
+
+def store_labels(metas: Sequence[dict[str, Any]], stems: Sequence[str]) -> list[str]:
+    """Leaderboard names of stores: the backbone, plus what differs between stores of it.
+
+    Every store of one backbone gets the same kind of name (``resnet18 32px``, ``resnet18
+    64px``), not the first a short name and the next its file name. Stores identical in all of
+    backbone, weights, layer, pool, input size and dtype (other sources) fall back to file stems.
+
+    Examples
+    --------
+    >>> def m(size):
+    ...     pre = {"preprocess": {"crop_size": size}}
+    ...     return {"backbone": "resnet18", "weights": "none", "config": {"backbone": pre}}
+    >>> store_labels([m(32), m(64)], ["a", "b"])
+    ['resnet18 32px', 'resnet18 64px']
+    >>> store_labels([m(32)], ["a"])
+    ['resnet18']
+    """
+    desc = [_describe(m) for m in metas]
+    labels = []
+    for i, d in enumerate(desc):
+        same = [e for e in desc if e["backbone"] == d["backbone"]]
+        varying = [k for k in _DISTINCT if len({e[k] for e in same}) > 1]
+        extra = " ".join(d[k] for k in varying if d[k])
+        labels.append(f"{d['backbone'] or stems[i]} {extra}".strip())
+    if len(set(labels)) < len(labels):
+        return list(stems)
+    return labels
 
 
 def compare_stores(
@@ -96,10 +153,8 @@ def compare_stores(
     ray_address: str | None = None,
     **overrides: Any,
 ) -> Leaderboard:
-    """Load stores and run :func:`featx.comparison.compare` on them; names come from the backbone.
-
-    Two stores of the same backbone (e.g. other layers) are named by their file stems.
-    """
+    """Load stores and run :func:`featx.comparison.compare` on them (named by
+    :func:`store_labels`)."""
     from featx.comparison import compare
     from featx.store import load_features
 
@@ -107,13 +162,9 @@ def compare_stores(
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    sets: dict[str, FeatureSet] = {}
-    for path in stores:
-        fs = load_features(path)
-        label = str(fs.meta.get("backbone") or Path(path).stem)
-        if label in sets:
-            label = Path(path).stem
-        sets[label] = fs
+    loaded = [(path, load_features(path)) for path in stores]
+    labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
+    sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(
         sets,
         list(heads),

@@ -138,6 +138,9 @@ def list_backbones(pattern: str | None = None) -> list[BackboneInfo]:
     ['resnet101', 'resnet152', 'resnet18']
     """
     pat = (pattern or "*").strip().lower() or "*"
+    fast = _listed_from_catalog(pat)
+    if fast is not None:
+        return fast
     fams = families()
     for fam in fams:
         if fam.prefix and pat.startswith(fam.prefix.lower()):
@@ -147,6 +150,22 @@ def list_backbones(pattern: str | None = None) -> list[BackboneInfo]:
         if fam.listed_by_default and not fam.prefix:
             out += fam.list_infos(pat)
     return out
+
+
+def _listed_from_catalog(pat: str) -> list[BackboneInfo] | None:
+    """The listing from :mod:`featx.backbones.catalog` (no torch import), when it applies: no
+    family prefix in the pattern, and the other registered families listed live after it."""
+    from featx.backbones import catalog, registry
+
+    if "/" in pat:
+        return None
+    infos = catalog.list_infos(pat)
+    if infos is None:
+        return None
+    for fam in registry._FAMILIES.values():  # plugins registered so far (built-ins not imported)
+        if fam.name not in catalog.COVERS and fam.listed_by_default and not fam.prefix:
+            infos += fam.list_infos(pat)
+    return infos
 
 
 # ---------------------------------------------------------------------------------------------

@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "HeadInfo",
+    "coerce_params",
     "get_head_info",
     "list_heads",
     "make_head",
@@ -259,6 +260,28 @@ def _preprocess_steps(tokens: list[Any], random_state: int | None) -> list[tuple
     return steps
 
 
+def coerce_params(name: str, params: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``params`` (``--param`` strings or Python values) typed as head ``name`` declares them.
+
+    Raises FeatxError for an unknown head or parameter, or a value of the wrong type.
+
+    Examples
+    --------
+    >>> coerce_params("knn", {"k": "5"})
+    {'k': 5}
+    """
+    info = get_head_info(name)
+    coerced: dict[str, Any] = {}
+    for key, value in (params or {}).items():
+        if key not in info.params:
+            raise FeatxError(
+                f"unknown parameter {key!r} for head {name!r}; "
+                f"valid: {', '.join(sorted(info.params))}"
+            )
+        coerced[key] = info.params[key].coerce(value, f"parameter {key!r} of head {name!r}")
+    return coerced
+
+
 def make_head(
     name: str,
     params: Mapping[str, Any] | None = None,
@@ -302,14 +325,7 @@ def make_head(
     from sklearn.pipeline import Pipeline
 
     info = get_head_info(name)
-    coerced: dict[str, Any] = {}
-    for key, value in (params or {}).items():
-        if key not in info.params:
-            raise FeatxError(
-                f"unknown parameter {key!r} for head {name!r}; "
-                f"valid: {', '.join(sorted(info.params))}"
-            )
-        coerced[key] = info.params[key].coerce(value, f"parameter {key!r} of head {name!r}")
+    coerced = coerce_params(name, params)
     if not (class_weight is None or class_weight == "balanced" or isinstance(class_weight, dict)):
         raise FeatxError(f"class_weight must be 'balanced' or None; got {class_weight!r}")
     if class_weight is not None and not info.class_weight:

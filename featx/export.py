@@ -1,0 +1,201 @@
+"""Write a feature store out as NumPy ``.npz``, Parquet or CSV, for pandas and other tools.
+
+Every format holds the same columns, one row per extracted item in the store's order (failed
+items have no features and are left out; ``featx info`` lists them):
+
+``id``
+    The item's key: its path relative to the source (or ``split/index``, or an absolute path for
+    stores of loose files).
+``label``
+    The class name; empty (NaN/null in pandas) where the item is unlabeled.
+``split``
+    ``train``, ``val``, ``test`` or empty.
+``features``
+    The embedding: an (n, d) float32 array in ``.npz``; a fixed-size list column in Parquet
+    (``np.stack(df["features"])`` gives the matrix back); ``f0 ... f{d-1}`` columns in CSV,
+    written with 9 significant digits so float32 values survive the round trip exactly.
+
+The ``.npz`` file also has ``label_index`` (int, -1 = unlabeled) and ``classes``; the Parquet
+file carries the store's backbone, weights, dim and classes as schema metadata (key ``featx``,
+JSON). The output is written to a temporary name and renamed, so it is either whole or absent.
+
+Examples
+--------
+>>> from featx.export import export_store
+>>> export_store("cache/digits__efficientnet_lite0-IMAGENET1K_V1__ab12.h5", "digits.parquet")
+... # doctest: +SKIP
+>>> import pandas as pd, numpy as np  # doctest: +SKIP
+>>> df = pd.read_parquet("digits.parquet"); X = np.stack(df["features"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("npz", "parquet", "csv")
+_SUFFIX = {"npz": ".npz", "parquet": ".parquet", "csv": ".csv"}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_store` wrote."""
+
+    out: str
+    format: str
+    n_items: int
+    dim: int
+    n_failed_left_out: int
+    bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def format_for(out: str | os.PathLike | None, fmt: str | None) -> str:
+    """The format asked for, else the one ``out``'s suffix names, else ``npz``."""
+    if fmt is not None:
+        if fmt not in FORMATS:
+            raise FeatxError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        return fmt
+    if out is not None:
+        suffix = Path(out).suffix.lower()
+        for f, s in _SUFFIX.items():
+            if suffix == s:
+                return f
+    return "npz"
+
+
+def _write_npz(tmp: Path, cols: dict[str, Any]) -> None:
+    with open(tmp, "wb") as fh:
+        np.savez(
+            fh,
+            ids=cols["ids"],
+            label=cols["labels"],
+            label_index=cols["label_index"],
+            split=cols["split"],
+            features=cols["X"],
+            classes=cols["classes"],
+        )
+
+
+def _write_parquet(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> None:
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise FeatxError(
+            "Parquet export needs pyarrow; install it with: pip install 'featx[parquet]'"
+        ) from None
+    X = cols["X"]
+    n, d = X.shape
+    flat = pa.array(X.reshape(-1), type=pa.float32())
+    features = pa.FixedSizeListArray.from_arrays(flat, d) if d else pa.nulls(n)
+
+    def nullable(values: np.ndarray) -> Any:
+        return pa.array([v if v else None for v in values.tolist()], type=pa.string())
+
+    table = pa.table(
+        {
+            "id": pa.array(cols["ids"].tolist(), type=pa.string()),
+            "label": nullable(cols["labels"]),
+            "split": nullable(cols["split"]),
+            "features": features,
+        }
+    )
+    table = table.replace_schema_metadata({"featx": json.dumps(meta, default=str)})
+    pq.write_table(table, tmp)
+
+
+def _write_csv(tmp: Path, cols: dict[str, Any]) -> None:
+    X = cols["X"]
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["id", "label", "split"] + [f"f{j}" for j in range(X.shape[1])])
+        for i in range(X.shape[0]):
+            w.writerow(
+                [cols["ids"][i], cols["labels"][i], cols["split"][i]]
+                + [f"{v:.9g}" for v in X[i].tolist()]
+            )
+
+
+def export_store(
+    store: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    format: str | None = None,  # noqa: A002 - the CLI option's name
+) -> ExportResult:
+    """Export a store's ids, labels, splits and features to ``out``.
+
+    Parameters
+    ----------
+    store : path-like
+        A feature store (``.h5``).
+    out : path-like, optional
+        The file to write; default: the store's path with the format's suffix.
+    format : {"npz", "parquet", "csv"}, optional
+        Default: from ``out``'s suffix, else ``npz``.
+
+    Returns
+    -------
+    ExportResult
+    """
+    from featx.store import load_features, store_info
+
+    fmt = format_for(out, format)
+    fs = load_features(store)
+    info = store_info(store)
+    out_path = Path(out) if out is not None else Path(store).with_suffix(_SUFFIX[fmt])
+    if out_path.resolve() == Path(store).resolve():
+        raise FeatxError(f"--out {out_path} is the store itself; give another file name")
+    if out_path.is_dir():
+        raise FeatxError(f"--out {out_path} is a folder; give a file name")
+    classes = np.asarray(fs.classes, dtype=str)
+    labels = np.asarray([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=str)
+    split = fs.split if fs.split is not None else np.full(fs.n, "", dtype=object)
+    cols = {
+        "ids": np.asarray(fs.keys, dtype=str),
+        "labels": labels.astype(str) if fs.n else np.empty(0, dtype=str),
+        "label_index": fs.y.astype(np.int64),
+        "split": np.asarray(split, dtype=str),
+        "X": np.ascontiguousarray(fs.X, dtype=np.float32),
+        "classes": classes,
+    }
+    meta = {
+        k: info.get(k)
+        for k in ("backbone", "weights", "layer", "pool", "dim", "classes", "config_hash")
+    }
+    meta["store"] = str(store)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
+    try:
+        if fmt == "npz":
+            _write_npz(tmp, cols)
+        elif fmt == "parquet":
+            _write_parquet(tmp, cols, meta)
+        else:
+            _write_csv(tmp, cols)
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    log.info("exported %d items of %s to %s", fs.n, store, out_path)
+    return ExportResult(
+        out=str(out_path),
+        format=fmt,
+        n_items=fs.n,
+        dim=fs.dim,
+        n_failed_left_out=int(info["n_failed"]),
+        bytes=out_path.stat().st_size,
+    )

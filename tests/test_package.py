@@ -1,0 +1,141 @@
+"""featx as an installable package: wheel, plain ``pip install DIR``, editable, ``python -m featx``.
+
+Each test builds from a copy of the source tree holding only what a clean clone has, installs
+without dependencies (they are already in this environment) into a throwaway folder, and runs the
+installed copy from another directory, so the checkout itself is never what gets imported.
+"""
+
+from __future__ import annotations
+
+import email
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import featx
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.skipif(
+    subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True).returncode,
+    reason="pip is not available",
+)
+
+
+def _clean_clone(dest: Path) -> Path:
+    """The files a clone has that matter to a build (no build/, *.egg-info, caches)."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy2(REPO / name, dest / name)
+    shutil.copytree(
+        REPO / "featx", dest / "featx", ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    return dest
+
+
+def _pip(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PIP_NO_INPUT"] = "1"
+    env["PIP_DISABLE_PIP_VERSION_CHECK"] = "1"
+    res = subprocess.run(
+        [sys.executable, "-m", "pip", *args, "--no-deps", "--no-build-isolation"],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    return res
+
+
+def _run_installed(target: Path, code: str, cwd: Path) -> str:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout.strip()
+
+
+def _modules(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*.py") if "__pycache__" not in p.parts}
+
+
+def _check_installed(target: Path, elsewhere: Path) -> None:
+    where = _run_installed(target, "import featx; print(featx.__file__)", elsewhere)
+    assert Path(where).parent == target / "featx"
+    assert _modules(target / "featx") == _modules(REPO / "featx")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    res = subprocess.run(
+        [sys.executable, "-m", "featx", "--version"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == f"featx, version {featx.__version__}"
+
+
+def test_wheel_builds_without_warnings_and_installs(tmp_path):
+    clone = _clean_clone(tmp_path / "clone")
+    res = _pip("wheel", ".", "-w", str(tmp_path / "dist"), cwd=clone)
+    assert "deprecat" not in (res.stdout + res.stderr).lower()
+    (wheel,) = (tmp_path / "dist").glob("featx-*.whl")
+    assert wheel.name.startswith(f"featx-{featx.__version__}-")
+    with zipfile.ZipFile(wheel) as z:
+        meta_name = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        meta = email.message_from_bytes(z.read(meta_name))
+        assert any(n.endswith(".dist-info/licenses/LICENSE") for n in z.namelist())
+        entry_points = z.read(meta_name.replace("METADATA", "entry_points.txt")).decode()
+    assert meta["Version"] == featx.__version__
+    assert meta["License-Expression"] == "MIT"
+    assert meta.get("License") is None  # the deprecated free-text field is gone
+    assert "featx = featx.cli:main" in entry_points
+
+    target = tmp_path / "site"
+    _pip("install", "--target", str(target), str(wheel), cwd=tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _check_installed(target, elsewhere)
+    assert (target / "bin" / "featx").is_file()
+
+
+def test_pip_install_from_a_clone_is_not_editable(tmp_path):
+    clone = _clean_clone(tmp_path / "clone")
+    target = tmp_path / "site"
+    _pip("install", "--target", str(target), str(clone), cwd=tmp_path)
+    shutil.rmtree(clone)  # a real install works without the clone
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    _check_installed(target, elsewhere)
+
+
+def test_script_beside_a_folder_named_featx_imports_the_installed_package(tmp_path):
+    """A script next to a clone called ``featx/`` once got an empty namespace package."""
+    work = tmp_path / "work"
+    clone = _clean_clone(work / "featx")  # the clone folder itself is named featx
+    prefix = tmp_path / "prefix"
+    _pip("install", "--prefix", str(prefix), "-e", str(clone), cwd=tmp_path)
+    purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
+    (work / "script.py").write_text(
+        "import featx\nprint(featx.__file__)\nprint(featx.__version__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    # -S: none of this environment's own installs; the editable install's site folder stands in
+    # for site-packages (importing featx needs nothing beyond the standard library)
+    code = f"import runpy, site; site.addsitedir({purelib!r}); runpy.run_path('script.py')"
+    res = subprocess.run(
+        [sys.executable, "-S", "-c", code], cwd=work, env=env, capture_output=True, text=True
+    )
+    assert res.returncode == 0, res.stderr
+    file, version = res.stdout.split()
+    assert Path(file) == clone / "featx" / "__init__.py"
+    assert version == featx.__version__
