@@ -11,7 +11,7 @@ else
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 endif
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench clean docs
 
 $(VENV)/.installed-runtime: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +38,10 @@ lint: $(VENV)/.installed-test
 format: $(VENV)/.installed-test
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# docs/cli.md and the option tables of docs/pipelines.md come from the code (a test checks them)
+docs: $(VENV)/.installed-test
+	$(PY) tools/gen_docs.py
 
 clean:
 	rm -rf $(VENV) cache/* reports

@@ -38,9 +38,13 @@ def _images(root: Path, n: int = 4) -> Path:
     return root
 
 
-def _imports(args: list[str], env: dict[str, str]) -> list[str]:
+def _imports(args: list[str], env: dict[str, str], cwd: Path) -> list[str]:
     res = subprocess.run(
-        [sys.executable, "-X", "importtime", *args], env=env, capture_output=True, text=True
+        [sys.executable, "-X", "importtime", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
     )
     seen = set()
     for line in res.stderr.splitlines():
@@ -59,13 +63,18 @@ def main() -> None:
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="featx-startup-"))
     env = {**os.environ, "FEATX_CACHE_DIR": str(tmp / "cache"), "HF_HUB_OFFLINE": "1"}
-    if a.tree:
-        env["PYTHONPATH"] = os.path.abspath(a.tree)
+    env["PYTHONPATH"] = os.path.abspath(a.tree or Path(__file__).resolve().parents[1])
     src = _images(tmp / "imgs")
     store = tmp / "s.h5"
     extract = ["extract", str(src), "-b", "resnet18", "--weights", "none", "--image-size", "32"]
     extract += ["--workers", "0", "-q", "--store", str(store)]
-    subprocess.run([sys.executable, "-m", "featx.cli", *extract], env=env, check=True)
+    subprocess.run(  # from tmp: `python -m` puts the working directory first on sys.path
+        [sys.executable, "-m", "featx.cli", *extract],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=tmp,
+    )
     rows = {
         "python -c pass (floor)": ["-c", "pass"],
         "featx --help": ["-m", "featx.cli", "--help"],
@@ -81,7 +90,7 @@ def main() -> None:
     for _ in range(a.repeat):
         for name, args in rows.items():
             t0 = time.perf_counter()
-            res = subprocess.run([sys.executable, *args], env=env, capture_output=True)
+            res = subprocess.run([sys.executable, *args], env=env, capture_output=True, cwd=tmp)
             times[name].append(time.perf_counter() - t0)
             if res.returncode != 0:
                 sys.exit(f"{name} failed: {res.stderr.decode()[-500:]}")
@@ -96,7 +105,7 @@ def main() -> None:
                 "command": name,
                 "median_s": round(statistics.median(times[name]), 3),
                 "min_s": round(min(times[name]), 3),
-                "imports": _imports(rows[name], env),
+                "imports": _imports(rows[name], env, tmp),
             }
             for name in rows
         ],

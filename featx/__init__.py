@@ -6,6 +6,7 @@ The public API, importable from ``featx`` directly (each name loads its module o
 =====================  ==========================================================================
 extract                source + backbone -> feature store (:mod:`featx.extraction`)
 load_features          store -> :class:`FeatureSet` of numpy arrays (:mod:`featx.store`)
+verify_store           read every chunk of a store, check its checksums and schema
 evaluate, fit_head     one head on a FeatureSet: metrics / a fitted head (:mod:`featx.protocol`)
 compare                every head on every FeatureSet, same splits -> :class:`Leaderboard`
 fit_store              fit + evaluate + save a bundle from a store path (:mod:`featx.train`)
@@ -51,6 +52,8 @@ _LAZY: dict[str, str] = {
     "ExtractResult": "featx.extraction",
     "load_features": "featx.store",
     "store_info": "featx.store",
+    "verify_store": "featx.store",
+    "VerifyReport": "featx.store",
     "FeatureSet": "featx.features",
     # backbones
     "Backbone": "featx.backbones",
@@ -82,6 +85,7 @@ _LAZY: dict[str, str] = {
     "save_bundle": "featx.bundle",
     "load_bundle": "featx.bundle",
     "Bundle": "featx.bundle",
+    "register_safe_class": "featx.bundle",
     # image paths -> embeddings, exports
     "Embedder": "featx.embedder",
     "embed_files": "featx.embedder",

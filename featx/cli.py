@@ -55,6 +55,16 @@ class FeatxGroup(click.Group):
             ctx.exit(130)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OSError as exc:
+            from featx.errors import disk_full_error, is_disk_full
+
+            if ctx.meta.get("featx.verbose") or not is_disk_full(exc):
+                raise
+            import os
+
+            where = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else "."
+            click.echo(f"error: {disk_full_error(where)}", err=True)
+            ctx.exit(1)
         except Exception as exc:  # noqa: BLE001 - no traceback unless -v
             if ctx.meta.get("featx.verbose"):
                 raise
@@ -336,7 +346,10 @@ def format_locations(loc: dict[str, Any]) -> str:
 @cli.command()
 @click.argument("store", type=click.Path(), required=False)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(store: str | None, as_json: bool) -> None:
+@click.option(
+    "--verify", "check", is_flag=True, help="Also read every chunk and check it (featx verify)."
+)
+def info(store: str | None, as_json: bool, check: bool) -> None:
     """Summarize a feature STORE: items, failures, dim, backbone, weights, provenance.
 
     Without STORE: where featx keeps stores, bundles, datasets and weights, and which setting
@@ -349,13 +362,62 @@ def info(store: str | None, as_json: bool) -> None:
         loc = locations()
         click.echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
         return
-    from featx.store import store_info
+    from featx.store import store_info, verify_store
 
+    report = verify_store(store) if check else None
+    if report is not None and not report.ok:
+        _verify_failed(report, as_json)
     data = store_info(store)
+    if report is not None:
+        data["verify"] = report.to_dict()
     if as_json:
         _print_json(data)
     else:
         click.echo(format_info(data))
+        if report is not None:
+            click.echo(
+                f"verified  {report.chunks_read} chunks, {report.bytes_read / 1e6:.1f} MB: ok"
+            )
+
+
+def _verify_failed(report: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        for p in report.problems:
+            click.echo(f"damaged: {p}", err=True)
+    raise FeatxError(
+        f"store {report.store} is damaged ({len(report.problems)} problem(s): "
+        f"{report.problems[0]}); delete it and run the same 'featx extract' again"
+    )
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def verify(store: str, as_json: bool) -> None:
+    """Check a feature STORE: read every chunk, compare checksums, check the schema.
+
+    Exits 0 when the store is intact and 1 (with what is damaged) when not.
+
+    \b
+    Example:
+      featx verify cache/digits__efficientnet_lite0-...h5
+    """
+    from featx.store import verify_store
+
+    report = verify_store(store)
+    if not report.ok:
+        _verify_failed(report, as_json)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(
+        f"{report.store}: ok ({report.n_items} rows x {report.dim}, {report.chunks_read} chunks, "
+        f"{report.bytes_read / 1e6:.1f} MB read)"
+    )
+    for note in report.notes:
+        click.echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -496,7 +558,7 @@ def _print_result(res: dict[str, Any]) -> None:
 @click.option(
     "--out",
     type=click.Path(dir_okay=False),
-    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.joblib); "
+    help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.npz); "
     "without --out nothing is written.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -513,7 +575,7 @@ def fit(
 
     \b
     Examples:
-      featx fit cache/digits__...h5 --head logreg --out head.joblib
+      featx fit cache/digits__...h5 --head logreg --out head.npz
       featx fit STORE --head mlp --param hidden_sizes=512,256 --param dropout=0.2 --json
       featx fit STORE --head knn --cv 5
       featx fit STORE --head logreg --shots 10 --trials 5
@@ -535,7 +597,7 @@ def fit(
         return
     _print_result(res)
     if report.bundle is None:
-        click.echo("\nbundle: not saved (add --out FILE.joblib to keep it for 'featx predict')")
+        click.echo("\nbundle: not saved (add --out FILE.npz to keep it for 'featx predict')")
     else:
         on = "all labeled items" if refit == "all" else "train"
         click.echo(f"\nbundle: {report.bundle} (refit on {on})")
@@ -610,7 +672,15 @@ def compare(
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
 @spec_options(TextFormat)
-@spec_options(ExtractOptions, only=("device", "precision", "batch_size", "workers"))
+@spec_options(
+    ExtractOptions, only=("device", "precision", "batch_size", "workers", "allow_outside_root")
+)
+@click.option(
+    "--trust-pickle",
+    is_flag=True,
+    help="Also load a pickle-based (joblib) bundle; unpickling runs any code it holds, so only "
+    "for bundles whose origin you trust.",
+)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
 def predict(
@@ -623,6 +693,8 @@ def predict(
     precision: str,
     batch_size: int,
     workers: int | None,
+    trust_pickle: bool,
+    allow_outside_root: bool,
     quiet: bool,
     as_json: bool,
     **text_kw: Any,
@@ -637,10 +709,10 @@ def predict(
 
     \b
     Examples:
-      featx predict head.joblib new_images/ --out preds.csv
-      featx predict head.joblib photo.jpg
-      featx predict head.joblib 'shots/**/*.jpg'
-      featx predict tickets.joblib new_tickets.csv --out preds.csv
+      featx predict head.npz new_images/ --out preds.csv
+      featx predict head.npz photo.jpg
+      featx predict head.npz 'shots/**/*.jpg'
+      featx predict tickets.npz new_tickets.csv --out preds.csv
     """
     from featx.prediction import predict as run_predict
 
@@ -649,6 +721,7 @@ def predict(
         workers=workers,
         device=device,
         precision=precision,
+        allow_outside_root=allow_outside_root,
         progress=not quiet,
     )
     res = run_predict(
@@ -659,6 +732,7 @@ def predict(
         weights_file=weights_file,
         root=root,
         text=_pick(TextFormat, text_kw),
+        trust=trust_pickle,
     )
     if as_json:
         _print_json(res.to_dict())

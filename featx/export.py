@@ -120,12 +120,15 @@ def _write_parquet(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> Non
 
 def _write_csv(tmp: Path, cols: dict[str, Any]) -> None:
     X = cols["X"]
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    from featx.csvsafe import safe_cell
+
+    # Names that are not UTF-8 are written as their raw bytes; formula-like cells are quoted.
+    with open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
         w = csv.writer(fh)
         w.writerow(["id", "label", "split"] + [f"f{j}" for j in range(X.shape[1])])
         for i in range(X.shape[0]):
             w.writerow(
-                [cols["ids"][i], cols["labels"][i], cols["split"][i]]
+                [safe_cell(cols["ids"][i]), safe_cell(cols["labels"][i]), cols["split"][i]]
                 + [f"{v:.9g}" for v in X[i].tolist()]
             )
 

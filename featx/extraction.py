@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from featx.backbones.registry import BackboneLike
-from featx.errors import FeatxError
+from featx.errors import FeatxError, disk_full_error, is_disk_full
 from featx.options import (
     DEFAULT_BACKBONE,
     DEFAULT_TEXT_BACKBONE,
@@ -147,6 +147,15 @@ def extract(
     text : TextFormat, optional
         Columns and encoding of a text table (see :func:`featx.sources.open_source`).
 
+    Raises
+    ------
+    DiskFullError
+        The disk filled up; the message says how much to free and where. Finished parts stay
+        and the next run resumes from them.
+    StoreReadOnlyError
+        The store needs writing but its folder is not writable (an up-to-date store in a
+        read-only folder is fine).
+
     Returns
     -------
     ExtractResult
@@ -172,6 +181,7 @@ def extract(
             content_hash=opts.content_hash,
             text=text,
             modality=hint,
+            allow_outside_root=opts.allow_outside_root,
         )
     )
     is_text = _is_text(src)
@@ -233,6 +243,30 @@ def extract(
     if is_text:
         dec = "-"
 
+    itemsize = np.dtype(opts.dtype).itemsize
+    # At most what the run needs on disk: parts for every item, then the merged store beside them.
+    need = 2 * len(src.items) * int(bb.dim) * itemsize + (1 << 20)
+    try:
+        return _extract_locked(src, bb, path, config, opts, dev, prec, dec, t0)
+    except OSError as exc:
+        if is_disk_full(exc):
+            log.debug("disk full", exc_info=True)
+            raise disk_full_error(path.parent, need) from None
+        raise
+
+
+def _extract_locked(
+    src: Source,
+    bb: Any,
+    path: Path,
+    config: StoreConfig,
+    opts: ExtractOptions,
+    dev: Any,
+    prec: str,
+    dec: str,
+    t0: float,
+) -> ExtractResult:
+    is_text = _is_text(src)
     with StoreWriter(path, config) as writer:
         plan = _plan(src, writer)
         todo: list[Item] = plan["todo"]
@@ -269,11 +303,13 @@ def extract(
                 modality="text" if is_text else "image",
                 engine=opts.engine,
             )
-        n_new = n_new_failed = 0
+        writer.require_writable()
+        n_new, n_new_failed = 0, plan["n_scan_failed"]
         waited = 0.0
         t_extract = time.perf_counter()
         if todo:
-            n_new, n_new_failed, waited = _run(todo, src, bb, writer, rows, failed, opts, dec)
+            n_new, n_run_failed, waited = _run(todo, src, bb, writer, rows, failed, opts, dec)
+            n_new_failed += n_run_failed
         t_extract = time.perf_counter() - t_extract
         labels = {it.key: it.label for it in src.items}
         split = {it.key: it.split for it in src.items}
@@ -489,10 +525,15 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     rows: dict[str, tuple[str, int]] = {}
     failed: dict[str, tuple] = {}
     todo: list[Item] = []
-    n_resumed = 0
+    n_resumed = n_scan_failed = 0
     for it in src.items:
         k = it.key
-        if k in part_rows and _same(part_rows[k][2], it):
+        if it.error:  # the scan could not read it (broken link, loop, no permission)
+            failed[k] = (it.error, *_fp(it))
+            old_f = old_failed.get(k)
+            if old_f is None or old_f[0] != it.error or not _same(old_f[1:], it):
+                n_scan_failed += 1
+        elif k in part_rows and _same(part_rows[k][2], it):
             rows[k] = (part_rows[k][0], part_rows[k][1])
             n_resumed += 1
         elif k in part_failed and _same(part_failed[k][1:], it):
@@ -508,11 +549,18 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     n_removed = sum(1 for k in old_rows if k not in current) + sum(
         1 for k in old_failed if k not in current
     )
-    dirty = old is None or n_resumed > 0 or n_removed > 0 or _metadata_changed(src, old)
+    dirty = (
+        old is None
+        or n_resumed > 0
+        or n_removed > 0
+        or n_scan_failed > 0
+        or _metadata_changed(src, old)
+    )
     return {
         "rows": rows,
         "failed": failed,
         "todo": todo,
+        "n_scan_failed": n_scan_failed,
         "n_resumed": n_resumed,
         "n_removed": n_removed,
         "dirty": dirty,

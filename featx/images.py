@@ -22,7 +22,8 @@ from PIL import Image, ImageFile, ImageOps
 
 # Truncated files must fail loudly, never decode as half-grey images.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-# Large scans are legitimate inputs; the decompression-bomb guard stays on at Pillow's 2x limit.
+# Large scans are legitimate inputs; the decompression-bomb guard stays on at Pillow's 2x limit
+# (2 * Image.MAX_IMAGE_PIXELS, about 179 million pixels): see load_rgb.
 
 IMAGE_EXTENSIONS = frozenset(
     {
@@ -122,7 +123,9 @@ def decode_rgb(data: bytes) -> Image.Image:
 def _decode(fp, draft_size: tuple[int, int] | None) -> Image.Image:
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns above MAX_IMAGE_PIXELS and refuses (DecompressionBombError) above
+            # twice that: large scans between the two are legitimate inputs.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(fp) as img:
                 if draft_size is not None and img.format == "JPEG":
                     img.draft("RGB", draft_size)

@@ -238,6 +238,11 @@ class ExtractOptions(_Spec):
         flag="--hash",
     )
     strict: bool = option(False, "Fail on the first undecodable file.")
+    allow_outside_root: bool = option(
+        False,
+        "Let a CSV manifest name files outside its own folder (../x.png, absolute paths); off, a "
+        "manifest from elsewhere cannot make featx read any file.",
+    )
     compile: bool = option(False, "torch.compile the model.")
     channels_last: bool = option(True, "Run convolutions in channels-last memory layout.")
     fold_bn: bool = option(

@@ -3,12 +3,16 @@
 The bundle remembers the backbone configuration of the store it was trained on. Prediction
 rebuilds exactly that backbone, extracts the new images into their own cached store (so a second
 prediction over the same folder extracts nothing), checks the feature dimension, and writes a CSV
-with the predicted label and per-class probabilities.
+with the predicted label and per-class probabilities. Cells a spreadsheet would run as formulas
+(labels or file names starting with ``=``, ``+``, ``-``, ``@``) are written with a leading quote.
+
+When the cache folder is read-only, an up-to-date cached store is used as it is; otherwise the
+features are extracted into a temporary store that is removed afterwards.
 
 Examples
 --------
 >>> import featx
->>> res = featx.predict("head.joblib", "new_photos/", out="preds.csv")  # doctest: +SKIP
+>>> res = featx.predict("head.npz", "new_photos/", out="preds.csv")  # doctest: +SKIP
 >>> res.n_predicted  # doctest: +SKIP
 42
 """
@@ -19,6 +23,7 @@ import csv
 import io
 import logging
 import os
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from featx.errors import FeatxError
+from featx.errors import FeatxError, StoreReadOnlyError
 from featx.files import atomic_write
 from featx.options import BackboneSpec, ExtractOptions, TextFormat
 
@@ -124,6 +129,7 @@ def predict(
     root: str | None = None,
     download: bool = False,
     text: TextFormat | None = None,
+    trust: bool = False,
 ) -> PredictResult:
     """Predict labels of every image or text of ``source`` with a head bundle; write a CSV.
 
@@ -143,13 +149,17 @@ def predict(
     text : featx.options.TextFormat, optional
         Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
         store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
+    trust : bool, default False
+        Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
+        whose origin you trust.
     """
     from featx.bundle import load_bundle
+    from featx.csvsafe import safe_cell
     from featx.extraction import extract
     from featx.sources import open_source
     from featx.store import load_features
 
-    b = load_bundle(bundle)
+    b = load_bundle(bundle, trust=trust)
     bb = rebuild_backbone(b.store_meta, weights_file)
     if b.dim is not None and int(b.dim) != int(bb.dim):
         raise FeatxError(
@@ -167,9 +177,15 @@ def predict(
             content_hash=opts.content_hash,
             text=text,
             modality=getattr(bb, "modality", "image"),
+            allow_outside_root=opts.allow_outside_root,
         )
-        r = extract(src, bb, options=opts)
-        fs = load_features(r.store)
+        with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+            try:
+                r = extract(src, bb, options=opts)
+            except StoreReadOnlyError as exc:
+                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+                r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
+            fs = load_features(r.store)
         b.check_compatible(fs.dim)
         keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
         if is_text:
@@ -206,14 +222,15 @@ def predict(
     header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
-    w.writerow(header)
+    w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
         lead = [key, lines.get(key, 0)] if with_line else [key]
         row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
-        w.writerow(row)
-    atomic_write(out_path, buf.getvalue())
+        w.writerow([safe_cell(c) for c in row])
+    # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
+    atomic_write(out_path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
     counts: dict[str, int] = {}
     for p in pred:

@@ -72,13 +72,20 @@ def leaderboard_json(board: Leaderboard, *, details: bool = False, indent: int |
 
 
 def leaderboard_csv(board: Leaderboard, path: str | os.PathLike | None = None) -> str:
-    """The rows as CSV; written to ``path`` when given. Returns the CSV text."""
+    """The rows as CSV; written to ``path`` when given. Returns the CSV text.
+
+    Cells a spreadsheet would run as formulas get a leading quote (:func:`featx.csvsafe.safe_cell`).
+    """
+    from featx.csvsafe import safe_cell
+
     buf = io.StringIO()
     cols = list(COLUMNS) + ["accuracy_std", "balanced_accuracy_std", "macro_f1_std"]
     writer = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
     writer.writeheader()
     for row in board.rows():
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k, "")) for k in cols})
+        writer.writerow(
+            {k: ("" if row.get(k) is None else safe_cell(row.get(k, ""))) for k in cols}
+        )
     text = buf.getvalue()
     if path is not None:
         atomic_write(Path(path), text)

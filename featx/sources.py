@@ -12,8 +12,11 @@ Supported forms
 ``DIR`` with image files only
     A flat folder: unlabeled items (label -1).
 ``FILE.csv``
-    A manifest with a header ``path,label[,split]``; paths relative to the CSV's folder; an empty
-    label means unlabeled; split is ``train``, ``val`` (or ``valid``/``validation``) or ``test``.
+    A manifest with a header ``path,label[,split]``; paths relative to the CSV's folder (paths
+    that lead outside it, by ``..`` or as absolute paths, are refused unless
+    ``allow_outside_root``); an empty label (``a.png,``) means unlabeled, a row without the
+    label field is an error; split is ``train``, ``val`` (or ``valid``/``validation``) or
+    ``test``.
 ``sklearn:digits``
     The embedded default: scikit-learn's bundled digits, written once as PNGs under the cache.
 ``torchvision:NAME``
@@ -22,16 +25,26 @@ Supported forms
 
 Hidden files and folders (starting with ``.``) are ignored; every other file is a candidate, and
 one that does not decode is recorded as failed with its reason by the extraction engine.
+
+Scanning a folder never stops on one entry: a broken symlink, a symlink loop (a file link that
+points at itself, or a folder link back to a folder above it: visited folders are tracked by
+device and inode), a folder that cannot be listed, a file that cannot be read or is not a
+regular file (a FIFO would block the decoder forever) becomes an :class:`Item` whose ``error``
+says why; the extraction records it as failed. Names that are not valid UTF-8 stay the
+``surrogateescape`` strings Python gives for them, so they round-trip exactly.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
 import hashlib
 import inspect
 import logging
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +72,8 @@ class Item:
     """One image of a source.
 
     ``size`` and ``mtime_ns`` fingerprint a file (0 for in-memory datasets); ``sha256`` is filled
-    only when content hashing was asked for.
+    only when content hashing was asked for. ``error`` is set when the scan could not read the
+    entry (broken link, loop, permission): the item is then recorded as failed, not decoded.
     """
 
     key: str
@@ -69,6 +83,7 @@ class Item:
     size: int = 0
     mtime_ns: int = 0
     sha256: str = ""
+    error: str = ""
 
 
 @dataclass
@@ -133,8 +148,29 @@ def file_sha256(path: str, bufsize: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _os_reason(path: str, exc: OSError) -> str:
+    """A short reason for an entry the scan cannot read."""
+    if exc.errno == errno.ELOOP:
+        return "symlink loop (too many levels of symbolic links)"
+    if exc.errno == errno.ENOENT and os.path.islink(path):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        return f"broken symlink (its target {target} does not exist)"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    return f"cannot read: {exc.strerror or type(exc).__name__}"
+
+
 def _file_item(path: str, key: str, label: int, split: str, content_hash: bool) -> Item:
-    st = os.stat(path)
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            return Item(key=key, label=label, split=split, path=path, error="not a regular file")
+        sha = file_sha256(path) if content_hash else ""
+    except OSError as exc:
+        return Item(key=key, label=label, split=split, path=path, error=_os_reason(path, exc))
     return Item(
         key=key,
         label=label,
@@ -142,33 +178,86 @@ def _file_item(path: str, key: str, label: int, split: str, content_hash: bool) 
         path=path,
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
-        sha256=file_sha256(path) if content_hash else "",
+        sha256=sha,
     )
 
 
-def _visible_files(root: str) -> list[str]:
-    """All non-hidden files below root, as sorted paths relative to root with '/'."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel = os.path.relpath(dirpath, root)
-        for fn in filenames:
-            if fn.startswith("."):
+def _ancestors(root: str) -> frozenset[tuple[int, int]]:
+    """(device, inode) of ``root`` and of every folder above its real path, up to ``/``."""
+    out = set()
+    for p in (Path(os.path.realpath(root)), *Path(os.path.realpath(root)).parents):
+        with contextlib.suppress(OSError):
+            out.add(_ino(os.stat(p)))
+    return frozenset(out)
+
+
+def _visible_files(root: str) -> tuple[list[str], dict[str, str]]:
+    """All non-hidden files below root (links followed), as sorted paths relative to root with
+    '/', and the entries the walk could not enter, with the reason (a folder link back to a
+    folder above it, a folder that cannot be listed)."""
+    files: list[str] = []
+    errors: dict[str, str] = {}
+    try:
+        os.stat(root)
+    except OSError as exc:
+        return [], {"": _os_reason(root, exc)}
+    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [("", _ancestors(root))]
+    while stack:
+        rel, above = stack.pop()
+        folder = os.path.join(root, rel) if rel else root
+        try:
+            with os.scandir(folder) as it:
+                entries = [e for e in it if not e.name.startswith(".")]
+        except OSError as exc:
+            errors[rel] = f"cannot list folder: {_os_reason(folder, exc)}"
+            continue
+        for e in entries:
+            r = f"{rel}/{e.name}" if rel else e.name
+            try:
+                is_dir = e.is_dir()  # follows links; False for a broken one
+            except OSError:
+                is_dir = False
+            if not is_dir:
+                files.append(r)
                 continue
-            out.append(fn if rel == "." else f"{rel}/{fn}".replace(os.sep, "/"))
-    return sorted(out)
+            try:
+                key = _ino(e.stat())
+            except OSError as exc:
+                errors[r] = _os_reason(e.path, exc)
+                continue
+            if key in above:
+                errors[r] = "symlink loop (a folder link back to a folder above it); skipped"
+                continue
+            stack.append((r, above | {key}))
+    return sorted(files), errors
+
+
+def _ino(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+def _entry_is_dir(e: os.DirEntry) -> bool:
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
 
 
 def _scan_folder(root: Path, content_hash: bool) -> Source:
-    entries = sorted(
-        (e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name
-    )
-    subdirs = [e.name for e in entries if e.is_dir()]
-    top_files = [e.name for e in entries if e.is_file()]
+    try:
+        with os.scandir(root) as it:
+            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+    except OSError as exc:
+        raise FeatxError(
+            f"cannot list source folder {root}: {_os_reason(str(root), exc)}"
+        ) from None
+    subdirs = [e.name for e in entries if _entry_is_dir(e)]
+    top_files = [e.name for e in entries if not _entry_is_dir(e)]
     from featx.images import is_image_name
 
     top_images = [f for f in top_files if is_image_name(f)]
-    class_dirs = [d for d in subdirs if _visible_files(str(root / d))]
+    walked = {d: _visible_files(str(root / d)) for d in subdirs}
+    class_dirs = [d for d in subdirs if walked[d][0] or walked[d][1]]
     uri = str(root.resolve())
     if class_dirs and top_images:
         raise FeatxError(
@@ -178,13 +267,20 @@ def _scan_folder(root: Path, content_hash: bool) -> Source:
     items: list[Item] = []
     if class_dirs:
         for label, cls in enumerate(class_dirs):
-            for rel in _visible_files(str(root / cls)):
+            files, errors = walked[cls]
+            for rel in files:
                 key = f"{cls}/{rel}"
                 items.append(_file_item(str(root / key), key, label, "", content_hash))
+            for rel, reason in errors.items():
+                key = f"{cls}/{rel}" if rel else cls
+                items.append(Item(key=key, label=label, path=str(root / key), error=reason))
         kind, classes = "imagefolder", tuple(class_dirs)
     else:
-        for rel in _visible_files(str(root)):
+        files, errors = _visible_files(str(root))
+        for rel in files:
             items.append(_file_item(str(root / rel), rel, -1, "", content_hash))
+        for rel, reason in errors.items():
+            items.append(Item(key=rel or ".", path=str(root / rel), error=reason))
         kind, classes = "folder", ()
     if not items:
         raise FeatxError(f"source folder {root} has no files; point featx at a folder of images")
@@ -192,7 +288,7 @@ def _scan_folder(root: Path, content_hash: bool) -> Source:
     return Source(kind=kind, uri=uri, name=root.resolve().name, classes=classes, items=items)
 
 
-def _scan_csv(path: Path, content_hash: bool) -> Source:
+def _scan_csv(path: Path, content_hash: bool, allow_outside_root: bool = False) -> Source:
     base = path.resolve().parent
     try:
         with open(path, newline="", encoding="utf-8-sig") as f:
@@ -202,8 +298,12 @@ def _scan_csv(path: Path, content_hash: bool) -> Source:
     index = {c: i for i, c in enumerate(classes)}
     items, seen = [], {}
     for lineno, p, lab, split in raw:
-        full = Path(p) if os.path.isabs(p) else base / p
-        key = os.path.relpath(full, base).replace(os.sep, "/") if not os.path.isabs(p) else p
+        full = Path(os.path.normpath(os.path.join(base, p)))  # an absolute p replaces base
+        rel = os.path.relpath(full, base)
+        inside = rel != os.pardir and not rel.startswith(os.pardir + os.sep)
+        if not inside and not allow_outside_root:
+            raise FeatxError(_outside_message(path, lineno, p, base))
+        key = rel.replace(os.sep, "/") if inside else str(full)
         if key in seen:
             raise FeatxError(
                 f"CSV {path} line {lineno}: {p} is listed twice (first on line {seen[key]})"
@@ -218,12 +318,22 @@ def _scan_csv(path: Path, content_hash: bool) -> Source:
     return Source(kind="csv", uri=str(path.resolve()), name=path.stem, classes=classes, items=items)
 
 
+def _outside_message(path: Any, lineno: int, p: str, base: Any) -> str:
+    return (
+        f"CSV {path} line {lineno}: {p} is outside the manifest's folder {base}; "
+        "list files below that folder, or pass --allow-outside-root if you trust it"
+    )
+
+
 def _parse_manifest(f: Any, path: Any) -> tuple[tuple[str, ...], list[tuple[int, str, str, str]]]:
     """A manifest's class names and rows (line number, path, label, split), validated."""
     try:
         reader = csv.DictReader(f)
         fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows = list(reader)
+        rows, lines = [], []
+        for row in reader:
+            rows.append(row)
+            lines.append(reader.line_num)
     except csv.Error as exc:
         raise FeatxError(f"cannot read CSV {path}: {exc}") from None
     missing = [c for c in ("path", "label") if c not in fields]
@@ -233,7 +343,14 @@ def _parse_manifest(f: Any, path: Any) -> tuple[tuple[str, ...], list[tuple[int,
             "it needs a header line 'path,label[,split]'"
         )
     raw = []
-    for lineno, row in enumerate(rows, start=2):
+    for lineno, row in zip(lines, rows, strict=True):
+        if None in row or None in row.values():  # fewer or more fields than the header
+            have = sum(1 for k, v in row.items() if k is not None and v is not None)
+            have += len(row.get(None) or [])
+            raise FeatxError(
+                f"CSV {path} line {lineno}: {have} field(s) but the header has {len(fields)}; "
+                "give every column (an empty label, as in 'a.png,', marks an unlabeled image)"
+            )
         row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
         p = row["path"]
         if not p:
@@ -287,7 +404,7 @@ def _join_uri(root: str, fs_path: str) -> str:
     return root + "/" + fs_path.split("/", 1)[1] if "/" in fs_path else root
 
 
-def _scan_csv_uri(uri: str, content_hash: bool) -> Source:
+def _scan_csv_uri(uri: str, content_hash: bool, allow_outside_root: bool = False) -> Source:
     import io
     import posixpath
 
@@ -311,6 +428,9 @@ def _scan_csv_uri(uri: str, content_hash: bool) -> Source:
                 "the same filesystem), not URIs"
             )
         full = posixpath.normpath(p if p.startswith("/") else posixpath.join(base, p))
+        inside = full.startswith(base.rstrip("/") + "/")
+        if not inside and not allow_outside_root:
+            raise FeatxError(_outside_message(uri, lineno, p, base))
         key = p if p.startswith("/") else posixpath.relpath(full, base)
         if key in seen:
             raise FeatxError(
@@ -470,6 +590,7 @@ def open_source(
     content_hash: bool = False,
     text: Any = None,
     modality: str | None = None,
+    allow_outside_root: bool = False,
 ) -> Source:
     """Scan a source and return its items, sorted by key.
 
@@ -492,6 +613,9 @@ def open_source(
     modality : {"image", "text"}, optional
         What the backbone takes, when known: with ``"image"`` a ``.csv`` is always an image
         manifest, with ``"text"`` always a text table.
+    allow_outside_root : bool
+        Let a CSV manifest name files outside its own folder (``../x.png``, absolute paths).
+        Off by default: a manifest from someone else could otherwise read any file.
 
     Examples
     --------
@@ -525,12 +649,12 @@ def open_source(
                 f"source {s}: a URI source must be a CSV manifest (path,label[,split]) ending "
                 "in .csv"
             )
-        return _scan_csv_uri(s, content_hash)
+        return _scan_csv_uri(s, content_hash, allow_outside_root)
     path = Path(s)
     if not path.exists():
         raise FeatxError(f"source {s} does not exist; give a folder, a .csv or torchvision:NAME")
     if path.is_dir():
         return _scan_folder(path, content_hash)
     if path.suffix.lower() == ".csv":
-        return _scan_csv(path, content_hash)
+        return _scan_csv(path, content_hash, allow_outside_root)
     raise FeatxError(f"source {s} is a file but not a .csv manifest; give a folder or a .csv")

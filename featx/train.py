@@ -9,7 +9,7 @@ Examples
 >>> import featx
 >>> report = featx.fit_store("cache/digits__...h5", "logreg")  # doctest: +SKIP
 >>> report.result.accuracy, report.bundle  # doctest: +SKIP
-(0.955, PosixPath('cache/heads/digits__..._logreg.joblib'))
+(0.955, PosixPath('cache/heads/digits__..._logreg.npz'))
 """
 
 from __future__ import annotations
@@ -46,8 +46,8 @@ class FitReport:
 
 
 def default_bundle_path(store: str | os.PathLike, head: str) -> Path:
-    """``<cache>/heads/<store stem>__<head>.joblib`` (see :func:`featx.files.cache_dir`)."""
-    return cache_dir() / "heads" / f"{Path(store).stem}__{head}.joblib"
+    """``<cache>/heads/<store stem>__<head>.npz`` (see :func:`featx.files.cache_dir`)."""
+    return cache_dir() / "heads" / f"{Path(store).stem}__{head}.npz"
 
 
 def fit_store(

@@ -195,7 +195,7 @@ def test_second_writer_gets_a_clear_error(image_folder, tiny_backbone, tmp_path)
 
     store = tmp_path / "s.h5"
     cfg = store_config(open_source(image_folder), tiny_backbone)
-    with StoreWriter(store, cfg), pytest.raises(StoreLockedError, match="another featx process"):
+    with StoreWriter(store, cfg), pytest.raises(StoreLockedError, match="already writing"):
         _run(image_folder, tiny_backbone, store)
     _run(image_folder, tiny_backbone, store)  # lock released afterwards
     assert read_config(store).hash == cfg.hash
@@ -346,6 +346,6 @@ def test_a_failed_part_write_fails_the_run_and_leaves_no_store(
 
     monkeypatch.setattr(StoreWriter, "write_part", full)
     store = tmp_path / "s.h5"
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(FeatxError, match="the disk is full: free"):
         _run(image_folder, tiny_backbone, store, checkpoint_every=4)
     assert not store.exists()

@@ -368,6 +368,10 @@ def test_extract_store_incremental(tmp_path, tiny_bert):
         cfg = json.loads(f.attrs["config"])
         assert cfg["backbone"]["preprocess"]["max_seq_length"] == 16
         assert cfg["backbone"]["pool"] == "mean" and cfg["backbone"]["normalize"] is False
+    from featx.store import verify_store
+
+    report = verify_store(r.store)  # checksums and schema hold with the extra text dataset
+    assert report.ok, report.problems
     # unchanged: a no-op that does not touch the file
     mtime = os.stat(r.store).st_mtime_ns
     again = _extract(p, tiny_bert, max_seq_length=16)

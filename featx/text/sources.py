@@ -234,9 +234,14 @@ def _py_encoding(encoding: str) -> str:
 
 
 def _visible_files(root: Path) -> list[str]:
+    """Non-hidden files below ``root`` (sorted, relative, '/'); entries the walk could not
+    enter are logged and skipped."""
     from featx.sources import _visible_files as visible
 
-    return visible(str(root))
+    files, errors = visible(str(root))
+    for rel, why in errors.items():
+        log.warning("%s: %s", root / rel if rel else root, why)
+    return files
 
 
 def open_text_source(
