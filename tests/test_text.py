@@ -441,7 +441,7 @@ def test_cli_extract_compare_fit_predict(tmp_path, tiny_sbert, monkeypatch):
     assert res.exit_code == 0 and "0 truncated at 12" in res.output
     res = runner.invoke(cli, ["compare", store, "--heads", "logreg,knn", "-q", "--json"])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(cli, ["fit", store, "--head", "logreg", "--out", "head.joblib", "--json"])
+    res = runner.invoke(cli, ["fit", store, "--head", "logreg", "--out", "head.npz", "--json"])
     assert res.exit_code == 0, res.output
     new = [
         {"body": "refund my money", "id": "n1"},
@@ -453,7 +453,7 @@ def test_cli_extract_compare_fit_predict(tmp_path, tiny_sbert, monkeypatch):
         cli,
         [
             "predict",
-            "head.joblib",
+            "head.npz",
             "new.csv",
             "--text-column",
             "body",
