@@ -354,6 +354,19 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         for s in idx.split:
             splits[s or "(none)"] = splits.get(s or "(none)", 0) + 1
         labeled = int((idx.labels >= 0).sum())
+        text = None
+        if meta.get("modality") == "text":
+            n_tok = f["text/n_tokens"][()] if "text/n_tokens" in f else np.empty(0, np.int64)
+            limit = int(meta.get("max_seq_length") or 0)
+            over = n_tok > limit
+            text = {
+                "text_column": meta.get("text_column") or "",
+                "max_seq_length": limit,
+                "normalize": bool(meta.get("normalize")),
+                "n_truncated": int(over.sum()),
+                "median_tokens": float(np.median(n_tok)) if n_tok.size else None,
+                "truncated": [str(k) for k in idx.keys[over][:20]],
+            }
         return {
             "store": str(path),
             "n_items": int(f["features"].shape[0]),
@@ -380,6 +393,8 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
                 if k.endswith("_version") and k != "schema_version"
             },
             "schema_version": meta.get("schema_version"),
+            "modality": meta.get("modality") or "image",
+            "text": text,
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}
@@ -768,6 +783,7 @@ class StoreWriter:
         classes: tuple[str, ...],
         fingerprints: dict[str, tuple[int, int, str]],
         attrs: dict[str, Any],
+        per_row: dict[str, dict[str, int]] | None = None,
     ) -> Path:
         """Merge the kept old rows and the parts into a new store file, atomically.
 
@@ -784,6 +800,9 @@ class StoreWriter:
             Class names.
         attrs : dict
             Provenance attributes (backbone, weights, versions, ...), stored as file attributes.
+        per_row : dict name -> (dict key -> int), optional
+            Extra int64 datasets aligned with the rows (e.g. ``text/n_tokens``); -1 where a key
+            has no value.
         """
         self.require_writable()
         h5py = _h5()
@@ -858,6 +877,11 @@ class StoreWriter:
                 _int_ds(g, "size", [fingerprints[k][0] for k in keys])
                 _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
                 _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+                for name, values in (per_row or {}).items():
+                    grp, _, leaf = name.rpartition("/")
+                    _int_ds(
+                        f.require_group(grp) if grp else f, leaf, [values.get(k, -1) for k in keys]
+                    )
                 fkeys = sorted(failed)
                 fl = f.create_group("failed")
                 _str_ds(fl, "paths", fkeys)
