@@ -18,6 +18,7 @@ run_pipeline           a pipeline TOML file end to end (:mod:`featx.pipeline`)
 list_backbones         backbone names with their dims (:mod:`featx.backbones`)
 load_backbone          name or :class:`BackboneSpec` -> frozen :class:`Backbone`
 make_head, list_heads  heads by name (:mod:`featx.heads`)
+embed_texts            texts -> embeddings with a text encoder, no store (:mod:`featx.text`)
 ExtractOptions, ...    the option specs with every default (:mod:`featx.options`)
 =====================  ==========================================================================
 
@@ -45,6 +46,7 @@ _LAZY: dict[str, str] = {
     "BackboneSpec": "featx.options",
     "EvalProtocol": "featx.options",
     "ExtractOptions": "featx.options",
+    "TextFormat": "featx.options",
     # extraction and stores
     "extract": "featx.extraction",
     "ExtractResult": "featx.extraction",
@@ -94,6 +96,8 @@ _LAZY: dict[str, str] = {
     "PipelineResult": "featx.pipeline",
     # files
     "cache_dir": "featx.files",
+    # text
+    "embed_texts": "featx.text.engine",
 }
 
 __all__ = [
@@ -118,11 +122,13 @@ __all__ = [
     "PredictResult",
     "Result",
     "StoreError",
+    "TextFormat",
     "__version__",
     "cache_dir",
     "compare",
     "compare_stores",
     "embed_files",
+    "embed_texts",
     "evaluate",
     "export_store",
     "extract",

@@ -24,6 +24,7 @@ from featx.options import (
     BackboneSpec,
     EvalProtocol,
     ExtractOptions,
+    TextFormat,
     option_fields,
 )
 
@@ -88,9 +89,9 @@ def spec_options(spec: type, *, only: tuple[str, ...] | None = None, exclude: tu
         kw: dict[str, Any] = {"help": info.help, "default": f.default}
         if f.kind is bool:
             kw["is_flag"] = True
-            if f.default:
+            if f.default or f.default is None:  # None: unset unless one of the pair is given
                 decls[-2] = f"{f.flag}/--no-{f.flag[2:]}"
-                kw["show_default"] = True
+                kw["show_default"] = f.default is not None
         elif info.choices is not None:
             kw["type"] = click.Choice(list(info.choices))
         elif f.kind in (int, float):
@@ -200,6 +201,7 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
 @click.option("--download", is_flag=True, help="Let a torchvision dataset download itself.")
+@spec_options(TextFormat)
 @spec_options(ExtractOptions)
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary.")
@@ -208,7 +210,8 @@ def extract(source: str, **kw: Any) -> None:
 
     SOURCE is a folder (class subfolders = labels, or a flat folder), a CSV manifest
     (path,label[,split]; also as a URI: s3://, gs://, file://), sklearn:digits, or
-    torchvision:NAME.
+    torchvision:NAME; or text: a CSV / TSV / JSONL table with a text column, or a folder of
+    .txt files in class subfolders.
 
     \b
     Examples:
@@ -216,6 +219,8 @@ def extract(source: str, **kw: Any) -> None:
       featx extract manifest.csv -b timm/vit_small_patch16_224 --json
       featx extract torchvision:CIFAR10 --root data/ --download -b resnet50
       featx extract s3://bucket/manifest.csv --engine ray --ray-address auto --gpus-per-actor 1
+      featx extract reviews.csv --text-column body --label-column stars
+      featx extract tickets.jsonl -b hf:models/my-sbert --max-seq-length 128
     """
     from featx.extraction import extract as run_extract
 
@@ -232,6 +237,7 @@ def extract(source: str, **kw: Any) -> None:
         options=_pick(ExtractOptions, kw, progress=not kw["quiet"]),
         root=kw["root"],
         download=kw["download"],
+        text=_pick(TextFormat, kw),
     )
     if kw["as_json"]:
         _print_json(result.to_dict())
@@ -253,8 +259,12 @@ def extract(source: str, **kw: Any) -> None:
                 ("device", f"{result.device} {result.precision}"),
                 *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
-                ("images/s", f"{result.images_per_s:.1f}"),
+                (
+                    "texts/s" if result.modality == "text" else "images/s",
+                    f"{result.images_per_s:.1f}",
+                ),
             ]
+            + ([("truncated", result.n_truncated)] if result.n_truncated else [])
         )
     )
     if result.n_failed:
@@ -263,12 +273,19 @@ def extract(source: str, **kw: Any) -> None:
 
 def format_info(info: dict[str, Any]) -> str:
     pre = info.get("preprocess") or {}
-    pre_s = (
-        f"resize {pre.get('resize_size')} -> crop {pre.get('crop_size')} "
-        f"{pre.get('interpolation')}, mean {pre.get('mean')}, std {pre.get('std')}"
-        if pre
-        else ""
-    )
+    text = info.get("text")
+    if text:
+        pre_s = (
+            f"{pre.get('tokenizer')}, {text['max_seq_length']} tokens, "
+            f"lowercase {pre.get('lowercase')}, normalize {text['normalize']}"
+        )
+    elif pre:
+        pre_s = (
+            f"resize {pre.get('resize_size')} -> crop {pre.get('crop_size')} "
+            f"{pre.get('interpolation')}, mean {pre.get('mean')}, std {pre.get('std')}"
+        )
+    else:
+        pre_s = ""
     splits = ", ".join(f"{k} {v}" for k, v in info["splits"].items())
     classes = ", ".join(info["classes"][:10]) + (" ..." if info["n_classes"] > 10 else "")
     versions = info.get("versions") or {}
@@ -290,12 +307,23 @@ def format_info(info: dict[str, Any]) -> str:
         ("versions", " ".join(f"{k}={v}" for k, v in versions.items())),
         ("file", f"{info['file_bytes'] / 1e6:.1f} MB"),
     ]
-    text = _table(rows)
+    if text:
+        rows.insert(
+            10,
+            (
+                "text",
+                f"column {text['text_column'] or '-'}, median {text['median_tokens']} tokens, "
+                f"{text['n_truncated']} truncated at {text['max_seq_length']}",
+            ),
+        )
+    out = _table(rows)
     if info["failed"]:
-        text += "\nfailed items (first 20):\n" + "\n".join(
+        out += "\nfailed items (first 20):\n" + "\n".join(
             f"  {f['path']}: {f['reason']}" for f in info["failed"]
         )
-    return text
+    if text and text["truncated"]:
+        out += "\ntruncated texts (first 20): " + ", ".join(text["truncated"])
+    return out
 
 
 def format_locations(loc: dict[str, Any]) -> str:
@@ -644,6 +672,7 @@ def compare(
     help="The local weights file the bundle's backbone was built from, if any.",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
+@spec_options(TextFormat)
 @spec_options(
     ExtractOptions, only=("device", "precision", "batch_size", "workers", "allow_outside_root")
 )
@@ -669,19 +698,22 @@ def predict(
     allow_outside_root: bool,
     quiet: bool,
     as_json: bool,
+    **text_kw: Any,
 ) -> None:
-    """Label the images of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
+    """Label the images or texts of SOURCE with a head BUNDLE from 'featx fit'; write a CSV.
 
     SOURCE is a folder, a CSV manifest, torchvision:NAME, one image file, or a quoted glob
-    pattern. The bundle's backbone is rebuilt exactly, SOURCE is extracted into its own cached
-    store (re-running extracts nothing new), and OUT gets path, predicted, true_label (when
-    SOURCE has labels) and p_<class> columns.
+    pattern; or a text table / .txt folder (as for 'featx extract'). The bundle's backbone is
+    rebuilt exactly, SOURCE is extracted into its own cached store (re-running extracts nothing
+    new), and OUT gets path, predicted, true_label (when SOURCE has labels) and p_<class> columns
+    (text: key and line instead of path).
 
     \b
     Examples:
       featx predict head.npz new_images/ --out preds.csv
       featx predict head.npz photo.jpg
       featx predict head.npz 'shots/**/*.jpg'
+      featx predict tickets.npz new_tickets.csv --out preds.csv
     """
     from featx.prediction import predict as run_predict
 
@@ -700,6 +732,7 @@ def predict(
         options=opts,
         weights_file=weights_file,
         root=root,
+        text=_pick(TextFormat, text_kw),
         trust=trust_pickle,
     )
     if as_json:
@@ -707,7 +740,7 @@ def predict(
         return
     top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
     rows = [
-        ("predictions", f"{res.out} ({res.n_predicted} images)"),
+        ("predictions", f"{res.out} ({res.n_predicted} items)"),
         ("features", f"{res.store} ({res.n_extracted} extracted now)"),
         ("failed", res.n_failed),
         ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),

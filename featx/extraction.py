@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,14 @@ import numpy as np
 
 from featx.backbones.registry import BackboneLike
 from featx.errors import FeatxError, disk_full_error, is_disk_full
-from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions
+from featx.options import (
+    DEFAULT_BACKBONE,
+    DEFAULT_TEXT_BACKBONE,
+    DEFAULT_WEIGHTS,
+    BackboneSpec,
+    ExtractOptions,
+    TextFormat,
+)
 from featx.sources import Item, Source, open_source
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
@@ -50,28 +57,40 @@ class ExtractResult:
     backbone: str
     weights: str
     noop: bool
+    n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
+    modality: str = "image"  # or "text"; for text, images_per_s counts texts
     engine: str = "local"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _versions() -> dict[str, str]:
+def _versions(text: bool = False) -> dict[str, str]:
     import h5py
-    import timm
     import torch
-    import torchvision
 
     import featx
 
-    return {
-        "featx_version": featx.__version__,
-        "torch_version": torch.__version__,
-        "torchvision_version": torchvision.__version__,
-        "timm_version": timm.__version__,
-        "h5py_version": h5py.__version__,
-        "numpy_version": np.__version__,
-    }
+    out = {"featx_version": featx.__version__, "torch_version": torch.__version__}
+    if text:
+        import tokenizers
+        import transformers
+
+        out["transformers_version"] = transformers.__version__
+        out["tokenizers_version"] = tokenizers.__version__
+    else:
+        import timm
+        import torchvision
+
+        out["torchvision_version"] = torchvision.__version__
+        out["timm_version"] = timm.__version__
+    out["h5py_version"] = h5py.__version__
+    out["numpy_version"] = np.__version__
+    return out
+
+
+def _is_text(obj: Any) -> bool:
+    return getattr(obj, "modality", "image") == "text"
 
 
 def _fp(item: Item) -> tuple[int, int, str]:
@@ -93,7 +112,7 @@ def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32")
 
 def extract(
     source: str | os.PathLike | Source,
-    backbone: str | BackboneSpec | BackboneLike = DEFAULT_BACKBONE,
+    backbone: str | BackboneSpec | BackboneLike | None = None,
     *,
     weights: str | None = DEFAULT_WEIGHTS,
     weights_file: str | os.PathLike | None = None,
@@ -104,6 +123,9 @@ def extract(
     options: ExtractOptions | None = None,
     root: str | None = None,
     download: bool = False,
+    max_seq_length: int | None = None,
+    normalize: bool | None = None,
+    text: TextFormat | None = None,
 ) -> ExtractResult:
     """Extract features of every new or changed item of ``source`` into its store.
 
@@ -111,16 +133,19 @@ def extract(
     ----------
     source : str, path-like or Source
         A folder, CSV manifest or ``torchvision:NAME`` (see :func:`featx.sources.open_source`).
-    backbone : str, BackboneSpec or Backbone
+    backbone : str, BackboneSpec or Backbone, optional
         A registry name (``featx backbones``), a :class:`~featx.options.BackboneSpec`, or an
         already loaded backbone (any object with the attributes of
-        :class:`~featx.backbones.registry.BackboneLike`).
-    weights, weights_file, layer, pool, image_size
+        :class:`~featx.backbones.registry.BackboneLike`). Default (also for a spec without a
+        name): ``efficientnet_lite0`` for images, ``all-minilm-l6-v2`` for text.
+    weights, weights_file, layer, pool, image_size, max_seq_length, normalize
         Passed to :func:`featx.backbones.load_backbone` when ``backbone`` is a name.
     store : path-like, optional
         The store file; default: a name under the cache folder derived from the configuration.
     options : ExtractOptions
         Batching, device, precision, dtype, hashing, strictness, progress.
+    text : TextFormat, optional
+        Columns and encoding of a text table (see :func:`featx.sources.open_source`).
 
     Raises
     ------
@@ -137,6 +162,15 @@ def extract(
     """
     opts = options or ExtractOptions()
     t0 = time.perf_counter()
+    from featx.backbones._text import is_text_name
+
+    name = backbone.name if isinstance(backbone, BackboneSpec) else backbone
+    if name is None:
+        hint = None
+    elif isinstance(name, str):
+        hint = "text" if is_text_name(name) else "image"
+    else:
+        hint = "text" if _is_text(name) else "image"
     src = (
         source
         if isinstance(source, Source)
@@ -145,9 +179,20 @@ def extract(
             root=root,
             download=download,
             content_hash=opts.content_hash,
+            text=text,
+            modality=hint,
             allow_outside_root=opts.allow_outside_root,
         )
     )
+    is_text = _is_text(src)
+    if name is None:
+        name = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
+        if isinstance(backbone, BackboneSpec):
+            backbone = replace(backbone, name=name)
+        else:
+            backbone = name
+    if isinstance(name, str) and is_text_name(name) != is_text:
+        _mismatch(src, name, is_text)
     memo_key = None
     if isinstance(backbone, str | BackboneSpec):
         from featx.backbones import load_backbone, memo
@@ -162,31 +207,41 @@ def extract(
                 layer=layer,
                 pool=pool,
                 image_size=image_size,
+                max_seq_length=max_seq_length,
+                normalize=normalize,
             )
         )
-        memo_key = memo.request_key(
-            spec.name,
-            spec.weights,
-            weights_file=spec.weights_file,
-            layer=spec.layer,
-            pool=spec.pool,
-            image_size=spec.image_size,
-        )
-        remembered = memo.recall(memo_key)
-        if remembered is not None:
-            done = _up_to_date(src, remembered, store, opts, t0)
-            if done is not None:
-                return done
+        if not is_text:  # text encoders are always loaded (a model folder can change in place)
+            memo_key = memo.request_key(
+                spec.name,
+                spec.weights,
+                weights_file=spec.weights_file,
+                layer=spec.layer,
+                pool=spec.pool,
+                image_size=spec.image_size,
+            )
+            remembered = memo.recall(memo_key)
+            if remembered is not None:
+                done = _up_to_date(src, remembered, store, opts, t0)
+                if done is not None:
+                    return done
         bb = load_backbone(spec)
-        memo.remember(memo_key, bb.config())
+        if not is_text:
+            memo.remember(memo_key, bb.config())
     else:
         bb = backbone
+    if _is_text(bb) != is_text:
+        _mismatch(src, bb.name, is_text)
     config = store_config(src, bb, opts.dtype)
     path = Path(store) if store else default_store_path(config, src.name)
     if path.exists() and path.is_dir():
         raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
 
+    if is_text and opts.engine != "local":
+        raise FeatxError("--engine ray runs image backbones; text runs on the local engine")
     dev, prec, dec = _resolve_engine(opts)
+    if is_text:
+        dec = "-"
 
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
@@ -211,6 +266,7 @@ def _extract_locked(
     dec: str,
     t0: float,
 ) -> ExtractResult:
+    is_text = _is_text(src)
     with StoreWriter(path, config) as writer:
         plan = _plan(src, writer)
         todo: list[Item] = plan["todo"]
@@ -243,6 +299,8 @@ def _extract_locked(
                 backbone=bb.name,
                 weights=bb.weights,
                 noop=True,
+                n_truncated=_stored_truncated(path) if is_text else 0,
+                modality="text" if is_text else "image",
                 engine=opts.engine,
             )
         writer.require_writable()
@@ -265,8 +323,17 @@ def _extract_locked(
             "preprocess": bb.preprocess.to_dict(),
             "source": {"kind": src.kind, "uri": src.uri, "name": src.name},
             "dim": int(bb.dim),
-            **_versions(),
+            **_versions(is_text),
         }
+        per_row = None
+        n_truncated = 0
+        if is_text:
+            per_row, n_truncated = _text_rows(src, bb, rows)
+            attrs["modality"] = "text"
+            attrs["normalize"] = bool(bb.normalize)
+            attrs["max_seq_length"] = int(bb.preprocess.max_seq_length)
+            attrs["text_column"] = getattr(src, "text_column", "")
+            attrs["n_truncated"] = n_truncated
         t_commit = time.perf_counter()
         writer.commit(
             rows=rows,
@@ -276,6 +343,7 @@ def _extract_locked(
             classes=src.classes,
             fingerprints=fps,
             attrs=attrs,
+            per_row=per_row,
         )
         t_commit_s = time.perf_counter() - t_commit
     seconds = time.perf_counter() - t0
@@ -298,6 +366,8 @@ def _extract_locked(
         weights=bb.weights,
         noop=False,
         engine=opts.engine,
+        n_truncated=n_truncated,
+        modality="text" if is_text else "image",
     )
 
 
@@ -382,6 +452,47 @@ def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:
     if opts.workers is not None:
         raise FeatxError("--workers applies to the local engine; with --engine ray use --actors")
     return dev, resolve_precision(opts.precision, dev), "cpu"
+
+
+def _mismatch(src: Source, name: str, is_text: bool) -> None:
+    if is_text:
+        raise FeatxError(
+            f"{src.uri} is a text source but {name} is an image backbone; use a text encoder "
+            "(all-minilm-l6-v2, or hf:PATH for a local model folder)"
+        )
+    raise FeatxError(
+        f"{src.uri} is an image source but {name} is a text encoder; use an image backbone "
+        "(see 'featx backbones')"
+    )
+
+
+def _stored_truncated(path: Path) -> int:
+    from featx.store import store_info
+
+    return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
+
+
+def _text_rows(
+    src: Source, bb: Any, rows: dict[str, tuple[str, int]]
+) -> tuple[dict[str, dict[str, int]], int]:
+    """Per-row token counts of a text store (``text/n_tokens``) and how many were truncated."""
+    from featx.text.engine import count_tokens
+
+    items = [it for it in src.items if it.key in rows]
+    limit = int(bb.preprocess.max_seq_length)
+    counts = count_tokens(bb.tokenizer, src.texts(items), limit)
+    n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
+    n_truncated = int((counts > limit).sum())
+    if n_truncated:
+        log.warning(
+            "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
+            "(featx info lists how many)",
+            n_truncated,
+            len(items),
+            limit,
+            limit,
+        )
+    return {"text/n_tokens": n_tokens}, n_truncated
 
 
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
@@ -477,6 +588,19 @@ def _metadata_changed(src: Source, old) -> bool:
 
 def _batches(todo: list[Item], src: Source, bb: Any, opts: ExtractOptions, dec: str):
     """The engine's batches of features for ``todo``: local (in-process) or Ray."""
+    if _is_text(bb):
+        from featx.text.engine import iter_text_features
+
+        return iter_text_features(
+            bb,
+            todo,
+            src.reader(),
+            device=opts.device,
+            precision=opts.precision,
+            batch_size=opts.batch_size,
+            compile=opts.compile,
+            progress=opts.progress,
+        )
     if opts.engine == "ray":
         from featx.engine import resolve_precision
         from featx.ray_engine import actor_device, iter_features_ray

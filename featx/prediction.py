@@ -33,7 +33,7 @@ import numpy as np
 
 from featx.errors import FeatxError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.options import BackboneSpec, ExtractOptions
+from featx.options import BackboneSpec, ExtractOptions, TextFormat
 
 if TYPE_CHECKING:  # pragma: no cover
     from featx.backbones import Backbone
@@ -128,9 +128,10 @@ def predict(
     weights_file: str | os.PathLike | None = None,
     root: str | None = None,
     download: bool = False,
+    text: TextFormat | None = None,
     trust: bool = False,
 ) -> PredictResult:
-    """Predict labels of every image of ``source`` with a head bundle; write a CSV.
+    """Predict labels of every image or text of ``source`` with a head bundle; write a CSV.
 
     Parameters
     ----------
@@ -145,6 +146,9 @@ def predict(
         ``p_<class>`` column per class when the head gives probabilities. Written atomically.
     options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
+    text : featx.options.TextFormat, optional
+        Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
+        store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
@@ -152,6 +156,7 @@ def predict(
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
     from featx.extraction import extract
+    from featx.sources import open_source
     from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
@@ -160,18 +165,31 @@ def predict(
         raise FeatxError(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
-    files = image_files(source)
+    opts = options or ExtractOptions()
+    is_text = getattr(bb, "modality", "image") == "text"
+    files = None if is_text else image_files(source)
+    lines: dict[str, int] = {}
     if files is None:
-        kw = {"options": options, "root": root, "download": download}
+        src = open_source(
+            source,
+            root=root,
+            download=download,
+            content_hash=opts.content_hash,
+            text=text,
+            modality=getattr(bb, "modality", "image"),
+            allow_outside_root=opts.allow_outside_root,
+        )
         with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
             try:
-                r = extract(source, bb, **kw)
+                r = extract(src, bb, options=opts)
             except StoreReadOnlyError as exc:
                 log.warning("%s; extracting into a temporary store instead (not kept)", exc)
-                r = extract(source, bb, store=Path(scratch) / "features.h5", **kw)
+                r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
             fs = load_features(r.store)
         b.check_compatible(fs.dim)
         keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
+        if is_text:
+            lines = {it.key: getattr(it, "line", 0) for it in src.items}
         true = (
             np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
             if fs.classes
@@ -180,7 +198,7 @@ def predict(
     else:
         from featx.embedder import embed_files
 
-        emb = embed_files(files, bb, options=options, on_error="nan")
+        emb = embed_files(files, bb, options=opts, on_error="nan")
         b.check_compatible(emb.X.shape[1])
         ok = ~np.isnan(emb.X).any(axis=1)
         keys = np.asarray(files, dtype=object)[ok]
@@ -193,18 +211,21 @@ def predict(
         )
         for p, why in emb.failed.items():
             log.warning("%s: %s", p, why)
+    with_line = any(lines.values())
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    header = ["path", "predicted"] + (["true_label"] if true is not None else [])
+    first = (["key"] + (["line"] if with_line else [])) if is_text else ["path"]
+    header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
-        row = [key, pred[i]] + ([true[i]] if true is not None else [])
+        lead = [key, lines.get(key, 0)] if with_line else [key]
+        row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow([safe_cell(c) for c in row])

@@ -588,6 +588,8 @@ def open_source(
     root: str | None = None,
     download: bool = False,
     content_hash: bool = False,
+    text: Any = None,
+    modality: str | None = None,
     allow_outside_root: bool = False,
 ) -> Source:
     """Scan a source and return its items, sorted by key.
@@ -604,6 +606,13 @@ def open_source(
     content_hash : bool
         Also fingerprint every file by the SHA-256 of its bytes (slower; catches edits that keep
         size and modification time).
+    text : featx.text.TextFormat, optional
+        Columns and encoding of a text table. Text sources (``.csv`` without a ``path`` column,
+        ``.tsv``, ``.jsonl``, a folder of ``.txt`` files, ``text:PATH``) are scanned by
+        :func:`featx.text.open_text_source`.
+    modality : {"image", "text"}, optional
+        What the backbone takes, when known: with ``"image"`` a ``.csv`` is always an image
+        manifest, with ``"text"`` always a text table.
     allow_outside_root : bool
         Let a CSV manifest name files outside its own folder (``../x.png``, absolute paths).
         Off by default: a manifest from someone else could otherwise read any file.
@@ -615,6 +624,17 @@ def open_source(
     ('imagefolder', 1797, ('0', '1'))
     """
     s = str(spec)
+    from featx.text.sources import has_text_column, is_text_spec, open_text_source
+
+    is_csv = s.lower().endswith(".csv") and not s.startswith("text:")
+    if is_csv and modality is not None:
+        # The backbone decides, unless the table plainly is the other kind: an image backbone
+        # on a table with a text column gets the text-vs-image error, not a manifest error.
+        as_text = modality == "text" or (is_text_spec(s, text) and has_text_column(s, text))
+    else:
+        as_text = is_text_spec(s, text)
+    if as_text:
+        return open_text_source(s, text)
     if s.startswith("sklearn:"):
         from featx.datasets import materialize
 

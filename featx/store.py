@@ -14,9 +14,11 @@ the parts are deleted. A ``kill -9`` at any moment leaves the previous store int
 finished part on disk, and the next run resumes from them. A writer holds an exclusive POSIX
 record lock (``lockf``) on ``STORE.lock`` for the whole run and writes its pid there, so a second
 writer fails at once with an error naming that pid; the kernel releases the lock when the process
-dies, and a forked child (a DataLoader worker) never inherits it. A run that finds nothing to do
-needs no write access at all: without a writable folder it reads the store unlocked (readers are
-safe, see below) and only fails if there is something to write.
+dies, and a forked child (a DataLoader worker) never inherits it. The writer deletes
+``STORE.lock`` on exit while still holding it (the next writer checks that the file it locked is
+still the one at that path), so lock files do not pile up beside stores. A run that finds
+nothing to do needs no write access at all: without a writable folder it reads the store
+unlocked (readers are safe, see below) and only fails if there is something to write.
 
 Faults
 ------
@@ -352,6 +354,19 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
         for s in idx.split:
             splits[s or "(none)"] = splits.get(s or "(none)", 0) + 1
         labeled = int((idx.labels >= 0).sum())
+        text = None
+        if meta.get("modality") == "text":
+            n_tok = f["text/n_tokens"][()] if "text/n_tokens" in f else np.empty(0, np.int64)
+            limit = int(meta.get("max_seq_length") or 0)
+            over = n_tok > limit
+            text = {
+                "text_column": meta.get("text_column") or "",
+                "max_seq_length": limit,
+                "normalize": bool(meta.get("normalize")),
+                "n_truncated": int(over.sum()),
+                "median_tokens": float(np.median(n_tok)) if n_tok.size else None,
+                "truncated": [str(k) for k in idx.keys[over][:20]],
+            }
         return {
             "store": str(path),
             "n_items": int(f["features"].shape[0]),
@@ -378,6 +393,8 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
                 if k.endswith("_version") and k != "schema_version"
             },
             "schema_version": meta.get("schema_version"),
+            "modality": meta.get("modality") or "image",
+            "text": text,
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}
@@ -608,21 +625,32 @@ class StoreWriter:
                         f"this process (pid {os.getpid()}) is already writing {self.path}; "
                         "finish that write first or use another --store"
                     )
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-            try:
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+            while True:
+                fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as exc:
+                    if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                        os.close(fd)
+                        raise
+                    holder = _lock_holder(fd)
                     os.close(fd)
-                    raise
-                holder = _lock_holder(fd)
+                    who = f"featx process {holder}" if holder else "another featx process"
+                    raise StoreLockedError(
+                        f"{who} is writing {self.path} (lock {self.lock_path.name} is held); "
+                        "wait for it to finish or use another --store"
+                    ) from None
+                st = os.fstat(fd)
+                # The previous writer removes the lock file on exit (while holding it), so no
+                # .lock files pile up. If it did so after we opened the file, we hold a lock on
+                # a removed file that nobody else will see: drop it and lock the current one.
+                try:
+                    now = os.stat(self.lock_path)
+                except FileNotFoundError:
+                    now = None
+                if now is not None and (now.st_dev, now.st_ino) == (st.st_dev, st.st_ino):
+                    break
                 os.close(fd)
-                who = f"featx process {holder}" if holder else "another featx process"
-                raise StoreLockedError(
-                    f"{who} is writing {self.path} (lock {self.lock_path.name} is held); "
-                    "wait for it to finish or use another --store"
-                ) from None
-            st = os.fstat(fd)
             self._lock_fd, self._lock_key = fd, (st.st_dev, st.st_ino)
             _HELD.add(self._lock_key)
         with contextlib.suppress(OSError):  # the pid is for messages only
@@ -632,6 +660,10 @@ class StoreWriter:
     def __exit__(self, *exc) -> None:
         if self._lock_fd is not None:
             with _HELD_GUARD:
+                with contextlib.suppress(OSError):  # still holding it: no other writer races us
+                    st = os.stat(self.lock_path)
+                    if (st.st_dev, st.st_ino) == self._lock_key:
+                        os.unlink(self.lock_path)
                 with contextlib.suppress(OSError):
                     os.ftruncate(self._lock_fd, 0)
                     fcntl.lockf(self._lock_fd, fcntl.LOCK_UN)
@@ -751,6 +783,7 @@ class StoreWriter:
         classes: tuple[str, ...],
         fingerprints: dict[str, tuple[int, int, str]],
         attrs: dict[str, Any],
+        per_row: dict[str, dict[str, int]] | None = None,
     ) -> Path:
         """Merge the kept old rows and the parts into a new store file, atomically.
 
@@ -767,6 +800,9 @@ class StoreWriter:
             Class names.
         attrs : dict
             Provenance attributes (backbone, weights, versions, ...), stored as file attributes.
+        per_row : dict name -> (dict key -> int), optional
+            Extra int64 datasets aligned with the rows (e.g. ``text/n_tokens``); -1 where a key
+            has no value.
         """
         self.require_writable()
         h5py = _h5()
@@ -841,6 +877,11 @@ class StoreWriter:
                 _int_ds(g, "size", [fingerprints[k][0] for k in keys])
                 _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
                 _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+                for name, values in (per_row or {}).items():
+                    grp, _, leaf = name.rpartition("/")
+                    _int_ds(
+                        f.require_group(grp) if grp else f, leaf, [values.get(k, -1) for k in keys]
+                    )
                 fkeys = sorted(failed)
                 fl = f.create_group("failed")
                 _str_ds(fl, "paths", fkeys)

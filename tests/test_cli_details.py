@@ -89,3 +89,24 @@ def test_progress_bar_renders_the_final_state_once(capsys):
     bar.close()
     frames = capsys.readouterr().err.replace("\r", "\n")
     assert frames.count("3/3") == 1 and frames.count("2/3") == 1, frames
+
+
+def test_no_lock_files_are_left_beside_stores(tmp_path, tiny_backbone):
+    from featx.errors import StoreLockedError
+    from featx.extraction import extract
+    from featx.options import ExtractOptions
+    from featx.store import StoreConfig, StoreWriter
+
+    src = _tinted(tmp_path / "imgs", n_per_class=2)
+    store = tmp_path / "s.h5"
+    extract(str(src), tiny_backbone, store=store, options=ExtractOptions(workers=0))
+    extract(str(src), tiny_backbone, store=store, options=ExtractOptions(workers=0))  # no-op
+    assert not list(tmp_path.glob("*.lock")), list(tmp_path.iterdir())
+
+    cfg = StoreConfig(source={"kind": "x", "uri": "y"}, backbone={"name": "b"})
+    other = tmp_path / "o.h5"
+    with StoreWriter(other, cfg):
+        assert other.with_name("o.h5.lock").exists()  # held while writing
+        with pytest.raises(StoreLockedError), StoreWriter(other, cfg):
+            pass
+    assert not other.with_name("o.h5.lock").exists()

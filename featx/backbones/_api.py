@@ -180,8 +180,15 @@ def load_backbone(
     layer: str | None = None,
     pool: str | None = None,
     image_size: int | None = None,
+    max_seq_length: int | None = None,
+    normalize: bool | None = None,
 ) -> Backbone:
-    """Load a frozen backbone that maps image batches to feature vectors.
+    """Load a frozen backbone that maps image batches (or texts) to feature vectors.
+
+    A text encoder (``all-minilm-l6-v2``, ``hf:PATH``, a local model folder) comes back as a
+    :class:`featx.backbones._text.TextBackbone` (see
+    :func:`~featx.backbones._text.load_text_backbone`): it takes ``weights``, ``layer``,
+    ``pool``, ``max_seq_length`` and ``normalize``.
 
     Parameters
     ----------
@@ -242,10 +249,28 @@ def load_backbone(
             layer=spec.layer,
             pool=spec.pool,
             image_size=spec.image_size,
+            max_seq_length=spec.max_seq_length,
+            normalize=spec.normalize,
         )
     if not name.strip():
         raise FeatxError(f"backbone name must be a non-empty string, not {name!r}")
     family, canonical, own = _resolve(name.strip())
+    fam = get_family(family)
+    if fam.load is not None:  # a family that builds its whole backbone (text encoders)
+        given = {
+            "weights_file": weights_file,
+            "layer": layer,
+            "pool": pool,
+            "image_size": image_size,
+            "max_seq_length": max_seq_length,
+            "normalize": normalize,
+        }
+        return fam.load(own, weights, **{k: v for k, v in given.items() if v is not None})
+    if max_seq_length is not None or normalize is not None:
+        raise FeatxError(
+            f"{name} is an image backbone: --max-seq-length and --normalize apply to text "
+            "encoders only"
+        )
     w = _norm_weights(weights)
     if pool is not None:
         pool = str(pool).strip().lower()

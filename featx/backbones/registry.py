@@ -40,6 +40,7 @@ BUILTIN_FAMILY_MODULES = (
     "featx.backbones._lite0",
     "featx.backbones._torchvision",
     "featx.backbones._timm",
+    "featx.backbones._text",
 )
 
 
@@ -196,6 +197,11 @@ class Family:
         ``names() -> sequence of str``: the names to suggest when a name is unknown.
     listed_by_default : bool, default=True
         Whether ``list_backbones()`` without a prefix lists this family.
+    load : callable, optional
+        For a family that is not made of image classifiers (text encoders): ``load(name,
+        weights, **options) -> backbone`` builds the whole backbone itself, with the keyword
+        arguments of :func:`~featx.backbones.load_backbone` that are not None; ``build`` is
+        then not called.
     """
 
     name: str
@@ -205,6 +211,7 @@ class Family:
     prefix: str = ""
     names: Callable[[], Sequence[str]] = tuple
     listed_by_default: bool = True
+    load: Callable[..., Any] | None = None
 
 
 _FAMILIES: dict[str, Family] = {}

