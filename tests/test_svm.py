@@ -16,6 +16,7 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 from featx.heads import make_head
 from featx.heads._hinge import targets
 from featx.heads.calibration import CalibratedClassifier, ScoreCalibrator
+from featx.heads.ridge import RidgeLOOClassifier
 from featx.heads.svm import RBFSVM, LinearSVM, auto_rank
 from featx.splits import stratified_holdout
 
@@ -233,17 +234,72 @@ def test_calibrated_ridge_has_probabilities():
         RBFSVM(solver="exact", random_state=0),
         RBFSVM(solver="nystroem", rank=20, device="cpu", random_state=0),
         CalibratedClassifier(RidgeClassifier(), random_state=0),
+        RidgeLOOClassifier(alphas=[0.1, 1.0, 10.0]),
     ]
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def test_ridge_head_chooses_alpha_on_the_training_share_and_refits_once():
+def test_ridge_head_chooses_alpha_by_leave_one_out_on_all_items():
     from featx.heads import RIDGE_ALPHAS
 
     X, y = _problem(3)
     head = make_head("ridge").fit(X, y)[-1]
-    assert type(head.estimator_).__name__ == "RidgeClassifier"
-    assert head.estimator_.alpha in RIDGE_ALPHAS
-    assert head.predict_proba(X).shape == (len(y), 3)
+    assert type(head).__name__ == "RidgeLOOClassifier"
+    assert head.alpha_ in RIDGE_ALPHAS
+    P = head.predict_proba(X)
+    assert P.shape == (len(y), 3) and np.array_equal(P.argmax(axis=1), head.predict(X))
+
+
+@pytest.mark.parametrize(
+    ("n", "d", "k", "class_weight"),
+    [
+        (300, 20, 3, None),
+        (60, 100, 3, None),
+        (200, 10, 2, None),
+        (300, 20, 3, "balanced"),
+        (50, 80, 2, "balanced"),
+    ],
+)
+def test_eigen_ridge_equals_sklearn(n, d, k, class_weight):
+    from sklearn.datasets import make_classification
+    from sklearn.linear_model import RidgeClassifierCV
+
+    weights = None if class_weight is None else [0.6] + [0.4 / (k - 1)] * (k - 1)
+    X, y = make_classification(
+        n_samples=n,
+        n_features=d,
+        n_informative=min(d, 8),
+        n_classes=k,
+        weights=weights,
+        random_state=0,
+    )
+    alphas = np.logspace(-2, 4, 13)
+    ours = RidgeLOOClassifier(alphas=alphas, class_weight=class_weight).fit(X, y)
+    cv = RidgeClassifierCV(alphas=alphas, class_weight=class_weight, store_cv_results=True)
+    cv.fit(X, y)
+    assert ours.alpha_ == cv.alpha_  # the same alpha chosen by leave-one-out
+    sk_errors = cv.cv_results_.reshape(n, -1, len(alphas)).mean(axis=(0, 1))
+    assert np.allclose(ours.loo_errors_, sk_errors, rtol=1e-8)
+    for alpha in (0.1, float(ours.alpha_)):  # the same decision function at a given alpha
+        ref = RidgeClassifier(alpha=alpha, class_weight=class_weight).fit(X, y)
+        fixed = RidgeLOOClassifier(alpha=alpha, class_weight=class_weight).fit(X, y)
+        assert np.allclose(fixed.decision_function(X), ref.decision_function(X), atol=1e-9)
+        assert np.array_equal(fixed.predict(X), ref.predict(X))
+
+
+def test_eigen_ridge_calibrates_on_leave_one_out_scores():
+    X, y = make_classification(
+        n_samples=40, n_features=6, n_classes=3, n_informative=4, random_state=1
+    )
+    head = RidgeLOOClassifier(alpha=1.0).fit(X, y)
+    loo = np.array(
+        [
+            RidgeClassifier(alpha=1.0)
+            .fit(np.delete(X, i, 0), np.delete(y, i))
+            .decision_function(X[i : i + 1])[0]
+            for i in range(len(y))
+        ]
+    )  # each item scored by a ridge fitted without it
+    assert np.isclose(head.calibrator_.a_, ScoreCalibrator().fit(loo, y).a_, rtol=1e-5)

@@ -56,6 +56,7 @@ __all__ = [
     "MLPClassifier",
     "Param",
     "RelativeGamma",
+    "RidgeLOOClassifier",
     "SweepClassifier",
     "get_head_info",
     "list_heads",
@@ -73,6 +74,7 @@ _LAZY = {
     "CentroidClassifier": "featx.heads.neighbors",
     "SweepClassifier": "featx.heads.sweep",
     "RelativeGamma": "featx.heads.sweep",
+    "RidgeLOOClassifier": "featx.heads.ridge",
 }
 
 

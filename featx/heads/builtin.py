@@ -1,8 +1,8 @@
 """The built-in heads, registered on import of :mod:`featx.heads`.
 
 Each head names its estimator: featx's own estimator classes (``LinearProbe``, ``LinearSVM``,
-``RBFSVM``, ``CosineKNNClassifier``, ``CentroidClassifier``, ``MLPClassifier``) or, for ``ridge``,
-which wraps a scikit-learn estimator, a builder function below. Every head has
+``RBFSVM``, ``CosineKNNClassifier``, ``CentroidClassifier``, ``MLPClassifier``,
+``RidgeLOOClassifier``). Every head has
 ``predict_proba``. The parameter defaults
 shown by ``featx heads`` are read from those signatures; here each parameter only gets its kind
 and help.
@@ -13,8 +13,8 @@ and help.
 - ``svm``: :class:`~featx.heads.svm.RBFSVM`, ``SVC(kernel="rbf")`` up to 2000 items and a
   Nystroem approximation above, C x gamma swept on a validation split (standardize)
 - ``knn``: :class:`CosineKNNClassifier`, k swept on a validation split (none: cosine)
-- ``ridge``: ``RidgeClassifierCV``, alpha chosen by efficient leave-one-out, calibrated
-  (standardize)
+- ``ridge``: :class:`~featx.heads.ridge.RidgeLOOClassifier`, every alpha's exact leave-one-out
+  error from one eigendecomposition, calibrated on the leave-one-out scores (standardize)
 - ``centroid``: :class:`CentroidClassifier`, nearest class mean (none: cosine)
 - ``mlp``: :class:`MLPClassifier`, torch MLP with early stopping (standardize)
 
@@ -22,9 +22,6 @@ In parentheses: the default preprocessing.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -52,31 +49,6 @@ _SVM_SOLVERS = ("auto", "exact", "nystroem")
 # ---------------------------------------------------------------------------------------------
 # builders of the heads that wrap scikit-learn estimators (their signatures hold the defaults)
 # ---------------------------------------------------------------------------------------------
-
-
-def ridge(
-    alpha: float | None = None,
-    alphas: Sequence[float] | None = None,
-    val_size: float = 0.2,
-    class_weight: Any = None,
-    random_state: int | None = None,
-) -> Any:
-    """``RidgeClassifier(alpha)``, or ``RidgeClassifierCV`` over ``alphas`` without ``alpha``.
-
-    Wrapped in :class:`~featx.heads.calibration.CalibratedClassifier` for probabilities: the
-    decision scores are calibrated on a ``val_size`` share held out of the training items.
-    """
-    from sklearn.linear_model import RidgeClassifier, RidgeClassifierCV
-
-    from featx.heads.calibration import CalibratedClassifier
-
-    if alpha is not None:
-        base = RidgeClassifier(alpha=alpha, class_weight=class_weight)
-    else:
-        base = RidgeClassifierCV(
-            alphas=list(alphas if alphas is not None else RIDGE_ALPHAS), class_weight=class_weight
-        )
-    return CalibratedClassifier(base, val_size=val_size, random_state=random_state)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,11 +134,10 @@ def _register_builtins() -> None:
         HeadInfo(
             name="ridge",
             summary="ridge classifier, alpha by efficient leave-one-out, calibrated probabilities",
-            estimator=ridge,
+            estimator="featx.heads.ridge:RidgeLOOClassifier",
             params={
                 "alpha": Param("float", "fixed alpha; skips the sweep"),
                 "alphas": Param("floats", "alphas to sweep (default logspace(-2,6,17))"),
-                "val_size": Param("float", "share of each class held out to calibrate"),
             },
             default_preprocess=("standardize",),
         )
