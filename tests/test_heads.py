@@ -369,3 +369,27 @@ def _expected_failures(est):
 )
 def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
+
+
+def test_source_read_defaults_equal_the_estimators_signatures():
+    """`featx heads` reads the defaults from the source (no scikit-learn import): they must be
+    what the estimator really uses, for every built-in head."""
+    import inspect
+
+    from featx.heads import get_head_info, list_heads
+    from featx.heads.registry import _source_defaults
+
+    checked = 0
+    for name in list_heads():
+        info = get_head_info(name)
+        static = _source_defaults(info.estimator)
+        if static is None:
+            continue
+        sig = inspect.signature(info.factory()).parameters
+        for key, value in static.items():
+            assert sig[key].default == value, (name, key)
+            checked += 1
+        for key, param in info.params.items():
+            if key in sig and sig[key].default is not inspect.Parameter.empty:
+                assert param.default == sig[key].default, (name, key)
+    assert checked >= 30

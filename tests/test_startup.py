@@ -47,6 +47,8 @@ def test_short_commands_do_not_import_torch(args):
         pytest.skip("catalog.json is for another torchvision version (listing is live)")
     _, mods = _run(args)
     assert not mods & {"torch", "timm", "torchvision"}, sorted(mods & set(HEAVY))
+    if args[0] in ("heads", "--help", "--version"):
+        assert "sklearn" not in mods
 
 
 def test_up_to_date_extract_does_not_import_torch(tmp_path):

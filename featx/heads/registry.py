@@ -26,9 +26,13 @@ NearestCentroid(shrink_threshold=0.1)
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import importlib
+import importlib.util
 import inspect
 import logging
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -163,13 +167,73 @@ def _with_defaults(info: HeadInfo) -> HeadInfo:
         return info
     if info.estimator is None:
         raise ValueError(f"head {info.name!r}: parameters {todo} need defaults (no estimator=)")
-    sig = inspect.signature(info.factory()).parameters
+    static = _source_defaults(info.estimator)
+    if static is not None and all(k in static for k in todo):
+        found = static  # read from the source: no scikit-learn or torch import (`featx heads`)
+    else:
+        sig = inspect.signature(info.factory()).parameters
+        found = {k: p.default for k, p in sig.items() if p.default is not inspect.Parameter.empty}
     params = dict(info.params)
     for k in todo:
-        if k not in sig or sig[k].default is inspect.Parameter.empty:
+        if k not in found:
             raise ValueError(f"head {info.name!r}: its estimator has no default for {k!r}")
-        params[k] = replace(params[k], default=sig[k].default)
+        params[k] = replace(params[k], default=found[k])
     return replace(info, params=params)
+
+
+def _source_defaults(estimator: Any) -> dict[str, Any] | None:
+    """The literal keyword defaults of a ``"module:Class"`` estimator's ``__init__``, read from
+    its source with :mod:`ast` instead of importing it (which would import scikit-learn and
+    torch). Defaults that are not plain literals are left out (the caller then imports);
+    ``None`` when the source cannot be read. ``tests/test_heads.py`` checks that the result
+    equals :func:`inspect.signature` for every built-in head."""
+    if not isinstance(estimator, str) or ":" not in estimator:
+        return None
+    module, _, cls = estimator.partition(":")
+    try:
+        spec = importlib.util.find_spec(module)
+        with open(spec.origin, encoding="utf-8") as f:  # type: ignore[union-attr, arg-type]
+            tree = ast.parse(f.read())
+    except (ImportError, AttributeError, TypeError, OSError, SyntaxError, ValueError):
+        return None
+    names: dict[str, Any] = {}  # module-level names a default may refer to
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module in sys.modules:
+            for alias in node.names:  # only from modules already imported (cheap)
+                if hasattr(sys.modules[node.module], alias.name):
+                    names[alias.asname or alias.name] = getattr(
+                        sys.modules[node.module], alias.name
+                    )
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target = node.targets[0]
+            if isinstance(target, ast.Name):
+                with contextlib.suppress(ValueError):
+                    names[target.id] = ast.literal_eval(node.value)
+    for node in tree.body:
+        if not (isinstance(node, ast.ClassDef) and node.name == cls):
+            continue
+        for item in node.body:
+            if isinstance(item, ast.FunctionDef) and item.name == "__init__":
+                a = item.args
+                positional = a.posonlyargs + a.args
+                pairs = list(
+                    zip(positional[len(positional) - len(a.defaults) :], a.defaults, strict=True)
+                )
+                pairs += [
+                    (k, d)
+                    for k, d in zip(a.kwonlyargs, a.kw_defaults, strict=True)
+                    if d is not None
+                ]
+                out: dict[str, Any] = {}
+                for arg, default in pairs:
+                    if isinstance(default, ast.Name) and default.id in names:
+                        out[arg.arg] = names[default.id]
+                        continue
+                    with contextlib.suppress(ValueError):
+                        out[arg.arg] = ast.literal_eval(default)
+                return out
+        return None  # no __init__ of its own: inherited, so ask inspect
+    return None
 
 
 # ---------------------------------------------------------------------------------------------
