@@ -123,7 +123,9 @@ def test_script_beside_a_folder_named_featx_imports_the_installed_package(tmp_pa
     work = tmp_path / "work"
     clone = _clean_clone(work / "featx")  # the clone folder itself is named featx
     prefix = tmp_path / "prefix"
-    _pip("install", "--prefix", str(prefix), "-e", str(clone), cwd=tmp_path)
+    # --ignore-installed: with --prefix, pip would otherwise uninstall the featx of the
+    # environment running the tests (its console script and editable path: `make demo` broke)
+    _pip("install", "--ignore-installed", "--prefix", str(prefix), "-e", str(clone), cwd=tmp_path)
     purelib = sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)})
     (work / "script.py").write_text(
         "import featx\nprint(featx.__file__)\nprint(featx.__version__)\n"
@@ -139,3 +141,18 @@ def test_script_beside_a_folder_named_featx_imports_the_installed_package(tmp_pa
     file, version = res.stdout.split()
     assert Path(file) == clone / "featx" / "__init__.py"
     assert version == featx.__version__
+
+
+def test_installing_elsewhere_leaves_this_environments_featx_alone(tmp_path):
+    """The tests above install featx into temporary folders; the featx of the environment
+    that runs them (its console script, its editable path) must survive."""
+    import importlib.metadata as md
+
+    try:
+        before = md.distribution("featx").files or []
+    except md.PackageNotFoundError:
+        pytest.skip("featx is not installed in this environment")
+    test_script_beside_a_folder_named_featx_imports_the_installed_package(tmp_path)
+    after = md.distribution("featx").files or []
+    assert sorted(map(str, after)) == sorted(map(str, before))
+    assert all(f.locate().exists() for f in before if f.suffix in (".pth", ""))
