@@ -495,33 +495,38 @@ def _text_rows(
     return {"text/n_tokens": n_tokens}, n_truncated
 
 
+def _row_fingerprint(idx: Any, r: int) -> tuple:
+    """(size, mtime_ns, sha256) of row ``r`` of a store's or a part's index."""
+    return (int(idx.size[r]), int(idx.mtime_ns[r]), idx.sha256[r])
+
+
+def _failed_records(idx: Any) -> dict[str, tuple]:
+    """key -> (reason, size, mtime_ns, sha256) of the failures an index records."""
+    return {
+        k: (
+            idx.failed_reasons[r],
+            int(idx.failed_size[r]),
+            int(idx.failed_mtime_ns[r]),
+            idx.failed_sha256[r],
+        )
+        for r, k in enumerate(idx.failed_keys)
+    }
+
+
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     """Decide, per item, whether its row comes from a part, the old store, or must be extracted."""
     part_rows: dict[str, tuple[str, int, tuple]] = {}
     part_failed: dict[str, tuple] = {}
     for part, idx in writer.iter_part_index():
         for r, k in enumerate(idx.keys):
-            part_rows[k] = (str(part), r, (int(idx.size[r]), int(idx.mtime_ns[r]), idx.sha256[r]))
-        for r, k in enumerate(idx.failed_keys):
-            part_failed[k] = (
-                idx.failed_reasons[r],
-                int(idx.failed_size[r]),
-                int(idx.failed_mtime_ns[r]),
-                idx.failed_sha256[r],
-            )
+            part_rows[k] = (str(part), r, _row_fingerprint(idx, r))
+        part_failed.update(_failed_records(idx))
     old_rows: dict[str, tuple[int, tuple]] = {}
     old_failed: dict[str, tuple] = {}
     old = writer.index
     if old is not None:
-        for r, k in enumerate(old.keys):
-            old_rows[k] = (r, (int(old.size[r]), int(old.mtime_ns[r]), old.sha256[r]))
-        for r, k in enumerate(old.failed_keys):
-            old_failed[k] = (
-                old.failed_reasons[r],
-                int(old.failed_size[r]),
-                int(old.failed_mtime_ns[r]),
-                old.failed_sha256[r],
-            )
+        old_rows = {k: (r, _row_fingerprint(old, r)) for r, k in enumerate(old.keys)}
+        old_failed = _failed_records(old)
     rows: dict[str, tuple[str, int]] = {}
     failed: dict[str, tuple] = {}
     todo: list[Item] = []
