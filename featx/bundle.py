@@ -52,6 +52,7 @@ import logging
 import math
 import os
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -72,6 +73,17 @@ _MAGIC = "featx-head-bundle"
 _JSON = "featx-bundle.json"
 _SUM = "featx-bundle.sha256"
 _ZIP_MAGIC = b"PK\x03\x04"
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+# what a joblib / pickle file starts with: a pickle protocol opcode, or joblib's compressors
+_PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00\x00")
+
+#: Limits checked before anything is read, so a forged bundle costs bounded time and memory.
+#: A head bundle holds one JSON document and its arrays; featx writes the arrays uncompressed.
+MAX_MEMBERS = 10_000
+MAX_JSON_BYTES = 64 << 20
+MAX_TOTAL_BYTES = 8 << 30  # every array together (the largest real heads are ~1 GB)
+MAX_RATIO = 100  # uncompressed / compressed size of one member above 1 MiB (a zip bomb)
+MAX_DEPTH = 200  # nesting of the JSON document (a real head's is < 30)
 
 
 class UnsafeBundleError(FeatxError):
@@ -548,11 +560,21 @@ def load_bundle(path: str | os.PathLike, *, trust: bool = False) -> Bundle:
     if not path.is_file():
         raise FeatxError(f"no head bundle at {str(path)!r}; check the path or run featx fit")
     with open(path, "rb") as f:
-        head = f.read(4)
-    if head == _ZIP_MAGIC:
+        head = f.read(8)
+    if head.startswith(_ZIP_MAGIC):
         payload, version = _read_safe(path, trust)
-    else:
+    elif head.startswith(_HDF5_MAGIC):
+        raise FeatxError(
+            f"{str(path)!r} is a feature store (HDF5), not a head bundle; give the file "
+            "written by featx fit --out (or fit one: featx fit STORE --out head.npz)"
+        )
+    elif head.startswith(_PICKLE_MAGICS):
         payload, version = _read_pickle(path, trust)
+    else:
+        raise FeatxError(
+            f"{str(path)!r} is not a featx head bundle (neither a bundle zip nor an old "
+            "pickle bundle); give the file written by featx fit --out"
+        )
     import sklearn
 
     saved_with = payload.get("sklearn_version")
@@ -563,10 +585,16 @@ def load_bundle(path: str | os.PathLike, *, trust: bool = False) -> Bundle:
             saved_with,
             sklearn.__version__,
         )
+    classes = payload.get("classes")
+    if not isinstance(classes, list | tuple) or not all(isinstance(c, str) for c in classes):
+        raise FeatxError(
+            f"{str(path)!r} is not a usable head bundle (its class names are not a list of "
+            "strings); refit with featx fit"
+        )
     try:
-        return Bundle(
+        b = Bundle(
             estimator=payload["estimator"],
-            classes=tuple(str(c) for c in payload["classes"]),
+            classes=tuple(classes),
             dim=int(payload["dim"]),
             store_meta=dict(payload.get("store_meta") or {}),
             metrics=dict(payload.get("metrics") or {}),
@@ -575,10 +603,12 @@ def load_bundle(path: str | os.PathLike, *, trust: bool = False) -> Bundle:
             created=str(payload.get("created", "")),
             path=path,
         )
-    except (KeyError, TypeError, ValueError) as e:
+    except (KeyError, TypeError, ValueError, OverflowError) as e:
         raise FeatxError(
             f"{str(path)!r} is an incomplete head bundle (missing {e}); refit with featx fit"
         ) from None
+    _check_structure(b)
+    return b
 
 
 def _corrupt(path: Path, why: str) -> FeatxError:
@@ -597,20 +627,89 @@ def _check_version(path: Path, version: Any, expected: int) -> None:
         )
 
 
+def _member(z: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
+    """Read one member after checking its declared sizes; the read stops at the declared size."""
+    try:
+        info = z.getinfo(name)
+    except KeyError:
+        raise _corrupt(path, f"{name} is missing") from None
+    if info.file_size > limit:
+        raise _corrupt(path, f"{name} declares {info.file_size} bytes, more than {limit}")
+    if info.file_size > (1 << 20) and info.file_size > MAX_RATIO * max(1, info.compress_size):
+        raise _corrupt(
+            path, f"{name} inflates {info.compress_size} bytes to {info.file_size} (a zip bomb)"
+        )
+    with z.open(info) as f:
+        data = f.read(info.file_size + 1)
+    if len(data) != info.file_size:
+        raise _corrupt(path, f"{name} is not the size its header declares")
+    return data
+
+
+def _npy(data: bytes, ref: str, path: Path) -> np.ndarray:
+    """An array from ``.npy`` bytes whose header must describe exactly the bytes that follow."""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
+        else:
+            raise ValueError(f"npy version {version}")
+    except ValueError as e:
+        raise _corrupt(path, f"{ref} has a bad array header ({e})") from None
+    if dtype.hasobject or dtype.kind not in "biufcU":
+        raise _corrupt(path, f"{ref} holds {dtype} values, which a bundle never does")
+    if any(int(n) < 0 for n in shape):
+        raise _corrupt(path, f"{ref} declares the shape {shape}")
+    n = 1
+    for d in shape:
+        n *= int(d)
+    if n * dtype.itemsize != len(data) - buf.tell():
+        raise _corrupt(
+            path,
+            f"{ref} declares the shape {shape} ({n * dtype.itemsize} bytes) but holds "
+            f"{len(data) - buf.tell()} bytes",
+        )
+    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+
+
+def _depth(tree: Any) -> int:
+    """Nesting depth of a JSON value, without recursion."""
+    deepest, stack = 0, [(tree, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > MAX_DEPTH:
+            return deepest
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
+
+
 def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
     try:
         with zipfile.ZipFile(path) as z:
-            names = set(z.namelist())
+            infos = z.infolist()
+            if len(infos) > MAX_MEMBERS:
+                raise _corrupt(path, f"{len(infos)} members, more than {MAX_MEMBERS}")
+            names = {i.filename for i in infos}
             if _JSON not in names:
                 raise FeatxError(
                     f"{str(path)!r} is a zip file but not a featx head bundle; "
                     "give the file written by featx fit"
                 )
-            text = z.read(_JSON)
-            want = z.read(_SUM).decode().strip() if _SUM in names else ""
+            text = _member(z, _JSON, MAX_JSON_BYTES, path)
+            want = _member(z, _SUM, 1024, path).decode().strip() if _SUM in names else ""
             if hashlib.sha256(text).hexdigest() != want:
                 raise _corrupt(path, f"{_JSON} does not match its SHA-256")
-            meta = json.loads(text)
+            try:
+                meta = json.loads(text)
+            except RecursionError:
+                raise _corrupt(path, f"{_JSON} is nested too deeply") from None
             if not isinstance(meta, dict) or meta.get("magic") != _MAGIC:
                 raise FeatxError(
                     f"{str(path)!r} is a zip file but not a featx head bundle; "
@@ -618,23 +717,91 @@ def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
                 )
             version = meta.get("format_version")
             _check_version(path, version, BUNDLE_FORMAT)
+            if _depth(meta) > MAX_DEPTH:
+                raise _corrupt(path, f"{_JSON} is nested more than {MAX_DEPTH} levels deep")
+            listed = meta.get("arrays") or {}
+            if not isinstance(listed, dict) or not all(
+                isinstance(r, str) and isinstance(d, str) for r, d in listed.items()
+            ):
+                raise _corrupt(path, "its array list is not a table of names and SHA-256s")
+            total = sum(z.getinfo(r).file_size for r in listed if r in names)
+            if total > MAX_TOTAL_BYTES:
+                raise _corrupt(path, f"its arrays declare {total} bytes, more than allowed")
             arrays: dict[str, np.ndarray] = {}
-            for ref, digest in dict(meta.get("arrays") or {}).items():
-                data = z.read(ref)
+            for ref, digest in listed.items():
+                data = _member(z, ref, MAX_TOTAL_BYTES, path)
                 if hashlib.sha256(data).hexdigest() != digest:
                     raise _corrupt(path, f"{ref} does not match its SHA-256")
-                arrays[ref] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+                arrays[ref] = _npy(data, ref, path)
     except FeatxError:
         raise
-    except (OSError, zipfile.BadZipFile, KeyError, ValueError, UnicodeDecodeError, EOFError) as e:
+    except (
+        OSError,
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        KeyError,
+        ValueError,
+        UnicodeDecodeError,
+        EOFError,
+        NotImplementedError,  # an unsupported compression method
+        RuntimeError,  # an encrypted member
+        zlib.error,  # a damaged deflate stream
+    ) as e:
         raise _corrupt(path, type(e).__name__) from None
     try:
         meta["estimator"] = _Decoder(arrays, trust)(meta.get("estimator"))
     except FeatxError:
         raise
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise _corrupt(path, f"bad estimator state: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the state is untrusted input: any failure is damage
+        raise _corrupt(path, f"bad estimator state: {type(e).__name__} {str(e)[:80]}") from None
     return meta, int(version)
+
+
+def _check_structure(b: Bundle) -> None:
+    """Refuse a bundle whose head cannot predict into its classes, before any real prediction.
+
+    The checks: an estimator with ``predict``, a positive dim, class names that are strings,
+    the head's ``classes_`` indices into them, and one probe prediction on a zero row giving a
+    known class index (and probabilities of the right shape).
+    """
+    where = str(b.path) if b.path else "the bundle"
+    bad = f"{where!r} is not a usable head bundle"
+    est = b.estimator
+    if est is None or not callable(getattr(est, "predict", None)):
+        raise FeatxError(f"{bad} (it holds no estimator with predict); refit with featx fit")
+    if not 0 < b.dim <= 1 << 24:
+        raise FeatxError(f"{bad} (feature dim {b.dim}); refit with featx fit")
+    if not b.classes:
+        raise FeatxError(f"{bad} (no class names); refit with featx fit")
+    idx = np.asarray(getattr(est, "classes_", np.arange(len(b.classes))))
+    if (
+        idx.ndim != 1
+        or not idx.size
+        or not np.issubdtype(idx.dtype, np.integer)
+        or idx.min() < 0
+        or idx.max() >= len(b.classes)
+    ):
+        raise FeatxError(
+            f"{bad} (the head's classes are not indices into its {len(b.classes)} class "
+            "names); refit with featx fit"
+        )
+    probe = np.zeros((1, b.dim))
+    try:
+        with np.errstate(all="ignore"):
+            p = np.asarray(est.predict(probe))
+            if p.shape != (1,) or int(p[0]) not in set(idx.tolist()):
+                raise ValueError(f"predicted {p.ravel()[:3].tolist()}")
+            if hasattr(est, "predict_proba"):
+                q = np.asarray(est.predict_proba(probe))
+                if q.shape != (1, idx.size):
+                    raise ValueError(f"probabilities of shape {q.shape}")
+    except FeatxError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any failure of forged state means "unusable"
+        raise FeatxError(
+            f"{bad} (its head fails on a probe row: {type(e).__name__} {str(e)[:80]}); "
+            "refit with featx fit"
+        ) from None
 
 
 def _read_pickle(path: Path, trust: bool) -> tuple[dict[str, Any], int]:

@@ -27,6 +27,7 @@ from featx.options import (
     TextFormat,
     option_fields,
 )
+from featx.terminal import clean, echo
 
 log = logging.getLogger("featx")
 
@@ -34,8 +35,59 @@ log = logging.getLogger("featx")
 # ---------------------------------------------------------------------------------------------
 # plumbing
 # ---------------------------------------------------------------------------------------------
+class OutputOption(click.Option):
+    """An option that names an output file or folder: checked by :func:`featx.files.check_output`
+    before the command runs (exists -> only with ``--force``; below a file or in a folder that
+    cannot be written -> one line), the same for every command."""
+
+    def __init__(self, *args: Any, folder: bool = False, update: bool = False, **kw: Any):
+        kw.setdefault("type", click.Path())
+        super().__init__(*args, **kw)
+        self.folder = folder
+        self.update = update
+
+
+def output_option(*decls: str, folder: bool = False, update: bool = False, **kw: Any):
+    """``click.option`` for an output path (see :class:`OutputOption`)."""
+    return click.option(*decls, cls=OutputOption, folder=folder, update=update, **kw)
+
+
+force_option = click.option(
+    "--force",
+    is_flag=True,
+    help="Replace outputs that exist already (without it featx refuses to overwrite them).",
+)
+
+
+class FeatxCommand(click.Command):
+    """Checks every output option before the command's work starts."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from featx.files import check_output
+
+        for p in self.params:
+            value = ctx.params.get(p.name or "")
+            if isinstance(p, OutputOption) and value:
+                check_output(
+                    value,
+                    force=bool(ctx.params.get("force")),
+                    folder=p.folder,
+                    update=p.update,
+                    option=p.opts[0],
+                )
+        return super().invoke(ctx)
+
+
 class FeatxGroup(click.Group):
-    """Turns library errors into one-line messages and a non-zero exit."""
+    """The one error boundary: every error becomes one line and a non-zero exit.
+
+    A :class:`~featx.errors.FeatxError` is printed as it is; any ``OSError`` (a read-only or
+    missing folder, a path below a file, a full disk, ...) as one line naming the path and what
+    to do (:func:`featx.errors.os_error_message`); anything else as its type and first line.
+    Every message is cleaned for the terminal. ``-v`` shows the traceback instead.
+    """
+
+    command_class = FeatxCommand
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -43,7 +95,7 @@ class FeatxGroup(click.Group):
         except FeatxError as exc:
             if ctx.meta.get("featx.verbose"):
                 raise
-            click.echo(f"error: {exc}", err=True)
+            echo(f"error: {clean(exc)}", err=True)
             ctx.exit(1)
         except BrokenPipeError:  # e.g. `featx ... --json | head`: the reader left; stop quietly
             import os
@@ -51,26 +103,34 @@ class FeatxGroup(click.Group):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             ctx.exit(1)
         except KeyboardInterrupt:
-            click.echo("interrupted; run the same command again to resume", err=True)
+            echo("interrupted; run the same command again to resume", err=True)
             ctx.exit(130)
-        except (click.exceptions.Exit, click.ClickException, click.Abort):
+        except click.ClickException as exc:
+            exc.message = clean(exc.message)  # a bad value echoed back stays harmless
+            raise
+        except (click.exceptions.Exit, click.Abort):
             raise
         except OSError as exc:
-            from featx.errors import disk_full_error, is_disk_full
+            from featx.errors import disk_full_error, is_disk_full, os_error_message
 
-            if ctx.meta.get("featx.verbose") or not is_disk_full(exc):
+            if ctx.meta.get("featx.verbose"):
                 raise
-            import os
+            if is_disk_full(exc):
+                import os
 
-            where = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else "."
-            click.echo(f"error: {disk_full_error(where)}", err=True)
+                where = os.path.dirname(os.path.abspath(exc.filename)) if exc.filename else "."
+                msg = str(disk_full_error(where))
+            else:
+                msg = os_error_message(exc)
+            echo(f"error: {clean(msg)}", err=True)
             ctx.exit(1)
         except Exception as exc:  # noqa: BLE001 - no traceback unless -v
             if ctx.meta.get("featx.verbose"):
                 raise
             msg = str(exc).splitlines()[0] if str(exc) else ""
-            click.echo(
-                f"error: {type(exc).__name__}: {msg} (re-run with -v for the traceback)", err=True
+            echo(
+                f"error: {type(exc).__name__}: {clean(msg)} (re-run with -v for the traceback)",
+                err=True,
             )
             ctx.exit(1)
 
@@ -120,12 +180,12 @@ def _pick(spec: type, kw: dict[str, Any], **extra: Any) -> Any:
 
 
 def _print_json(obj: Any) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    echo(json.dumps(obj, indent=2, default=str))
 
 
 def _table(rows: list[tuple[str, Any]]) -> str:
     width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+    return "\n".join(f"{k:<{width}}  {clean(v)}" for k, v in rows)
 
 
 def _setup_logging(verbose: int, quiet: bool = False) -> None:
@@ -136,9 +196,11 @@ def _setup_logging(verbose: int, quiet: bool = False) -> None:
         level = logging.INFO
     if quiet:
         level = logging.ERROR
-    logging.basicConfig(
-        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    from featx.terminal import CleanFormatter
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(CleanFormatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 @click.group(cls=FeatxGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -182,10 +244,10 @@ def backbones(pattern: str | None, as_json: bool) -> None:
         _print_json([i.to_dict() for i in infos])
         return
     w = max(len(i.name) for i in infos)
-    click.echo(f"{'name':<{w}}  {'dim':>5}  {'size':>4}  weights")
+    echo(f"{'name':<{w}}  {'dim':>5}  {'size':>4}  weights")
     for i in infos:
         dim = "?" if i.dim is None else i.dim
-        click.echo(f"{i.name:<{w}}  {dim:>5}  {i.input_size:>4}  {i.weights}")
+        echo(f"{i.name:<{w}}  {dim:>5}  {i.input_size:>4}  {i.weights}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,9 +256,9 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 @cli.command()
 @click.argument("source")
 @spec_options(BackboneSpec)
-@click.option(
+@output_option(
     "--store",
-    type=click.Path(dir_okay=False),
+    update=True,
     help="Store file (default: a name under the cache folder).",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
@@ -243,9 +305,9 @@ def extract(source: str, **kw: Any) -> None:
         _print_json(result.to_dict())
         return
     if result.noop:
-        click.echo(f"{result.store}: up to date ({result.n_items} items, {result.n_failed} failed)")
+        echo(f"{result.store}: up to date ({result.n_items} items, {result.n_failed} failed)")
         return
-    click.echo(
+    echo(
         _table(
             [
                 ("store", result.store),
@@ -268,7 +330,7 @@ def extract(source: str, **kw: Any) -> None:
         )
     )
     if result.n_failed:
-        click.echo(f"see the failed items and reasons with: featx info {result.store}")
+        echo(f"see the failed items and reasons with: featx info {result.store}")
 
 
 def format_info(info: dict[str, Any]) -> str:
@@ -360,7 +422,7 @@ def info(store: str | None, as_json: bool, check: bool) -> None:
         from featx.settings import locations
 
         loc = locations()
-        click.echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
+        echo(json.dumps(loc, indent=2) if as_json else format_locations(loc))
         return
     from featx.store import store_info, verify_store
 
@@ -373,11 +435,9 @@ def info(store: str | None, as_json: bool, check: bool) -> None:
     if as_json:
         _print_json(data)
     else:
-        click.echo(format_info(data))
+        echo(format_info(data))
         if report is not None:
-            click.echo(
-                f"verified  {report.chunks_read} chunks, {report.bytes_read / 1e6:.1f} MB: ok"
-            )
+            echo(f"verified  {report.chunks_read} chunks, {report.bytes_read / 1e6:.1f} MB: ok")
 
 
 def _verify_failed(report: Any, as_json: bool) -> None:
@@ -385,7 +445,7 @@ def _verify_failed(report: Any, as_json: bool) -> None:
         _print_json(report.to_dict())
     else:
         for p in report.problems:
-            click.echo(f"damaged: {p}", err=True)
+            echo(f"damaged: {p}", err=True)
     raise FeatxError(
         f"store {report.store} is damaged ({len(report.problems)} problem(s): "
         f"{report.problems[0]}); delete it and run the same 'featx extract' again"
@@ -412,12 +472,12 @@ def verify(store: str, as_json: bool) -> None:
     if as_json:
         _print_json(report.to_dict())
         return
-    click.echo(
+    echo(
         f"{report.store}: ok ({report.n_items} rows x {report.dim}, {report.chunks_read} chunks, "
         f"{report.bytes_read / 1e6:.1f} MB read)"
     )
     for note in report.notes:
-        click.echo(f"note: {note}")
+        echo(f"note: {note}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -431,13 +491,10 @@ def verify(store: str, as_json: bool) -> None:
     type=click.Choice(["npz", "parquet", "csv"]),
     help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
 )
-@click.option(
-    "--out",
-    type=click.Path(dir_okay=False),
-    help="Output file (default: the store's path with the format's suffix).",
-)
+@output_option("--out", help="Output file (default: the store's path with the format's suffix).")
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
+def export(store: str, fmt: str | None, out: str | None, as_json: bool, force: bool) -> None:
     """Write a feature STORE's ids, labels, splits and features as npz, Parquet or CSV.
 
     \b
@@ -452,7 +509,7 @@ def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
     if as_json:
         _print_json(res.to_dict())
         return
-    click.echo(
+    echo(
         _table(
             [
                 ("out", res.out),
@@ -496,11 +553,11 @@ def heads_cmd(as_json: bool) -> None:
         _print_json(rows)
         return
     for r in rows:
-        click.echo(f"{r['name']:<11} {r['summary']}")
+        echo(f"{r['name']:<11} {r['summary']}")
         for k, p in r["params"].items():
             # a help text that already explains its default (e.g. a sweep's values) keeps it
             default = "" if "default" in p["help"] else f" (default {p['default']})"
-            click.echo(f"{'':<13}{k}={p['type']}  {p['help']}{default}")
+            echo(f"{'':<13}{k}={p['type']}  {p['help']}{default}")
 
 
 def _print_result(res: dict[str, Any]) -> None:
@@ -524,12 +581,12 @@ def _print_result(res: dict[str, Any]) -> None:
     ]
     if res.get("n_unlabeled"):
         rows.append(("unlabeled (left out)", res["n_unlabeled"]))
-    click.echo(_table(rows))
+    echo(_table(rows))
     per_class = res.get("per_class") or []
     if per_class:
-        click.echo("\nper class:  precision  recall  f1      support")
+        echo("\nper class:  precision  recall  f1      support")
         for c in per_class:
-            click.echo(
+            echo(
                 f"  {str(c['name'])[:10]:<10} {c['precision']:.3f}      {c['recall']:.3f}   "
                 f"{c['f1']:.3f}   {c['support']}"
             )
@@ -555,12 +612,12 @@ def _print_result(res: dict[str, Any]) -> None:
     show_default=True,
     help="Ship a head refit on every labeled item, or the one measured on the test split.",
 )
-@click.option(
+@output_option(
     "--out",
-    type=click.Path(dir_okay=False),
     help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.npz); "
     "without --out nothing is written.",
 )
+@force_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fit(
     store: str,
@@ -569,6 +626,7 @@ def fit(
     out: str | None,
     as_json: bool,
     refit: str,
+    force: bool,
     **proto: Any,
 ) -> None:
     """Train a head on a feature STORE and report test metrics; --out saves it for predict.
@@ -597,10 +655,10 @@ def fit(
         return
     _print_result(res)
     if report.bundle is None:
-        click.echo("\nbundle: not saved (add --out FILE.npz to keep it for 'featx predict')")
+        echo("\nbundle: not saved (add --out FILE.npz to keep it for 'featx predict')")
     else:
         on = "all labeled items" if refit == "all" else "train"
-        click.echo(f"\nbundle: {report.bundle} (refit on {on})")
+        echo(f"\nbundle: {report.bundle} (refit on {on})")
 
 
 @cli.command()
@@ -613,10 +671,9 @@ def fit(
 )
 @_protocol_options
 @click.option("--json", "as_json", is_flag=True, help="Print the leaderboard as JSON.")
-@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), help="Also write a CSV.")
-@click.option(
-    "--report", type=click.Path(file_okay=False), help="Write tables and PNG plots to this folder."
-)
+@output_option("--csv", "csv_path", help="Also write a CSV.")
+@output_option("--report", folder=True, help="Write tables and PNG plots to this folder.")
+@force_option
 @spec_options(ExtractOptions, only=("engine", "ray_address"))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def compare(
@@ -625,6 +682,7 @@ def compare(
     as_json: bool,
     csv_path: str | None,
     report: str | None,
+    force: bool,
     quiet: bool,
     engine: str,
     ray_address: str | None,
@@ -655,21 +713,28 @@ def compare(
     if report:
         board.write_report(report)
     if as_json:
-        click.echo(board.to_json())
+        echo(board.to_json())
     else:
-        click.echo(board.to_markdown())
+        echo(board.to_markdown())
         if report:
-            click.echo(f"\nreport: {report}")
+            echo(f"\nreport: {report}")
 
 
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False), default="preds.csv", show_default=True)
+@output_option("--out", default="preds.csv", show_default=True, help="The predictions CSV.")
+@force_option
 @click.option(
     "--weights-file",
     type=click.Path(dir_okay=False),
     help="The local weights file the bundle's backbone was built from, if any.",
+)
+@click.option(
+    "--model-dir",
+    type=click.Path(file_okay=False),
+    help="The local model folder the bundle's backbone was built from, if any (a bundle never "
+    "makes featx load a folder it names by itself).",
 )
 @click.option("--root", help="Folder of a torchvision dataset.")
 @spec_options(TextFormat)
@@ -689,6 +754,7 @@ def predict(
     source: str,
     out: str,
     weights_file: str | None,
+    model_dir: str | None,
     root: str | None,
     device: str,
     precision: str,
@@ -696,6 +762,7 @@ def predict(
     workers: int | None,
     trust_pickle: bool,
     allow_outside_root: bool,
+    force: bool,
     quiet: bool,
     as_json: bool,
     **text_kw: Any,
@@ -734,6 +801,7 @@ def predict(
         root=root,
         text=_pick(TextFormat, text_kw),
         trust=trust_pickle,
+        model_dir=model_dir,
     )
     if as_json:
         _print_json(res.to_dict())
@@ -747,15 +815,16 @@ def predict(
     ]
     if res.accuracy is not None:
         rows.append(("accuracy vs labels", f"{100 * res.accuracy:.2f}%"))
-    click.echo(_table(rows))
+    echo(_table(rows))
 
 
 @cli.command()
 @click.argument("pipeline", type=click.Path())
-@click.option("--report", type=click.Path(file_okay=False), help="Override the report folder.")
+@output_option("--report", folder=True, help="Override the report folder.")
+@force_option
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
+def run(pipeline: str, report: str | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Run a declarative experiment: sources x backbones x heads (see pipelines/).
 
     Every store is reused from the cache when up to date; the leaderboard is printed and the
@@ -767,11 +836,11 @@ def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
     """
     from featx.pipeline import run_pipeline
 
-    res = run_pipeline(pipeline, progress=not quiet, report=report)
+    res = run_pipeline(pipeline, progress=not quiet, report=report, force=force)
     if as_json:
         _print_json(res.to_dict())
     else:
-        click.echo(res.to_markdown())
+        echo(res.to_markdown())
 
 
 def main() -> None:

@@ -211,6 +211,7 @@ def extract(
                 normalize=normalize,
             )
         )
+        _check_before_noop(spec, opts, is_text)
         if not is_text:  # text encoders are always loaded (a model folder can change in place)
             memo_key = memo.request_key(
                 spec.name,
@@ -422,6 +423,23 @@ def _up_to_date(
 
 
 _RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")
+
+
+def _check_before_noop(spec: BackboneSpec, opts: ExtractOptions, is_text: bool) -> None:
+    """What the full run would refuse, refused before the up-to-date shortcut too (#23).
+
+    A device that is not there (``--device cuda:7`` without that GPU) and text-only options on
+    an image backbone are errors whether or not anything needs extracting.
+    """
+    if not is_text and (spec.max_seq_length is not None or spec.normalize is not None):
+        raise FeatxError(
+            f"{spec.name} is an image backbone: --max-seq-length and --normalize apply to text "
+            "encoders only"
+        )
+    if opts.engine == "local" and (opts.device or "auto").lower() not in ("auto", "cpu"):
+        from featx.engine import resolve_device
+
+        resolve_device(opts.device)  # explicit GPUs only: "auto"/"cpu" need no torch here
 
 
 def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:

@@ -22,7 +22,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "cache_dir", "fsync_dir"]
+__all__ = ["atomic_path", "atomic_write", "cache_dir", "check_output", "fsync_dir"]
 
 
 def cache_dir() -> Path:
@@ -99,3 +99,68 @@ def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = Tr
     with atomic_path(path, fsync=fsync) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return path
+
+
+def check_output(
+    path: str | os.PathLike,
+    *,
+    force: bool = False,
+    folder: bool = False,
+    option: str = "--out",
+    update: bool = False,
+) -> Path:
+    """The one guard every output option goes through, before any work is done.
+
+    The convention (the same for every command): an output that exists is replaced only with
+    ``--force``; missing parent folders are created when the output is written (not here); an
+    output below a file, in a folder that cannot be written, or of the wrong kind (a folder
+    where a file goes, or the other way) is a one-line :class:`~featx.errors.FeatxError` naming
+    the path and what to do. ``update=True`` is for outputs a command updates in place (a
+    feature store): existing is fine.
+
+    Parameters
+    ----------
+    path : path-like
+        The output file (or folder, with ``folder=True``).
+    force : bool
+        Replace an existing output.
+    option : str
+        The option that named it, for the message.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
+    from featx.errors import FeatxError
+
+    p = Path(path)
+    shown = os.fsdecode(os.fspath(path))
+    if not shown.strip():
+        raise FeatxError(f"{option} is empty; give a {'folder' if folder else 'file'} name")
+    if p.exists() or p.is_symlink():
+        if p.is_dir() and not folder:
+            raise FeatxError(f"{option} {shown!r} is a folder; give a file name")
+        if folder and not p.is_dir():
+            raise FeatxError(f"{option} {shown!r} is a file; give a folder name")
+        if not (force or update):
+            raise FeatxError(
+                f"{option} {shown!r} exists; pass --force to replace it, or choose another name"
+            )
+    parent = p.parent if str(p.parent) else Path(".")
+    # the nearest existing ancestor must be a folder: an output below a file is a typo
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise FeatxError(
+            f"{option} {shown!r} is below {str(probe)!r}, which is a file, not a folder; "
+            "choose another path"
+        )
+    target = p if folder and p.is_dir() else probe
+    if not os.access(target, os.W_OK | os.X_OK):
+        raise FeatxError(
+            f"cannot write {option} {shown!r}: {str(target)!r} is not writable "
+            "(read-only file system or permissions); choose a folder you can write"
+        )
+    return p

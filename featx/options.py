@@ -29,6 +29,7 @@ featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_we
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -193,6 +194,19 @@ class _Spec:
         return dataclasses.asdict(self)  # type: ignore[call-overload]
 
 
+_DEVICE_RE = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)", re.IGNORECASE)
+
+
+def check_device_name(device: Any) -> None:
+    """Refuse a device that is no device name (``banana``) when the options are built, so a
+    run with nothing to do refuses it too. Whether a named GPU exists is checked by
+    :func:`featx.engine.resolve_device`."""
+    if device is not None and (
+        not isinstance(device, str) or not _DEVICE_RE.fullmatch(device.strip())
+    ):
+        raise FeatxError(f"unknown device {device!r}; use {DEVICE_HELP.rstrip('.')}")
+
+
 def _check(spec: Any) -> None:
     """Validate a spec's values against its fields' choices and ranges (FeatxError)."""
     for f in option_fields(spec):
@@ -285,6 +299,7 @@ class ExtractOptions(_Spec):
 
     def __post_init__(self) -> None:
         _check(self)
+        check_device_name(self.device)
 
     def ray_settings(self) -> Any:
         """The Ray options as :class:`featx.ray_engine.RaySettings`, defaults filled in."""

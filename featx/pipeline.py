@@ -94,6 +94,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
     for key in ("sources", "backbones", "heads"):
         if not doc.get(key):
             raise FeatxError(f"pipeline {p}: needs at least one entry in '{key}'")
+        if not isinstance(doc[key], list) or not all(isinstance(e, str | dict) for e in doc[key]):
+            raise FeatxError(
+                f"pipeline {p}: '{key}' must be a list of names or tables, e.g. "
+                f'{key} = ["..."]; got {str(doc[key])[:40]}'
+            )
+    for key in ("extract", "protocol"):
+        if key in doc and not isinstance(doc[key], dict):
+            raise FeatxError(f"pipeline {p}: [{key}] must be a table of settings")
     sources = []
     for s in doc["sources"]:
         s = {"spec": s} if isinstance(s, str) else dict(_check_keys("[[sources]]", s, _SOURCE, p))
@@ -184,11 +192,20 @@ def _backbone_label(b: dict[str, Any]) -> str:
 
 
 def run_pipeline(
-    path: str | os.PathLike, *, progress: bool = False, report: str | os.PathLike | None = None
+    path: str | os.PathLike,
+    *,
+    progress: bool = False,
+    report: str | os.PathLike | None = None,
+    force: bool = True,
 ) -> PipelineResult:
-    """Run a pipeline file end to end; see the module docstring for the format."""
+    """Run a pipeline file end to end; see the module docstring for the format.
+
+    ``force=False`` (what ``featx run`` passes without ``--force``) refuses to start when the
+    report folder exists already; the folder is checked before any work either way.
+    """
     from featx.comparison import compare
     from featx.extraction import extract
+    from featx.files import check_output
     from featx.store import load_features
 
     pl = load_pipeline(path)
@@ -201,6 +218,7 @@ def run_pipeline(
         for h in pl.heads
     ]
     report_root = Path(report) if report else pl.report
+    check_output(report_root, folder=True, force=force, option="the report folder")
     stores: dict[str, dict[str, str]] = {}
     boards: dict[str, Any] = {}
     reports: dict[str, Path] = {}

@@ -58,21 +58,48 @@ class PredictResult:
         return d
 
 
+def _local_model_folder(name: str) -> bool:
+    """Whether a recorded backbone name points into the file system (not a registered name)."""
+    n = name.strip()
+    return n.lower().startswith(("hf:", "st:")) or os.path.isabs(n) or os.path.isdir(n)
+
+
 def rebuild_backbone(
-    store_meta: Mapping[str, Any], weights_file: str | os.PathLike | None = None
+    store_meta: Mapping[str, Any],
+    weights_file: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
 ) -> Backbone:
     """Load the backbone a bundle's store was built with, and prove it is the same one.
 
     The store's recorded ``config.backbone`` becomes a :class:`~featx.options.BackboneSpec`
     (:meth:`~featx.options.BackboneSpec.from_config`), the backbone is loaded from it, and its
     ``config()`` must equal the recorded one.
+
+    What a bundle may name (the trust model, see RELIABILITY.md): a registered backbone
+    (embedded, torchvision, timm, the bundled MiniLM). A bundle is a file anyone can write, so
+    a local model folder it names is loaded only when the user passes that folder as
+    ``model_dir`` (``--model-dir``), and a local weights file only as ``weights_file``; the
+    folder's weights and vocabulary must then hash to what the bundle recorded.
     """
     from featx.backbones import load_backbone
 
     cfg = (store_meta.get("config") or {}).get("backbone")
-    if not isinstance(cfg, dict) or "name" not in cfg:
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
     spec = BackboneSpec.from_config(cfg)
+    names_folder = _local_model_folder(cfg["name"])
+    if names_folder and model_dir is None:
+        raise FeatxError(
+            f"the bundle's backbone is the local model folder {cfg['name']!r}; featx loads a "
+            "model folder a bundle names only when you pass it: add --model-dir FOLDER (the "
+            "folder the head was trained with)"
+        )
+    if model_dir is not None:
+        if not names_folder:
+            raise FeatxError(
+                f"the bundle's backbone is {cfg['name']!r}, not a model folder; drop --model-dir"
+            )
+        spec = replace(spec, name="hf:" + os.fspath(model_dir))
     if str(spec.weights).startswith("file:") and weights_file is None:
         raise FeatxError(
             f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
@@ -85,11 +112,14 @@ def rebuild_backbone(
     bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
         bb = load_backbone(spec)
-    if bb.config() != cfg:
+    got = bb.config()
+    if model_dir is not None:  # the folder may live elsewhere now; its hashes must agree
+        got = {**got, "name": cfg["name"]}
+    if got != cfg:
         from featx.store import StoreConfig, config_difference
 
         diff = config_difference(
-            StoreConfig(source={}, backbone=cfg), StoreConfig(source={}, backbone=bb.config())
+            StoreConfig(source={}, backbone=cfg), StoreConfig(source={}, backbone=got)
         )
         raise FeatxError(
             f"cannot rebuild the bundle's backbone exactly ({diff}); "
@@ -130,6 +160,7 @@ def predict(
     download: bool = False,
     text: TextFormat | None = None,
     trust: bool = False,
+    model_dir: str | os.PathLike | None = None,
 ) -> PredictResult:
     """Predict labels of every image or text of ``source`` with a head bundle; write a CSV.
 
@@ -152,6 +183,9 @@ def predict(
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
+    model_dir : path-like, optional
+        The local model folder the bundle's backbone was built from, when it was one (a bundle
+        never makes featx load a folder by itself; see :func:`rebuild_backbone`).
     """
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
@@ -160,7 +194,7 @@ def predict(
     from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
-    bb = rebuild_backbone(b.store_meta, weights_file)
+    bb = rebuild_backbone(b.store_meta, weights_file, model_dir)
     if b.dim is not None and int(b.dim) != int(bb.dim):
         raise FeatxError(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"

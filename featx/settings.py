@@ -147,9 +147,29 @@ def resolve(start: str | os.PathLike | None = None) -> Settings:
         else:
             path = _user_dir(key)
             origin = "user cache folder" if key == "cache_dir" else "user data folder"
-        out[key] = Path(os.path.normpath(path.absolute()))
+        out[key] = _check_folder(Path(os.path.normpath(path.absolute())), key, origin)
         out[f"{key}_from"] = origin
     return Settings(**out)
+
+
+def _check_folder(path: Path, key: str, origin: str) -> Path:
+    """A featx folder must be a folder of its own: not the file system root, not a file (nor
+    below one). Whether it can be written is checked when featx writes there (a read-only cache
+    still serves up-to-date stores)."""
+    if path == Path(path.anchor):
+        raise FeatxError(
+            f"{key} ({origin}) is the file system root {str(path)!r}; featx would write and "
+            "sweep files there: set it to a folder of its own (e.g. ~/.cache/featx)"
+        )
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise FeatxError(
+            f"{key} ({origin}) is {str(path)!r}, but {str(probe)!r} is a file, not a folder; "
+            "set it to a folder"
+        )
+    return path
 
 
 def cache_dir() -> Path:

@@ -455,6 +455,8 @@ def test_cli_extract_compare_fit_predict(tmp_path, tiny_sbert, monkeypatch):
             "predict",
             "head.npz",
             "new.csv",
+            "--model-dir",
+            str(tiny_sbert),
             "--text-column",
             "body",
             "--out",

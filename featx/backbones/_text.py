@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,6 +180,29 @@ def resolve_text_name(name: str) -> tuple[str, Path]:
     if not (folder / "config.json").is_file():
         raise FeatxError(f"{raw} has no config.json; it is not a Hugging Face model folder")
     return "hf:" + str(folder.resolve()), folder.resolve()
+
+
+#: Files of a model folder that can ask transformers to import the folder's own Python code.
+_CODE_CONFIGS = ("config.json", "tokenizer_config.json", "preprocessor_config.json")
+
+
+def refuse_remote_code(folder: Path) -> None:
+    """Refuse a model folder that asks to run its own code (``auto_map`` in its configs).
+
+    featx never runs a model folder's Python files: everything is loaded with
+    ``trust_remote_code=False``, and a folder whose config names custom classes is refused here
+    with one line, before transformers would ask "run custom code? [y/N]" on a terminal.
+    """
+    for name in _CODE_CONFIGS:
+        p = folder / name
+        if not p.is_file():
+            continue
+        cfg = _read_json(p)
+        if "auto_map" in cfg or any(str(k).startswith("auto_map") for k in cfg):
+            raise FeatxError(
+                f"{p} names custom model code (auto_map); featx never runs code from a model "
+                "folder: use a folder whose model class ships with transformers"
+            )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -422,9 +446,11 @@ def load_text_backbone(
             f"text backbone weights must be DEFAULT (the folder's weights) or none, not {weights!r}"
         )
     src = spec.transformer_dir
+    refuse_remote_code(src)
+    safe = {"local_files_only": True, "trust_remote_code": False}
     try:
-        config = tf.AutoConfig.from_pretrained(src, local_files_only=True)
-        tokenizer = tf.AutoTokenizer.from_pretrained(src, local_files_only=True)
+        config = tf.AutoConfig.from_pretrained(src, **safe)
+        tokenizer = tf.AutoTokenizer.from_pretrained(src, **safe)
         if w == "none":
             transformer = seeded(lambda: tf.AutoModel.from_config(config))
             sha = None
@@ -435,15 +461,18 @@ def load_text_backbone(
                     f"{src} has no model.safetensors or pytorch_model.bin; "
                     "use --weights none for a random init of its config"
                 )
-            transformer = tf.AutoModel.from_pretrained(
-                src, local_files_only=True, torch_dtype=torch.float32
-            )
+            transformer = tf.AutoModel.from_pretrained(src, **safe, torch_dtype=torch.float32)
             sha = sha256_file(wf)
     except FeatxError:
         raise
     except (OSError, ValueError, KeyError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FeatxError(f"cannot load the text model in {src}: {msg}") from None
+    except pickle.UnpicklingError:
+        raise FeatxError(
+            f"{src}'s weights file is a pickle that holds more than tensors, which featx does "
+            "not load (it could run code); use a model.safetensors file"
+        ) from None
     if not getattr(tokenizer, "is_fast", False):
         logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
     n_pos = int(getattr(config, "max_position_embeddings", 0) or 512)

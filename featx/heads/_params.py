@@ -83,7 +83,7 @@ class Param:
             if k == "float":
                 return _as_float(value)
             if k == "int":
-                return _as_int(value)
+                return _positive(_as_int(value), where)
             if k == "bool":
                 return _as_bool(value)
             if k == "gamma":
@@ -97,6 +97,9 @@ class Param:
                 out = tuple((_as_float if k == "floats" else _as_int)(v) for v in items)
                 if not out:
                     raise ValueError
+                if k == "ints":
+                    for v in out:
+                        _positive(v, where)
                 return out
             # "str"
             if not isinstance(value, str):
@@ -125,6 +128,13 @@ def _as_float(v: Any) -> float:
     if not math.isfinite(f):
         raise ValueError
     return f
+
+
+def _positive(v: int, where: str) -> int:
+    """Every integer a head takes is a count (iterations, neighbours, widths, landmarks)."""
+    if v < 1:
+        raise FeatxError(f"{where} must be a positive integer (a count); got {v}")
+    return v
 
 
 def _as_int(v: Any) -> int:
