@@ -1,0 +1,202 @@
+"""The one strict table reader for image manifests and text tables (CSV, TSV, JSON Lines).
+
+A table written by hand or by another tool can be wrong in ways a lenient reader hides: a row
+with a field missing or one too many, a quote opened and never closed (which swallows every later
+row into one field), a JSON label that is a list. Every table featx reads goes through here, and
+each such row comes back with an ``error`` naming its line (the caller records it as a failed
+item, or refuses the table) instead of being read as something else:
+
+- every CSV/TSV row must have as many fields as the header (``a.png,`` is two fields: an explicit
+  empty label, which means "unlabeled");
+- quotes are parsed strictly: a quote that is never closed is a :class:`~featx.errors.FeatxError`
+  naming the line where it opened, and text after a closing quote is an error of that row;
+- a JSON Lines row is an object; its label (:func:`label_cell`) is a string, an integer or null
+  (unlabeled), never a list, object or fraction; a row without the label field when the table
+  has one is an error, not "unlabeled";
+- line numbers are the first line of each record in the file (1-based, the header is line 1).
+
+Examples
+--------
+>>> import tempfile, os
+>>> p = os.path.join(tempfile.mkdtemp(), "t.csv")
+>>> _ = open(p, "w").write('text,label\\nhello,a\\nno label field\\n"x,y",b,extra\\n')
+>>> t = read_delimited(p)
+>>> [(r.line, r.cells, r.error) for r in t.rows]  # doctest: +NORMALIZE_WHITESPACE
+[(2, {'text': 'hello', 'label': 'a'}, ''),
+ (3, {'text': 'no label field', 'label': ''}, '1 field(s) but the header has 2'),
+ (4, {'text': 'x,y', 'label': 'b'}, '3 field(s) but the header has 2')]
+>>> label_cell(["l"], "label")
+('', "field 'label' is a list; a label is a string or an integer")
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from featx.errors import FeatxError
+
+__all__ = ["Row", "Table", "label_cell", "read_delimited", "read_delimited_stream", "read_jsonl"]
+
+
+@dataclass(frozen=True)
+class Row:
+    """One record: its first line, its cells by column, and why it is unusable ("" if fine)."""
+
+    line: int
+    cells: dict[str, Any]
+    error: str = ""
+    raw: bytes = b""  # JSON Lines: the line's bytes (fingerprints of bad rows)
+    present: frozenset[str] = field(default_factory=frozenset)  # JSONL: the keys it has
+
+
+@dataclass(frozen=True)
+class Table:
+    path: str
+    columns: tuple[str, ...]
+    rows: tuple[Row, ...]
+
+
+def _field_limit() -> int:
+    return min(sys.maxsize, 2**31 - 1)
+
+
+def read_delimited(
+    path: str | os.PathLike,
+    delimiter: str = ",",
+    *,
+    encoding: str = "utf-8-sig",
+    errors: str = "surrogateescape",
+    what: str | None = None,
+) -> Table:
+    """Read a CSV (or TSV) with a header line, strictly (see the module docstring).
+
+    Raises
+    ------
+    FeatxError
+        The file cannot be read, is empty, or has a quote that is never closed.
+    """
+    what = what or ("TSV" if delimiter == "\t" else "CSV")
+    try:
+        from featx.walk import open_regular
+
+        with (
+            open_regular(path) as raw,
+            io.TextIOWrapper(raw, encoding=encoding, errors=errors, newline="") as f,
+        ):
+            return read_delimited_stream(f, os.fspath(path), delimiter, what=what)
+    except UnicodeDecodeError as exc:
+        raise FeatxError(
+            f"{what} {path} is not valid {encoding} (byte offset {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise FeatxError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def read_delimited_stream(
+    f: Any, name: str, delimiter: str = ",", *, what: str | None = None
+) -> Table:
+    """:func:`read_delimited` on an open text stream (``newline=""``), e.g. a manifest fetched
+    from a URI; ``name`` is what messages call it."""
+    what = what or ("TSV" if delimiter == "\t" else "CSV")
+    old = csv.field_size_limit()
+    csv.field_size_limit(_field_limit())
+    try:
+        reader = csv.reader(f, delimiter=delimiter, strict=True)
+        try:
+            header = next(reader, None)
+        except csv.Error as exc:
+            raise FeatxError(f"{what} {name} line 1: {exc}") from None
+        if header is None:
+            raise FeatxError(f"{what} {name} is empty; it needs a header line")
+        if header and header[0].startswith("\ufeff"):
+            header[0] = header[0][1:]
+        header = [h.strip() for h in header]
+        rows: list[Row] = []
+        start = reader.line_num + 1
+        while True:
+            try:
+                fields = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                if "end of data" in str(exc):
+                    raise FeatxError(
+                        f"{what} {name} line {start}: a quote opened here is never closed "
+                        "(the field would run to the end of the file); close the quote"
+                    ) from None
+                raise FeatxError(
+                    f"{what} {name} line {start}: {exc} (a quoted field must end at its "
+                    'closing quote; double a quote inside it: "")'
+                ) from None
+            if fields:  # csv gives [] for blank lines
+                cells = {h: (fields[i] if i < len(fields) else "") for i, h in enumerate(header)}
+                error = ""
+                if len(fields) != len(header):
+                    error = f"{len(fields)} field(s) but the header has {len(header)}"
+                rows.append(Row(start, cells, error))
+            start = reader.line_num + 1
+    finally:
+        csv.field_size_limit(old)
+    return Table(name, tuple(header), tuple(rows))
+
+
+def read_jsonl(path: str | os.PathLike) -> Table:
+    """Read JSON Lines: one object a line (blank lines skipped); bad lines are rows with errors.
+
+    Columns are the union of the objects' keys, in order of first appearance.
+    """
+    from featx.walk import open_regular
+
+    try:
+        with open_regular(path) as f:
+            data = f.read()
+    except OSError as exc:
+        raise FeatxError(f"cannot read {path}: {exc.strerror or exc}") from None
+    rows: list[Row] = []
+    columns: dict[str, None] = {}
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+            raw = raw[3:]
+        if not raw.strip():
+            continue
+        text = raw.decode("utf-8", errors="surrogateescape")
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            msg = getattr(exc, "msg", "nested too deeply")
+            rows.append(Row(lineno, {}, f"not valid JSON ({msg})", raw))
+            continue
+        if not isinstance(obj, dict):
+            rows.append(Row(lineno, {}, "not a JSON object", raw))
+            continue
+        cells = {str(k): v for k, v in obj.items()}
+        for k in cells:
+            columns.setdefault(k, None)
+        rows.append(Row(lineno, cells, "", raw, frozenset(cells)))
+    return Table(os.fspath(path), tuple(columns), tuple(rows))
+
+
+def label_cell(value: Any, column: str) -> tuple[str, str]:
+    """A label value as (class name, error): strings and integers name classes, null or ""
+    is unlabeled, anything else (a list, an object, a fraction, true/false) is an error."""
+    if value is None:
+        return "", ""
+    if isinstance(value, bool):
+        return "", f"field {column!r} is true/false; a label is a string or an integer"
+    if isinstance(value, int):
+        return str(value), ""
+    if isinstance(value, float):
+        if value.is_integer():
+            return str(int(value)), ""
+        return "", f"field {column!r} is the fraction {value}; a label is a string or an integer"
+    if isinstance(value, str):
+        return value.strip(), ""
+    kind = "a list" if isinstance(value, list) else "an object"
+    return "", f"field {column!r} is {kind}; a label is a string or an integer"
