@@ -134,14 +134,16 @@ def test_predict_a_single_file_and_a_glob(tmp_path):
     assert rows[0]["predicted"] == "green"
 
     pattern = str(new / "*" / "*.png")
-    r = _invoke(["predict", bundle, pattern, "--out", out, "--workers", "0", "-q", "--json"])
+    r = _invoke(
+        ["predict", bundle, pattern, "--out", out, "--force", "--workers", "0", "-q", "--json"]
+    )
     res = json.loads(r.stdout)
     assert res["n_predicted"] == 6 and res["n_extracted"] == 5  # the single file was cached
     rows = list(csv.DictReader(out.read_text().splitlines()))
     assert [row["path"] for row in rows] == sorted(str(p) for p in new.glob("*/*.png"))
     assert sum(row["predicted"] == Path(row["path"]).parent.name for row in rows) >= 5
 
-    r = _invoke(["predict", bundle, str(new / "**"), "--out", out, "-q", "--json"])
+    r = _invoke(["predict", bundle, str(new / "**"), "--out", out, "--force", "-q", "--json"])
     assert json.loads(r.stdout)["n_failed"] == 1  # notes.txt: recorded, not predicted
-    r = _invoke(["predict", bundle, str(new / "*.jpeg"), "--out", out, "-q"], ok=False)
+    r = _invoke(["predict", bundle, str(new / "*.jpeg"), "--out", out, "--force", "-q"], ok=False)
     assert r.exit_code == 1 and "no file matches" in r.stderr

@@ -569,12 +569,30 @@ def test_predict_quotes_formulas_and_works_from_a_read_only_cache(tmp_path):
     before = sorted(p.name for p in cache.iterdir())
     with _read_only(cache):
         r = invoke(
-            "predict", bundle, tmp_path / "new", "--out", out, "--workers", "0", "-q", "--json"
+            "predict",
+            bundle,
+            tmp_path / "new",
+            "--out",
+            out,
+            "--force",
+            "--workers",
+            "0",
+            "-q",
+            "--json",
         )
         assert json.loads(r.stdout)["n_extracted"] == 0  # the cached store, read without a lock
         write_image(tmp_path / "new" / "green" / "extra.png", seed=3)
         r = invoke(
-            "predict", bundle, tmp_path / "new", "--out", out, "--workers", "0", "-q", "--json"
+            "predict",
+            bundle,
+            tmp_path / "new",
+            "--out",
+            out,
+            "--force",
+            "--workers",
+            "0",
+            "-q",
+            "--json",
         )
         res = json.loads(r.stdout)
         assert res["n_predicted"] == 7 and res["n_extracted"] == 7  # into a temporary store

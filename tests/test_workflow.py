@@ -108,7 +108,7 @@ def test_predict_from_raw_images_end_to_end(store, tmp_path):
         assert abs(total - 1) < 1e-4
     assert res["accuracy"] >= 0.75
     # The new images' store is cached: a second prediction extracts nothing.
-    r = _invoke(["predict", bundle, new, "--out", out, "--workers", "0", "-q", "--json"])
+    r = _invoke(["predict", bundle, new, "--out", out, "--force", "--workers", "0", "-q", "--json"])
     assert json.loads(r.stdout)["n_extracted"] == 0
 
 
@@ -163,7 +163,9 @@ def test_run_pipeline(tmp_path):
     # the second run reuses the cached store
     store = next(iter(res["stores"]["imgs"].values()))
     mtime = Path(store).stat().st_mtime_ns
-    _invoke(["run", toml, "-q"])
+    r = _invoke(["run", toml, "-q"], ok=False)  # the report folder exists: refused ...
+    assert "--force" in r.stderr
+    _invoke(["run", toml, "-q", "--force"])  # ... and replaced with --force
     assert Path(store).stat().st_mtime_ns == mtime
 
 
