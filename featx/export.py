@@ -98,17 +98,22 @@ def _write_parquet(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> Non
         raise FeatxError(
             "Parquet export needs pyarrow; install it with: pip install 'featx[parquet]'"
         ) from None
+    from featx.keys import arrow_keys
+
     X = cols["X"]
     n, d = X.shape
     flat = pa.array(X.reshape(-1), type=pa.float32())
     features = pa.FixedSizeListArray.from_arrays(flat, d) if d else pa.nulls(n)
 
-    def nullable(values: np.ndarray) -> Any:
-        return pa.array([v if v else None for v in values.tolist()], type=pa.string())
+    def nullable(values: np.ndarray) -> Any:  # labels are folder names: bytes-safe too
+        vals = values.tolist()
+        arr = arrow_keys(vals)
+        return pa.array([v if v else None for v in arr.to_pylist()], type=arr.type)
 
+    # ids (file names) that are not UTF-8 make the id column binary: their exact bytes (#23)
     table = pa.table(
         {
-            "id": pa.array(cols["ids"].tolist(), type=pa.string()),
+            "id": arrow_keys(cols["ids"].tolist()),
             "label": nullable(cols["labels"]),
             "split": nullable(cols["split"]),
             "features": features,

@@ -36,15 +36,12 @@ says why; the extraction records it as failed. Names that are not valid UTF-8 st
 
 from __future__ import annotations
 
-import contextlib
-import csv
-import errno
 import hashlib
 import inspect
+import io
 import logging
 import os
 import re
-import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,157 +138,100 @@ class _DatasetReader:
 
 
 def file_sha256(path: str, bufsize: int = 1 << 20) -> str:
+    from featx.walk import open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(bufsize):
             h.update(chunk)
     return h.hexdigest()
 
 
 def _os_reason(path: str, exc: OSError) -> str:
-    """A short reason for an entry the scan cannot read."""
-    if exc.errno == errno.ELOOP:
-        return "symlink loop (too many levels of symbolic links)"
-    if exc.errno == errno.ENOENT and os.path.islink(path):
+    """A short reason for an entry the scan cannot read (see :func:`featx.walk.os_reason`)."""
+    from featx.walk import os_reason
+
+    return os_reason(path, exc)
+
+
+def _entry_item(e: Any, key: str, label: int, split: str, content_hash: bool) -> Item:
+    """An :class:`Item` from a :class:`featx.walk.Entry`: a failure when the walk could not
+    read it, else its size and time (and content hash)."""
+    if e.error:
+        return Item(key=key, label=label, split=split, path=e.path, error=e.error)
+    sha = ""
+    if content_hash:
         try:
-            target = os.readlink(path)
-        except OSError:
-            target = "?"
-        return f"broken symlink (its target {target} does not exist)"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return "permission denied"
-    return f"cannot read: {exc.strerror or type(exc).__name__}"
-
-
-def _file_item(path: str, key: str, label: int, split: str, content_hash: bool) -> Item:
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode):
-            return Item(key=key, label=label, split=split, path=path, error="not a regular file")
-        sha = file_sha256(path) if content_hash else ""
-    except OSError as exc:
-        return Item(key=key, label=label, split=split, path=path, error=_os_reason(path, exc))
+            sha = file_sha256(e.path)
+        except OSError as exc:
+            return Item(
+                key=key, label=label, split=split, path=e.path, error=_os_reason(e.path, exc)
+            )
     return Item(
         key=key,
         label=label,
         split=split,
-        path=path,
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
+        path=e.path,
+        size=e.size,
+        mtime_ns=e.mtime_ns,
         sha256=sha,
     )
 
 
-def _ancestors(root: str) -> frozenset[tuple[int, int]]:
-    """(device, inode) of ``root`` and of every folder above its real path, up to ``/``."""
-    out = set()
-    for p in (Path(os.path.realpath(root)), *Path(os.path.realpath(root)).parents):
-        with contextlib.suppress(OSError):
-            out.add(_ino(os.stat(p)))
-    return frozenset(out)
-
-
 def _visible_files(root: str) -> tuple[list[str], dict[str, str]]:
-    """All non-hidden files below root (links followed), as sorted paths relative to root with
-    '/', and the entries the walk could not enter, with the reason (a folder link back to a
-    folder above it, a folder that cannot be listed)."""
-    files: list[str] = []
-    errors: dict[str, str] = {}
-    try:
-        os.stat(root)
-    except OSError as exc:
-        return [], {"": _os_reason(root, exc)}
-    stack: list[tuple[str, frozenset[tuple[int, int]]]] = [("", _ancestors(root))]
-    while stack:
-        rel, above = stack.pop()
-        folder = os.path.join(root, rel) if rel else root
-        try:
-            with os.scandir(folder) as it:
-                entries = [e for e in it if not e.name.startswith(".")]
-        except OSError as exc:
-            errors[rel] = f"cannot list folder: {_os_reason(folder, exc)}"
-            continue
-        for e in entries:
-            r = f"{rel}/{e.name}" if rel else e.name
-            try:
-                is_dir = e.is_dir()  # follows links; False for a broken one
-            except OSError:
-                is_dir = False
-            if not is_dir:
-                files.append(r)
-                continue
-            try:
-                key = _ino(e.stat())
-            except OSError as exc:
-                errors[r] = _os_reason(e.path, exc)
-                continue
-            if key in above:
-                errors[r] = "symlink loop (a folder link back to a folder above it); skipped"
-                continue
-            stack.append((r, above | {key}))
-    return sorted(files), errors
+    """All non-hidden files below root as sorted '/'-paths, and the entries that cannot be read
+    with their reason (see :func:`featx.walk.walk`, which every folder source uses)."""
+    from featx.walk import walk
 
-
-def _ino(st: os.stat_result) -> tuple[int, int]:
-    return (st.st_dev, st.st_ino)
-
-
-def _entry_is_dir(e: os.DirEntry) -> bool:
-    try:
-        return e.is_dir()
-    except OSError:
-        return False
+    files, errors = [], {}
+    for e in walk(root):
+        if e.error:
+            errors[e.rel if e.rel != "." else ""] = e.error
+        else:
+            files.append(e.rel)
+    return files, errors
 
 
 def _scan_folder(root: Path, content_hash: bool) -> Source:
+    from featx.images import is_image_name
+    from featx.walk import scan
+
     try:
-        with os.scandir(root) as it:
-            entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        tree = scan(root)
     except OSError as exc:
         raise FeatxError(
             f"cannot list source folder {root}: {_os_reason(str(root), exc)}"
         ) from None
-    subdirs = [e.name for e in entries if _entry_is_dir(e)]
-    top_files = [e.name for e in entries if not _entry_is_dir(e)]
-    from featx.images import is_image_name
-
-    top_images = [f for f in top_files if is_image_name(f)]
-    walked = {d: _visible_files(str(root / d)) for d in subdirs}
-    class_dirs = [d for d in subdirs if walked[d][0] or walked[d][1]]
+    top_images = [f for f in tree.top_files if is_image_name(f)]
     uri = str(root.resolve())
-    if class_dirs and top_images:
+    if tree.classes and top_images:
         raise FeatxError(
             f"{root} mixes images at the top level with class subfolders; move the loose images "
             "into a class folder (ImageFolder layout) or into a folder of their own"
         )
-    items: list[Item] = []
-    if class_dirs:
-        for label, cls in enumerate(class_dirs):
-            files, errors = walked[cls]
-            for rel in files:
-                key = f"{cls}/{rel}"
-                items.append(_file_item(str(root / key), key, label, "", content_hash))
-            for rel, reason in errors.items():
-                key = f"{cls}/{rel}" if rel else cls
-                items.append(Item(key=key, label=label, path=str(root / key), error=reason))
-        kind, classes = "imagefolder", tuple(class_dirs)
-    else:
-        files, errors = _visible_files(str(root))
-        for rel in files:
-            items.append(_file_item(str(root / rel), rel, -1, "", content_hash))
-        for rel, reason in errors.items():
-            items.append(Item(key=rel or ".", path=str(root / rel), error=reason))
-        kind, classes = "folder", ()
+    index = {c: i for i, c in enumerate(tree.classes)}
+    items = [
+        _entry_item(
+            e, e.rel, index.get(e.rel.split("/")[0], -1) if "/" in e.rel else -1, "", content_hash
+        )
+        for e in tree.entries
+    ]
+    kind = "imagefolder" if tree.classes else "folder"
     if not items:
         raise FeatxError(f"source folder {root} has no files; point featx at a folder of images")
     items.sort(key=lambda it: it.key)
-    return Source(kind=kind, uri=uri, name=root.resolve().name, classes=classes, items=items)
+    return Source(kind=kind, uri=uri, name=root.resolve().name, classes=tree.classes, items=items)
 
 
 def _scan_csv(path: Path, content_hash: bool, allow_outside_root: bool = False) -> Source:
     base = path.resolve().parent
+    from featx.walk import open_regular
+
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with (
+            open_regular(path) as fb,
+            io.TextIOWrapper(fb, encoding="utf-8-sig", newline="") as f,
+        ):
             classes, raw = _parse_manifest(f, path)
     except (OSError, UnicodeDecodeError) as exc:
         raise FeatxError(f"cannot read CSV {path}: {exc}") from None
@@ -309,11 +249,15 @@ def _scan_csv(path: Path, content_hash: bool, allow_outside_root: bool = False) 
                 f"CSV {path} line {lineno}: {p} is listed twice (first on line {seen[key]})"
             )
         seen[key] = lineno
-        if not full.is_file():
+        from featx.walk import entry
+
+        try:
+            e = entry(full, key)
+        except FileNotFoundError:
             raise FeatxError(
                 f"CSV {path} line {lineno}: file {p} not found (paths are relative to the CSV)"
-            )
-        items.append(_file_item(str(full), key, index.get(lab, -1), split, content_hash))
+            ) from None
+        items.append(_entry_item(e, key, index.get(lab, -1), split, content_hash))
     items.sort(key=lambda it: it.key)
     return Source(kind="csv", uri=str(path.resolve()), name=path.stem, classes=classes, items=items)
 
@@ -326,16 +270,12 @@ def _outside_message(path: Any, lineno: int, p: str, base: Any) -> str:
 
 
 def _parse_manifest(f: Any, path: Any) -> tuple[tuple[str, ...], list[tuple[int, str, str, str]]]:
-    """A manifest's class names and rows (line number, path, label, split), validated."""
-    try:
-        reader = csv.DictReader(f)
-        fields = [c.strip().lower() for c in (reader.fieldnames or [])]
-        rows, lines = [], []
-        for row in reader:
-            rows.append(row)
-            lines.append(reader.line_num)
-    except csv.Error as exc:
-        raise FeatxError(f"cannot read CSV {path}: {exc}") from None
+    """A manifest's class names and rows (line number, path, label, split), validated by the
+    strict table reader (:mod:`featx.tables`) that text tables share."""
+    from featx.tables import read_delimited_stream
+
+    table = read_delimited_stream(f, str(path), what="CSV")
+    fields = [c.strip().lower() for c in table.columns]
     missing = [c for c in ("path", "label") if c not in fields]
     if missing:
         raise FeatxError(
@@ -343,15 +283,14 @@ def _parse_manifest(f: Any, path: Any) -> tuple[tuple[str, ...], list[tuple[int,
             "it needs a header line 'path,label[,split]'"
         )
     raw = []
-    for lineno, row in zip(lines, rows, strict=True):
-        if None in row or None in row.values():  # fewer or more fields than the header
-            have = sum(1 for k, v in row.items() if k is not None and v is not None)
-            have += len(row.get(None) or [])
+    for r in table.rows:
+        lineno = r.line
+        if r.error:  # fewer or more fields than the header
             raise FeatxError(
-                f"CSV {path} line {lineno}: {have} field(s) but the header has {len(fields)}; "
+                f"CSV {path} line {lineno}: {r.error}; "
                 "give every column (an empty label, as in 'a.png,', marks an unlabeled image)"
             )
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        row = {k.strip().lower(): (v or "").strip() for k, v in r.cells.items()}
         p = row["path"]
         if not p:
             raise FeatxError(f"CSV {path} line {lineno}: empty path")

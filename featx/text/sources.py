@@ -34,7 +34,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,8 +130,10 @@ class TextReader:
         if text is None:
             if not item.path:
                 raise TextError("no text")
+            from featx.walk import open_regular
+
             try:
-                with open(item.path, "rb") as f:
+                with open_regular(item.path) as f:
                     data = f.read()
             except OSError as exc:
                 raise TextError(f"cannot read: {exc.strerror or exc}") from None
@@ -199,16 +200,17 @@ def is_text_spec(spec: str | os.PathLike, fmt: TextFormat | None = None) -> bool
 
 def _all_txt(root: Path) -> bool:
     """Whether a folder holds visible files and all of them are ``.txt`` (stops at the first
-    other file, so an image folder costs one listing)."""
+    other file, so an image folder costs one listing). Walked by :mod:`featx.walk`: entries it
+    cannot read (loops such as ``up -> ..``, FIFOs, broken links) do not decide the kind."""
+    from featx.walk import iter_entries
+
     found = False
-    for _dir, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
-        for fn in filenames:
-            if fn.startswith("."):
-                continue
-            if not fn.lower().endswith(TEXT_FILE_SUFFIX):
-                return False
-            found = True
+    for e in iter_entries(root):
+        if e.error:
+            continue
+        if not e.rel.lower().endswith(TEXT_FILE_SUFFIX):
+            return False
+        found = True
     return found
 
 
@@ -231,17 +233,6 @@ def _csv_header(path: Path, encoding: str) -> list[str]:
 
 def _py_encoding(encoding: str) -> str:
     return "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8") else encoding
-
-
-def _visible_files(root: Path) -> list[str]:
-    """Non-hidden files below ``root`` (sorted, relative, '/'); entries the walk could not
-    enter are logged and skipped."""
-    from featx.sources import _visible_files as visible
-
-    files, errors = visible(str(root))
-    for rel, why in errors.items():
-        log.warning("%s: %s", root / rel if rel else root, why)
-    return files
 
 
 def open_text_source(
@@ -323,62 +314,33 @@ def _columns(columns: Sequence[str], fmt: TextFormat, path: Path) -> dict[str, s
     return {"text": text, "label": label, "id": ident, "split": split}
 
 
-def _records_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Header and (first line, row dict) of a CSV/TSV read with surrogate escapes for bad bytes."""
-    old = csv.field_size_limit()
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    try:
-        with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-            reader = csv.reader(f, delimiter=delimiter)
-            header = next(reader, None)
-            if header is None:
-                raise FeatxError(f"{path} is empty; it needs a header line such as 'text,label'")
-            if header and header[0].startswith("\ufeff"):
-                header[0] = header[0][1:]
-            header = [h.strip() for h in header]
-            records = []
-            start = reader.line_num + 1
-            for row in reader:
-                if row:  # csv gives [] for blank lines
-                    cells = {h: (row[i] if i < len(row) else "") for i, h in enumerate(header)}
-                    records.append((start, cells))
-                start = reader.line_num + 1
-    except csv.Error as exc:
-        what = "TSV" if delimiter == "\t" else "CSV"
-        raise FeatxError(f"{path} is not a valid {what}: {exc}") from None
-    except OSError as exc:
-        raise FeatxError(f"cannot read {path}: {exc.strerror or exc}") from None
-    finally:
-        csv.field_size_limit(old)
-    return header, records
+def _records_delimited(path: Path, delimiter: str) -> tuple[list[str], list[tuple[int, Any]]]:
+    """Header and (first line, row dict or :class:`_Bad`) of a CSV/TSV, read by the strict
+    table reader (:mod:`featx.tables`) with surrogate escapes for bad bytes: a row with too few
+    or too many fields is a bad row with its line, an unclosed quote refuses the file."""
+    from featx.tables import read_delimited
+
+    what = "TSV" if delimiter == "\t" else "CSV"
+    table = read_delimited(path, delimiter, encoding="utf-8", what=what)
+    records: list[tuple[int, Any]] = []
+    for r in table.rows:
+        if r.error:
+            raw = delimiter.join(r.cells.values()).encode("utf-8", "surrogateescape")
+            records.append((r.line, _Bad(raw, r.error)))
+        else:
+            records.append((r.line, r.cells))
+    return list(table.columns), records
 
 
 def _records_jsonl(path: Path) -> tuple[list[str], list[tuple[int, Any]]]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise FeatxError(f"cannot read {path}: {exc.strerror or exc}") from None
-    records: list[tuple[int, Any]] = []
-    columns: dict[str, None] = {}
-    for lineno, raw in enumerate(data.split(b"\n"), start=1):
-        raw = raw.rstrip(b"\r")
-        if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
-            raw = raw[3:]
-        if not raw.strip():
-            continue
-        text = raw.decode("utf-8", errors="surrogateescape")
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            records.append((lineno, _Bad(raw, f"not valid JSON ({exc.msg})")))
-            continue
-        if not isinstance(obj, dict):
-            records.append((lineno, _Bad(raw, "not a JSON object")))
-            continue
-        for k in obj:
-            columns.setdefault(str(k), None)
-        records.append((lineno, obj))
-    return list(columns), records
+    """Columns and (line, object or :class:`_Bad`) of a JSON Lines file (:mod:`featx.tables`)."""
+    from featx.tables import read_jsonl
+
+    table = read_jsonl(path)
+    records: list[tuple[int, Any]] = [
+        (r.line, _Bad(r.raw, r.error) if r.error else r.cells) for r in table.rows
+    ]
+    return list(table.columns), records
 
 
 @dataclass(frozen=True)
@@ -449,7 +411,17 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
                 v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
             return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
 
-        label = fixed(rec.get(cols["label"])) if cols["label"] else ""
+        label = ""
+        if cols["label"]:
+            value_l = rec.get(cols["label"])
+            if kind == "jsonl":  # the strict reader's label rule, shared with every table
+                from featx.tables import label_cell
+
+                if cols["label"] not in rec:
+                    error = error or f'no field {cols["label"]!r} (null or "" marks unlabeled)'
+                value_l, bad_label = label_cell(value_l, cols["label"])
+                error = error or bad_label
+            label = fixed(value_l)
         split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
         if split_raw not in SPLIT_ALIASES:
             raise FeatxError(
@@ -506,46 +478,54 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
 # folders
 
 
-def _file_item(root: Path, rel: str, label: int) -> TextItem:
-    full = root / rel
-    st = os.stat(full)
-    with open(full, "rb") as f:
-        digest = _sha(f.read())
+def _file_item(e: Any, label: int) -> TextItem:
+    """A text item from a walked entry: its content hash, or the reason it cannot be read."""
+    from featx.walk import open_regular
+
+    if e.error:
+        return TextItem(key=e.rel, label=label, split="", path=e.path, error=e.error)
+    try:
+        with open_regular(e.path) as f:
+            digest = _sha(f.read())
+    except OSError as exc:
+        from featx.walk import os_reason
+
+        return TextItem(key=e.rel, label=label, split="", path=e.path, error=os_reason(e.path, exc))
     return TextItem(
-        key=rel,
+        key=e.rel,
         label=label,
         split="",
-        path=str(full),
-        size=st.st_size,
-        mtime_ns=st.st_mtime_ns,
+        path=e.path,
+        size=e.size,
+        mtime_ns=e.mtime_ns,
         sha256=digest,
     )
 
 
 def _scan_folder(root: Path, fmt: TextFormat) -> TextSource:
-    entries = sorted(
-        (e for e in os.scandir(root) if not e.name.startswith(".")), key=lambda e: e.name
-    )
-    class_dirs = [e.name for e in entries if e.is_dir() and _visible_files(root / e.name)]
-    top = [e.name for e in entries if e.is_file()]
-    if class_dirs and top:
+    """A folder of .txt files, walked by :func:`featx.walk.scan` like an image folder."""
+    from featx.walk import os_reason, scan
+
+    try:
+        tree = scan(root)
+    except OSError as exc:
+        raise FeatxError(f"cannot list text folder {root}: {os_reason(str(root), exc)}") from None
+    if tree.classes and tree.top_files:
         raise FeatxError(
             f"{root} mixes .txt files at the top level with class subfolders; move the loose "
             "files into a class folder or a folder of their own"
         )
-    items: list[TextItem] = []
-    if class_dirs:
-        for label, cls in enumerate(class_dirs):
-            for rel in _visible_files(root / cls):
-                items.append(_file_item(root, f"{cls}/{rel}", label))
-        classes: tuple[str, ...] = tuple(class_dirs)
-    else:
-        for rel in _visible_files(root):
-            items.append(_file_item(root, rel, -1))
-        classes = ()
+    index = {c: i for i, c in enumerate(tree.classes)}
+    items = [
+        _file_item(e, index.get(e.rel.split("/")[0], -1) if "/" in e.rel else -1)
+        for e in tree.entries
+    ]
+    classes: tuple[str, ...] = tree.classes
     if not items:
         raise FeatxError(f"text folder {root} has no files; put .txt files in class subfolders")
-    others = [it.key for it in items if not it.key.lower().endswith(TEXT_FILE_SUFFIX)]
+    others = [
+        it.key for it in items if not it.error and not it.key.lower().endswith(TEXT_FILE_SUFFIX)
+    ]
     if others:
         raise FeatxError(
             f"text folder {root} holds files that are not .txt (e.g. {others[0]}); "
