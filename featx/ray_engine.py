@@ -162,6 +162,7 @@ def _decoder(reader: Callable[[Any], Any], preprocess: Any) -> Callable[[dict], 
         import socket
 
         from featx.images import ImageDecodeError
+        from featx.keys import key_from
         from featx.sources import Item, is_uri
 
         size = preprocess.crop_size
@@ -169,8 +170,8 @@ def _decoder(reader: Callable[[Any], Any], preprocess: Any) -> Callable[[dict], 
         imgs = np.zeros((n, 3, size, size), dtype=np.uint8)
         reasons = np.full(n, "", dtype=object)
         for j in range(n):
-            path = batch["path"][j] or None
-            item = Item(key=str(batch["key"][j]), path=path)
+            path = key_from(batch["path"][j]) or None  # bytes-safe: any file name (#23)
+            item = Item(key=key_from(batch["key"][j]), path=path)
             if path and not is_uri(path) and not os.path.exists(path):
                 raise FeatxError(
                     f"{path} is not visible on Ray worker {socket.gethostname()}; the source must "
@@ -339,6 +340,8 @@ def build_dataset(
     import pyarrow as pa
     import ray.data
 
+    from featx.keys import arrow_keys
+
     n_actors = _resolve_actors(ray, settings)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     # Blocks of whole batches, about four per decoding CPU, at most 16 batches each.
@@ -348,10 +351,11 @@ def build_dataset(
         pa.table(
             {
                 "i": pa.array(np.arange(s, min(n, s + per_block), dtype=np.int64)),
-                "key": pa.array([it.key for it in items[s : s + per_block]], pa.string()),
-                "path": pa.array(
+                # keys and paths as bytes: a file name need not be UTF-8 (featx.keys, #23)
+                "key": arrow_keys([it.key for it in items[s : s + per_block]], always_binary=True),
+                "path": arrow_keys(
                     [getattr(it, "path", None) or "" for it in items[s : s + per_block]],
-                    pa.string(),
+                    always_binary=True,
                 ),
             }
         )

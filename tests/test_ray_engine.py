@@ -277,3 +277,21 @@ def test_compare_fans_out_stores_x_heads_as_ray_tasks(ray_runtime):
         compare(sets, [failing], seed=0, engine="ray", on_error="raise")
     with pytest.raises(FeatxError, match="--ray-address applies only with --engine ray"):
         compare(sets, ["centroid"], ray_address="auto")
+
+
+def test_non_utf8_names_through_the_ray_engine(ray_runtime, tiny_backbone, tmp_path):
+    """The Ray engine carries keys and paths to its tasks as bytes (featx.keys): a non-UTF-8
+    file name is extracted like any other, equal to the local engine (issue #23: the whole run
+    failed, keys were handed to Arrow as strings)."""
+    import os
+
+    latin1 = os.fsdecode(b"caf\xe9")
+    root = tmp_path / "src"
+    for c, cls in enumerate(["a", latin1]):
+        for i, name in enumerate(["0.png", f"{latin1}.png"]):
+            write_image(root / cls / name, seed=10 * c + i)
+    local, distributed = tmp_path / "local.h5", tmp_path / "ray.h5"
+    _local(root, tiny_backbone, local)
+    r = _ray(root, tiny_backbone, distributed)
+    assert r.n_new == 4 and r.n_failed == 0
+    assert_same_store(local, distributed)
