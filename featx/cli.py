@@ -63,11 +63,25 @@ class FeatxCommand(click.Command):
     """Checks every output option before the command's work starts."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        import os
+
         from featx.files import check_output
 
+        inputs = set()  # an output may never be one of the command's inputs, --force or not
+        for p in self.params:
+            if isinstance(p, click.Argument):
+                values = ctx.params.get(p.name or "")
+                for v in values if isinstance(values, tuple | list) else [values]:
+                    if isinstance(v, str) and os.path.isfile(v):
+                        inputs.add(os.path.realpath(v))
         for p in self.params:
             value = ctx.params.get(p.name or "")
             if isinstance(p, OutputOption) and value:
+                if not p.update and os.path.realpath(value) in inputs:
+                    raise FeatxError(
+                        f"{p.opts[0]} {value!r} is an input of this command itself; "
+                        "give another file name"
+                    )
                 check_output(
                     value,
                     force=bool(ctx.params.get("force")),
