@@ -512,3 +512,30 @@ def test_bad_options_are_refused_when_there_is_nothing_to_do(project, tmp_path):
     res = r.invoke(cli, ["fit", project["store"], "--head", "mlp", "--param", "hidden_sizes=-5"])
     _one_line_error(res)
     assert "positive integer" in res.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 9: readers check the attributes' checksum
+# ---------------------------------------------------------------------------------------------
+def test_a_flipped_byte_in_an_attribute_stops_every_reader(project, tmp_path):
+    store = Path(project["store"])
+    data = bytearray(store.read_bytes())
+    at = data.find(b"test/tiny")  # inside the recorded configuration (an attribute)
+    assert at > 0
+    data[at + 5] ^= 0x01  # "tiny" -> "uiny"
+    store.write_bytes(bytes(data))
+    r = CliRunner()
+    for args in (
+        ["info", str(store)],
+        ["info", str(store), "--verify"],
+        ["verify", str(store)],
+        ["fit", str(store), "--head", "centroid", "--out", str(tmp_path / "h.npz")],
+        ["compare", str(store), "--heads", "centroid", "-q"],
+        ["export", str(store), "--out", str(tmp_path / "e.npz")],
+    ):
+        res = r.invoke(cli, args)
+        _one_line_error(res)
+        assert "damaged" in res.stderr
+        if "verify" not in " ".join(args):  # the readers point to featx verify
+            assert "featx verify" in res.stderr, res.stderr
+    assert not (tmp_path / "h.npz").exists() and not (tmp_path / "e.npz").exists()

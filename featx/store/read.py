@@ -16,7 +16,7 @@ import numpy as np
 from featx.errors import StoreError
 from featx.features import FeatureSet
 from featx.store.config import StoreConfig
-from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
+from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _digest_attrs, _h5, _strings
 
 
 def _open_read(path: str | os.PathLike):
@@ -54,7 +54,27 @@ def _open_read(path: str | os.PathLike):
             f"{p} uses store schema {version}, newer than this featx reads ({SCHEMA_VERSION}); "
             "upgrade featx"
         )
+    _check_attrs(f, p)
     return f
+
+
+def _check_attrs(f: Any, p: Path) -> None:
+    """Every reader checks the attributes' SHA-256 (cheap: they are in memory) before using
+    them, so a damaged configuration, class list or count never reaches a head or a bundle
+    (#23); the chunks are checked by HDF5's Fletcher-32 as they are read."""
+    want = f.attrs.get("attrs_sha256")
+    if want is None:
+        return  # a store written before featx kept checksums
+    try:
+        ok = _digest_attrs(f.attrs) == _attr_value(want)
+    except (OSError, KeyError, RuntimeError, ValueError, UnicodeDecodeError):
+        ok = False
+    if not ok:
+        f.close()
+        raise StoreError(
+            f"store {p} is damaged (its attributes do not match their SHA-256); check it with "
+            f"'featx verify {p}', then delete it and run the same 'featx extract' again"
+        )
 
 
 def read_config(path: str | os.PathLike) -> StoreConfig:
