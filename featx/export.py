@@ -185,19 +185,16 @@ def export_store(
         for k in ("backbone", "weights", "layer", "pool", "dim", "classes", "config_hash")
     }
     meta["store"] = str(store)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    try:
+    from featx.files import atomic_path
+
+    # the shared atomic write: its temporaries are swept when their writer was killed (#23)
+    with atomic_path(out_path) as tmp:
         if fmt == "npz":
             _write_npz(tmp, cols)
         elif fmt == "parquet":
             _write_parquet(tmp, cols, meta)
         else:
             _write_csv(tmp, cols)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     log.info("exported %d items of %s to %s", fs.n, store, out_path)
     return ExportResult(
         out=str(out_path),

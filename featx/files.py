@@ -16,13 +16,21 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "cache_dir", "check_output", "fsync_dir"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "cache_dir",
+    "check_output",
+    "fsync_dir",
+    "sweep_temporaries",
+]
 
 
 def cache_dir() -> Path:
@@ -74,6 +82,7 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_temporaries(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         yield tmp
@@ -88,6 +97,31 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     finally:
         if tmp.exists():
             _remove(tmp)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process (or a pid this system cannot have): keep it
+    return True
+
+
+def sweep_temporaries(path: str | os.PathLike) -> int:
+    """Remove the temporaries a killed writer of ``path`` left (``<name>.tmp-<pid>[-<hex>]``
+    whose process is gone); returns how many. Every atomic write does this first, so a kill
+    never leaves files that no later run removes."""
+    path = Path(path)
+    n = 0
+    with contextlib.suppress(OSError):
+        for p in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
+            pid = p.name[len(path.name) + 5 :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(p)
+                n += 1
+    return n
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = True) -> Path:

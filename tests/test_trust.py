@@ -539,3 +539,30 @@ def test_a_flipped_byte_in_an_attribute_stops_every_reader(project, tmp_path):
         if "verify" not in " ".join(args):  # the readers point to featx verify
             assert "featx verify" in res.stderr, res.stderr
     assert not (tmp_path / "h.npz").exists() and not (tmp_path / "e.npz").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 10: a killed export leaves nothing that a later run does not remove
+# ---------------------------------------------------------------------------------------------
+def test_a_killed_export_leaves_no_temporaries_after_the_next_run(project, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "o.npz"
+    code = (
+        "import os, signal, sys\n"
+        "import featx.export as e\n"
+        "def dying(tmp, cols):\n"
+        "    open(tmp, 'wb').write(b'half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "e._write_npz = dying\n"
+        "e.export_store(sys.argv[1], sys.argv[2])\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(FEATX.parent)}
+    p = subprocess.run([sys.executable, "-c", code, project["store"], str(out)], env=env)
+    assert p.returncode == -9
+    assert list(tmp_path.glob("o.npz.tmp-*")), "the kill left its temporary (as a kill does)"
+    res = CliRunner().invoke(cli, ["export", project["store"], "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert not list(tmp_path.glob("o.npz.tmp-*"))
+    assert np.load(out)["features"].shape[0] == 8
