@@ -69,7 +69,9 @@ def test_layer_choices_and_unknown_group_names_the_closest():
     assert got["select"].select == 0 and got["select:1"].select == 1
     assert one_choice(fs, "B+A").dim == 34  # a named combination, in the order given
     np.testing.assert_array_equal(one_choice(fs, "B,A").X[:, :30], fs.X[:, 4:])
-    with pytest.raises(FeatxError, match=r"did you mean 'A'.*this set has: A, B, tfidf, tfidf-sparse"):
+    with pytest.raises(
+        FeatxError, match=r"did you mean 'A'.*this set has: A, B, tfidf, tfidf-sparse"
+    ):
         choose_groups(fs, "a")
     with pytest.raises(FeatxError, match="makes 2 choices"):
         one_choice(fs, "A+B,all")
@@ -159,3 +161,38 @@ def test_plain_store_is_unchanged_by_groups():
         "standardize",
         "head",
     ]
+
+
+def test_cli_fused_compare_fit_predict(tmp_path, image_folder, fake_backbone_family):
+    """`featx compare A+B --layers each,all`, `featx fit A+B`, `featx predict` on a fusion."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+
+    run = CliRunner()
+    a, b = tmp_path / "a.h5", tmp_path / "b.h5"
+    base = ["extract", str(image_folder), "-b", "tiny", "--workers", "0", "-q"]
+    assert run.invoke(cli, [*base, "--store", str(a)]).exit_code == 0
+    r = run.invoke(cli, [*base, "--store", str(b), "--layer", "feature_map", "--pool", "max"])
+    assert r.exit_code == 0, r.output
+    fused = f"{a}+{b}"
+    r = run.invoke(
+        cli, ["compare", fused, "--heads", "centroid", "--layers", "each,all", "--json", "-q"]
+    )
+    assert r.exit_code == 0, r.output
+    stores = {row["store"] for row in json.loads(r.stdout)["results"]}
+    assert len(stores) == 3 and any(s.endswith("[all]") for s in stores), stores
+    bundle = tmp_path / "h.npz"
+    r = run.invoke(cli, ["fit", fused, "--head", "centroid", "--out", str(bundle), "--json"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "p.csv"
+    r = run.invoke(cli, ["predict", str(bundle), str(image_folder), "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == 12
+    # a store that is not there names itself; an unknown group names the valid ones
+    r = run.invoke(cli, ["compare", f"{a}+{tmp_path / 'no.h5'}", "--heads", "centroid"])
+    assert r.exit_code != 0 and "no.h5" in r.output and "Traceback" not in r.output
+    r = run.invoke(cli, ["fit", fused, "--head", "centroid", "--layers", "nosuch"])
+    assert r.exit_code != 0 and "unknown feature group 'nosuch'" in r.output
