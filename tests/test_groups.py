@@ -196,3 +196,22 @@ def test_cli_fused_compare_fit_predict(tmp_path, image_folder, fake_backbone_fam
     assert r.exit_code != 0 and "no.h5" in r.output and "Traceback" not in r.output
     r = run.invoke(cli, ["fit", fused, "--head", "centroid", "--layers", "nosuch"])
     assert r.exit_code != 0 and "unknown feature group 'nosuch'" in r.output
+
+
+def test_pipeline_fuse_adds_the_joined_stores(tmp_path, image_folder, fake_backbone_family):
+    from featx.pipeline import load_pipeline, run_pipeline
+
+    p = tmp_path / "p.toml"
+    p.write_text(
+        f'sources = ["{image_folder}"]\nfuse = true\nreport = "rep"\n'
+        '[[backbones]]\nname = "tiny"\n'
+        '[[backbones]]\nname = "tiny"\nlayer = "feature_map"\npool = "max"\n'
+        '[extract]\nworkers = 0\n[[heads]]\nname = "centroid"\n'
+    )
+    res = run_pipeline(p)
+    board = next(iter(res.leaderboards.values()))
+    assert "tiny+tiny[feature_map,max]" in {r.store for r in board.results}
+    bad = tmp_path / "bad.toml"
+    bad.write_text(p.read_text().replace("fuse = true", 'fuse = [["tiny", "nosuch"]]'))
+    with pytest.raises(FeatxError, match="must name two or more backbones"):
+        load_pipeline(bad)

@@ -288,7 +288,7 @@ def stage_modules(net: nn.Module) -> list[str]:
         if big and (best is None or len(m) > best[0]):
             best = (len(m), name)
     if best is None:
-        return []
+        return [c for c, _ in net.named_children()] if _is_container(net) else []
     return [f"{best[1]}.{c}" for c, _ in modules[best[1]].named_children()]
 
 
