@@ -7,7 +7,8 @@ head is fitted, on its training rows only). A *layer spec* says which groups a h
 
 =================  ==============================================================================
 ``None`` / ``""``  the set as it is: every stored group (the one group of a plain store)
-``a,b`` / ``a+b``  groups ``a`` and ``b`` concatenated (each standardized, see below)
+``a+b``            groups ``a`` and ``b`` side by side (each standardized, see below)
+``a,b``            ``compare``: a choice each; ``fit``/``evaluate`` (one head): as ``a+b``
 ``each``           one choice per group (``compare``: one leaderboard row per group)
 ``all``            every group, ``tfidf`` included when the store keeps texts
 ``select``         every group, then keep the best k (chosen on a validation split of the
@@ -15,8 +16,7 @@ head is fitted, on its training rows only). A *layer spec* says which groups a h
 ``select:K``       the K most relevant groups
 =================  ==============================================================================
 
-Comma-separated keywords give several choices (``each,all,select``); plain names in the same
-spec form one choice together. A head on more than one group (or on a text group) starts with
+Comma-separated items give several choices (``each,all,select``, ``features,tfidf,all``). A head on more than one group (or on a text group) starts with
 the group step (per-group standardization: every group brings the same total variance), which
 replaces the head's own ``standardize``.
 
@@ -85,9 +85,9 @@ def _unknown(name: str, valid: list[str]) -> FeatxError:
     what = ", ".join(valid) if valid else "no groups"
     if name in TEXT_GROUPS:
         return FeatxError(
-            f"feature group {name!r} needs the texts, and this store keeps none (an image store, "
-            "or a text store extracted before featx kept texts); use a text store extracted "
-            "with this featx"
+            f"feature group {name!r} needs the texts, and this store keeps none: an image store "
+            "has no texts; a text store extracted before featx kept them needs a fresh "
+            "extraction (delete it and run the same 'featx extract' again)"
         )
     return FeatxError(
         f"unknown feature group {name!r}{hint}; this set has: {what}; "
@@ -95,8 +95,12 @@ def _unknown(name: str, valid: list[str]) -> FeatxError:
     )
 
 
-def parse_layers(fs: FeatureSet, spec: str | None) -> list[GroupChoice]:
-    """The choices a layer spec makes on ``fs`` (see the module docstring)."""
+def parse_layers(fs: FeatureSet, spec: str | None, *, join: bool = False) -> list[GroupChoice]:
+    """The choices a layer spec makes on ``fs`` (see the module docstring).
+
+    ``join``: plain names separated by commas form one choice together (``fit``, which trains
+    one head); otherwise each is a choice of its own (``compare``: a row each).
+    """
     if spec is None or not str(spec).strip():
         return [GroupChoice("", tuple(g.name for g in fs.feature_groups))]
     valid = available_groups(fs)
@@ -121,7 +125,7 @@ def parse_layers(fs: FeatureSet, spec: str | None) -> list[GroupChoice]:
             for n in names:
                 if n not in valid:
                     raise _unknown(n, valid)
-            if "+" in tok:
+            if "+" in tok or not join:
                 choices.append(GroupChoice("+".join(names), tuple(names)))
             else:
                 loose += names
@@ -177,16 +181,18 @@ def view(fs: FeatureSet, choice: GroupChoice) -> FeatureSet:
     )
 
 
-def choose_groups(fs: FeatureSet, spec: str | None) -> list[tuple[str, FeatureSet]]:
+def choose_groups(
+    fs: FeatureSet, spec: str | None, *, join: bool = False
+) -> list[tuple[str, FeatureSet]]:
     """``(label, view)`` for every choice of ``spec`` on ``fs``; label "" for no spec."""
     if spec is None or not str(spec).strip():
         return [("", fs)]
-    return [(c.label, view(fs, c)) for c in parse_layers(fs, spec)]
+    return [(c.label, view(fs, c)) for c in parse_layers(fs, spec, join=join)]
 
 
 def one_choice(fs: FeatureSet, spec: str | None, what: str = "fit") -> FeatureSet:
     """The single view a layer spec makes (``fit``/``predict`` train one head)."""
-    choices = choose_groups(fs, spec)
+    choices = choose_groups(fs, spec, join=True)
     if len(choices) != 1:
         labels = ", ".join(label for label, _ in choices)
         raise FeatxError(

@@ -59,14 +59,14 @@ import struct
 import sys
 import threading
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from featx.errors import StoreError, StoreLockedError, StoreReadOnlyError
-from featx.features import FeatureSet
+from featx.features import FeatureGroup, FeatureSet
 from featx.files import atomic_path, atomic_write
 from featx.files import cache_dir as default_cache_dir
 from featx.options import STORE_DTYPES as FEATURE_DTYPES  # one list, also for the CLI
@@ -114,6 +114,23 @@ class StoreConfig:
     def from_json(cls, s: str) -> StoreConfig:
         d = json.loads(s)
         return cls(source=d["source"], backbone=d["backbone"], dtype=d["dtype"])
+
+
+#: Where the extra outputs of a multi-layer pass live: one dataset per layer (``--layers``).
+GROUPS = "groups"
+#: Where a text store keeps its texts (the ``tfidf`` feature group needs them at fit time).
+TEXTS = "text/texts"
+
+
+def store_groups(config: Any) -> list[tuple[str, int]]:
+    """(dataset path, width) of each extra output group a store's configuration names."""
+    if config is None:
+        return []
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(d, dict):
+        return []
+    layers = (d.get("backbone") or {}).get("layers") or []
+    return [(f"{GROUPS}/{g['name']}", int(g["dim"])) for g in layers]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -322,13 +339,29 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
         if ds.shape[0]:
             ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
         split = idx.split if any(idx.split) else None
+        meta = _meta(f)
+        groups: tuple[FeatureGroup, ...] = ()
+        names = store_groups(meta.get("config"))
+        if names:  # a multi-layer store: the embedding, then each layer's group
+            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+            for name, width in names:
+                g = f[name]
+                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
+                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                pos += width
+            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+        texts = None
+        if TEXTS in f:
+            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
         return FeatureSet(
             X=X,
             y=idx.labels.astype(np.int64),
             classes=idx.classes,
             split=split,
             keys=idx.keys,
-            meta=_meta(f),
+            meta=meta,
+            groups=groups,
+            texts=texts,
         )
 
 
@@ -395,6 +428,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
+            "groups": [
+                {"name": "features", "dim": int(f["features"].shape[1]), "pool": meta.get("pool")}
+            ]
+            + [
+                {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
+                for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
+            ],
+            "has_texts": TEXTS in f,
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}
@@ -420,6 +461,8 @@ class Rows:
     failed_size: list[int]
     failed_mtime_ns: list[int]
     failed_sha256: list[str]
+    #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 # HDF5 refuses Fletcher-32 on variable-length strings; their SHA-256 attribute covers them.
@@ -756,6 +799,9 @@ class StoreWriter:
             f.attrs["format"] = PART_FORMAT
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
+            for name, arr in (rows.outputs or {}).items():
+                out = np.asarray(arr, dtype=self.config.dtype).reshape(len(rows.keys), -1)
+                f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
             _int_ds(g, "size", rows.size)
@@ -800,9 +846,9 @@ class StoreWriter:
             Class names.
         attrs : dict
             Provenance attributes (backbone, weights, versions, ...), stored as file attributes.
-        per_row : dict name -> (dict key -> int), optional
-            Extra int64 datasets aligned with the rows (e.g. ``text/n_tokens``); -1 where a key
-            has no value.
+        per_row : dict name -> (dict key -> int or str), optional
+            Extra datasets aligned with the rows: int64 (e.g. ``text/n_tokens``; -1 where a key
+            has no value) or strings (``text/texts``; "" where a key has none).
         """
         self.require_writable()
         h5py = _h5()
@@ -819,10 +865,10 @@ class StoreWriter:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         open_files: dict[str, Any] = {}
 
-        def source_ds(where: str):
+        def source_ds(where: str, name: str = "features"):
             if where not in open_files:
                 open_files[where] = h5py.File(self.path if where == "store" else where, "r")
-            return open_files[where]["features"]
+            return open_files[where][name]
 
         try:
             with _atomic_h5(self.path) as f:
@@ -845,30 +891,33 @@ class StoreWriter:
                 rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
                 # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
                 # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
-                feats = f.create_dataset(
-                    "features",
-                    shape=(n, dim),
-                    dtype=self.config.dtype,
-                    chunks=(rows_per_chunk, max(dim, 1)) if n else None,
-                    compression="lzf" if n else None,
-                    fletcher32=bool(n),
-                )
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-                step = COPY_ROWS
-                for a in range(0, n, step):
-                    b = min(n, a + step)
-                    block = np.empty((b - a, dim), dtype=self.config.dtype)
-                    w, r = wheres[a:b], srcrow[a:b]
-                    for where in dict.fromkeys(w):
-                        m = w == where
-                        sel = r[m]
-                        order = np.argsort(sel, kind="stable")
-                        vals = _read_rows(source_ds(where), sel[order])
-                        tmp = np.empty_like(vals)
-                        tmp[order] = vals
-                        block[m] = tmp
-                    feats[a:b] = block
+                # the pooled embedding, then every extra output of the pass (--layers)
+                for ds_name, width in [("features", dim), *store_groups(self.config)]:
+                    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
+                    feats = f.create_dataset(
+                        ds_name,
+                        shape=(n, width),
+                        dtype=self.config.dtype,
+                        chunks=(rows_per_chunk, max(width, 1)) if n else None,
+                        compression="lzf" if n else None,
+                        fletcher32=bool(n),
+                    )
+                    step = COPY_ROWS
+                    for a in range(0, n, step):
+                        b = min(n, a + step)
+                        block = np.empty((b - a, width), dtype=self.config.dtype)
+                        w, r = wheres[a:b], srcrow[a:b]
+                        for where in dict.fromkeys(w):
+                            m = w == where
+                            sel = r[m]
+                            order = np.argsort(sel, kind="stable")
+                            vals = _read_rows(source_ds(where, ds_name), sel[order])
+                            tmp = np.empty_like(vals)
+                            tmp[order] = vals
+                            block[m] = tmp
+                        feats[a:b] = block
                 _str_ds(f, "paths", keys)
                 _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
                 _str_ds(f, "split", [split.get(k, "") for k in keys])
@@ -879,9 +928,11 @@ class StoreWriter:
                 _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
                 for name, values in (per_row or {}).items():
                     grp, _, leaf = name.rpartition("/")
-                    _int_ds(
-                        f.require_group(grp) if grp else f, leaf, [values.get(k, -1) for k in keys]
-                    )
+                    where_ = f.require_group(grp) if grp else f
+                    if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
+                        _str_ds(where_, leaf, [values.get(k, "") for k in keys])
+                    else:
+                        _int_ds(where_, leaf, [values.get(k, -1) for k in keys])
                 fkeys = sorted(failed)
                 fl = f.create_group("failed")
                 _str_ds(fl, "paths", fkeys)
@@ -1081,6 +1132,32 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             where = f" after {chunks} chunks" if chunks else ""
             problems.append(f"features unreadable{where} ({_first_line(exc)})")
 
+        for gname, width in store_groups(cfg):  # each layer of a multi-layer store (--layers)
+            try:
+                g = f[gname]
+                if tuple(g.shape) != (n, width):
+                    problems.append(f"{gname} has shape {tuple(g.shape)}, expected ({n}, {width})")
+                step = g.chunks[0] if g.chunks else COPY_ROWS
+                bad_rows = 0
+                for a in range(0, int(g.shape[0]), step):
+                    block = g[a : min(int(g.shape[0]), a + step)]
+                    chunks += 1
+                    nbytes += block.nbytes
+                    bad_rows += int((~np.isfinite(block)).any(axis=1).sum())
+                if bad_rows:
+                    problems.append(f"{bad_rows} rows of {gname} hold NaN or inf")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{gname} unreadable ({_first_line(exc)})")
+        if TEXTS in f:  # a text store's texts (docs/store.md)
+            try:
+                enc = [b if isinstance(b, bytes) else _encode(b) for b in f[TEXTS][()]]
+                want = _attr_value(f[TEXTS].attrs.get("featx_sha256"))
+                if want is not None and want != _digest_strings(enc):
+                    problems.append(f"dataset {TEXTS} does not match its SHA-256")
+                if len(enc) != n:
+                    problems.append(f"{TEXTS} has {len(enc)} rows, features {n}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"dataset {TEXTS} unreadable ({_first_line(exc)})")
         lens = {k: len(values[k]) for k in _INDEX_DATASETS if k in values}
         if any(v != n for v in lens.values()):
             problems.append(

@@ -215,3 +215,53 @@ def test_pipeline_fuse_adds_the_joined_stores(tmp_path, image_folder, fake_backb
     bad.write_text(p.read_text().replace("fuse = true", 'fuse = [["tiny", "nosuch"]]'))
     with pytest.raises(FeatxError, match="must name two or more backbones"):
         load_pipeline(bad)
+
+
+def test_text_store_keeps_texts_and_tfidf_fits_bundles_and_predicts(tmp_path, image_folder):
+    """Texts live in the store; tfidf alone and fused with the encoder go through fit/predict."""
+    import json
+
+    from click.testing import CliRunner
+    from test_text import TOPICS, make_tiny_bert, write_table
+
+    from featx.cli import cli
+    from featx.store import load_features, verify_store
+
+    model = make_tiny_bert(tmp_path / "m", st={"pool": "cls", "normalize": True})
+    rows = [
+        {"id": f"t{i}-{j}", "text": t, "label": lab}
+        for i, (lab, ts) in enumerate(TOPICS.items())
+        for j, t in enumerate(ts * 3)
+    ]
+    csv_path = write_table(tmp_path / "t.csv", rows)
+    run = CliRunner()
+    store = tmp_path / "t.h5"
+    args = ["extract", str(csv_path), "-b", f"hf:{model}", "--store", str(store), "-q"]
+    assert run.invoke(cli, [*args, "--device", "cpu"]).exit_code == 0
+    fs = load_features(store)
+    by_key = {r["id"]: r["text"] for r in rows}
+    assert [by_key[k] for k in fs.keys] == list(fs.texts)
+    assert verify_store(store).ok
+    r = run.invoke(cli, ["compare", str(store), "--heads", "centroid", "--layers", "each,all",
+                         "--json", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = {row["store"].rsplit("[", 1)[1][:-1] for row in json.loads(r.stdout)["results"]}
+    assert got == {"features", "tfidf", "all"}
+    for layers in ("tfidf", "all"):
+        bundle = tmp_path / f"{layers}.npz"
+        r = run.invoke(cli, ["fit", str(store), "--head", "logreg", "--layers", layers,
+                             "--out", str(bundle), "--json"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        out = tmp_path / f"{layers}.csv"
+        r = run.invoke(cli, ["predict", str(bundle), str(csv_path), "--out", str(out),
+                             "--device", "cpu", "--json"])  # fmt: skip
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.stdout)["n_predicted"] == len(rows)
+    # a text representation asked of an image store: one line, no traceback
+    img = tmp_path / "i.h5"
+    ext = ["extract", str(image_folder), "-b", "resnet18", "--weights", "none"]
+    r = run.invoke(cli, [*ext, "--image-size", "32", "--store", str(img), "-q", "--workers", "0"])
+    assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["fit", str(img), "--head", "centroid", "--layers", "tfidf"])
+    assert r.exit_code != 0 and "needs the texts" in r.output and "image store" in r.output
+    assert "Traceback" not in r.output
