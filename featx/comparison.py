@@ -402,6 +402,12 @@ def compare(
             for label, v in choose_groups(fs, proto.layers)
         }
         proto = replace(proto, layers=None)
+    else:  # a set of several groups says which (a fusion's name already does)
+        aligned = {
+            (f"{store} [{'+'.join(g.name for g in fs.groups)}]" if len(fs.groups) > 1
+             and "+" not in store else store): fs
+            for store, fs in aligned.items()
+        }  # fmt: skip
     ref = next(iter(aligned.values()))
     splits = protocol_splits(ref, proto)
     described = describe_splits(splits, proto.shots, proto.cv)

@@ -85,6 +85,10 @@ def rebuild_backbone(
     bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
         bb = load_backbone(spec)
+    if cfg.get("layers"):  # a multi-layer store: the same layers from one pass
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, cfg["layers"])
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
