@@ -577,6 +577,14 @@ def _build(
         if needs_group_step(fs):
             from featx.heads.groups import with_group_step
 
+            sparse = [g.name for g in fs.groups if g.kind == "text" and g.name.endswith("sparse")]
+            if sparse and isinstance(head, str):
+                raise FeatxError(
+                    f"group {sparse[0]!r} is a sparse matrix and featx's heads take dense input; "
+                    "use the group 'tfidf' (dense), or a scikit-learn estimator that takes sparse "
+                    "input (e.g. LinearSVC) as the head in Python"
+                )
+
             est = with_group_step(est, fs, seed)
             tokens = ("groups", *(t for t in tokens if t != "standardize"))
     return est, name, tokens
