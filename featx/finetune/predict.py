@@ -1,0 +1,148 @@
+"""Using a fine-tuned bundle: the frozen prefix, then the tuned tail and head.
+
+The prefix's output is rounded to float16 before the tail, as the cached activations the tail
+was trained on were: so a prediction from files equals the training forward on the cache.
+
+Imports torch inside functions only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+
+
+@dataclass(frozen=True, eq=False)
+class Finetuned:
+    """A loaded fine-tuned bundle, ready to predict.
+
+    Attributes
+    ----------
+    classes : tuple of str
+    backbone : Backbone or TextBackbone
+        The rebuilt backbone (its preprocessing / tokenizer).
+    net : torch.nn.Module
+        ``net(x, mask) -> logits`` from normalized images (mode ``full``) or activations
+        (mode ``tail``).
+    prefix : torch.nn.Module or None
+        The frozen prefix (mode ``tail``).
+    mode : {"tail", "full"}
+    kind : {"map", "tokens", "text"}
+    meta : FinetuneBundleFile
+    """
+
+    classes: tuple[str, ...]
+    backbone: Any
+    net: Any
+    prefix: Any
+    mode: str
+    kind: str
+    meta: Any
+
+    @property
+    def path(self) -> Path:
+        return self.meta.path
+
+    def logits_from_activations(self, acts: Any, mask: Any = None) -> Any:
+        """Logits from cached activations (mode ``tail``), as training computed them."""
+        import torch
+
+        with torch.no_grad():
+            a = torch.as_tensor(np.asarray(acts)).float()
+            m = None if mask is None else torch.as_tensor(np.asarray(mask)).long()
+            return self.net.eval()(a, m)
+
+    def _logits_images(self, batch_uint8: Any) -> Any:
+        import torch
+
+        x = self.backbone.preprocess.normalize(batch_uint8)
+        with torch.no_grad():
+            if self.mode == "full":
+                return self.net(x, None)
+            a = self.prefix(x).half().float()
+            return self.net(a, None)
+
+    def _logits_texts(self, texts: Sequence[str]) -> Any:
+        import torch
+
+        from featx.finetune.data import tokenize_texts
+
+        ids, mask, tt = tokenize_texts(self.backbone, texts)
+        with torch.no_grad():
+            if self.mode == "full":
+                return self.net(ids, mask)
+            a = self.prefix(ids, mask, tt).half().float()
+            return self.net(a, mask)
+
+    def predict_proba(self, inputs: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
+        """Class probabilities (n, K) for image paths / PIL images, or texts (text backbones)."""
+        import torch
+
+        out = []
+        for s in range(0, len(inputs), batch_size):
+            chunk = list(inputs[s : s + batch_size])
+            if self.kind == "text":
+                logits = self._logits_texts([str(t) for t in chunk])
+            else:
+                from featx.images import load_rgb
+
+                pre = self.backbone.preprocess
+                imgs = [load_rgb(x) if isinstance(x, str | os.PathLike) else x for x in chunk]
+                logits = self._logits_images(torch.stack([pre.to_uint8(im) for im in imgs]))
+            out.append(torch.softmax(logits.float(), dim=1).numpy())
+        if not out:
+            return np.zeros((0, len(self.classes)))
+        return np.concatenate(out)
+
+    def predict(self, inputs: Sequence[Any]) -> list[str]:
+        """Class names of ``inputs``."""
+        return [self.classes[i] for i in self.predict_proba(inputs).argmax(1)]
+
+
+def load_finetuned(path: str | os.PathLike) -> Finetuned:
+    """Load a bundle written by :func:`featx.finetune.finetune` (``--bundle``) or
+    :func:`~featx.finetune.finetune_full`; nothing in the file is executed (no pickle)."""
+    from torch import nn
+
+    from featx.finetune.api import backbone_from_config
+    from featx.finetune.bundle import load_state, read_finetune_bundle
+    from featx.finetune.cuts import cut_backbone
+    from featx.finetune.full import full_network
+
+    meta = read_finetune_bundle(path)
+    bb = backbone_from_config(meta.backbone)
+    cm = cut_backbone(bb, meta.cut)
+    if cm.cut != meta.cut:
+        raise FeatxError(f"{meta.path}: {bb.name} has no cut {meta.cut}")
+    h = meta.head
+    head = nn.Sequential(
+        nn.Dropout(float(h["dropout"])), nn.Linear(int(h["dim"]), int(h["n_classes"]))
+    )
+    if meta.mode == "full":
+        net = full_network(cm, head)
+        prefix = None
+    else:
+        net = cm.tail(head, train_blocks=meta.tail_blocks)
+        prefix = cm.prefix
+    load_state(net, meta.state, meta.path)
+    net.eval()
+    if len(meta.classes) != int(h["n_classes"]):
+        raise FeatxError(
+            f"{meta.path} names {len(meta.classes)} classes for a {h['n_classes']}-way head"
+        )
+    return Finetuned(
+        classes=meta.classes,
+        backbone=bb,
+        net=net,
+        prefix=prefix,
+        mode=meta.mode,
+        kind=cm.kind,
+        meta=meta,
+    )
