@@ -711,8 +711,8 @@ def finetune(
       featx predict tuned.npz new_photos/
       featx finetune --full photos/ -b resnet18 --epochs 10
     """
-    from featx.finetune import finetune as run_tail
-    from featx.finetune import finetune_full
+    from featx.finetuning import finetune as run_tail
+    from featx.finetuning import finetune_full
 
     names = [h.strip() for h in heads.split(",") if h.strip()]
     opts = _pick(FinetuneOptions, kw, progress=not quiet)

@@ -412,7 +412,7 @@ class FinetuneOptions(_Spec):
 
     Every field is a ``featx finetune`` flag and a key of a pipeline's ``[finetune]`` table; the
     split and the seed come from :class:`EvalProtocol`, so fine-tuned rows share the heads' test
-    items. See :func:`featx.finetune.finetune`.
+    items. See :func:`featx.finetuning.finetune`.
     """
 
     tail: int | None = option(

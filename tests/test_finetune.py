@@ -68,7 +68,7 @@ def _ftnet():
 def _cutter(net, backbone):
     from torch import nn
 
-    from featx.finetune.cuts import Blocks
+    from featx.finetuning.cuts import Blocks
 
     blocks = [(f"stage{i}", net[i]) for i in (1, 2, 3)]
     return Blocks(net[0], blocks, nn.Sequential(net[4], net[5]), "map", default_tail=1)
@@ -76,7 +76,7 @@ def _cutter(net, backbone):
 
 def register_ftest():
     from featx.backbones.registry import BackboneInfo, Body, Family, register_family
-    from featx.finetune import register_cutter
+    from featx.finetuning import register_cutter
     from featx.preprocess import Preprocess
 
     def build(req):
@@ -103,7 +103,7 @@ def register_ftest():
 @pytest.fixture
 def ftnet():
     from featx.backbones import load_backbone, unregister_family
-    from featx.finetune.cuts import unregister_cutter
+    from featx.finetuning.cuts import unregister_cutter
 
     register_ftest()
     yield load_backbone("ftnet")
@@ -120,7 +120,7 @@ def resnet():
 
 @pytest.fixture
 def acts(ftnet, colours):
-    from featx.finetune import compute_activations
+    from featx.finetuning import compute_activations
     from featx.sources import open_source
 
     return compute_activations(ftnet, open_source(colours), "-2")
@@ -136,7 +136,7 @@ FAST = {"epochs": 3, "batch_size": 8, "patience": 3, "heads": ()}
 @pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "timm/vit_tiny_patch16_224"])
 def test_prefix_then_tail_is_the_backbone(name):
     from featx.backbones import load_backbone
-    from featx.finetune import cut_backbone, cut_names
+    from featx.finetuning import cut_backbone, cut_names
 
     bb = load_backbone(name, weights="none", image_size=SIZE)
     x = torch.randn(2, 3, SIZE, SIZE)
@@ -149,7 +149,7 @@ def test_prefix_then_tail_is_the_backbone(name):
 
 
 def test_unknown_cut_lists_the_valid_ones(resnet):
-    from featx.finetune import cut_backbone
+    from featx.finetuning import cut_backbone
 
     with pytest.raises(FeatxError, match="valid cuts: layer1, layer2, layer3, layer4"):
         cut_backbone(resnet, "layer9")
@@ -164,7 +164,7 @@ def test_unknown_cut_lists_the_valid_ones(resnet):
 
 
 def test_training_lowers_the_loss_and_reports_a_leaderboard_row(acts):
-    from featx.finetune import finetune
+    from featx.finetuning import finetune
 
     rep = finetune(acts, tail=2, warmup_epochs=0, heads=["centroid"], epochs=4, batch_size=8)
     losses = [h["train_loss"] for h in rep.history]
@@ -179,7 +179,7 @@ def test_training_lowers_the_loss_and_reports_a_leaderboard_row(acts):
 
 
 def test_seeded_runs_repeat_and_seeds_differ(acts):
-    from featx.finetune import finetune
+    from featx.finetuning import finetune
 
     a = finetune(acts, tail=1, **FAST).model.state_dict()
     b = finetune(acts, tail=1, **FAST).model.state_dict()
@@ -189,14 +189,14 @@ def test_seeded_runs_repeat_and_seeds_differ(acts):
 
 
 def test_tail_longer_than_the_cache_says_how_to_get_more(acts):
-    from featx.finetune import finetune
+    from featx.finetuning import finetune
 
     with pytest.raises(FeatxError, match="between 1 and 2.*earlier --cache-activations"):
         finetune(acts, tail=3, **FAST)
 
 
 def test_too_few_labelled_items_says_how_many(ftnet, tmp_path):
-    from featx.finetune import compute_activations, finetune
+    from featx.finetuning import compute_activations, finetune
     from featx.sources import open_source
 
     few = compute_activations(ftnet, open_source(colour_folder(tmp_path / "few", 2)), "auto")
@@ -209,7 +209,7 @@ def test_too_few_labelled_items_says_how_many(ftnet, tmp_path):
 
 
 def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path):
-    from featx.finetune import finetune, load_finetuned
+    from featx.finetuning import finetune, load_finetuned
 
     rep = finetune(acts, tail=1, bundle=tmp_path / "tuned.npz", **FAST)
     ft = load_finetuned(rep.bundle)
@@ -221,7 +221,7 @@ def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path)
 
 
 def test_bundle_loads_without_pickle_and_catches_damage(acts, tmp_path, monkeypatch):
-    from featx.finetune import finetune, load_finetuned
+    from featx.finetuning import finetune, load_finetuned
 
     path = finetune(acts, tail=1, bundle=tmp_path / "tuned.npz", **FAST).bundle
 
@@ -248,7 +248,7 @@ def test_bundle_loads_without_pickle_and_catches_damage(acts, tmp_path, monkeypa
 KILLED_RUN = """
 import sys, logging
 from featx.backbones import load_backbone
-from featx.finetune import compute_activations, finetune
+from featx.finetuning import compute_activations, finetune
 from featx.sources import open_source
 from test_finetune import register_ftest
 logging.basicConfig(level=logging.INFO, stream=sys.stderr)
@@ -260,7 +260,7 @@ finetune(acts, tail=1, epochs={epochs}, patience=100, batch_size=8, bundle={bund
 
 
 def test_a_killed_run_can_be_rerun_cleanly(colours, acts, tmp_path):
-    from featx.finetune import finetune
+    from featx.finetuning import finetune
 
     bundle = tmp_path / "tuned.npz"
     script = KILLED_RUN.format(root=str(colours), epochs=100000, bundle=str(bundle))
@@ -283,7 +283,7 @@ def test_a_killed_run_can_be_rerun_cleanly(colours, acts, tmp_path):
     assert not bundle.exists()  # nothing half-written under the final name
     rep = finetune(acts, tail=1, epochs=3, patience=100, batch_size=8, bundle=bundle)
     again = finetune(acts, tail=1, epochs=3, patience=100, batch_size=8, bundle=tmp_path / "b.npz")
-    from featx.finetune.bundle import read_finetune_bundle
+    from featx.finetuning.bundle import read_finetune_bundle
 
     a, b = read_finetune_bundle(rep.bundle).state, read_finetune_bundle(again.bundle).state
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
@@ -295,7 +295,7 @@ def test_a_killed_run_can_be_rerun_cleanly(colours, acts, tmp_path):
 
 
 def test_full_finetune_runs_on_cpu_and_its_bundle_predicts(ftnet, colours, tmp_path):
-    from featx.finetune import finetune_full, load_finetuned
+    from featx.finetuning import finetune_full, load_finetuned
 
     rep = finetune_full(
         colours,
@@ -328,8 +328,8 @@ def test_text_tail_trains_and_predicts(tiny_bert, tmp_path):
     from test_text import TOPICS, write_table
 
     from featx.backbones import load_backbone
-    from featx.finetune import compute_activations, cut_backbone, finetune, load_finetuned
-    from featx.finetune.data import read_texts
+    from featx.finetuning import compute_activations, cut_backbone, finetune, load_finetuned
+    from featx.finetuning.data import read_texts
     from featx.sources import open_source
 
     rows = [{"text": t, "label": lab} for lab, ts in TOPICS.items() for t in ts * 2]

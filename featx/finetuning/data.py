@@ -1,9 +1,9 @@
 """What fine-tuning trains on: cached activations at a cut, or decoded images, with their labels.
 
 :class:`ActivationSet` is the in-memory form of a store's cached activations (numpy only). It
-comes from a store extracted with ``--cache-activations`` (:func:`featx.finetune.read_activations`)
-or is computed here directly from a source (:func:`compute_activations`, what tests and small
-experiments use without a store).
+comes from a store extracted with ``--cache-activations``
+(:func:`featx.finetuning.read_activations`) or is computed here directly from a source
+(:func:`compute_activations`, what tests and small experiments use without a store).
 
 Imports torch inside functions only.
 """
@@ -205,7 +205,7 @@ def compute_activations(
     ``source`` is what :func:`featx.sources.open_source` returns (images or texts). Items that
     do not decode are left out (logged).
     """
-    from featx.finetune.cuts import cut_backbone
+    from featx.finetuning.cuts import cut_backbone
 
     cm = cut_backbone(backbone, cut)
     if cm.kind == "text":

@@ -72,7 +72,7 @@ class Finetuned:
     def _logits_texts(self, texts: Sequence[str]) -> Any:
         import torch
 
-        from featx.finetune.data import tokenize_texts
+        from featx.finetuning.data import tokenize_texts
 
         ids, mask, tt = tokenize_texts(self.backbone, texts)
         with torch.no_grad():
@@ -107,14 +107,14 @@ class Finetuned:
 
 
 def load_finetuned(path: str | os.PathLike) -> Finetuned:
-    """Load a bundle written by :func:`featx.finetune.finetune` (``--bundle``) or
-    :func:`~featx.finetune.finetune_full`; nothing in the file is executed (no pickle)."""
+    """Load a bundle written by :func:`featx.finetuning.finetune` (``--bundle``) or
+    :func:`~featx.finetuning.finetune_full`; nothing in the file is executed (no pickle)."""
     from torch import nn
 
-    from featx.finetune.api import backbone_from_config
-    from featx.finetune.bundle import load_state, read_finetune_bundle
-    from featx.finetune.cuts import cut_backbone
-    from featx.finetune.full import full_network
+    from featx.finetuning.api import backbone_from_config
+    from featx.finetuning.bundle import load_state, read_finetune_bundle
+    from featx.finetuning.cuts import cut_backbone
+    from featx.finetuning.full import full_network
 
     meta = read_finetune_bundle(path)
     bb = backbone_from_config(meta.backbone)

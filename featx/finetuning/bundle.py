@@ -79,7 +79,7 @@ def save_finetune_bundle(
 ) -> Path:
     """Write ``model``'s weights and what rebuilds it to ``path`` (atomically).
 
-    ``model`` is the :class:`~featx.finetune.cuts.TailNet` (``mode="tail"``) or the whole network
+    ``model`` is the :class:`~featx.finetuning.cuts.TailNet` (``mode="tail"``) or the whole network
     (``mode="full"``); tensors shared under several names are stored once.
     """
     if mode not in MODES:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.finetune.data import ActivationSet, check_enough
+from featx.finetuning.data import ActivationSet, check_enough
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -258,7 +258,7 @@ def finetune(
     The tail (the blocks after the cut, initialised from the pretrained weights, plus the
     backbone's own pooling) and a new linear head train with AdamW and discriminative learning
     rates, a warm-up with the tail frozen, early stopping on a validation set carved from the
-    training items, and activation-space augmentation; see :mod:`featx.finetune.loop`.
+    training items, and activation-space augmentation; see :mod:`featx.finetuning.loop`.
 
     Parameters
     ----------
@@ -287,14 +287,14 @@ def finetune(
     """
     import torch
 
-    from featx.finetune import augment as aug
-    from featx.finetune.cuts import TailNet, cut_backbone
-    from featx.finetune.loop import Data, device_and_precision, predict_logits, train
+    from featx.finetuning import augment as aug
+    from featx.finetuning.cuts import TailNet, cut_backbone
+    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
 
     opts, proto = _split_opts(options, protocol, overrides)
     store_path = None
     if not isinstance(data, ActivationSet):
-        from featx.finetune.store import read_activations
+        from featx.finetuning.store import read_activations
 
         store_path = data
         data = read_activations(data)
@@ -373,7 +373,7 @@ def finetune(
     board = _leaderboard(result, heads, features, proto, name)
     path = None
     if bundle is not None:
-        from featx.finetune.bundle import save_finetune_bundle
+        from featx.finetuning.bundle import save_finetune_bundle
 
         full_tail.cpu()
         path = save_finetune_bundle(
@@ -424,7 +424,7 @@ def _frozen_features(data: ActivationSet, store_path: Any, bb: Any) -> Any:
     import torch
 
     from featx.features import FeatureSet
-    from featx.finetune.cuts import cut_backbone
+    from featx.finetuning.cuts import cut_backbone
 
     if store_path is not None:
         from featx.store import load_features

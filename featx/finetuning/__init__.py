@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from featx.finetune.data import ActivationSet, compute_activations
+from featx.finetuning.data import ActivationSet, compute_activations
 
 __all__ = [
     "ActivationSet",
@@ -34,27 +34,27 @@ __all__ = [
 
 def __getattr__(name: str) -> Any:
     if name in ("finetune", "FinetuneReport", "backbone_from_config"):
-        from featx.finetune import api
+        from featx.finetuning import api
 
         return getattr(api, name)
     if name == "finetune_full":
-        from featx.finetune.full import finetune_full
+        from featx.finetuning.full import finetune_full
 
         return finetune_full
     if name == "load_finetuned":
-        from featx.finetune.predict import load_finetuned
+        from featx.finetuning.predict import load_finetuned
 
         return load_finetuned
     if name == "is_finetune_bundle":
-        from featx.finetune.bundle import is_finetune_bundle
+        from featx.finetuning.bundle import is_finetune_bundle
 
         return is_finetune_bundle
     if name == "read_activations":
-        from featx.finetune.store import read_activations
+        from featx.finetuning.store import read_activations
 
         return read_activations
     if name in ("cut_backbone", "cut_names", "register_cutter", "unregister_cutter"):
-        from featx.finetune import cuts
+        from featx.finetuning import cuts
 
         return getattr(cuts, name)
     raise AttributeError(f"module 'featx.finetune' has no attribute {name!r}")

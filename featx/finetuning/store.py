@@ -9,7 +9,7 @@ import os
 from typing import Any
 
 from featx.errors import FeatxError
-from featx.finetune.data import ActivationSet
+from featx.finetuning.data import ActivationSet
 
 
 def extract_hint(info: dict[str, Any]) -> str:

@@ -2,7 +2,7 @@
 
 Every item is decoded once (images resized and centre-cropped to the backbone's size, kept as
 uint8 in memory; texts tokenized), then the whole network and a new head train with the loop of
-:mod:`featx.finetune.loop`: the head alone for ``warmup_epochs`` (the classic "train the head
+:mod:`featx.finetuning.loop`: the head alone for ``warmup_epochs`` (the classic "train the head
 first, then unfreeze"), then everything, the pretrained weights at ``tail_lr``; images are
 augmented with a random resized crop and a flip, texts with token dropout. On the same split as
 the heads and the tail fine-tunes, so all of them compare in one table.
@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.finetune.api import (
+from featx.finetuning.api import (
     FinetuneReport,
     _head,
     _leaderboard,
@@ -33,7 +33,7 @@ from featx.finetune.api import (
     _split_opts,
     _splits,
 )
-from featx.finetune.data import check_enough
+from featx.finetuning.data import check_enough
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def finetune_full(
     backbone : str or BackboneSpec, optional
         Default: the default image or text backbone.
     options, protocol, heads, bundle, **overrides
-        As for :func:`featx.finetune.finetune`; ``options.tail`` is ignored (all blocks train).
+        As for :func:`featx.finetuning.finetune`; ``options.tail`` is ignored (all blocks train).
     text : TextFormat, optional
         Columns of a text table.
 
@@ -90,10 +90,10 @@ def finetune_full(
     """
     from featx.backbones import load_backbone
     from featx.features import FeatureSet
-    from featx.finetune import augment as aug
-    from featx.finetune.cuts import cut_backbone, cut_names
-    from featx.finetune.data import decode_images, read_texts, tokenize_texts
-    from featx.finetune.loop import Data, device_and_precision, predict_logits, train
+    from featx.finetuning import augment as aug
+    from featx.finetuning.cuts import cut_backbone, cut_names
+    from featx.finetuning.data import decode_images, read_texts, tokenize_texts
+    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
     from featx.sources import open_source
 
     opts, proto = _split_opts(options, protocol, overrides)
@@ -202,7 +202,7 @@ def finetune_full(
     board = _leaderboard(result, heads, features, proto, name)
     path = None
     if bundle is not None:
-        from featx.finetune.bundle import save_finetune_bundle
+        from featx.finetuning.bundle import save_finetune_bundle
 
         net.cpu()
         path = save_finetune_bundle(

@@ -1,7 +1,7 @@
 """Cutting a backbone into a frozen prefix and a trainable tail at a named point.
 
 A *cut* names the first block of the tail: its input is what ``featx extract --cache-activations
-CUT`` stores, and what :func:`featx.finetune.finetune` trains on. The blocks of a network are its
+CUT`` stores, and what :func:`featx.finetuning.finetune` trains on. The blocks of a network are its
 stages for CNNs (ResNet ``layer1..layer4``, EfficientNet ``features.1..7`` / timm ``blocks.0..6``,
 ConvNeXt's downsample+stage pairs) and its transformer layers for ViTs and text encoders.
 
