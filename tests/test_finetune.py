@@ -388,3 +388,26 @@ def test_cli_full_reference(ftnet, tmp_path, colours):
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert '"finetune:full"' in r.output
+
+
+def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_bert):
+    from featx.backbones import load_backbone
+    from featx.finetuning.cache import with_activations
+
+    wb = with_activations(ftnet, "-2")
+    assert wb.config() == ftnet.config() and wb.dim == ftnet.dim
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = wb.model(x)
+        torch.testing.assert_close(out["features"], ftnet.model(x))
+    assert list(out["activations"].shape[1:]) == wb.outputs["activations"]["shape"]
+    assert "per item" in wb.size_estimate(1000) and "for 1000 items" in wb.size_estimate(1000)
+    tb = load_backbone(f"hf:{tiny_bert}", max_seq_length=16)
+    wt = with_activations(tb, "-1")
+    enc = tb.tokenizer(["i pay my bill", "late"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        o = wt.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        ref = tb.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    torch.testing.assert_close(o["features"], ref)
+    assert o["activations"].shape == (2, 16, 32) and o["activation_mask"].shape == (2, 16)
+    assert o["activation_mask"].sum() == enc["attention_mask"].sum()

@@ -146,3 +146,121 @@ def load_finetuned(path: str | os.PathLike) -> Finetuned:
         kind=cm.kind,
         meta=meta,
     )
+
+
+@dataclass(frozen=True, eq=False)
+class PredictRows:
+    """What a fine-tuned bundle predicts for a source, row by row (``featx predict`` writes it).
+
+    ``keys``: the item keys (a file list: the paths); ``predicted``: class names; ``proba``:
+    (n, K) probabilities in the order of ``classes``; ``true``: the known labels (or None);
+    ``columns``: extra per-key columns (text tables: ``line``); ``n_failed``: items left out.
+    """
+
+    keys: np.ndarray
+    predicted: np.ndarray
+    proba: np.ndarray
+    true: np.ndarray | None
+    classes: tuple[str, ...]
+    columns: dict[str, dict[str, Any]]
+    n_failed: int
+    modality: str
+
+
+def _file_list(source: str) -> list[str] | None:
+    """One image file, or the files of a glob pattern; None for a folder, manifest or dataset."""
+    import glob
+
+    from featx.images import is_image_name
+
+    p = Path(source)
+    if p.is_file():
+        return [source] if is_image_name(p.name) else None
+    if p.exists() or not any(c in source for c in "*?["):
+        return None
+    files = sorted(f for f in glob.glob(source, recursive=True) if os.path.isfile(f))
+    if not files:
+        raise FeatxError(f"no file matches {source!r}; check the pattern (quote it for the shell)")
+    return files
+
+
+def predict_rows(
+    bundle: str | os.PathLike | Finetuned,
+    source: str | os.PathLike,
+    *,
+    root: str | None = None,
+    download: bool = False,
+    text: Any = None,
+    allow_outside_root: bool = False,
+    batch_size: int = 64,
+) -> PredictRows:
+    """Predict every image or text of ``source`` with a fine-tuned bundle (no store: the items
+    are decoded and run through the frozen prefix and the tuned tail directly)."""
+    from featx.finetuning.data import decode_images, read_texts
+    from featx.sources import open_source
+
+    ft = bundle if isinstance(bundle, Finetuned) else load_finetuned(bundle)
+    is_text = ft.kind == "text"
+    files = None if is_text else _file_list(os.fspath(source))
+    columns: dict[str, dict[str, Any]] = {}
+    true = None
+    if files is not None:
+        from featx.images import ImageDecodeError, load_rgb
+
+        keys, imgs, n_failed = [], [], 0
+        for f in files:
+            try:
+                imgs.append(load_rgb(f))
+                keys.append(f)
+            except (ImageDecodeError, OSError) as e:
+                n_failed += 1
+                import logging
+
+                logging.getLogger(__name__).warning("%s: %s", f, e)
+        proba = ft.predict_proba(imgs, batch_size=batch_size)
+    else:
+        src = open_source(
+            source,
+            root=root,
+            download=download,
+            text=text,
+            modality="text" if is_text else "image",
+            allow_outside_root=allow_outside_root,
+        )
+        if is_text:
+            texts, ok, failed = read_texts(src)
+            proba = ft.predict_proba(texts, batch_size=batch_size)
+        else:
+            imgs_u8, ok, failed = decode_images(src, ft.backbone.preprocess)
+            proba = _proba_uint8(ft, imgs_u8, batch_size)
+        items = [src.items[i] for i in ok]
+        keys = [it.key for it in items]
+        n_failed = len(failed)
+        if src.classes:
+            true = np.array(
+                [src.classes[it.label] if it.label >= 0 else "" for it in items], dtype=object
+            )
+        lines = {it.key: getattr(it, "line", 0) for it in items}
+        if any(lines.values()):
+            columns["line"] = lines
+    pred = np.array([ft.classes[i] for i in proba.argmax(1)], dtype=object)
+    return PredictRows(
+        keys=np.asarray(keys, dtype=object),
+        predicted=pred,
+        proba=proba,
+        true=true,
+        classes=ft.classes,
+        columns=columns,
+        n_failed=n_failed,
+        modality="text" if is_text else "image",
+    )
+
+
+def _proba_uint8(ft: Finetuned, imgs: Any, batch_size: int) -> np.ndarray:
+    import torch
+
+    out = []
+    for s in range(0, imgs.shape[0], batch_size):
+        logits = ft._logits_images(imgs[s : s + batch_size])
+        out.append(torch.softmax(logits.float(), dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(ft.classes)))
