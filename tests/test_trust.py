@@ -389,7 +389,7 @@ def test_every_output_option_is_an_output_option():
     for name, cmd in cli.commands.items():
         for prm in cmd.params:
             if (
-                prm.name in ("out", "csv_path", "report", "store")
+                prm.name in ("out", "csv_path", "report", "store", "bundle")
                 and prm.param_type_name == "option"
             ):
                 assert isinstance(prm, OutputOption), f"featx {name} {prm.opts[0]}"
