@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import write_image
+from test_finetune import ftnet  # noqa: F401 - the fixture (a tiny fine-tunable backbone)
 
 from featx.bundle import load_bundle, save_bundle
 from featx.cli import cli
@@ -360,7 +361,9 @@ def project(tmp_path, fake_backbone_family, monkeypatch):
 
 def _base_commands(p: dict) -> dict[tuple[str, str], list[str]]:
     """(command, output option) -> a command line that writes that output (minus the option)."""
+    full = ["finetune", "--full", p["colours"], "-b", "ftnet", "--epochs", "1", "--heads", ""]
     return {
+        ("finetune", "--bundle"): [*full, "-q"],
         ("extract", "--store"): ["extract", p["imgs"], "-b", "tiny", "--device", "cpu", "-q"],
         ("export", "--out"): ["export", p["store"]],
         ("fit", "--out"): ["fit", p["store"], "--head", "centroid"],
@@ -395,11 +398,18 @@ def test_every_output_option_is_an_output_option():
                 assert isinstance(prm, OutputOption), f"featx {name} {prm.opts[0]}"
 
 
+def _name(prm, opt: str) -> str:
+    return "o" if prm.folder else {"--store": "o.h5", "--bundle": "o.npz"}.get(opt, "o.out")
+
+
+@pytest.mark.usefixtures("ftnet")
 def test_every_output_option_pointed_at_a_bad_place_is_one_line(project, tmp_path):
     """Each command's output option into a read-only folder, below a file, into a missing folder
     under a read-only one, and onto an existing output without --force: one line, exit 1, no
     traceback, nothing written; a plain missing folder is created; --force replaces."""
-    base = _base_commands(project)
+    from test_finetune import colour_folder
+
+    base = _base_commands({**project, "colours": str(colour_folder(tmp_path / "colours"))})
     opts = _output_options()
     assert {(c, o) for c, o, _ in opts} <= set(base), "add the new output option to _base_commands"
     ro = tmp_path / "ro"
@@ -408,14 +418,14 @@ def test_every_output_option_pointed_at_a_bad_place_is_one_line(project, tmp_pat
     r = CliRunner()
     with _read_only(ro):
         for cmd, opt, prm in opts:
-            name = "o" if prm.folder else "o.h5" if opt == "--store" else "o.out"
+            name = _name(prm, opt)
             for bad in [ro / name, tmp_path / "afile" / name, ro / "missing" / name]:
                 res = r.invoke(cli, [*base[(cmd, opt)], opt, str(bad)])
                 _one_line_error(res)
                 assert str(bad.parent) in res.stderr or "afile" in res.stderr, res.stderr
                 assert not bad.exists()
     for cmd, opt, prm in opts:
-        name = "o" if prm.folder else "o.h5" if opt == "--store" else "o.out"
+        name = _name(prm, opt)
         target = tmp_path / f"new-{cmd}-{opt[2:]}" / name
         res = r.invoke(cli, [*base[(cmd, opt)], opt, str(target)])
         assert res.exit_code == 0, (cmd, opt, res.output)
