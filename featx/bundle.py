@@ -79,11 +79,10 @@ _PICKLE_MAGICS = (b"\x80", b"\x78", b"\x1f\x8b", b"BZh", b"\xfd7zXZ", b"\x5d\x00
 
 #: Limits checked before anything is read, so a forged bundle costs bounded time and memory.
 #: A head bundle holds one JSON document and its arrays; featx writes the arrays uncompressed.
+#: (featx.safezip adds the ratio, header and depth checks every bundle loader shares.)
 MAX_MEMBERS = 10_000
 MAX_JSON_BYTES = 64 << 20
 MAX_TOTAL_BYTES = 8 << 30  # every array together (the largest real heads are ~1 GB)
-MAX_RATIO = 100  # uncompressed / compressed size of one member above 1 MiB (a zip bomb)
-MAX_DEPTH = 200  # nesting of the JSON document (a real head's is < 30)
 
 
 class UnsafeBundleError(FeatxError):
@@ -633,66 +632,23 @@ def _check_version(path: Path, version: Any, expected: int) -> None:
 
 
 def _member(z: zipfile.ZipFile, name: str, limit: int, path: Path) -> bytes:
-    """Read one member after checking its declared sizes; the read stops at the declared size."""
+    """One member, its declared size and ratio checked first (:mod:`featx.safezip`)."""
+    from featx.safezip import ZipLimitError, read_member
+
     try:
-        info = z.getinfo(name)
-    except KeyError:
-        raise _corrupt(path, f"{name} is missing") from None
-    if info.file_size > limit:
-        raise _corrupt(path, f"{name} declares {info.file_size} bytes, more than {limit}")
-    if info.file_size > (1 << 20) and info.file_size > MAX_RATIO * max(1, info.compress_size):
-        raise _corrupt(
-            path, f"{name} inflates {info.compress_size} bytes to {info.file_size} (a zip bomb)"
-        )
-    with z.open(info) as f:
-        data = f.read(info.file_size + 1)
-    if len(data) != info.file_size:
-        raise _corrupt(path, f"{name} is not the size its header declares")
-    return data
+        return read_member(z, name, limit)
+    except ZipLimitError as e:
+        raise _corrupt(path, str(e)) from None
 
 
 def _npy(data: bytes, ref: str, path: Path) -> np.ndarray:
-    """An array from ``.npy`` bytes whose header must describe exactly the bytes that follow."""
-    buf = io.BytesIO(data)
+    """An array whose ``.npy`` header must describe exactly its bytes (:mod:`featx.safezip`)."""
+    from featx.safezip import ZipLimitError, read_npy
+
     try:
-        version = np.lib.format.read_magic(buf)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(buf)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(buf)
-        else:
-            raise ValueError(f"npy version {version}")
-    except ValueError as e:
-        raise _corrupt(path, f"{ref} has a bad array header ({e})") from None
-    if dtype.hasobject or dtype.kind not in "biufcU":
-        raise _corrupt(path, f"{ref} holds {dtype} values, which a bundle never does")
-    if any(int(n) < 0 for n in shape):
-        raise _corrupt(path, f"{ref} declares the shape {shape}")
-    n = 1
-    for d in shape:
-        n *= int(d)
-    if n * dtype.itemsize != len(data) - buf.tell():
-        raise _corrupt(
-            path,
-            f"{ref} declares the shape {shape} ({n * dtype.itemsize} bytes) but holds "
-            f"{len(data) - buf.tell()} bytes",
-        )
-    return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
-
-
-def _depth(tree: Any) -> int:
-    """Nesting depth of a JSON value, without recursion."""
-    deepest, stack = 0, [(tree, 1)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > MAX_DEPTH:
-            return deepest
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
+        return read_npy(data, ref)
+    except ZipLimitError as e:
+        raise _corrupt(path, str(e)) from None
 
 
 def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
@@ -701,6 +657,8 @@ def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
             infos = z.infolist()
             if len(infos) > MAX_MEMBERS:
                 raise _corrupt(path, f"{len(infos)} members, more than {MAX_MEMBERS}")
+            from featx.safezip import ZipLimitError, load_json
+
             names = {i.filename for i in infos}
             if _JSON not in names:
                 raise FeatxError(
@@ -712,9 +670,9 @@ def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
             if hashlib.sha256(text).hexdigest() != want:
                 raise _corrupt(path, f"{_JSON} does not match its SHA-256")
             try:
-                meta = json.loads(text)
-            except RecursionError:
-                raise _corrupt(path, f"{_JSON} is nested too deeply") from None
+                meta = load_json(text, _JSON)
+            except ZipLimitError as e:
+                raise _corrupt(path, str(e)) from None
             if not isinstance(meta, dict) or meta.get("magic") != _MAGIC:
                 raise FeatxError(
                     f"{str(path)!r} is a zip file but not a featx head bundle; "
@@ -722,8 +680,6 @@ def _read_safe(path: Path, trust: bool) -> tuple[dict[str, Any], int]:
                 )
             version = meta.get("format_version")
             _check_version(path, version, BUNDLE_FORMAT)
-            if _depth(meta) > MAX_DEPTH:
-                raise _corrupt(path, f"{_JSON} is nested more than {MAX_DEPTH} levels deep")
             listed = meta.get("arrays") or {}
             if not isinstance(listed, dict) or not all(
                 isinstance(r, str) and isinstance(d, str) for r, d in listed.items()

@@ -576,3 +576,71 @@ def test_a_killed_export_leaves_no_temporaries_after_the_next_run(project, tmp_p
     assert res.exit_code == 0, res.output
     assert not list(tmp_path.glob("o.npz.tmp-*"))
     assert np.load(out)["features"].shape[0] == 8
+
+
+def _forged_zip(path: Path, json_name: str, sum_name: str, meta, arrays=None, deflate=()):
+    text = meta if isinstance(meta, bytes) else json.dumps(meta).encode()
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr(json_name, text, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(sum_name, hashlib.sha256(text).hexdigest())
+        for ref, data in (arrays or {}).items():
+            z.writestr(
+                ref,
+                data,
+                compress_type=(zipfile.ZIP_DEFLATED if ref in deflate else zipfile.ZIP_STORED),
+            )
+    return path
+
+
+@pytest.mark.parametrize("loader", ["head", "finetuned"])
+def test_every_bundle_loader_shares_the_zip_limits(loader, tmp_path):
+    """Head bundles and fine-tuned bundles read through featx.safezip: the same forgeries (a
+    deep document, a zip bomb, an array header claiming terabytes) are refused by both."""
+    if loader == "head":
+        names, magic, version = ("featx-bundle.json", "featx-bundle.sha256"), "featx-head-bundle", 2
+        load = load_bundle
+    else:
+        from featx.finetuning import bundle as fb
+
+        names, magic, version = (fb.JSON_NAME, fb.SUM_NAME), fb.MAGIC, fb.FORMAT_VERSION
+        load = fb.read_finetune_bundle
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f8", "fortran_order": False, "shape": (10**12,)}
+    )
+    huge = header.getvalue() + b"\0" * 64
+    zeros = io.BytesIO()
+    np.lib.format.write_array(zeros, np.zeros(8 << 20))
+    ref = "arrays/0.npy"
+    cases = {
+        "nested": _deep_json(50_000),
+        "declares the shape": {
+            "magic": magic,
+            "format_version": version,
+            "arrays": {ref: hashlib.sha256(huge).hexdigest()},
+            "weights": {
+                "w": {"ref": ref, "shape": [10**12], "sha256": hashlib.sha256(huge).hexdigest()}
+            },
+        },
+        "zip bomb": {
+            "magic": magic,
+            "format_version": version,
+            "arrays": {ref: hashlib.sha256(zeros.getvalue()).hexdigest()},
+            "weights": {
+                "w": {
+                    "ref": ref,
+                    "shape": [8 << 20],
+                    "sha256": hashlib.sha256(zeros.getvalue()).hexdigest(),
+                }
+            },
+        },
+    }
+    for why, meta in cases.items():
+        if isinstance(meta, bytes):
+            meta = meta.replace(b"featx-head-bundle", magic.encode()).replace(
+                b'"format_version": 2', f'"format_version": {version}'.encode()
+            )
+        data = {"declares the shape": {ref: huge}, "zip bomb": {ref: zeros.getvalue()}}.get(why)
+        path = _forged_zip(tmp_path / f"{why}.npz", *names, meta, data, deflate=(ref,))
+        with pytest.raises(FeatxError, match=why):
+            load(path)

@@ -184,15 +184,18 @@ def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
     if not path.is_file():
         raise FeatxError(f"no fine-tuned bundle at {str(path)!r}; check the path")
     try:
+        from featx.safezip import check_members, load_json, read_member, read_npy
+
         with zipfile.ZipFile(path) as z:
+            check_members(z)  # sizes, ratios, headers, depth: checked before reading (#23)
             names = set(z.namelist())
             if JSON_NAME not in names:
                 raise FeatxError(f"{str(path)!r} is not a fine-tuned bundle; give featx finetune's")
-            text = z.read(JSON_NAME)
-            want = z.read(SUM_NAME).decode().strip() if SUM_NAME in names else ""
+            text = read_member(z, JSON_NAME, 64 << 20)
+            want = read_member(z, SUM_NAME, 1024).decode().strip() if SUM_NAME in names else ""
             if hashlib.sha256(text).hexdigest() != want:
                 raise _corrupt(path, f"{JSON_NAME} does not match its SHA-256")
-            meta = json.loads(text)
+            meta = load_json(text, JSON_NAME)
             if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
                 raise FeatxError(f"{str(path)!r} is not a fine-tuned bundle; give featx finetune's")
             version = meta.get("format_version")
@@ -207,10 +210,10 @@ def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
             for name, w in dict(meta["weights"]).items():
                 ref = str(w["ref"])
                 if ref not in cache:
-                    data = z.read(ref)
+                    data = read_member(z, ref, 16 << 30)
                     if hashlib.sha256(data).hexdigest() != w["sha256"]:
                         raise _corrupt(path, f"{ref} does not match its SHA-256")
-                    cache[ref] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+                    cache[ref] = read_npy(data, ref)
                 arr = cache[ref]
                 if list(arr.shape) != list(w["shape"]):
                     raise _corrupt(path, f"{name} has shape {arr.shape}, expected {w['shape']}")
@@ -218,7 +221,9 @@ def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
     except FeatxError:
         raise
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
-        raise _corrupt(path, type(e).__name__) from None
+        from featx.safezip import ZipLimitError
+
+        raise _corrupt(path, str(e) if isinstance(e, ZipLimitError) else type(e).__name__) from None
     try:
         return FinetuneBundleFile(
             path=path,
