@@ -283,18 +283,19 @@ def _mutations(rng: random.Random):
 
 
 def test_bundle_fuzzer_every_forgery_ends_in_featx_error(good_bundle, tmp_path):
-    """150 forged bundles (mutated JSON, arrays, shapes, member names, truncation, flipped
-    bytes): each loads and predicts, or is refused with a FeatxError; nothing else escapes,
-    and the whole run stays within bounded time and memory."""
+    """100 forged bundles (mutated JSON, arrays, shapes, member names, truncation, flipped
+    bytes): each loads and predicts, or is refused with a FeatxError; nothing else escapes.
+    Bounded: < 64 MiB traced over the run, and each case's CPU time (not wall time, which the
+    machine's load decides) far below the 37 s the zip bomb of the issue took."""
     rng = random.Random(23)
     mutate = _mutations(rng)
     raw = good_bundle.read_bytes()
     X = np.zeros((2, 6))
     outcomes = {"refused": 0, "loaded": 0}
-    t0 = time.perf_counter()
+    slowest = 0.0
     tracemalloc.start()
     try:
-        for i in range(150):
+        for i in range(100):
             path = tmp_path / f"f{i}.npz"
             kind = i % 5
             if kind == 0:  # bytes: truncate or flip
@@ -316,16 +317,18 @@ def test_bundle_fuzzer_every_forgery_ends_in_featx_error(good_bundle, tmp_path):
                         z.writestr(n, d)
             else:  # JSON state, array shapes, dtypes (checksums fixed: a deliberate forgery)
                 _rewrite(good_bundle, path, mutate)
+            t0 = time.process_time()
             try:
                 load_bundle(path).predict_proba(X)
                 outcomes["loaded"] += 1
             except FeatxError:
                 outcomes["refused"] += 1
+            slowest = max(slowest, time.process_time() - t0)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    assert outcomes["refused"] >= 75, outcomes
-    assert time.perf_counter() - t0 < 120
+    assert outcomes["refused"] >= 50, outcomes
+    assert slowest < 20, slowest
     assert peak < 64 << 20, peak
 
 
