@@ -730,7 +730,8 @@ def _check_structure(b: Bundle) -> None:
     est = b.estimator
     if est is None or not callable(getattr(est, "predict", None)):
         raise FeatxError(f"{bad} (it holds no estimator with predict); refit with featx fit")
-    if not 0 < b.dim <= 1 << 24:
+    grouped = bool(b.store_meta.get("feature_groups"))  # inputs beside texts, not one matrix
+    if not (0 if grouped else 1) <= b.dim <= 1 << 24:
         raise FeatxError(f"{bad} (feature dim {b.dim}); refit with featx fit")
     if not b.classes:
         raise FeatxError(f"{bad} (no class names); refit with featx fit")
@@ -746,6 +747,8 @@ def _check_structure(b: Bundle) -> None:
             f"{bad} (the head's classes are not indices into its {len(b.classes)} class "
             "names); refit with featx fit"
         )
+    if grouped:
+        return  # a grouped head takes texts too: no probe row; predict guards its calls
     probe = np.zeros((1, b.dim))
     try:
         with np.errstate(all="ignore"):

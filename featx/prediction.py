@@ -199,7 +199,7 @@ def predict(
     b = load_bundle(bundle, trust=trust)
     opts = options or ExtractOptions()
     if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
-        got = _grouped_inputs(b, source, opts, weights_file, root, download, text)
+        got = _grouped_inputs(b, source, opts, weights_file, root, download, text, model_dir)
         return _write_predictions(b, out, *got)
     bb = rebuild_backbone(b.store_meta, weights_file, model_dir)
     if b.dim is not None and int(b.dim) != int(bb.dim):
@@ -262,6 +262,7 @@ def _grouped_inputs(
     root: str | None,
     download: bool,
     text: TextFormat | None,
+    model_dir: str | os.PathLike | None = None,
 ) -> tuple[Any, ...]:
     """Features of ``source`` for a head on feature groups: every store of a fusion extracted
     (each with its own backbone), joined by key, and the bundle's groups picked in its order;
@@ -283,7 +284,7 @@ def _grouped_inputs(
     is_text = False
     with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
         for i, meta in enumerate(metas):
-            bb = rebuild_backbone(meta, weights_file)
+            bb = rebuild_backbone(meta, weights_file, model_dir)
             modality = getattr(bb, "modality", "image")
             is_text = is_text or modality == "text"
             src = open_source(

@@ -254,7 +254,7 @@ def test_text_store_keeps_texts_and_tfidf_fits_bundles_and_predicts(tmp_path, im
         assert r.exit_code == 0, r.output
         out = tmp_path / f"{layers}.csv"
         r = run.invoke(cli, ["predict", str(bundle), str(csv_path), "--out", str(out),
-                             "--device", "cpu", "--json"])  # fmt: skip
+                             "--model-dir", str(model), "--device", "cpu", "--json"])  # fmt: skip
         assert r.exit_code == 0, r.output
         assert json.loads(r.stdout)["n_predicted"] == len(rows)
     # a text representation asked of an image store: one line, no traceback
