@@ -156,7 +156,7 @@ def predict(
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
     from featx.extraction import extract
-    from featx.sources import open_source
+    from featx.modalities import get_modality, modality_of, open_source
     from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
@@ -166,9 +166,9 @@ def predict(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
     opts = options or ExtractOptions()
-    is_text = getattr(bb, "modality", "image") == "text"
-    files = None if is_text else image_files(source)
-    lines: dict[str, int] = {}
+    modality = get_modality(modality_of(bb))
+    files = image_files(source) if modality.file_lists else None
+    columns: dict[str, dict[str, Any]] = {}  # the modality's item columns (text: line)
     if files is None:
         src = open_source(
             source,
@@ -176,7 +176,7 @@ def predict(
             download=download,
             content_hash=opts.content_hash,
             text=text,
-            modality=getattr(bb, "modality", "image"),
+            modality=modality.name,
             allow_outside_root=opts.allow_outside_root,
         )
         with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
@@ -188,8 +188,10 @@ def predict(
             fs = load_features(r.store)
         b.check_compatible(fs.dim)
         keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
-        if is_text:
-            lines = {it.key: getattr(it, "line", 0) for it in src.items}
+        for col in modality.item_columns:
+            values = {it.key: getattr(it, col, 0) for it in src.items}
+            if any(values.values()):
+                columns[col] = values
         true = (
             np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
             if fs.classes
@@ -211,20 +213,19 @@ def predict(
         )
         for p, why in emb.failed.items():
             log.warning("%s: %s", p, why)
-    with_line = any(lines.values())
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    first = (["key"] + (["line"] if with_line else [])) if is_text else ["path"]
+    first = [modality.key_column, *columns]
     header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
-        lead = [key, lines.get(key, 0)] if with_line else [key]
+        lead = [key] + [values.get(key, 0) for values in columns.values()]
         row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]

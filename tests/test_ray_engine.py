@@ -207,8 +207,10 @@ def test_pipeline_extract_table_takes_the_ray_keys(tmp_path):
         '[extract]\nengine = "ray"\nray_address = "auto"\nactors = 4\ngpus_per_actor = 1\n'
         "cpus_per_actor = 2\n"
     )
+    from featx.ray_engine import RaySettings
+
     opts = ExtractOptions(**load_pipeline(p).extract)
-    s = opts.ray_settings()
+    s = RaySettings.from_options(opts)
     assert (opts.engine, s.address, s.actors, s.gpus_per_actor, s.cpus_per_actor) == (
         "ray",
         "auto",
@@ -226,14 +228,12 @@ def test_decoding_runs_as_tasks_apart_from_the_model_actors(
 ):
     """Ray Data must not fuse the decode tasks into the model actors (one process would then
     decode and infer in turn)."""
-    from featx.ray_engine import RaySettings, build_dataset
+    from featx.ray_engine import build_dataset
     from featx.sources import open_source
 
     src = open_source(image_folder)
-    ds, _ = build_dataset(
-        ray_runtime, tiny_backbone, src.items, src.reader(), RaySettings(actors=1), "cpu",
-        "fp32", 4,
-    )  # fmt: skip
+    opts = ExtractOptions(engine="ray", actors=1, batch_size=4)
+    ds, _ = build_dataset(ray_runtime, tiny_backbone, src.items, src.reader(), opts, "cpu", "fp32")
     ds.explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(decode)]" in optimized

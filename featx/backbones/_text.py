@@ -563,6 +563,7 @@ def _register() -> None:
             build=_build,
             names=lambda: (DEFAULT_TEXT_BACKBONE, "minilm"),
             load=_load,
+            modality="text",
         )
     )
 

@@ -35,14 +35,22 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featx.backbones._text import is_text_name
 from featx.errors import FeatxError
-from featx.options import TextFormat
-from featx.sources import SPLIT_ALIASES, Item, Source
+from featx.items import SPLIT_ALIASES, Item, Source
+from featx.modalities import (
+    Modality,
+    SourceKind,
+    SourceRequest,
+    register_modality,
+    register_source_kind,
+)
+from featx.options import DEFAULT_TEXT_BACKBONE, TextFormat
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +94,11 @@ class TextItem(Item):
 
 
 class TextSource(Source):
-    """A scanned text source (``kind`` starts with ``text-``)."""
-
-    modality = "text"
+    """A scanned text source (``kind`` starts with ``text-``); it reads with :class:`TextReader`."""
 
     def __init__(self, *args: Any, text_column: str = "", encoding: str = "utf-8", **kw: Any):
-        super().__init__(*args, **kw)
+        kw.setdefault("read", TextReader(encoding))
+        super().__init__(*args, modality="text", **kw)
         self.text_column = text_column
         self.encoding = encoding
 
@@ -100,9 +107,6 @@ class TextSource(Source):
         if self.text_column:  # two text columns of one table are two sources
             ident["text_column"] = self.text_column
         return ident
-
-    def reader(self) -> Callable[[Item], str]:
-        return TextReader(self.encoding)
 
     def texts(self, items: Sequence[Item] | None = None) -> list[str | None]:
         """The text of each item (None where it cannot be read)."""
@@ -560,3 +564,77 @@ def _scan_folder(root: Path, fmt: TextFormat) -> TextSource:
         items=items,
         encoding=fmt.encoding,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the text source kind and the text modality
+
+
+def _claims(spec: str, req: SourceRequest) -> bool:
+    """Text tables and folders; with a known modality a ``.csv`` is what the backbone takes,
+    unless the table plainly is the other kind (an image backbone on a table with a text
+    column gets the text-vs-image error, not a manifest error)."""
+    is_csv = spec.lower().endswith(".csv") and not spec.startswith("text:")
+    if is_csv and req.modality is not None:
+        return req.modality == "text" or (
+            is_text_spec(spec, req.text) and has_text_column(spec, req.text)
+        )
+    return is_text_spec(spec, req.text)
+
+
+def store_attrs(
+    src: Source, bb: Any, rows: Any
+) -> tuple[dict[str, Any], dict[str, dict[str, int]], int]:
+    """What a text store records beyond an image store: the encoder's text settings, the
+    per-row token counts (``text/n_tokens``) and how many texts were truncated."""
+    from featx.text.tokens import count_tokens
+
+    items = [it for it in src.items if it.key in rows]
+    limit = int(bb.preprocess.max_seq_length)
+    counts = count_tokens(bb.tokenizer, src.texts(items), limit)  # type: ignore[attr-defined]
+    n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
+    n_truncated = int((counts > limit).sum())
+    if n_truncated:
+        log.warning(
+            "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
+            "(featx info lists how many)",
+            n_truncated,
+            len(items),
+            limit,
+            limit,
+        )
+    attrs = {
+        "modality": "text",
+        "normalize": bool(bb.normalize),
+        "max_seq_length": limit,
+        "text_column": getattr(src, "text_column", ""),
+        "n_truncated": n_truncated,
+    }
+    return attrs, {"text/n_tokens": n_tokens}, n_truncated
+
+
+def stored_truncated(path: Path) -> int:
+    from featx.store import store_info
+
+    return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
+
+
+register_source_kind(
+    SourceKind("text", claims=_claims, open=lambda spec, req: open_text_source(spec, req.text))
+)
+register_modality(
+    Modality(
+        name="text",
+        default_backbone=DEFAULT_TEXT_BACKBONE,
+        backbone_noun="a text encoder",
+        source_noun="a text source",
+        suggest="all-minilm-l6-v2, or hf:PATH for a local model folder",
+        claims_backbone=is_text_name,
+        versions=("transformers", "tokenizers"),
+        store_attrs=store_attrs,
+        stored_truncated=stored_truncated,
+        remembers_config=False,  # a model folder can change in place
+        key_column="key",
+        item_columns=("line",),
+    )
+)
