@@ -98,6 +98,57 @@ def rebuild_backbone(
     return bb
 
 
+@dataclass
+class _Features:
+    """The features predict labels, and what the CSV says about their rows."""
+
+    keys: Any
+    X: np.ndarray
+    store: str
+    n_failed: int
+    n_new: int
+    true: Any  # the known label of each row, or None
+    columns: dict[str, dict[str, Any]]  # the modality's item columns (text: line)
+
+
+def _source_features(src: Any, bb: Any, opts: ExtractOptions, item_columns: Any) -> _Features:
+    """Extract a scanned source into its cached store (a temporary one when the cache folder is
+    read-only) and read it back."""
+    from featx.extraction import extract
+    from featx.store import load_features
+
+    with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+        try:
+            r = extract(src, bb, options=opts)
+        except StoreReadOnlyError as exc:
+            log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+            r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
+        fs = load_features(r.store)
+    columns = {}
+    for col in item_columns:
+        values = {it.key: getattr(it, col, 0) for it in src.items}
+        if any(values.values()):
+            columns[col] = values
+    true = (
+        np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
+        if fs.classes
+        else None
+    )
+    return _Features(fs.keys, fs.X, r.store, r.n_failed, r.n_new, true, columns)
+
+
+def _file_features(files: list[str], bb: Any, opts: ExtractOptions) -> _Features:
+    """Embed loose files through the backbone's store of files; a failed file is left out."""
+    from featx.embedder import embed_files
+
+    emb = embed_files(files, bb, options=opts, on_error="nan")
+    ok = ~np.isnan(emb.X).any(axis=1)
+    for p, why in emb.failed.items():
+        log.warning("%s: %s", p, why)
+    keys = np.asarray(files, dtype=object)[ok]
+    return _Features(keys, emb.X[ok], emb.store, int((~ok).sum()), emb.n_extracted, None, {})
+
+
 def image_files(source: str | os.PathLike) -> list[str] | None:
     """The files SOURCE names when it is one image file or a glob pattern; None otherwise.
 
@@ -155,9 +206,7 @@ def predict(
     """
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
-    from featx.extraction import extract
     from featx.modalities import get_modality, modality_of, open_source
-    from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
     bb = rebuild_backbone(b.store_meta, weights_file)
@@ -168,7 +217,6 @@ def predict(
     opts = options or ExtractOptions()
     modality = get_modality(modality_of(bb))
     files = image_files(source) if modality.file_lists else None
-    columns: dict[str, dict[str, Any]] = {}  # the modality's item columns (text: line)
     if files is None:
         src = open_source(
             source,
@@ -179,40 +227,11 @@ def predict(
             modality=modality.name,
             allow_outside_root=opts.allow_outside_root,
         )
-        with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
-            try:
-                r = extract(src, bb, options=opts)
-            except StoreReadOnlyError as exc:
-                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
-                r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
-            fs = load_features(r.store)
-        b.check_compatible(fs.dim)
-        keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
-        for col in modality.item_columns:
-            values = {it.key: getattr(it, col, 0) for it in src.items}
-            if any(values.values()):
-                columns[col] = values
-        true = (
-            np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
-            if fs.classes
-            else None
-        )
+        got = _source_features(src, bb, opts, modality.item_columns)
     else:
-        from featx.embedder import embed_files
-
-        emb = embed_files(files, bb, options=opts, on_error="nan")
-        b.check_compatible(emb.X.shape[1])
-        ok = ~np.isnan(emb.X).any(axis=1)
-        keys = np.asarray(files, dtype=object)[ok]
-        X, store, n_failed, n_new, true = (
-            emb.X[ok],
-            emb.store,
-            int((~ok).sum()),
-            emb.n_extracted,
-            None,
-        )
-        for p, why in emb.failed.items():
-            log.warning("%s: %s", p, why)
+        got = _file_features(files, bb, opts)
+    b.check_compatible(got.X.shape[1])
+    keys, X, true, columns = got.keys, got.X, got.true, got.columns
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
@@ -233,21 +252,28 @@ def predict(
     # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
     atomic_write(out_path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
+    return PredictResult(
+        out=str(out_path),
+        store=got.store,
+        n_predicted=len(keys),
+        n_failed=got.n_failed,
+        n_extracted=got.n_new,
+        classes=tuple(b.classes),
+        counts=_counts(pred),
+        accuracy=_accuracy(pred, true, b.classes),
+    )
+
+
+def _counts(pred: np.ndarray) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in pred:
         counts[str(p)] = counts.get(str(p), 0) + 1
-    accuracy = None
-    if true is not None:
-        known = np.array([t in b.classes for t in true])
-        if known.any():
-            accuracy = float(np.mean(pred[known] == true[known]))
-    return PredictResult(
-        out=str(out_path),
-        store=store,
-        n_predicted=len(keys),
-        n_failed=n_failed,
-        n_extracted=n_new,
-        classes=tuple(b.classes),
-        counts=counts,
-        accuracy=accuracy,
-    )
+    return counts
+
+
+def _accuracy(pred: np.ndarray, true: Any, classes: Any) -> float | None:
+    """Accuracy over the rows whose known label the head knows (None without such rows)."""
+    if true is None:
+        return None
+    known = np.array([t in classes for t in true])
+    return float(np.mean(pred[known] == true[known])) if known.any() else None

@@ -205,10 +205,10 @@ class Family:
     listed_by_default : bool, default=True
         Whether ``list_backbones()`` without a prefix lists this family.
     load : callable, optional
-        For a family that is not made of image classifiers (text encoders): ``load(name,
-        weights, **options) -> backbone`` builds the whole backbone itself, with the keyword
-        arguments of :func:`~featx.backbones.load_backbone` that are not None; ``build`` is
-        then not called.
+        For a family that is not made of image classifiers (text encoders):
+        ``load(spec) -> backbone`` builds the whole backbone itself from the
+        :class:`~featx.options.BackboneSpec` (whole; its ``name`` is the family's own name, the
+        prefix removed) and rejects the fields it cannot honour; ``build`` is then not called.
     modality : str, default="image"
         What its backbones take (their ``modality``); a registered :mod:`featx.modalities`
         name.

@@ -420,48 +420,66 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         cols["id"],
         cols["split"],
     )
-    rows = []  # (line, key_base, text or None, label, split, raw bytes, error)
-    for line, rec in records:
-        if isinstance(rec, _Bad):
-            rows.append((line, None, None, "", "", rec.raw, rec.reason))
-            continue
-        value = rec.get(cols["text"])
-        error = ""
-        if kind == "jsonl" and value is not None and not isinstance(value, str):
-            error = f"field {cols['text']!r} is not a string"
-            value = json.dumps(value)
-        text = "" if value is None else value
-        if kind == "jsonl" and value is None:
-            error = f"no field {cols['text']!r}"
-        raw = text.encode("utf-8", errors="surrogateescape")
-        if custom_encoding:
-            text, bad = _decode(raw, fmt.encoding)
-            error = error or bad
-        else:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                error = error or (
-                    f"not valid UTF-8 (byte 0x{raw[exc.start : exc.start + 1].hex()}); "
-                    "pass --encoding if the file is not UTF-8"
-                )
-                text = ""
-
-        def fixed(value: Any) -> str:
-            v = _cell(value)
-            if custom_encoding:
-                v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
-            return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
-
-        label = fixed(rec.get(cols["label"])) if cols["label"] else ""
-        split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
-        if split_raw not in SPLIT_ALIASES:
-            raise FeatxError(
-                f"{path} line {line}: unknown split {split_raw!r}; use train, val or test"
-            )
-        ident = fixed(rec.get(cols["id"])) if cols["id"] else None
-        rows.append((line, ident, text, label, SPLIT_ALIASES[split_raw], raw, error))
+    rows = [_row(line, rec, cols, kind, fmt, path) for line, rec in records]
     classes = tuple(sorted({r[3] for r in rows if r[3] and not r[6]}))
+    items = _keyed_items(rows, classes, cols["id"])
+    return TextSource(
+        kind=f"text-{kind}",
+        uri=str(path.resolve()),
+        name=path.stem,
+        classes=classes,
+        items=items,
+        text_column=cols["text"] or "",
+        encoding=fmt.encoding,
+    )
+
+
+def _row(
+    line: int, rec: Any, cols: dict[str, str | None], kind: str, fmt: TextFormat, path: Path
+) -> tuple:
+    """One record -> (line, id or None, text, label, split, raw bytes, error)."""
+    if isinstance(rec, _Bad):
+        return (line, None, None, "", "", rec.raw, rec.reason)
+    custom_encoding = _py_encoding(fmt.encoding) not in ("utf-8-sig",)
+    value = rec.get(cols["text"])
+    error = ""
+    if kind == "jsonl" and value is not None and not isinstance(value, str):
+        error = f"field {cols['text']!r} is not a string"
+        value = json.dumps(value)
+    text = "" if value is None else value
+    if kind == "jsonl" and value is None:
+        error = f"no field {cols['text']!r}"
+    raw = text.encode("utf-8", errors="surrogateescape")
+    if custom_encoding:
+        text, bad = _decode(raw, fmt.encoding)
+        error = error or bad
+    else:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error = error or (
+                f"not valid UTF-8 (byte 0x{raw[exc.start : exc.start + 1].hex()}); "
+                "pass --encoding if the file is not UTF-8"
+            )
+            text = ""
+
+    def fixed(value: Any) -> str:
+        v = _cell(value)
+        if custom_encoding:
+            v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
+        return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
+
+    label = fixed(rec.get(cols["label"])) if cols["label"] else ""
+    split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
+    if split_raw not in SPLIT_ALIASES:
+        raise FeatxError(f"{path} line {line}: unknown split {split_raw!r}; use train, val or test")
+    ident = fixed(rec.get(cols["id"])) if cols["id"] else None
+    return (line, ident, text, label, SPLIT_ALIASES[split_raw], raw, error)
+
+
+def _keyed_items(rows: list[tuple], classes: tuple[str, ...], id_column: str | None) -> list:
+    """The rows as items sorted by key (their id, else the hash of their text; ``~2``, ``~3``
+    for later copies), duplicate and empty ids recorded as errors."""
     index = {c: i for i, c in enumerate(classes)}
     items: list[TextItem] = []
     seen: dict[str, int] = {}  # key base -> count
@@ -471,7 +489,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         if ident is not None:
             base = ident or digest[:16]
             if not ident and not error:
-                error = f"empty {cols['id']!r}"
+                error = f"empty {id_column!r}"
         else:
             base = digest[:16]
         n = seen.get(base, 0) + 1
@@ -495,15 +513,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
             )
         )
     items.sort(key=lambda it: it.key)
-    return TextSource(
-        kind=f"text-{kind}",
-        uri=str(path.resolve()),
-        name=path.stem,
-        classes=classes,
-        items=items,
-        text_column=cols["text"] or "",
-        encoding=fmt.encoding,
-    )
+    return items
 
 
 # ---------------------------------------------------------------------------------------------
