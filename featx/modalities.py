@@ -79,6 +79,8 @@ class Modality:
         The first column of ``featx predict``'s CSV: ``path`` or ``key``.
     item_columns : tuple of str
         Item attributes ``featx predict`` writes after the key, when any item has one.
+    unit : str
+        What ``featx extract`` counts per second: ``images``, ``texts``.
     """
 
     name: str
@@ -96,6 +98,7 @@ class Modality:
     file_lists: bool = False
     key_column: str = "key"
     item_columns: tuple[str, ...] = ()
+    unit: str = "items"
 
 
 @dataclass(frozen=True)

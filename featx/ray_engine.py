@@ -15,7 +15,7 @@ to-do rows become a Ray Dataset of ``(position, key, path)`` rows. Two operators
    batches of images into features.
 
 Features stream back to the driver through ``iter_batches`` and come out of
-:func:`iter_features_ray` as the same :class:`featx.engine.Batch` objects the local engine
+:func:`iter_features_ray` as the same :class:`featx.engines.Batch` objects the local engine
 yields, so the driver writes them through the same part files and atomic commit.
 
 Faults: Ray Data creates pool actors with unlimited restarts and their tasks with unlimited

@@ -604,6 +604,7 @@ register_modality(
         suggest="see 'featx backbones'",
         versions=("torchvision", "timm"),
         file_lists=True,
+        unit="images",
         key_column="path",
     )
 )

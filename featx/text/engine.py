@@ -5,7 +5,7 @@ tokenized in one call of the fast tokenizer with truncation to ``max_seq_length`
 token count (longest first, as sentence-transformers does) and cut into batches that are padded
 only to their own longest text: on texts of mixed length this removes most padding. Batches run
 under ``torch.inference_mode`` with the engine's device and precision options and come back as
-:class:`featx.engine.Batch` results, in sorted order (the store sorts rows by key anyway).
+:class:`featx.engines.Batch` results, in sorted order (the store sorts rows by key anyway).
 """
 
 from __future__ import annotations

@@ -644,6 +644,7 @@ register_modality(
         store_attrs=store_attrs,
         stored_truncated=stored_truncated,
         remembers_config=False,  # a model folder can change in place
+        unit="texts",
         key_column="key",
         item_columns=("line",),
     )
