@@ -173,15 +173,18 @@ def extract(
             normalize=normalize,
         )
     src = _open(source, backbone, opts, root=root, download=download, text=text)
+    bb = backbone
     if isinstance(backbone, BackboneSpec):
-        if backbone.name is None:
-            backbone = replace(backbone, name=default_backbone(src.modality))
-        check_modality(src, backbone.name, modality_of_name(backbone.name))
         done, bb = _load(src, backbone, store, opts, t0)
         if done is not None:
             return done
-    else:
-        bb = backbone
+    return _extract_into(src, bb, store, opts, t0)
+
+
+def _extract_into(
+    src: Source, bb: Any, store: str | os.PathLike | None, opts: ExtractOptions, t0: float
+) -> ExtractResult:
+    """Check the backbone and the engine against the source, then run under the store's lock."""
     check_modality(src, bb.name, modality_of(bb))
     engine = engine_for(opts, src.modality)
     config = store_config(src, bb, opts.dtype)
@@ -231,8 +234,13 @@ def _load(
     t0: float,
 ) -> tuple[ExtractResult | None, Any]:
     """(the no-op result, None) when a remembered configuration finds the store up to date
-    (no torch needed), else (None, the loaded backbone)."""
+    (no torch needed), else (None, the loaded backbone). A spec without a name gets the
+    source's default backbone."""
     from featx.backbones import load_backbone, memo
+
+    if spec.name is None:
+        spec = replace(spec, name=default_backbone(src.modality))
+    check_modality(src, spec.name, modality_of_name(spec.name))
 
     remembers = remembers_config(spec.name)  # a text model folder can change in place
     memo_key = None

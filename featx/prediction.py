@@ -111,12 +111,22 @@ class _Features:
     columns: dict[str, dict[str, Any]]  # the modality's item columns (text: line)
 
 
-def _source_features(src: Any, bb: Any, opts: ExtractOptions, item_columns: Any) -> _Features:
-    """Extract a scanned source into its cached store (a temporary one when the cache folder is
-    read-only) and read it back."""
+def _source_features(
+    source: Any, bb: Any, opts: ExtractOptions, modality: Any, **how: Any
+) -> _Features:
+    """Scan a source and extract it into its cached store (a temporary one when the cache
+    folder is read-only), then read it back."""
     from featx.extraction import extract
+    from featx.modalities import open_source
     from featx.store import load_features
 
+    src = open_source(
+        source,
+        content_hash=opts.content_hash,
+        modality=modality.name,
+        allow_outside_root=opts.allow_outside_root,
+        **how,
+    )
     with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
         try:
             r = extract(src, bb, options=opts)
@@ -125,7 +135,7 @@ def _source_features(src: Any, bb: Any, opts: ExtractOptions, item_columns: Any)
             r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
         fs = load_features(r.store)
     columns = {}
-    for col in item_columns:
+    for col in modality.item_columns:
         values = {it.key: getattr(it, col, 0) for it in src.items}
         if any(values.values()):
             columns[col] = values
@@ -147,6 +157,16 @@ def _file_features(files: list[str], bb: Any, opts: ExtractOptions) -> _Features
         log.warning("%s: %s", p, why)
     keys = np.asarray(files, dtype=object)[ok]
     return _Features(keys, emb.X[ok], emb.store, int((~ok).sum()), emb.n_extracted, None, {})
+
+
+def _bundle_backbone(b: Any, weights_file: str | os.PathLike | None) -> Backbone:
+    """The bundle's backbone, rebuilt exactly, with the feature size the head expects."""
+    bb = rebuild_backbone(b.store_meta, weights_file)
+    if b.dim is not None and int(b.dim) != int(bb.dim):
+        raise FeatxError(
+            f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
+        )
+    return bb
 
 
 def image_files(source: str | os.PathLike) -> list[str] | None:
@@ -193,41 +213,28 @@ def predict(
         file or a glob pattern (``"photos/*.jpg"``, ``"**"`` recursive), whose features go to
         the backbone's store of loose files (see :func:`featx.embedder.embed_files`).
     out : path-like, optional
-        The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
-        ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extraction.ExtractOptions, optional
+        The CSV (default ``preds.csv``), written atomically: ``path`` (text: ``key`` and, for
+        tables, ``line``), ``predicted``, ``true_label`` when known, and one ``p_<class>``
+        column per class when the head gives probabilities.
+    options : ExtractOptions, optional
         How to run the extraction.
-    text : featx.options.TextFormat, optional
-        Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
-        store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
+    text : TextFormat, optional
+        Columns of a text table.
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
     """
     from featx.bundle import load_bundle
     from featx.csvsafe import safe_cell
-    from featx.modalities import get_modality, modality_of, open_source
+    from featx.modalities import get_modality, modality_of
 
     b = load_bundle(bundle, trust=trust)
-    bb = rebuild_backbone(b.store_meta, weights_file)
-    if b.dim is not None and int(b.dim) != int(bb.dim):
-        raise FeatxError(
-            f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
-        )
+    bb = _bundle_backbone(b, weights_file)
     opts = options or ExtractOptions()
     modality = get_modality(modality_of(bb))
     files = image_files(source) if modality.file_lists else None
     if files is None:
-        src = open_source(
-            source,
-            root=root,
-            download=download,
-            content_hash=opts.content_hash,
-            text=text,
-            modality=modality.name,
-            allow_outside_root=opts.allow_outside_root,
-        )
-        got = _source_features(src, bb, opts, modality.item_columns)
+        got = _source_features(source, bb, opts, modality, root=root, download=download, text=text)
     else:
         got = _file_features(files, bb, opts)
     b.check_compatible(got.X.shape[1])

@@ -241,16 +241,7 @@ def load_backbone(
     if isinstance(name, BackboneSpec):  # its fields are the arguments
         spec = name if wf is None else replace(name, weights_file=wf)
     else:
-        spec = BackboneSpec(
-            name=name,
-            weights=weights,
-            weights_file=wf,
-            layer=layer,
-            pool=pool,
-            image_size=image_size,
-            max_seq_length=max_seq_length,
-            normalize=normalize,
-        )
+        spec = BackboneSpec(name, weights, wf, layer, pool, image_size, max_seq_length, normalize)
     if not isinstance(spec.name, str) or not spec.name.strip():
         raise FeatxError(f"backbone name must be a non-empty string, not {spec.name!r}")
     family, canonical, own = _resolve(spec.name.strip())

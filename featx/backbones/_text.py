@@ -410,24 +410,18 @@ def load_text_backbone(
     w = _weights_id(weights)
     src = spec.transformer_dir
     config, tokenizer, transformer, sha = _load_transformer(tf, src, w)
-    if not getattr(tokenizer, "is_fast", False):
-        logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
     limit = _seq_limit(spec, config, tokenizer, max_seq_length)
     used_pool = spec.pool if pool is None else _text_pool(pool)
     norm = spec.normalize if normalize is None else bool(normalize)
     n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     layer_idx = _parse_layer(layer, n_layers)
-    transformer.eval()
-    transformer.requires_grad_(False)
     model = _encoder_class()(transformer, used_pool, norm, layer_idx)
     model.eval()
     lowercase = getattr(tokenizer, "do_lower_case", None)
-    if lowercase is None:
-        lowercase = spec.lowercase
     pre = TextPreprocess(
         tokenizer=type(tokenizer).__name__,
         max_seq_length=limit,
-        lowercase=None if lowercase is None else bool(lowercase),
+        lowercase=spec.lowercase if lowercase is None else bool(lowercase),
         vocab_sha256=_vocab_sha(src),
     )
     dim = int(getattr(config, "hidden_size", 0) or 0)
@@ -447,13 +441,7 @@ def load_text_backbone(
     )
     logger.info(
         "loaded text encoder %s (%s, layer %s, pool %s, normalize %s, %d tokens, dim %d)",
-        bb.name,
-        bb.weights,
-        bb.layer,
-        bb.pool,
-        bb.normalize,
-        limit,
-        dim,
+        *(bb.name, bb.weights, bb.layer, bb.pool, bb.normalize, limit, dim),
     )
     return bb
 
@@ -471,7 +459,16 @@ def _weights_id(weights: str | None) -> str:
 
 
 def _load_transformer(tf: Any, src: Path, w: str) -> tuple[Any, Any, Any, str | None]:
-    """(config, tokenizer, transformer, weights sha256) of a local model folder."""
+    """(config, tokenizer, frozen eval-mode transformer, weights sha256) of a model folder."""
+    config, tokenizer, transformer, sha = _read_transformer(tf, src, w)
+    if not getattr(tokenizer, "is_fast", False):
+        logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
+    transformer.eval()
+    transformer.requires_grad_(False)
+    return config, tokenizer, transformer, sha
+
+
+def _read_transformer(tf: Any, src: Path, w: str) -> tuple[Any, Any, Any, str | None]:
     import torch
 
     from featx.backbones._checkpoint import sha256_file
