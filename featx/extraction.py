@@ -356,8 +356,16 @@ def _commit(
         fingerprints={it.key: _fp(it) for it in src.items},
         attrs=attrs,
         per_row=per_row,
+        output_attrs=output_attrs(bb),
     )
     return n_truncated
+
+
+def output_attrs(bb: Any) -> dict[str, dict[str, Any]]:
+    """Provenance of the backbone's named outputs beyond ``features`` (``outputs/<name>``
+    attributes): what its optional ``output_attrs()`` says."""
+    describe = getattr(bb, "output_attrs", None)
+    return dict(describe()) if callable(describe) else {}
 
 
 def remembers_config(name: str) -> bool:
@@ -624,10 +632,6 @@ class _Parts:
             return
         outputs = {k: np.concatenate(v) for k, v in self.outputs.items()}
         feats = outputs.pop(FEATURES, np.empty((0, self.dim)))
-        if outputs:
-            raise FeatxError(
-                f"the feature store cannot hold the output(s) {', '.join(sorted(outputs))} yet"
-            )
         ok_items = [self.todo[i] for i in idx]
         bad_items = [(self.todo[i], r) for i, r in self.failures]
         part = Rows(
@@ -641,6 +645,7 @@ class _Parts:
             failed_size=[it.size for it, _ in bad_items],
             failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
             failed_sha256=[it.sha256 for it, _ in bad_items],
+            outputs=outputs,
         )
         self.settle()
         self.inflight.append((self.pool.submit(self.writer.write_part, part), ok_items, bad_items))

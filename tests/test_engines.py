@@ -156,3 +156,66 @@ def test_named_outputs_of_a_model():
     assert set(named_outputs({"features": t, "layer3": t})) == {"features", "layer3"}
     with pytest.raises(FeatxError, match="lack 'features'"):
         named_outputs({"layer3": t})
+
+
+class TwoOutputs:
+    """The tiny backbone with a second named output per row: the sum of its features."""
+
+    def __init__(self, tiny) -> None:
+        import torch
+
+        class Both(torch.nn.Module):
+            def __init__(self, model):
+                super().__init__()
+                self.model = model
+
+            def forward(self, x):
+                f = self.model(x)
+                return {"features": f, "total": f.sum(dim=1, keepdim=True)}
+
+        self.__dict__.update(tiny.__dict__)
+        self.model = Both(tiny.model)
+        self.config = tiny.config
+
+    def output_attrs(self) -> dict:
+        return {"total": {"what": "sum of the features"}}
+
+
+def test_named_outputs_reach_the_store_and_grow_with_it(image_folder, tiny_backbone):
+    """The local engine passes a model's named outputs through; the store keeps each as its own
+    dataset with its provenance, in key order, across an incremental run."""
+    from featx.extraction import extract
+    from featx.store import load_features, output_names, read_output, store_info, verify_store
+
+    bb = TwoOutputs(tiny_backbone)
+    opts = ExtractOptions(workers=0, device="cpu", batch_size=5)
+    r = extract(image_folder, bb, options=opts)
+    assert output_names(r.store) == ["features", "total"]
+    fs = load_features(r.store)
+    assert np.allclose(read_output(r.store, "total")[:, 0], fs.X.sum(axis=1), atol=1e-5)
+    assert store_info(r.store)["outputs"] == {
+        "total": {"shape": [1], "what": "sum of the features"}
+    }
+    from helpers import write_image
+
+    write_image(image_folder / "cat" / "new.png", seed=99)
+    again = extract(image_folder, bb, options=opts)
+    assert (again.n_new, again.n_items) == (1, 13)
+    fs2 = load_features(again.store)
+    total = load_features(again.store, output="total").X
+    assert np.allclose(total[:, 0], fs2.X.sum(axis=1), atol=1e-5)
+    assert verify_store(again.store).ok
+    with pytest.raises(FeatxError, match="has no output 'nope'; it holds features, total"):
+        load_features(again.store, output="nope")
+
+
+def test_rows_with_other_outputs_do_not_merge(image_folder, tiny_backbone):
+    from helpers import write_image
+
+    from featx.extraction import extract
+
+    opts = ExtractOptions(workers=0, device="cpu")
+    extract(image_folder, tiny_backbone, options=opts)
+    write_image(image_folder / "cat" / "new.png", seed=99)
+    with pytest.raises(FeatxError, match="extracted with different outputs"):
+        extract(image_folder, TwoOutputs(tiny_backbone), options=opts)

@@ -114,8 +114,13 @@ def _meta(f) -> dict[str, Any]:
     return meta
 
 
-def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> FeatureSet:
+def load_features(
+    path: str | os.PathLike, *, dtype: Any = np.float32, output: str = "features"
+) -> FeatureSet:
     """Read a whole store into memory as a :class:`~featx.features.FeatureSet`.
+
+    ``output`` picks a named output the store holds beyond the pooled ``features`` (see
+    :func:`output_names`); its rows must be vectors.
 
     Examples
     --------
@@ -125,7 +130,7 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
     """
     with _open_read(path) as f, _damage_is_store_error(path):
         idx = _read_index(f)
-        ds = f["features"]
+        ds = _output(f, path, output)
         X = np.empty(ds.shape, dtype=dtype)
         if ds.shape[0]:
             ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
@@ -138,6 +143,38 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
             keys=idx.keys,
             meta=_meta(f),
         )
+
+
+def _output(f: Any, path: str | os.PathLike, name: str) -> Any:
+    """The dataset of output ``name`` (``features`` or ``outputs/<name>``), 2-D."""
+    if name == "features":
+        return f["features"]
+    held = f.get("outputs")
+    if held is None or name not in held:
+        raise StoreError(
+            f"store {path} has no output {name!r}; it holds "
+            + ", ".join(["features", *sorted(held or ())])
+        )
+    if held[name].ndim != 2:
+        raise StoreError(f"output {name!r} of {path} is not one vector per row; read_output it")
+    return held[name]
+
+
+def output_names(path: str | os.PathLike) -> list[str]:
+    """The named per-row outputs of a store: ``features`` first, then the others by name."""
+    with _open_read(path) as f, _damage_is_store_error(path):
+        return ["features", *sorted(f.get("outputs") or ())]
+
+
+def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
+    """All rows of one named output of a store, in key order (any row shape)."""
+    with _open_read(path) as f, _damage_is_store_error(path):
+        if name == "features":
+            return f["features"][()]
+        held = f.get("outputs")
+        if held is None or name not in held:
+            raise StoreError(f"store {path} has no output {name!r}")
+        return held[name][()]
 
 
 @contextlib.contextmanager
@@ -203,6 +240,13 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
+            "outputs": {
+                name: {
+                    "shape": list(ds.shape[1:]),
+                    **{k: _attr_value(v) for k, v in ds.attrs.items()},
+                }
+                for name, ds in (f.get("outputs") or {}).items()
+            },
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}
