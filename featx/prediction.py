@@ -85,6 +85,10 @@ def rebuild_backbone(
     bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
         bb = load_backbone(spec)
+    if cfg.get("layers"):  # a multi-layer store: the same layers from one pass
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, cfg["layers"])
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
@@ -109,13 +113,20 @@ class _Features:
     n_new: int
     true: Any  # the known label of each row, or None
     columns: dict[str, dict[str, Any]]  # the modality's item columns (text: line)
+    key_column: str = "path"  # the modality's name for the key: path, key
+    fs: Any = None  # the FeatureSet read back, where there is a store
 
 
 def _source_features(
-    source: Any, bb: Any, opts: ExtractOptions, modality: Any, **how: Any
+    source: Any,
+    bb: Any,
+    opts: ExtractOptions,
+    modality: Any,
+    scratch_name: str = "features.h5",
+    **how: Any,
 ) -> _Features:
-    """Scan a source and extract it into its cached store (a temporary one when the cache
-    folder is read-only), then read it back."""
+    """Scan a source and extract it into its cached store (a temporary one, ``scratch_name``,
+    when the cache folder is read-only), then read it back."""
     from featx.extraction import extract
     from featx.modalities import open_source
     from featx.store import load_features
@@ -132,7 +143,7 @@ def _source_features(
             r = extract(src, bb, options=opts)
         except StoreReadOnlyError as exc:
             log.warning("%s; extracting into a temporary store instead (not kept)", exc)
-            r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
+            r = extract(src, bb, options=opts, store=Path(scratch) / scratch_name)
         fs = load_features(r.store)
     columns = {}
     for col in modality.item_columns:
@@ -144,7 +155,9 @@ def _source_features(
         if fs.classes
         else None
     )
-    return _Features(fs.keys, fs.X, r.store, r.n_failed, r.n_new, true, columns)
+    return _Features(
+        fs.keys, fs.X, r.store, r.n_failed, r.n_new, true, columns, modality.key_column, fs
+    )
 
 
 def _file_features(files: list[str], bb: Any, opts: ExtractOptions) -> _Features:
@@ -225,19 +238,83 @@ def predict(
         whose origin you trust.
     """
     from featx.bundle import load_bundle
-    from featx.csvsafe import safe_cell
-    from featx.modalities import get_modality, modality_of
 
     b = load_bundle(bundle, trust=trust)
-    bb = _bundle_backbone(b, weights_file)
     opts = options or ExtractOptions()
-    modality = get_modality(modality_of(bb))
-    files = image_files(source) if modality.file_lists else None
-    if files is None:
-        got = _source_features(source, bb, opts, modality, root=root, download=download, text=text)
+    how = {"root": root, "download": download, "text": text}
+    if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
+        got = _grouped_inputs(b, source, opts, weights_file, **how)
     else:
-        got = _file_features(files, bb, opts)
-    b.check_compatible(got.X.shape[1])
+        from featx.modalities import get_modality, modality_of
+
+        bb = _bundle_backbone(b, weights_file)
+        modality = get_modality(modality_of(bb))
+        files = image_files(source) if modality.file_lists else None
+        if files is None:
+            got = _source_features(source, bb, opts, modality, **how)
+        else:
+            got = _file_features(files, bb, opts)
+        b.check_compatible(got.X.shape[1])
+    return _write_predictions(b, out, got)
+
+
+def _grouped_inputs(
+    b: Any,
+    source: str | os.PathLike,
+    opts: ExtractOptions,
+    weights_file: str | os.PathLike | None,
+    **how: Any,
+) -> _Features:
+    """Features of ``source`` for a head on feature groups: every store of a fusion extracted
+    (each with its own backbone), joined by key, and the bundle's groups picked in its order;
+    the texts go along when a group is TF-IDF."""
+    from featx.features import TextRows
+    from featx.fusion import fuse
+    from featx.groups import GroupChoice, view
+    from featx.modalities import get_modality, modality_of
+
+    metas = list(b.store_meta.get("fused") or [b.store_meta])
+    if weights_file is not None and len(metas) > 1:
+        raise FeatxError("--weights-file applies to a bundle of one store, not a fusion")
+    sets: dict[str, Any] = {}
+    parts: list[_Features] = []
+    key_columns: set[str] = set()
+    for i, meta in enumerate(metas):
+        bb = rebuild_backbone(meta, weights_file)
+        modality = get_modality(modality_of(bb))
+        key_columns.add(modality.key_column)
+        got = _source_features(source, bb, opts, modality, scratch_name=f"features-{i}.h5", **how)
+        sets[str(meta.get("fusion_name") or f"store{i}")] = got.fs
+        parts.append(got)
+    fs = fuse(sets).features if len(sets) > 1 else next(iter(sets.values()))
+    names = tuple(str(g[0]) for g in b.store_meta.get("feature_groups") or [])
+    v = view(fs, GroupChoice("", names)) if names else fs
+    b.check_compatible(v.dim)
+    X = v.inputs()
+    if isinstance(X, TextRows) and v.texts is None:
+        raise FeatxError("this head needs the texts, and the store keeps none; re-extract it")
+    true = (
+        np.array([v.classes[y] if y >= 0 else "" for y in v.y], dtype=object) if v.classes else None
+    )
+    columns: dict[str, dict[str, Any]] = {}
+    for got in parts:
+        columns.update(got.columns)
+    return _Features(
+        keys=v.keys,
+        X=X,
+        store="+".join(got.store for got in parts),
+        n_failed=sum(got.n_failed for got in parts),
+        n_new=sum(got.n_new for got in parts),
+        true=true,
+        columns=columns,
+        key_column=key_columns.pop() if len(key_columns) == 1 else "key",
+    )
+
+
+def _write_predictions(b: Any, out: str | os.PathLike | None, got: _Features) -> PredictResult:
+    """Label the features with the bundle and write the predictions CSV atomically."""
+    from featx.csvsafe import safe_cell
+
     keys, X, true, columns = got.keys, got.X, got.true, got.columns
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
@@ -245,7 +322,7 @@ def predict(
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    first = [modality.key_column, *columns]
+    first = [got.key_column, *columns]
     header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]

@@ -159,7 +159,8 @@ def test_named_outputs_of_a_model():
 
 
 class TwoOutputs:
-    """The tiny backbone with a second named output per row: the sum of its features."""
+    """The tiny backbone with a second named output per row (the sum of its features), recorded
+    in its configuration as the store's groups are (``featx.backbones.layers``)."""
 
     def __init__(self, tiny) -> None:
         import torch
@@ -175,47 +176,30 @@ class TwoOutputs:
 
         self.__dict__.update(tiny.__dict__)
         self.model = Both(tiny.model)
-        self.config = tiny.config
+        self._config = tiny.config
 
-    def output_attrs(self) -> dict:
-        return {"total": {"what": "sum of the features"}}
+    def config(self) -> dict:
+        return {**self._config(), "layers": [{"name": "total", "pool": "sum", "dim": 1}]}
 
 
 def test_named_outputs_reach_the_store_and_grow_with_it(image_folder, tiny_backbone):
     """The local engine passes a model's named outputs through; the store keeps each as its own
-    dataset with its provenance, in key order, across an incremental run."""
+    group, in key order, across an incremental run."""
+    from helpers import write_image
+
     from featx.extraction import extract
-    from featx.store import load_features, output_names, read_output, store_info, verify_store
+    from featx.store import load_features, store_info, verify_store
 
     bb = TwoOutputs(tiny_backbone)
     opts = ExtractOptions(workers=0, device="cpu", batch_size=5)
     r = extract(image_folder, bb, options=opts)
-    assert output_names(r.store) == ["features", "total"]
     fs = load_features(r.store)
-    assert np.allclose(read_output(r.store, "total")[:, 0], fs.X.sum(axis=1), atol=1e-5)
-    assert store_info(r.store)["outputs"] == {
-        "total": {"shape": [1], "what": "sum of the features"}
-    }
-    from helpers import write_image
-
+    assert [g.name for g in fs.groups] == ["features", "total"]
+    assert np.allclose(fs.X[:, 8], fs.X[:, :8].sum(axis=1), atol=1e-5)
+    assert [g["name"] for g in store_info(r.store)["groups"]] == ["features", "total"]
     write_image(image_folder / "cat" / "new.png", seed=99)
     again = extract(image_folder, bb, options=opts)
     assert (again.n_new, again.n_items) == (1, 13)
     fs2 = load_features(again.store)
-    total = load_features(again.store, output="total").X
-    assert np.allclose(total[:, 0], fs2.X.sum(axis=1), atol=1e-5)
+    assert np.allclose(fs2.X[:, 8], fs2.X[:, :8].sum(axis=1), atol=1e-5)
     assert verify_store(again.store).ok
-    with pytest.raises(FeatxError, match="has no output 'nope'; it holds features, total"):
-        load_features(again.store, output="nope")
-
-
-def test_rows_with_other_outputs_do_not_merge(image_folder, tiny_backbone):
-    from helpers import write_image
-
-    from featx.extraction import extract
-
-    opts = ExtractOptions(workers=0, device="cpu")
-    extract(image_folder, tiny_backbone, options=opts)
-    write_image(image_folder / "cat" / "new.png", seed=99)
-    with pytest.raises(FeatxError, match="extracted with different outputs"):
-        extract(image_folder, TwoOutputs(tiny_backbone), options=opts)

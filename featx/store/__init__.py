@@ -44,8 +44,7 @@ Modules
 -------
 ``config``  what identifies a store (:class:`StoreConfig`) and its default path
 ``layout``  format names, dataset encodings and checksums, the safe HDF5 writer (``_Sink``)
-``read``    opening, the row index, :func:`load_features`, :func:`store_info`, the named
-            outputs (:func:`output_names`, :func:`read_output`)
+``read``    opening, the row index, :func:`load_features`, :func:`store_info`
 ``lock``    the writer lock (``STORE.lock``)
 ``writer``  :class:`StoreWriter`: parts and the atomic commit
 ``verify``  :func:`verify_store`
@@ -53,15 +52,7 @@ Modules
 
 from featx.store.config import FEATURE_DTYPES, StoreConfig, config_difference, default_store_path
 from featx.store.layout import CHUNK_BYTES, COPY_ROWS, FORMAT, PART_FORMAT, SCHEMA_VERSION
-from featx.store.read import (
-    StoreIndex,
-    load_features,
-    output_names,
-    read_config,
-    read_index,
-    read_output,
-    store_info,
-)
+from featx.store.read import StoreIndex, load_features, read_config, read_index, store_info
 from featx.store.verify import VerifyReport, verify_store
 from featx.store.writer import Rows, StoreWriter
 
@@ -80,10 +71,8 @@ __all__ = [
     "config_difference",
     "default_store_path",
     "load_features",
-    "output_names",
     "read_config",
     "read_index",
-    "read_output",
     "store_info",
     "verify_store",
 ]

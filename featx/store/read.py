@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.features import FeatureSet
-from featx.store.config import StoreConfig
+from featx.features import FeatureGroup, FeatureSet
+from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
 
 
@@ -114,13 +114,8 @@ def _meta(f) -> dict[str, Any]:
     return meta
 
 
-def load_features(
-    path: str | os.PathLike, *, dtype: Any = np.float32, output: str = "features"
-) -> FeatureSet:
+def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> FeatureSet:
     """Read a whole store into memory as a :class:`~featx.features.FeatureSet`.
-
-    ``output`` picks a named output the store holds beyond the pooled ``features`` (see
-    :func:`output_names`); its rows must be vectors.
 
     Examples
     --------
@@ -130,51 +125,35 @@ def load_features(
     """
     with _open_read(path) as f, _damage_is_store_error(path):
         idx = _read_index(f)
-        ds = _output(f, path, output)
+        ds = f["features"]
         X = np.empty(ds.shape, dtype=dtype)
         if ds.shape[0]:
             ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
         split = idx.split if any(idx.split) else None
+        meta = _meta(f)
+        groups: tuple[FeatureGroup, ...] = ()
+        names = store_groups(meta.get("config"))
+        if names:  # a multi-layer store: the embedding, then each layer's group
+            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+            for name, width in names:
+                g = f[name]
+                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
+                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                pos += width
+            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+        texts = None
+        if TEXTS in f:
+            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
         return FeatureSet(
             X=X,
             y=idx.labels.astype(np.int64),
             classes=idx.classes,
             split=split,
             keys=idx.keys,
-            meta=_meta(f),
+            meta=meta,
+            groups=groups,
+            texts=texts,
         )
-
-
-def _output(f: Any, path: str | os.PathLike, name: str) -> Any:
-    """The dataset of output ``name`` (``features`` or ``outputs/<name>``), 2-D."""
-    if name == "features":
-        return f["features"]
-    held = f.get("outputs")
-    if held is None or name not in held:
-        raise StoreError(
-            f"store {path} has no output {name!r}; it holds "
-            + ", ".join(["features", *sorted(held or ())])
-        )
-    if held[name].ndim != 2:
-        raise StoreError(f"output {name!r} of {path} is not one vector per row; read_output it")
-    return held[name]
-
-
-def output_names(path: str | os.PathLike) -> list[str]:
-    """The named per-row outputs of a store: ``features`` first, then the others by name."""
-    with _open_read(path) as f, _damage_is_store_error(path):
-        return ["features", *sorted(f.get("outputs") or ())]
-
-
-def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
-    """All rows of one named output of a store, in key order (any row shape)."""
-    with _open_read(path) as f, _damage_is_store_error(path):
-        if name == "features":
-            return f["features"][()]
-        held = f.get("outputs")
-        if held is None or name not in held:
-            raise StoreError(f"store {path} has no output {name!r}")
-        return held[name][()]
 
 
 @contextlib.contextmanager
@@ -240,13 +219,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
-            "outputs": {
-                name: {
-                    "shape": list(ds.shape[1:]),
-                    **{k: _attr_value(v) for k, v in ds.attrs.items()},
-                }
-                for name, ds in (f.get("outputs") or {}).items()
-            },
+            "groups": [
+                {"name": "features", "dim": int(f["features"].shape[1]), "pool": meta.get("pool")}
+            ]
+            + [
+                {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
+                for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
+            ],
+            "has_texts": TEXTS in f,
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}

@@ -596,12 +596,14 @@ def store_attrs(
     src: Source, bb: Any, rows: Any
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]], int]:
     """What a text store records beyond an image store: the encoder's text settings, the
-    per-row token counts (``text/n_tokens``) and how many texts were truncated."""
+    per-row token counts (``text/n_tokens``) and texts (``text/texts``), and how many texts
+    were truncated."""
     from featx.text.tokens import count_tokens
 
     items = [it for it in src.items if it.key in rows]
     limit = int(bb.preprocess.max_seq_length)
-    counts = count_tokens(bb.tokenizer, src.texts(items), limit)  # type: ignore[attr-defined]
+    texts = list(src.texts(items))  # type: ignore[attr-defined]
+    counts = count_tokens(bb.tokenizer, texts, limit)
     n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
     n_truncated = int((counts > limit).sum())
     if n_truncated:
@@ -620,7 +622,9 @@ def store_attrs(
         "text_column": getattr(src, "text_column", ""),
         "n_truncated": n_truncated,
     }
-    return attrs, {"text/n_tokens": n_tokens}, n_truncated
+    # the texts themselves, for heads on their TF-IDF (docs/groups.md)
+    kept = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
+    return attrs, {"text/n_tokens": n_tokens, "text/texts": kept}, n_truncated
 
 
 def stored_truncated(path: Path) -> int:
