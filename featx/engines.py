@@ -186,7 +186,7 @@ def get_engine(name: str, modality: str) -> Engine:
         return found
     names = sorted({e.name for e in table})
     if name not in names:
-        raise FeatxError(f"unknown engine {name!r}; valid engines: {', '.join(names)}")
+        raise FeatxError(f"engine must be one of {', '.join(names)}; got {name!r}")
     runs = sorted({e.modality for e in table if e.name == name})
     here = sorted(e.name for e in table if e.modality == modality)
     other = f"--engine {' or '.join(here)}" if here else "no engine"

@@ -61,7 +61,7 @@ def test_unknown_engine_or_modality_lists_the_valid_ones():
     from featx.engines import get_engine
     from featx.modalities import get_modality
 
-    with pytest.raises(FeatxError, match="unknown engine 'spark'; valid engines: local, ray"):
+    with pytest.raises(FeatxError, match="engine must be one of local, ray; got 'spark'"):
         get_engine("spark", "image")
     with pytest.raises(FeatxError, match="--engine ray runs image backbones; text runs on "):
         get_engine("ray", "text")

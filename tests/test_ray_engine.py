@@ -120,9 +120,10 @@ def test_interrupted_ray_run_resumes_from_its_parts(
     ray_runtime, image_folder, tiny_backbone, tmp_path, monkeypatch
 ):
     """The driver stops after two part files (as after kill -9); the next run resumes them."""
-    import featx.extraction as fx
+    from featx.engines import get_engine
 
-    real = fx._batches
+    engine = get_engine("ray", "image")
+    real = engine.iter_batches
 
     def interrupted(*args, **kwargs):
         for n, batch in enumerate(real(*args, **kwargs)):
@@ -130,13 +131,13 @@ def test_interrupted_ray_run_resumes_from_its_parts(
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(fx, "_batches", interrupted)
+    monkeypatch.setattr(engine, "iter_batches", interrupted)
     distributed = tmp_path / "ray.h5"
     with pytest.raises(KeyboardInterrupt):
         _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
     assert not distributed.exists()
     assert len(list((tmp_path / "ray.h5.parts").glob("part-*.h5"))) == 2
-    monkeypatch.setattr(fx, "_batches", real)
+    monkeypatch.setattr(engine, "iter_batches", real)
     r = _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
     assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
     local = tmp_path / "local.h5"
