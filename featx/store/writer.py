@@ -267,18 +267,16 @@ class StoreWriter:
             Extra datasets aligned with the rows: int64 (e.g. ``text/n_tokens``; -1 where a key
             has no value) or strings (``text/texts``; "" where a key has none).
         output_attrs : dict name -> dict, optional
-            Provenance attributes of each named output (``outputs/<name>``); the outputs
-            themselves come from the parts (and the old store), every row with the same names.
+            Provenance of each named output (``outputs/<name>``, copied from the parts).
         """
         self.require_writable()
-        h5py = _h5()
         keys = sorted(rows)
         n = len(keys)
         dim = self.dim
         if dim is None:
             for where, _ in rows.values():
                 if where != "store":
-                    with h5py.File(where, "r") as pf:
+                    with _h5().File(where, "r") as pf:
                         dim = int(pf["features"].shape[1])
                     break
         dim = int(dim or attrs.get("dim") or 0)
