@@ -88,8 +88,13 @@ def prepare(args: argparse.Namespace) -> dict:
             w.writerow([r["id"], r["headline"], r["label"], r["split"]])
     t = time.perf_counter()
     res = featx.extract(str(path), options=featx.ExtractOptions(progress=True))
-    out = {"csv": str(path), "store": str(res.store), "items": res.n_items,
-           "planted": len(extra), "extract_s": round(time.perf_counter() - t, 1)}
+    out = {
+        "csv": str(path),
+        "store": str(res.store),
+        "items": res.n_items,
+        "planted": len(extra),
+        "extract_s": round(time.perf_counter() - t, 1),
+    }
     (OUT / "prepared.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))
     return out
@@ -153,12 +158,20 @@ def labels(args: argparse.Namespace) -> dict:
                 pc, rc = _pr(set(np.flatnonzero(theirs).tolist()), truth)
                 acc = float((P.argmax(1) == fs0.y).mean())
                 row = {
-                    "rate": rate, "seed": seed, "head": head, "n_flipped": len(truth),
-                    "oof_accuracy_vs_clean": round(acc, 4), "oof_s": round(t_oof, 1),
-                    "featx_flagged": int(ours.sum()), "featx_precision": round(po, 4),
-                    "featx_recall": round(ro, 4), "featx_s": round(t_ours, 3),
-                    "cleanlab_flagged": int(theirs.sum()), "cleanlab_precision": round(pc, 4),
-                    "cleanlab_recall": round(rc, 4), "cleanlab_s": round(t_cl, 3),
+                    "rate": rate,
+                    "seed": seed,
+                    "head": head,
+                    "n_flipped": len(truth),
+                    "oof_accuracy_vs_clean": round(acc, 4),
+                    "oof_s": round(t_oof, 1),
+                    "featx_flagged": int(ours.sum()),
+                    "featx_precision": round(po, 4),
+                    "featx_recall": round(ro, 4),
+                    "featx_s": round(t_ours, 3),
+                    "cleanlab_flagged": int(theirs.sum()),
+                    "cleanlab_precision": round(pc, 4),
+                    "cleanlab_recall": round(rc, 4),
+                    "cleanlab_s": round(t_cl, 3),
                     "same_set": bool((ours == theirs).all()),
                 }
                 print(json.dumps(row), flush=True)
@@ -211,15 +224,20 @@ def duplicates(args: argparse.Namespace) -> dict:
     split, _ = effective_split(fs)
     dup_rows = [index[k] for k in planted]
     src_rows = {index[v] for v in planted.values()}
-    other = [i for i in range(fs.n) if i not in src_rows and keys[i] not in planted
-             and keys[i] not in natural]
+    other = [
+        i
+        for i in range(fs.n)
+        if i not in src_rows and keys[i] not in planted and keys[i] not in natural
+    ]
     q = [0.5, 0.9, 0.99, 0.999, 1.0]
     cal = {
         "nn_cosine_of_ordinary_items_quantiles": dict(
             zip(map(str, q), np.round(np.quantile(nn[other], q), 4).tolist(), strict=True)
         ),
         "nn_cosine_of_planted_copies_by_kind": {
-            kind: np.round(np.sort(nn[[index[k] for k in planted if k.startswith(f"dup_{kind}/")]])[:5], 4).tolist()
+            kind: np.round(
+                np.sort(nn[[index[k] for k in planted if k.startswith(f"dup_{kind}/")]])[:5], 4
+            ).tolist()
             for kind in ("exact", "case", "word")
         },
     }
@@ -263,8 +281,16 @@ def speed(args: argparse.Namespace) -> dict:
     out = []
     for head in args.heads.split(","):
         for index in args.indexes.split(","):
-            cmd = [sys.executable, "-c", _SPEED_CHILD, str(args.n), str(args.dim),
-                   str(args.classes), head, index]
+            cmd = [
+                sys.executable,
+                "-c",
+                _SPEED_CHILD,
+                str(args.n),
+                str(args.dim),
+                str(args.classes),
+                head,
+                index,
+            ]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
             if r.returncode:
                 print(r.stderr[-2000:], file=sys.stderr)

@@ -454,7 +454,7 @@ class DiagnoseOptions(_Spec):
     """
 
     duplicate_threshold: float = option(
-        0.97,
+        0.95,
         "Cosine similarity at or above which two items are near-duplicates (calibrated in "
         "BENCHMARKS.md; 1.0: exact copies only).",
         min=0,
@@ -472,7 +472,9 @@ class DiagnoseOptions(_Spec):
         min_open=True,
     )
     head: str = option(
-        "logreg", "Head whose out-of-fold probabilities find label errors (see 'featx heads')."
+        "ridge,knn",
+        "Heads (comma-separated) whose averaged out-of-fold probabilities find label errors "
+        "(see 'featx heads'; chosen in BENCHMARKS.md).",
     )
     folds: int = option(5, "Stratified folds of the out-of-fold probabilities.", min=2)
     index: str = option(

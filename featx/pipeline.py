@@ -30,7 +30,7 @@ A pipeline file::
     params = { k = 10 }              # optional; also preprocess = "l2"
 
     [diagnose]                       # optional: featx diagnose on every store, its report in
-    duplicate_threshold = 0.97       # <report>/diagnose/<backbone>; the fields of
+    duplicate_threshold = 0.95       # <report>/diagnose/<backbone>; the fields of
                                      # featx.options.DiagnoseOptions ({} for the defaults)
 """
 

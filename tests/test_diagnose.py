@@ -19,7 +19,7 @@ from featx.diagnostics.neighbors import knn, unit_rows
 from featx.errors import FeatxError
 from featx.features import FeatureSet
 
-FAST = featx.DiagnoseOptions(head="ridge", map="none")
+FAST = featx.DiagnoseOptions(map="none")  # the default heads (ridge,knn), no map
 
 
 def clusters(n_per_class=80, K=4, dim=24, sep=1.5, seed=0, split=True):
@@ -101,6 +101,25 @@ def test_confident_learning_finds_confident_flips_only():
     assert joint.shape == (3, 3) and abs(joint.sum() - 1) < 1e-9 and (thr > 0.5).all()
 
 
+def test_confident_learning_agrees_with_cleanlab():
+    """On the same probabilities featx flags what cleanlab's find_label_issues flags (cleanlab
+    is not a dependency: the check runs where it is installed, e.g. for the benchmarks)."""
+    cleanlab_filter = pytest.importorskip("cleanlab.filter")
+    rng = np.random.default_rng(0)
+    same = 0
+    for _ in range(40):
+        n, K = int(rng.integers(60, 300)), int(rng.integers(2, 7))
+        y = np.r_[np.arange(K), rng.integers(0, K, n - K)]
+        logits = rng.normal(size=(n, K)) * rng.uniform(0.5, 3)
+        logits[np.arange(n), y] += rng.uniform(0, 3)
+        p = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        ours = confident_learning(p, y)[0]
+        theirs = cleanlab_filter.find_label_issues(labels=y, pred_probs=p, n_jobs=1)
+        assert (ours != theirs).sum() <= 1  # a count rounded the other way at an exact .5
+        same += bool((ours == theirs).all())
+    assert same >= 38
+
+
 def test_robust_z_ignores_the_outliers_it_scores():
     z = robust_z(np.r_[np.linspace(1, 2, 99), 50.0])
     assert z[-1] > 20 and np.abs(z[:-1]).max() < 2
@@ -180,6 +199,8 @@ def test_nan_rows_are_left_out_with_a_note():
 def test_options_are_checked():
     with pytest.raises(FeatxError, match="duplicate_threshold"):
         featx.DiagnoseOptions(duplicate_threshold=1.5)
+    with pytest.raises(FeatxError, match="unknown head 'ridg'"):
+        featx.diagnose(planted()[0], head="ridge,ridg")
     with pytest.raises(FeatxError, match="unknown option"):
         featx.diagnose(planted()[0], thresold=0.9)
 

@@ -62,15 +62,36 @@ def duplicate_groups(idx: np.ndarray, sim: np.ndarray, threshold: float) -> list
 # ---------------------------------------------------------------------------------------------
 
 
+def _round_preserving_sum(row: np.ndarray) -> np.ndarray:
+    """Round to integers keeping the (rounded) total: the largest remainders go up, the smallest
+    down (cleanlab's ``round_preserving_sum``, so both count the same)."""
+    ints = np.round(row)
+    target = np.round(row.sum())
+    while abs(ints.sum() - target) > 1e-6:
+        diff = target - ints.sum()
+        step = 1.0 if diff > 0 else -1.0
+        changes = min(int(abs(np.round(diff))), len(row))
+        order = np.argsort(row - ints)  # up: the largest remainders; down: the smallest
+        for i in (order[::-1] if step > 0 else order)[:changes]:
+            ints[i] += step
+    return ints
+
+
+def _round_rows(m: np.ndarray) -> np.ndarray:
+    return np.vstack([_round_preserving_sum(r) for r in m]).astype(np.int64)
+
+
 def confident_learning(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Label issues from out-of-fold probabilities by confident learning.
+    """Label issues from out-of-fold probabilities by confident learning ("prune by noise rate").
 
     Per-class thresholds ``t_j`` are the mean probability of class j over the items labelled j.
-    An item labelled i is *confidently* of class j when ``p_j >= t_j`` (the largest such j); these
-    counts form the confident joint, which is calibrated to the label counts and normalised. For
-    every off-diagonal cell (i, j) the ``n * Q[i, j]`` items labelled i with the largest margin
-    ``p_j - p_i`` are issues ("prune by noise rate"), except items whose predicted class is their
-    label.
+    An item labelled i is *confidently* of class j when ``p_j >= t_j`` (of several such classes,
+    its most probable one); these counts form the confident joint, which is calibrated to the
+    label counts. For every off-diagonal cell (i, j) the that-many items labelled i with the
+    largest margin ``p_j - p_i`` are issues, unless their most probable class is their label.
+    Counts are rounded as cleanlab rounds them
+    (row totals kept), so on the same probabilities this gives the same set as cleanlab 2.x's
+    ``find_label_issues(labels, pred_probs)`` (its default, ``filter_by="prune_by_noise_rate"``).
 
     Parameters
     ----------
@@ -91,33 +112,42 @@ def confident_learning(p: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.nda
     thresholds = np.array(
         [p[y == j, j].mean() if counts[j] else 1.0 for j in range(K)], dtype=np.float64
     )
-    above = p >= thresholds[None, :] - 1e-12
-    masked = np.where(above, p, -np.inf)
-    confident = np.where(above.any(axis=1), masked.argmax(axis=1), -1)
+    above = p >= thresholds[None, :] - 1e-6
+    n_above = above.sum(axis=1)
+    guess = np.where(n_above > 1, p.argmax(axis=1), above.argmax(axis=1))
+    ok = n_above > 0
     C = np.zeros((K, K), dtype=np.float64)
-    ok = confident >= 0
-    np.add.at(C, (y[ok], confident[ok]), 1.0)
-    # rows with no confident item: put their label count on the diagonal (no evidence of noise)
-    row = C.sum(axis=1)
-    for i in np.flatnonzero(row == 0):
-        C[i, i] = 1.0
-    calibrated = C / C.sum(axis=1, keepdims=True) * counts[:, None]
-    joint = calibrated / max(calibrated.sum(), 1e-12)
+    np.add.at(C, (y[ok], guess[ok]), 1.0)
+    np.fill_diagonal(C, np.maximum(C.diagonal(), 1.0))  # every class is right at least once
+    # the same operations in the same memory order as cleanlab, so that ties at .5 round alike
+    cal = (C.T / np.maximum(C.sum(axis=1), 1e-12) * counts).T
+    cal = cal / max(np.sum(cal), 1e-12) * counts.sum()
+    prune = _round_rows(cal).astype(np.float64)
+    joint = prune / max(prune.sum(), 1e-12)
+    # keep at least one item per class: raise the diagonal to 1, lower that row's noise counts
+    diag = prune.diagonal().copy()
+    need = np.maximum(diag, 1.0) - diag
+    if need.any():
+        off = np.count_nonzero(prune, axis=1) - 1.0
+        prune = prune - (need / np.maximum(off, 1.0))[:, None]
+        prune[prune < 0] = 0
+        np.fill_diagonal(prune, np.maximum(diag, 1.0))
+        prune = _round_rows(prune).astype(np.float64)
     issue = np.zeros(n, dtype=bool)
-    prune = np.rint(joint * n).astype(np.int64)
-    pred = p.argmax(axis=1)
     for i in range(K):
         rows_i = np.flatnonzero(y == i)
-        if len(rows_i) == 0:
+        if len(rows_i) <= 1:
             continue
         for j in range(K):
-            if i == j or prune[i, j] <= 0:
+            m = int(prune[i, j])
+            if i == j or m <= 0:
                 continue
             margin = p[rows_i, j] - p[rows_i, i]
-            m = min(int(prune[i, j]), len(rows_i))
-            pick = rows_i[np.argsort(-margin, kind="stable")[:m]]
-            issue[pick] = True
-    issue &= pred != y
+            issue[rows_i[np.argsort(-margin)[:m]]] = True
+    # an item whose most probable class is its label is no issue (a tie counts for the label)
+    q = p.copy()
+    q[np.arange(n), y] += 1e-6
+    issue &= q.argmax(axis=1) != y
     return issue, joint, thresholds
 
 

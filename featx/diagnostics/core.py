@@ -316,10 +316,27 @@ def _is_leak(splits: Sequence[str]) -> bool:
     return ("test" in s and bool(s & {"train", "val"})) or ({"train", "val"} <= s)
 
 
+def head_names(opts: DiagnoseOptions) -> list[str]:
+    """The heads of ``opts.head`` (``"ridge,knn"`` -> ``["ridge", "knn"]``), checked by name."""
+    from featx.heads import list_heads
+
+    names = [h.strip() for h in str(opts.head).split(",") if h.strip()]
+    known = set(list_heads())
+    for h in names:
+        if h not in known:
+            raise FeatxError(
+                f"unknown head {h!r} in --head; choose from {', '.join(sorted(known))}"
+            )
+    if not names:
+        raise FeatxError("--head names no head; e.g. --head ridge,knn")
+    return names
+
+
 def _oof_probabilities(
     fs: FeatureSet, rows: np.ndarray, opts: DiagnoseOptions, folds: int, bar: Any
 ) -> np.ndarray:
-    """Out-of-fold class probabilities of ``rows`` (K columns, the store's classes)."""
+    """Out-of-fold class probabilities of ``rows`` (K columns, the store's classes): the mean of
+    the heads named in ``opts.head`` (comma-separated), each fitted on the same folds."""
     from sklearn.model_selection import StratifiedKFold
 
     from featx.heads import make_head
@@ -327,19 +344,21 @@ def _oof_probabilities(
     K = len(fs.classes)
     y = fs.y[rows]
     X = fs.X[rows]
+    heads = head_names(opts)
     P = np.zeros((len(rows), K), dtype=np.float64)
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=opts.seed)
     for tr, te in skf.split(np.zeros(len(rows)), y):
-        est = make_head(opts.head, random_state=opts.seed)
-        est.fit(X[tr], y[tr])
-        if not hasattr(est, "predict_proba"):
-            raise FeatxError(
-                f"head {opts.head!r} gives no probabilities; use e.g. --head logreg or ridge"
-            )
-        proba = np.asarray(est.predict_proba(X[te]), dtype=np.float64)
-        cols = np.asarray(est.classes_, dtype=np.int64)
-        P[np.ix_(te, cols)] = proba
-        bar.update(1)
+        for name in heads:
+            est = make_head(name, random_state=opts.seed)
+            if not hasattr(est, "predict_proba"):
+                raise FeatxError(
+                    f"head {name!r} gives no probabilities; use e.g. --head ridge,knn or logreg"
+                )
+            est.fit(X[tr], y[tr])
+            proba = np.asarray(est.predict_proba(X[te]), dtype=np.float64)
+            cols = np.asarray(est.classes_, dtype=np.int64)
+            P[np.ix_(te, cols)] += proba / len(heads)
+            bar.update(1)
     P = np.clip(P, 0.0, None)
     s = P.sum(axis=1, keepdims=True)
     return np.divide(P, s, out=np.full_like(P, 1.0 / K), where=s > 0)
@@ -466,6 +485,7 @@ def diagnose(
     from featx.progress import progress_bar
 
     opts = DiagnoseOptions.resolve(options, overrides)
+    head_names(opts)  # an unknown head fails now, not after the neighbour search
     store = ""
     if not isinstance(features, FeatureSet):
         from featx.store import load_features
@@ -571,7 +591,10 @@ def diagnose(
                     f"{folds} folds instead of {opts.folds}: the smallest class has {folds} items"
                 )
             with progress_bar(
-                total=folds, desc=f"{opts.head} folds", unit="fold", enabled=progress
+                total=folds * len(head_names(opts)),
+                desc=f"{opts.head} folds",
+                unit="fit",
+                enabled=progress,
             ) as bar:
                 P = _oof_probabilities(fs, lab_rows, opts, folds, bar)
             # confident learning over the classes present in the check
