@@ -29,7 +29,6 @@ import csv
 import json
 import os
 import re
-import resource
 import subprocess
 import sys
 import time
@@ -222,7 +221,6 @@ def duplicates(args: argparse.Namespace) -> dict:
     d = featx.diagnose(fs, head="centroid", map="none")
     nn = d.nn_similarity
     split, _ = effective_split(fs)
-    dup_rows = [index[k] for k in planted]
     src_rows = {index[v] for v in planted.values()}
     other = [
         i
@@ -251,18 +249,21 @@ import json, resource, sys, time
 import numpy as np
 import featx
 from featx.features import FeatureSet
-n, dim, K, head, index = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+n, dim, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+head, index = sys.argv[4], sys.argv[5]
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(K, dim)).astype(np.float32)
 y = rng.integers(0, K, n)
 X = np.empty((n, dim), np.float32)
 for s in range(0, n, 10000):
     e = min(n, s + 10000)
-    X[s:e] = centres[y[s:e]] * 0.35 + rng.normal(size=(e - s, dim)).astype(np.float32) / np.sqrt(dim) * 4
+    noise = rng.normal(size=(e - s, dim)).astype(np.float32) / np.sqrt(dim) * 4
+    X[s:e] = centres[y[s:e]] * 0.35 + noise
 X[: n // 100] = X[n // 2 : n // 2 + n // 100]  # 1 % copies
 split = np.where(rng.random(n) < 0.8, "train", "test")
 keys = np.array([f"r{i:07d}" for i in range(n)])
-fs = FeatureSet(X=X, y=y.astype(np.int64), classes=tuple(f"c{i}" for i in range(K)), split=split, keys=keys)
+classes = tuple(f"c{i}" for i in range(K))
+fs = FeatureSet(X=X, y=y.astype(np.int64), classes=classes, split=split, keys=keys)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
 d = featx.diagnose(fs, head=head, index=index, map="none")
