@@ -62,6 +62,8 @@ _MAP_MAX = 5000
 _TSNE_MAX = 3000
 _THUMB = 96
 _TEXT_CHARS = 400
+#: Class pairs listed under "Class overlap" (all are in diagnosis.json).
+_OVERLAP_ROWS = 15
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +352,7 @@ def _markdown(d: Diagnosis, method: str | None, viewer_note: str, manifest: str)
             "| class a | class b | neighbour share | out-of-fold confused |",
         ]
         lines.append("| --- | --- | --- | --- |")
-        for o in d.overlap[:cap]:
+        for o in d.overlap[:_OVERLAP_ROWS]:
             lines.append(
                 f"| {_md_escape(o['a'])} | {_md_escape(o['b'])} | "
                 f"{100 * o['neighbour_share']:.1f}% | "
@@ -475,7 +477,7 @@ def _html(
             "<h2>Class overlap</h2><table><tr><th>class a</th><th>class b</th>"
             "<th>neighbour share</th><th>out-of-fold confused</th></tr>"
         )
-        for o in d.overlap[:cap]:
+        for o in d.overlap[:_OVERLAP_ROWS]:
             parts.append(
                 f"<tr><td>{e(o['a'])}</td><td>{e(o['b'])}</td>"
                 f"<td>{100 * o['neighbour_share']:.1f}%</td>"
