@@ -184,6 +184,10 @@ def extract(
             allow_outside_root=opts.allow_outside_root,
         )
     )
+    if opts.manifest:
+        from featx.diagnostics.manifest import apply_manifest_to_source
+
+        src = apply_manifest_to_source(src, opts.manifest)
     is_text = _is_text(src)
     if name is None:
         name = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE

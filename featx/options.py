@@ -269,6 +269,12 @@ class ExtractOptions(_Spec):
     checkpoint_seconds: float = option(
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
     )
+    manifest: str | None = option(
+        None,
+        "Cleaning manifest (key,action,label CSV from 'featx diagnose --report'): leave out the "
+        "items marked exclude, store the new label of those marked relabel.",
+        kind=str,
+    )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
     # --engine ray (featx/ray_engine.py, docs/scale-out.md); the Ray options apply only there
     engine: str = option(

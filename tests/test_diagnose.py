@@ -396,6 +396,27 @@ def test_cli_diagnose_report_and_cleaned_compare(image_store, tmp_path):
     assert "without 1 leaked test item(s)" in r.output and "without leaked" in r.output
 
 
+def test_extract_with_a_manifest_stores_the_cleaned_source(image_store, tmp_path):
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "key,action,label,reason\ncopy_of_red00.png,exclude,,leak\n"
+        "green/06.png,relabel,green,label\n"
+    )
+    src = tmp_path / "src" / "manifest.csv"
+    args = ["extract", str(src), "-b", "tiny", "--store", str(image_store), "--workers", "0"]
+    r = CliRunner().invoke(cli, [*args, "-q", "--manifest", str(manifest)])
+    assert r.exit_code == 0, r.output
+    fs = featx.load_features(image_store)
+    keys = fs.keys.tolist()
+    assert "copy_of_red00.png" not in keys and len(keys) == 42
+    assert fs.classes[fs.y[keys.index("green/06.png")]] == "green"
+    r = CliRunner().invoke(cli, [*args, "-q"])  # without the manifest: the source as it is
+    assert r.exit_code == 0 and featx.load_features(image_store).n == 43
+    manifest.write_text("key,action,label\nnot/there.png,exclude,\n")
+    r = CliRunner().invoke(cli, [*args, "-q", "--manifest", str(manifest)])
+    assert r.exit_code == 1 and "none of them in source" in r.output
+
+
 def test_pipeline_diagnose_step(image_store, tmp_path):
     src = tmp_path / "src" / "manifest.csv"
     toml = tmp_path / "p.toml"

@@ -1,7 +1,8 @@
 """The cleaning manifest: which items to leave out and which to relabel, by key.
 
 ``featx diagnose --report DIR`` writes ``DIR/manifest.csv``; ``featx fit``, ``featx compare`` and
-``featx extract`` take it as ``--manifest FILE`` so that a cleaned run is one command. The format
+``featx extract`` take it as ``--manifest FILE`` so that a cleaned run is one command (extract:
+the excluded items are not embedded and the new labels are stored). The format
 is a CSV with a header::
 
     key,action,label,reason
@@ -33,6 +34,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -45,7 +47,14 @@ log = logging.getLogger(__name__)
 ACTIONS = ("exclude", "relabel")
 COLUMNS = ("key", "action", "label", "reason")
 
-__all__ = ["ACTIONS", "COLUMNS", "Manifest", "apply_manifest", "read_manifest"]
+__all__ = [
+    "ACTIONS",
+    "COLUMNS",
+    "Manifest",
+    "apply_manifest",
+    "apply_manifest_to_source",
+    "read_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -170,3 +179,42 @@ def apply_manifest(fs: FeatureSet, manifest: Manifest | str | os.PathLike) -> Fe
         keys=fs.keys[keep],
         meta=meta,
     )
+
+
+def apply_manifest_to_source(source: Any, manifest: Manifest | str | os.PathLike) -> Any:
+    """A copy of a scanned :class:`featx.sources.Source` without the excluded items and with the
+    relabelled items' new labels (``featx extract --manifest``): the store then holds the
+    cleaned source, and a later run without the manifest brings the items back."""
+    import copy
+
+    m = manifest if isinstance(manifest, Manifest) else read_manifest(manifest)
+    keys = {it.key for it in source.items}
+    named = m.exclude | set(m.relabel)
+    if named and not named & keys:
+        raise FeatxError(
+            f"manifest {m.path} names {len(named)} key(s), none of them in source "
+            f"{source.uri} (e.g. {sorted(named)[0]!r}); was it written for another source?"
+        )
+    index = {c: i for i, c in enumerate(source.classes)}
+    items = []
+    for it in source.items:
+        if it.key in m.exclude:
+            continue
+        label = m.relabel.get(it.key)
+        if label is not None:
+            if label not in index:
+                raise FeatxError(
+                    f"manifest relabels {it.key!r} to {label!r}, which is not a class of "
+                    f"{source.uri} (classes: {', '.join(source.classes[:10])})"
+                )
+            it = dataclasses.replace(it, label=index[label])
+        items.append(it)
+    out = copy.copy(source)
+    out.items = items
+    log.info(
+        "manifest %s: %d items left out, %d relabelled",
+        m.path,
+        len(source.items) - len(items),
+        sum(1 for k in m.relabel if k in keys),
+    )
+    return out
