@@ -47,9 +47,7 @@ class FitReport:
 
 def _load(store: str | os.PathLike, manifest: str | os.PathLike | None) -> FeatureSet:
     """The store's features, cleaned by ``manifest`` when one is given."""
-    from featx.store import load_features
-
-    fs = load_features(store)
+    fs = load_store(store)
     if manifest:
         from featx.diagnostics.manifest import apply_manifest
 
@@ -103,8 +101,46 @@ def fit_store(
     if not out:
         return FitReport(result=result, bundle=None, refit=refit)
     path = Path(out)
-    save_bundle(path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False))
+    meta = bundle_meta(fitted.features if fitted.features is not None else fs)
+    save_bundle(path, fitted.estimator, fitted.classes, meta, result.to_dict(details=False))
     return FitReport(result=result, bundle=path, refit=refit)
+
+
+def bundle_meta(fs: FeatureSet) -> dict[str, Any]:
+    """The store provenance a bundle keeps: the store's, plus the groups the head takes.
+
+    ``feature_groups`` (name, start, stop, kind) in the head's input order tells
+    :func:`featx.predict` which columns of which store (``fused`` parts) or layer to compute,
+    and whether the texts go in too; ``dim`` is the head's input size.
+    """
+    meta = dict(fs.meta)
+    if fs.groups:
+        meta["feature_groups"] = [list(g.to_tuple()) for g in fs.groups]
+        meta["feature_group_sources"] = [g.source for g in fs.groups]
+        meta["dim"] = fs.dim
+    return meta
+
+
+def load_store(spec: str | os.PathLike) -> FeatureSet:
+    """A store, or the fusion of stores joined by ``+`` (``A.h5+B.h5``, :mod:`featx.fusion`).
+
+    A path that exists is one store even if its name has a ``+``. The fused set's groups are
+    named by :func:`store_labels` of its stores; its ``meta["label"]`` is those joined by ``+``.
+    """
+    from featx.fusion import fuse, split_spec
+    from featx.store import load_features
+
+    parts = [] if Path(spec).exists() else split_spec(str(spec))
+    if len(parts) < 2:
+        return load_features(spec)
+    sets = [load_features(p) for p in parts]
+    labels = store_labels([fs.meta for fs in sets], [Path(p).stem for p in parts])
+    fusion = fuse(dict(zip(labels, sets, strict=True)))
+    meta = {**fusion.features.meta, "label": "+".join(labels), "fusion_report": fusion.report}
+    meta["fused_paths"] = [str(p) for p in parts]
+    from dataclasses import replace
+
+    return replace(fusion.features, meta=meta)
 
 
 #: What tells two stores apart in a leaderboard, in the order labels show it.
@@ -177,6 +213,7 @@ def compare_stores(
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
     loaded = [(path, _load(path, manifest)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
+    labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(
         sets,

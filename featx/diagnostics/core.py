@@ -498,6 +498,8 @@ def diagnose(
     n = fs.n
     if n < 2:
         raise FeatxError(f"the store has {n} item(s); diagnose needs at least 2")
+    if fs.dim == 0:
+        raise FeatxError("the feature set has no dense features to compare items by")
     y = np.asarray(fs.y, dtype=np.int64)
     labeled = np.flatnonzero(y >= 0)
     present = np.unique(y[labeled])

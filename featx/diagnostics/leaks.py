@@ -61,11 +61,10 @@ def without_leaked(fs: FeatureSet, protocol: EvalProtocol, keys: Sequence[str]) 
     split, where = effective_split(fs, protocol)
     if where == "no split":
         raise FeatxError("--drop-leaked needs labels of at least 2 classes to draw a split")
+    from featx.diagnostics.manifest import take_rows
+
     drop = np.isin(np.asarray(fs.keys).astype(str), list(keys)) & (split == "test")
-    keep = ~drop
-    return dataclasses.replace(
-        fs, X=fs.X[keep], y=fs.y[keep], split=split[keep], keys=fs.keys[keep]
-    )
+    return take_rows(dataclasses.replace(fs, split=split), ~drop)
 
 
 def compare_without_leaks(

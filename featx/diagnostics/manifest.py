@@ -54,6 +54,7 @@ __all__ = [
     "apply_manifest",
     "apply_manifest_to_source",
     "read_manifest",
+    "take_rows",
 ]
 
 
@@ -171,13 +172,20 @@ def apply_manifest(fs: FeatureSet, manifest: Manifest | str | os.PathLike) -> Fe
         "excluded": int((~keep).sum()),
         "relabelled": int(sum(1 for k in m.relabel if k in known)),
     }
+    return take_rows(dataclasses.replace(fs, y=y, meta=meta), keep)
+
+
+def take_rows(fs: FeatureSet, rows: np.ndarray) -> FeatureSet:
+    """``fs`` with only ``rows`` (a boolean mask or indices): every row-aligned field follows."""
+    texts = getattr(fs, "texts", None)
+    extra = {} if texts is None else {"texts": np.asarray(texts)[rows]}
     return dataclasses.replace(
         fs,
-        X=fs.X[keep],
-        y=y[keep],
-        split=None if fs.split is None else np.asarray(fs.split)[keep],
-        keys=fs.keys[keep],
-        meta=meta,
+        X=fs.X[rows],
+        y=np.asarray(fs.y)[rows],
+        split=None if fs.split is None else np.asarray(fs.split)[rows],
+        keys=np.asarray(fs.keys)[rows],
+        **extra,
     )
 
 

@@ -210,6 +210,18 @@ def _item_viewer(d: Diagnosis, keys: Sequence[str]) -> tuple[Callable[[str], str
     so and shows keys only.
     """
     meta = d.fs.meta or {}
+    texts = getattr(d.fs, "texts", None)
+    if texts is not None and keys:  # a text store that keeps its texts: no need for the source
+        by_key = dict(zip(np.asarray(d.fs.keys).astype(str).tolist(), texts, strict=True))
+
+        def show_text(key: str) -> str:
+            t = by_key.get(key)
+            if t is None:
+                return '<div class="missing">no text stored</div>'
+            t = str(t) if len(str(t)) <= _TEXT_CHARS else str(t)[:_TEXT_CHARS] + " …"
+            return f'<div class="text">{html.escape(t)}</div>'
+
+        return show_text, ""
     src = meta.get("source") or {}
     uri = src.get("uri") if isinstance(src, dict) else None
     if not uri or not keys:
