@@ -374,6 +374,7 @@ def _base_commands(p: dict) -> dict[tuple[str, str], list[str]]:
         ("compare", "--report"): ["compare", p["store"], "--heads", "centroid", "-q"],
         ("predict", "--out"): ["predict", p["bundle"], p["imgs"], "--device", "cpu", "-q"],
         ("run", "--report"): ["run", "p.toml", "-q"],
+        ("diagnose", "--report"): ["diagnose", p["store"], "-q"],
     }
 
 

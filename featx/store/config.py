@@ -83,6 +83,8 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
         parts.append(str(bb["layer"]))
     if bb.get("pool"):
         parts.append(str(bb["pool"]))
+    if bb.get("layers"):
+        parts.append(f"{len(bb['layers'])}layers")
     crop = (bb.get("preprocess") or {}).get("crop_size")
     if crop:
         parts.append(f"{crop}px")
@@ -92,8 +94,9 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
     return cache / name
 
 
-#: Where the extra outputs of a multi-layer pass live: one dataset per layer (``--layers``).
-GROUPS = "groups"
+#: Where the extra named outputs of a pass live (the engines' contract): ``outputs/<name>``;
+#: a multi-layer pass (``--layers``) writes one per layer, named by its module path.
+GROUPS = "outputs"
 #: Where a text store keeps its texts (the ``tfidf`` feature group needs them at fit time).
 TEXTS = "text/texts"
 
