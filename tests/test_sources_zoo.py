@@ -121,7 +121,8 @@ def test_every_folder_kind_records_the_same_hostile_files(kind, tmp_path, tiny_t
         spec = root
     bb = tiny_text if kind == "text-folder" else TinyBackbone()
     store = tmp_path / "s.h5"
-    opts = ExtractOptions(batch_size=4, workers=0, device="cpu")
+    workers = {} if kind == "text-folder" else {"workers": 0}  # text takes no --workers
+    opts = ExtractOptions(batch_size=4, device="cpu", **workers)
     r = _bounded(lambda: extract(spec, bb, store=store, options=opts))
     info = store_info(store)
     failed = {f["path"]: f["reason"] for f in info["failed"]}
