@@ -81,7 +81,9 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(a.repeat):
                 for t in threads:
                     torch.set_num_threads(t)
-                    best[t] = min(best[t], _step_time(torch, F, batch, a.dim, hidden, a.classes, steps))
+                    best[t] = min(
+                        best[t], _step_time(torch, F, batch, a.dim, hidden, a.classes, steps)
+                    )
             row = {
                 "batch": batch,
                 "hidden": hidden,

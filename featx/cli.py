@@ -756,14 +756,15 @@ def predict(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
-    """Run a declarative experiment: sources x backbones x heads (see pipelines/).
+    """Run a declarative experiment: sources x backbones x heads (docs/pipelines.md).
 
     Every store is reused from the cache when up to date; the leaderboard is printed and the
     report folder gets tables and PNG plots.
 
     \b
-    Example:
-      featx run pipelines/demo.toml
+    Examples:
+      featx run pipelines/cifar10_resnet50.toml
+      featx demo --files mydemo && featx run mydemo/digits.toml
     """
     from featx.pipeline import run_pipeline
 
@@ -772,6 +773,46 @@ def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
         _print_json(res.to_dict())
     else:
         click.echo(res.to_markdown())
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["digits", "text"]), default="digits", required=False)
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False),
+    help="Report folder (default: reports/demo or reports/text_tickets in the working directory).",
+)
+@click.option(
+    "--files",
+    type=click.Path(file_okay=False),
+    help="Instead of running: copy the demo pipelines and their data into this folder, to edit "
+    "and run with 'featx run'.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def demo(name: str, report: str | None, files: str | None, quiet: bool, as_json: bool) -> None:
+    """Run a demo shipped with featx: digits (no network needed) or text (the text extra).
+
+    \b
+    Examples:
+      featx demo                  # scikit-learn's digits x EfficientNet-Lite0 x 5 heads
+      featx demo text             # 120 support tickets x all-MiniLM-L6-v2 x 4 heads
+      featx demo --files mydemo   # copy the pipelines and data to edit, then: featx run ...
+    """
+    from featx.examples import REPORTS, copy_files, demo_path
+
+    if files:
+        for path in copy_files(files):
+            click.echo(str(path))
+        return
+    ctx = click.get_current_context()
+    ctx.invoke(
+        run,
+        pipeline=str(demo_path(name)),
+        report=report or f"reports/{REPORTS[name]}",
+        quiet=quiet,
+        as_json=as_json,
+    )
 
 
 def main() -> None:
