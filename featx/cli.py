@@ -421,6 +421,115 @@ def verify(store: str, as_json: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+@cli.group(name="cache")
+def cache_group() -> None:
+    """List and remove what featx keeps: stores, prediction stores, bundles, datasets.
+
+    \b
+    Examples:
+      featx cache ls
+      featx cache clean --kind prediction               # every prediction store
+      featx cache clean --match 'digits__*' --dry-run   # what would go
+      featx cache clean --older-than 30                 # not touched for 30 days
+    """
+
+
+def _cache_rows(entries: list[Any]) -> str:
+    import time
+
+    from featx.console import human_bytes, render_table
+
+    rows = [
+        [
+            e.kind,
+            human_bytes(e.bytes),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified)),
+            e.name,
+        ]
+        for e in entries
+    ]
+    return render_table(["kind", "size", "modified", "name"], rows, align="lrll")
+
+
+@cache_group.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cache_ls(as_json: bool) -> None:
+    """List the cache folder: kind, size, last change and name of each entry."""
+    from featx.cache import scan
+    from featx.console import human_bytes
+    from featx.settings import resolve
+
+    where = resolve()
+    entries = scan(where.cache_dir)
+    if as_json:
+        _print_json({"cache_dir": str(where.cache_dir), "entries": [e.to_dict() for e in entries]})
+        return
+    total = sum(e.bytes for e in entries)
+    click.echo(f"cache: {where.cache_dir} (set by {where.cache_dir_from})")
+    if not entries:
+        click.echo("empty")
+        return
+    click.echo(_cache_rows(entries))
+    click.echo(f"\n{len(entries)} entries, {human_bytes(total)}")
+
+
+@cache_group.command(name="clean")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["store", "prediction", "bundle", "dataset", "memo", "leftover"]),
+    help="Remove entries of this kind; repeat for several.",
+)
+@click.option("--match", "pattern", help="Remove entries whose name matches this shell pattern.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="DAYS",
+    help="Remove entries not changed for this many days.",
+)
+@click.option("--all", "all_", is_flag=True, help="Remove every entry featx made.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cache_clean(
+    kinds: tuple[str, ...],
+    pattern: str | None,
+    older_than: float | None,
+    all_: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove cache entries that match every filter given (or --all).
+
+    Only what featx made is removed (never other files, never anything outside the cache
+    folder), and never a store that a running 'featx extract' is writing.
+    """
+    from featx.cache import clean
+    from featx.console import human_bytes
+
+    removed, skipped = clean(
+        kinds=kinds, pattern=pattern, older_than_days=older_than, all=all_, dry_run=dry_run
+    )
+    if as_json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "removed": [e.to_dict() for e in removed],
+                "skipped": [{**e.to_dict(), "reason": why} for e, why in skipped],
+            }
+        )
+        return
+    if removed:
+        click.echo(_cache_rows(removed))
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} entries, {human_bytes(sum(e.bytes for e in removed))}")
+    for e, why in skipped:
+        click.echo(f"kept {e.name}: {why}", err=True)
+
+
+# ---------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------
 @cli.command()
