@@ -774,7 +774,13 @@ def compare(
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False), default="preds.csv", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="preds.csv",
+    show_default=True,
+    help="The CSV to write (replaced atomically).",
+)
 @click.option(
     "--weights-file",
     type=click.Path(dir_okay=False),
@@ -813,9 +819,10 @@ def predict(
 
     SOURCE is a folder, a CSV manifest, torchvision:NAME, one image file, or a quoted glob
     pattern; or a text table / .txt folder (as for 'featx extract'). The bundle's backbone is
-    rebuilt exactly, SOURCE is extracted into its own cached store (re-running extracts nothing
-    new), and OUT gets path, predicted, true_label (when SOURCE has labels) and p_<class> columns
-    (text: key and line instead of path).
+    rebuilt exactly, SOURCE is extracted into its own cached store (under <cache>/predict;
+    re-running extracts nothing new), and OUT gets one row per input in the input's order: path
+    (as reachable from here), predicted, true_label (when SOURCE has labels) and p_<class>
+    columns (text tables: line and the table's own id and text columns instead of path).
 
     \b
     Examples:

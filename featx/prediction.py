@@ -119,6 +119,86 @@ def image_files(source: str | os.PathLike) -> list[str] | None:
     return files
 
 
+def prediction_store(src: Any, backbone: Any, options: ExtractOptions) -> Path:
+    """Where ``featx predict`` keeps the features of a new source: the source's own store when
+    one was extracted before (``featx extract`` with the same backbone), else
+    ``<cache>/predict/<store name>`` (``featx cache ls`` lists them, ``featx cache clean --kind
+    prediction`` removes them)."""
+    from featx.cache import PREDICT_DIR
+    from featx.extraction import store_config
+    from featx.store import default_store_path
+
+    usual = default_store_path(store_config(src, backbone, options.dtype), src.name)
+    return usual if usual.is_file() else usual.parent / PREDICT_DIR / usual.name
+
+
+def input_order(source: str | os.PathLike, src: Any) -> list[Any]:
+    """The source's items in the order of its input: a table's or manifest's rows, a folder's
+    sorted walk (its items' order), a torchvision dataset's indices."""
+    items = list(src.items)
+    if any(getattr(it, "line", 0) for it in items):  # text tables
+        return sorted(items, key=lambda it: getattr(it, "line", 0))
+    if src.kind == "csv" and Path(os.fspath(source)).is_file():
+        rank = _manifest_rows(Path(os.fspath(source)))
+        return sorted(items, key=lambda it: rank.get(it.key, len(rank)))
+    return items
+
+
+def _manifest_rows(path: Path) -> dict[str, int]:
+    """An image manifest's keys (paths relative to its folder, normalized) -> row number."""
+    base = str(path.parent)
+    rank: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                p = (row.get("path") or "").strip()
+                if not p:
+                    continue
+                full = os.path.normpath(os.path.join(base, p))  # as featx.sources keys them
+                rel = os.path.relpath(full, base)
+                inside = rel != os.pardir and not rel.startswith(os.pardir + os.sep)
+                rank.setdefault(rel.replace(os.sep, "/") if inside else full, i)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    return rank
+
+
+def _lead_columns(
+    source: str | os.PathLike, src: Any, items: list[Any]
+) -> tuple[list[str], list[list[Any]]]:
+    """The columns that say which input each prediction is for, and their values per item.
+
+    Images and text files: ``path``, as reachable from where the command ran (the source as
+    typed, joined with the item's path inside it), the same convention as a glob pattern's
+    files; a URI manifest gives the file's URI, a torchvision dataset ``key`` (split/index).
+    Text tables: ``line``, the user's id column (when it has one) and text column, under their
+    own names.
+    """
+    s = os.fspath(source)
+    if src.kind.startswith("text-") and src.kind != "text-folder":
+        cols = ["line"]
+        id_col = getattr(src, "id_column", "") or ""
+        text_col = getattr(src, "text_column", "") or "text"
+        if id_col:
+            cols.append(id_col)
+        cols.append(text_col if text_col not in cols else f"{text_col}_text")
+        rows = [
+            [it.line, *([it.key] if id_col else []), it.text if it.text is not None else ""]
+            for it in items
+        ]
+        return cols, rows
+    if src.kind == "torchvision":
+        return ["key"], [[it.key] for it in items]
+    if src.kind == "csv":
+        base = os.path.dirname(s)
+        if "://" in s:
+            return ["path"], [[it.path] for it in items]
+        return ["path"], [[os.path.join(base, it.key)] for it in items]
+    if Path(s).is_dir():
+        return ["path"], [[os.path.join(s, it.key)] for it in items]
+    return ["path"], [[it.path or it.key] for it in items]  # e.g. sklearn:digits, materialized
+
+
 def predict(
     bundle: str | os.PathLike,
     source: str | os.PathLike,
@@ -142,13 +222,17 @@ def predict(
         file or a glob pattern (``"photos/*.jpg"``, ``"**"`` recursive), whose features go to
         the backbone's store of loose files (see :func:`featx.embedder.embed_files`).
     out : path-like, optional
-        The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
-        ``p_<class>`` column per class when the head gives probabilities. Written atomically.
+        The CSV (default ``preds.csv``), one row per readable input in the input's order:
+        ``path`` (as reachable from the working directory: the source as typed joined with the
+        file's path inside it, or the file as typed), ``predicted``, ``true_label`` when known,
+        and one ``p_<class>`` column per class when the head gives probabilities. Written
+        atomically.
     options : featx.extraction.ExtractOptions, optional
         How to run the extraction.
     text : featx.options.TextFormat, optional
-        Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
-        store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
+        Columns of a text table. For a text table the CSV starts with ``line`` (the row's line
+        in the file), the table's id column (when it has one) and its text column, under their
+        own names, instead of ``path``.
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
@@ -168,7 +252,6 @@ def predict(
     opts = options or ExtractOptions()
     is_text = getattr(bb, "modality", "image") == "text"
     files = None if is_text else image_files(source)
-    lines: dict[str, int] = {}
     if files is None:
         src = open_source(
             source,
@@ -181,17 +264,22 @@ def predict(
         )
         with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
             try:
-                r = extract(src, bb, options=opts)
+                r = extract(src, bb, options=opts, store=prediction_store(src, bb, opts))
             except StoreReadOnlyError as exc:
                 log.warning("%s; extracting into a temporary store instead (not kept)", exc)
                 r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
             fs = load_features(r.store)
         b.check_compatible(fs.dim)
-        keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
-        if is_text:
-            lines = {it.key: getattr(it, "line", 0) for it in src.items}
+        store, n_failed, n_new = r.store, r.n_failed, r.n_new
+        # rows in the input's order (a table's lines, a manifest's rows, a folder's walk)
+        at = {k: i for i, k in enumerate(fs.keys)}
+        ordered = [it for it in input_order(source, src) if it.key in at]
+        pick = np.asarray([at[it.key] for it in ordered], dtype=np.int64)
+        keys = np.asarray([it.key for it in ordered], dtype=object)
+        X = fs.X[pick] if len(pick) else fs.X[:0]
+        lead_cols, lead = _lead_columns(source, src, ordered)
         true = (
-            np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
+            np.array([fs.classes[y] if y >= 0 else "" for y in fs.y[pick]], dtype=object)
             if fs.classes
             else None
         )
@@ -202,6 +290,7 @@ def predict(
         b.check_compatible(emb.X.shape[1])
         ok = ~np.isnan(emb.X).any(axis=1)
         keys = np.asarray(files, dtype=object)[ok]
+        lead_cols, lead = ["path"], [[k] for k in keys]
         X, store, n_failed, n_new, true = (
             emb.X[ok],
             emb.store,
@@ -211,21 +300,18 @@ def predict(
         )
         for p, why in emb.failed.items():
             log.warning("%s: %s", p, why)
-    with_line = any(lines.values())
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    first = (["key"] + (["line"] if with_line else [])) if is_text else ["path"]
-    header = first + ["predicted"] + (["true_label"] if true is not None else [])
+    header = lead_cols + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow([safe_cell(c) for c in header])
-    for i, key in enumerate(keys):
-        lead = [key, lines.get(key, 0)] if with_line else [key]
-        row = lead + [pred[i]] + ([true[i]] if true is not None else [])
+    for i in range(len(keys)):
+        row = list(lead[i]) + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
         w.writerow([safe_cell(c) for c in row])

@@ -90,9 +90,17 @@ class TextSource(Source):
 
     modality = "text"
 
-    def __init__(self, *args: Any, text_column: str = "", encoding: str = "utf-8", **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        text_column: str = "",
+        encoding: str = "utf-8",
+        id_column: str = "",
+        **kw: Any,
+    ):
         super().__init__(*args, **kw)
         self.text_column = text_column
+        self.id_column = id_column  # the table's id column (keys are its values), if any
         self.encoding = encoding
 
     def identity(self) -> dict[str, str]:
@@ -499,6 +507,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         items=items,
         text_column=cols["text"] or "",
         encoding=fmt.encoding,
+        id_column=cols["id"] or "",
     )
 
 
