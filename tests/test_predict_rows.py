@@ -47,7 +47,7 @@ def test_paths_follow_one_convention_and_rows_the_manifest(tmp_path, monkeypatch
         w = csv.writer(f)
         w.writerow(["path", "label"])
         w.writerows([p, p.split(os.sep)[0]] for p in listed)
-    r = _invoke(["predict", "h.npz", "new/m.csv", "--out", "c.csv", "--workers", "0", "-q"])
+    _invoke(["predict", "h.npz", "new/m.csv", "--out", "c.csv", "--workers", "0", "-q"])
     assert [r["path"] for r in _rows("c.csv")] == [os.path.join("new", p) for p in listed]
 
     # the new sources' stores sit in <cache>/predict, listed by featx cache ls
