@@ -617,9 +617,11 @@ def _print_result(res: dict[str, Any]) -> None:
         return "-" if v is None else f"{100 * v:.2f}%"
 
     std = res.get("std") or {}
+    folds = "fold" in res["protocol"]  # cv: sizes per fold; per-class figures over all folds
+    per = " per fold" if folds else ""
     rows = [
         ("head", res["label"]),
-        ("protocol", f"{res['protocol']} ({res['n_train']} train / {res['n_test']} test)"),
+        ("protocol", f"{res['protocol']} ({res['n_train']} train / {res['n_test']} test{per})"),
         (
             "accuracy",
             pct(res["accuracy"]) + (f" ± {100 * std['accuracy']:.2f}" if "accuracy" in std else ""),
@@ -636,12 +638,22 @@ def _print_result(res: dict[str, Any]) -> None:
     click.echo(_table(rows))
     per_class = res.get("per_class") or []
     if per_class:
-        click.echo("\nper class:  precision  recall  f1      support")
-        for c in per_class:
-            click.echo(
-                f"  {str(c['name'])[:10]:<10} {c['precision']:.3f}      {c['recall']:.3f}   "
-                f"{c['f1']:.3f}   {c['support']}"
+        from featx.console import render_table
+
+        title = "per class (test items of all folds, each once):" if folds else "per class:"
+        click.echo(f"\n{title}")
+        click.echo(
+            render_table(
+                ["class", "precision", "recall", "f1", "support"],
+                [
+                    [c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}"]
+                    + [c["support"]]
+                    for c in per_class
+                ],
+                align="lrrrr",
+                indent="  ",
             )
+        )
 
 
 @cli.command()
@@ -766,7 +778,7 @@ def compare(
     if as_json:
         click.echo(board.to_json())
     else:
-        click.echo(board.to_markdown())
+        click.echo(board.to_text())
         if report:
             click.echo(f"\nreport: {report}")
 
@@ -888,7 +900,7 @@ def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
     if as_json:
         _print_json(res.to_dict())
     else:
-        click.echo(res.to_markdown())
+        click.echo(res.to_text())
 
 
 @cli.command()
