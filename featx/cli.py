@@ -261,7 +261,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("seconds", f"{result.seconds:.1f}"),
                 (
                     "texts/s" if result.modality == "text" else "images/s",
-                    f"{result.images_per_s:.1f}",
+                    f"{result.items_per_s:.1f}",
                 ),
             ]
             + ([("truncated", result.n_truncated)] if result.n_truncated else [])

@@ -58,11 +58,17 @@ class ExtractResult:
     weights: str
     noop: bool
     n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
-    modality: str = "image"  # or "text"; for text, images_per_s counts texts
+    modality: str = "image"  # or "text"; images_per_s (alias of items_per_s) counts texts then
     engine: str = "local"
 
+    @property
+    def items_per_s(self) -> float:
+        """Items (images or texts) per second of the extraction loop."""
+        return self.images_per_s
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # "items_per_s" says what it counts for text too; "images_per_s" stays for one release
+        return {**asdict(self), "items_per_s": self.images_per_s}
 
 
 def _versions(text: bool = False) -> dict[str, str]:

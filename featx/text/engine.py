@@ -201,7 +201,8 @@ def embed_texts(
 ) -> np.ndarray:
     """Embeddings of ``texts`` in their order, (n, D) float32 (no store; for notebooks).
 
-    Raises :class:`~featx.errors.FeatxError` when a text is empty or too long.
+    A text longer than the encoder's ``max_seq_length`` tokens is cut there, as in a store
+    (which also counts the cut rows); an empty text raises :class:`~featx.errors.FeatxError`.
 
     Examples
     --------
