@@ -34,8 +34,10 @@ log = logging.getLogger("featx")
 # ---------------------------------------------------------------------------------------------
 # plumbing
 # ---------------------------------------------------------------------------------------------
-class FeatxGroup(click.Group):
+class FeatxGroup(click.Group):  # the top-level group; its subgroups use FeatxCommands
     """Turns library errors into one-line messages and a non-zero exit."""
+
+    command_class = None  # set below, once FeatxCommand is defined
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -73,6 +75,64 @@ class FeatxGroup(click.Group):
                 f"error: {type(exc).__name__}: {msg} (re-run with -v for the traceback)", err=True
             )
             ctx.exit(1)
+
+
+class FeatxCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections (``sections``: title ->
+    parameter names; options not named there follow under "Other options", so none is hidden),
+    and whose line in ``featx --help`` is its whole first sentence, never cut with ``...``."""
+
+    def __init__(self, *args: Any, sections: dict[str, tuple[str, ...]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.sections = sections or {}
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_sentence(self)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.sections:
+            return super().format_options(ctx, formatter)
+        records = {}
+        help_names = set(ctx.help_option_names)
+        for p in self.get_params(ctx):
+            if not isinstance(p, click.Option):
+                continue  # arguments are in the usage line and the text
+            rec = p.get_help_record(ctx)
+            if rec is not None:
+                records["help" if help_names & set(p.opts) else p.name] = rec
+        shown: set[str] = set()
+        for title, names in self.sections.items():
+            rows = [records[n] for n in names if n in records]
+            shown.update(n for n in names if n in records)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [rec for n, rec in records.items() if n not in shown]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)
+
+
+def _first_sentence(cmd: click.Command) -> str:
+    """A command's first paragraph, whole (click would cut it to fit one line)."""
+    if cmd.short_help:
+        return cmd.short_help
+    import inspect
+
+    return " ".join(inspect.cleandoc(cmd.help or "").split("\n\n")[0].split())
+
+
+class FeatxCommands(click.Group):
+    """A command group listed, and listing its commands, with whole first sentences."""
+
+    command_class = FeatxCommand
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_sentence(self)
+
+
+FeatxGroup.command_class = FeatxCommand
+FeatxGroup.group_class = FeatxCommands
 
 
 def spec_options(spec: type, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
@@ -191,7 +251,52 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # extract / info
 # ---------------------------------------------------------------------------------------------
-@cli.command()
+EXTRACT_SECTIONS = {
+    "Source": (
+        "root",
+        "download",
+        "content_hash",
+        "strict",
+        "allow_outside_root",
+    ),
+    "Backbone": ("name", "weights", "weights_file", "layer", "pool", "image_size"),
+    "Text": (
+        "text_column",
+        "label_column",
+        "id_column",
+        "split_column",
+        "encoding",
+        "max_seq_length",
+        "normalize",
+    ),
+    "Engine": (
+        "device",
+        "precision",
+        "batch_size",
+        "workers",
+        "decode",
+        "compile",
+        "channels_last",
+        "fold_bn",
+        "engine",
+        "ray_address",
+        "actors",
+        "gpus_per_actor",
+        "cpus_per_actor",
+    ),
+    "Output": (
+        "store",
+        "dtype",
+        "checkpoint_every",
+        "checkpoint_seconds",
+        "quiet",
+        "as_json",
+        "help",
+    ),
+}
+
+
+@cli.command(sections=EXTRACT_SECTIONS)
 @click.argument("source")
 @spec_options(BackboneSpec)
 @click.option(

@@ -227,7 +227,7 @@ class ExtractOptions(_Spec):
     Every field is a ``featx extract`` flag and a key of a pipeline's ``[extract]`` table.
     """
 
-    batch_size: int = option(64, "Images per batch.", min=1)
+    batch_size: int = option(64, "Items (images or texts) per batch.", min=1)
     workers: int | None = option(None, "DataLoader workers (default: by device).", min=0, kind=int)
     device: str = option("auto", DEVICE_HELP)
     precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
@@ -255,7 +255,7 @@ class ExtractOptions(_Spec):
         choices=DECODE_MODES,
     )
     checkpoint_every: int = option(
-        2048, "Images per durable checkpoint (a kill loses at most this many).", min=1
+        2048, "Items per durable checkpoint (a kill loses at most this many).", min=1
     )
     checkpoint_seconds: float = option(
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
