@@ -217,23 +217,27 @@ def extract(
                 normalize=normalize,
             )
         )
-        if not is_text:  # text encoders are always loaded (a model folder can change in place)
-            memo_key = memo.request_key(
-                spec.name,
-                spec.weights,
-                weights_file=spec.weights_file,
-                layer=spec.layer,
-                pool=spec.pool,
-                image_size=spec.image_size,
-            )
-            remembered = memo.recall(memo_key)
-            if remembered is not None:
-                done = _up_to_date(src, remembered, store, opts, t0)
-                if done is not None:
-                    return done
+        text_fp = None
+        if is_text:  # keyed by the model folder's files too: a folder can change in place
+            from featx.backbones._text import request_fingerprint
+
+            text_fp = request_fingerprint(spec.name, spec.max_seq_length, spec.normalize)
+        memo_key = memo.request_key(
+            spec.name,
+            spec.weights,
+            weights_file=spec.weights_file,
+            layer=spec.layer,
+            pool=spec.pool,
+            image_size=spec.image_size,
+            text=text_fp,
+        )
+        remembered = memo.recall(memo_key)
+        if remembered is not None:
+            done = _up_to_date(src, remembered, store, opts, t0)
+            if done is not None:
+                return done
         bb = load_backbone(spec)
-        if not is_text:
-            memo.remember(memo_key, bb.config())
+        memo.remember(memo_key, bb.config())
     else:
         bb = backbone
     if _is_text(bb) != is_text:
@@ -417,10 +421,12 @@ def _up_to_date(
                 store_seconds=0.0,
                 device=opts.device,
                 precision=opts.precision,
-                decode=opts.decode,
+                decode="-" if _is_text(src) else opts.decode,
                 backbone=str(backbone_config.get("name")),
                 weights=str(backbone_config.get("weights")),
                 noop=True,
+                n_truncated=_stored_truncated(path) if _is_text(src) else 0,
+                modality="text" if _is_text(src) else "image",
                 engine=opts.engine,
             )
     except FeatxError:
