@@ -9,7 +9,7 @@ plain one:
 
 - ``plain``: HDF5's own POSIX driver, no checksum (featx before #14);
 - ``fletcher32``: the same with HDF5's Fletcher-32 chunk checksum;
-- ``sink``: no checksum, written through ``featx.store._Sink`` (h5py's file-object driver);
+- ``sink``: no checksum, written through ``featx.store.layout._Sink`` (h5py's file-object driver);
 - ``sink+fletcher32``: what featx writes now.
 
 Then the read side: ``load_features``-style full read with and without checksums, and
@@ -32,7 +32,7 @@ import numpy as np
 def write(path: Path, X: np.ndarray, fletcher32: bool, sink: bool) -> float:
     import h5py
 
-    from featx.store import CHUNK_BYTES, COPY_ROWS, _Sink
+    from featx.store.layout import CHUNK_BYTES, COPY_ROWS, _Sink
 
     n, dim = X.shape
     t = time.perf_counter()

@@ -93,8 +93,8 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
 def test_crash_inside_commit_keeps_old_store_and_parts(
     image_folder, tiny_backbone, tmp_path, monkeypatch
 ):
-    from featx import store as store_mod
     from featx.extraction import ExtractOptions, extract
+    from featx.store import writer as store_mod
 
     opts = ExtractOptions(batch_size=4, workers=0, checkpoint_every=4)
     path = tmp_path / "s.h5"

@@ -1,0 +1,235 @@
+"""Reading stores: open with one-line errors, the row index, :func:`load_features`,
+:func:`store_info`."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import StoreError
+from featx.features import FeatureGroup, FeatureSet
+from featx.store.config import TEXTS, StoreConfig, store_groups
+from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
+
+
+def _open_read(path: str | os.PathLike):
+    """Open a featx store for reading, turning every kind of wrong file into a StoreError."""
+    h5py = _h5()
+    p = Path(path)
+    if not p.exists():
+        if p.with_name(p.name + ".parts").is_dir():
+            raise StoreError(
+                f"store {p} has an unfinished extraction ({p.name}.parts); "
+                "run the same 'featx extract' again to resume it"
+            )
+        raise StoreError(f"store {p} does not exist; run 'featx extract' first or check the path")
+    if p.is_dir():
+        raise StoreError(f"{p} is a folder, not a featx store (.h5 file)")
+    try:
+        f = h5py.File(p, "r")
+    except OSError:
+        raise StoreError(f"{p} is not a featx store (not an HDF5 file)") from None
+    try:
+        fmt = f.attrs.get("format")
+    except (OSError, KeyError, RuntimeError):
+        f.close()
+        raise StoreError(
+            f"{p} is damaged (its attributes cannot be read); delete it and run the same "
+            "'featx extract' again"
+        ) from None
+    if fmt != FORMAT:
+        f.close()
+        raise StoreError(f"{p} is an HDF5 file but not a featx store")
+    version = int(f.attrs.get("schema_version", 0))
+    if version > SCHEMA_VERSION:
+        f.close()
+        raise StoreError(
+            f"{p} uses store schema {version}, newer than this featx reads ({SCHEMA_VERSION}); "
+            "upgrade featx"
+        )
+    return f
+
+
+def read_config(path: str | os.PathLike) -> StoreConfig:
+    with _open_read(path) as f:
+        return StoreConfig.from_json(f.attrs["config"])
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """The per-row bookkeeping of a store, without the feature matrix."""
+
+    keys: np.ndarray
+    size: np.ndarray
+    mtime_ns: np.ndarray
+    sha256: np.ndarray
+    failed_keys: np.ndarray
+    failed_reasons: np.ndarray
+    failed_size: np.ndarray
+    failed_mtime_ns: np.ndarray
+    failed_sha256: np.ndarray
+    labels: np.ndarray
+    split: np.ndarray
+    classes: tuple[str, ...]
+
+
+def _read_index(f) -> StoreIndex:
+    g = f["fingerprint"]
+    fl = f["failed"]
+    return StoreIndex(
+        keys=_strings(f["paths"]),
+        size=g["size"][()],
+        mtime_ns=g["mtime_ns"][()],
+        sha256=_strings(g["sha256"]),
+        failed_keys=_strings(fl["paths"]),
+        failed_reasons=_strings(fl["reasons"]),
+        failed_size=fl["size"][()],
+        failed_mtime_ns=fl["mtime_ns"][()],
+        failed_sha256=_strings(fl["sha256"]),
+        labels=f["labels"][()],
+        split=_strings(f["split"]),
+        classes=tuple(_strings(f["classes"])),
+    )
+
+
+def read_index(path: str | os.PathLike) -> StoreIndex:
+    """The keys, fingerprints, failures, labels and splits of a store, without its features."""
+    with _open_read(path) as f:
+        return _read_index(f)
+
+
+def _meta(f) -> dict[str, Any]:
+    meta = {k: _attr_value(v) for k, v in f.attrs.items()}
+    for k in ("config", "preprocess", "versions", "source"):
+        if isinstance(meta.get(k), str):
+            with contextlib.suppress(ValueError):
+                meta[k] = json.loads(meta[k])
+    return meta
+
+
+def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> FeatureSet:
+    """Read a whole store into memory as a :class:`~featx.features.FeatureSet`.
+
+    Examples
+    --------
+    >>> fs = load_features("cache/digits__efficientnet_lite0-....h5")  # doctest: +SKIP
+    >>> fs.X.shape, fs.classes[:3]  # doctest: +SKIP
+    ((1797, 1280), ('0', '1', '2'))
+    """
+    with _open_read(path) as f, _damage_is_store_error(path):
+        idx = _read_index(f)
+        ds = f["features"]
+        X = np.empty(ds.shape, dtype=dtype)
+        if ds.shape[0]:
+            ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
+        split = idx.split if any(idx.split) else None
+        meta = _meta(f)
+        groups: tuple[FeatureGroup, ...] = ()
+        names = store_groups(meta.get("config"))
+        if names:  # a multi-layer store: the embedding, then each layer's group
+            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+            for name, width in names:
+                g = f[name]
+                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
+                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                pos += width
+            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+        texts = None
+        if TEXTS in f:
+            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
+        return FeatureSet(
+            X=X,
+            y=idx.labels.astype(np.int64),
+            classes=idx.classes,
+            split=split,
+            keys=idx.keys,
+            meta=meta,
+            groups=groups,
+            texts=texts,
+        )
+
+
+@contextlib.contextmanager
+def _damage_is_store_error(path: str | os.PathLike) -> Iterator[None]:
+    """HDF5 errors while reading a store that opened fine mean the file is damaged."""
+    try:
+        yield
+    except (OSError, KeyError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StoreError(
+            f"store {path} is damaged ({first}); check it with 'featx verify {path}', then "
+            "delete it and run the same 'featx extract' again"
+        ) from None
+
+
+def store_info(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON-able summary of a store: counts, dim, backbone, weights, classes, splits, versions."""
+    with _open_read(path) as f, _damage_is_store_error(path):
+        meta = _meta(f)
+        idx = _read_index(f)
+        splits: dict[str, int] = {}
+        for s in idx.split:
+            splits[s or "(none)"] = splits.get(s or "(none)", 0) + 1
+        labeled = int((idx.labels >= 0).sum())
+        text = None
+        if meta.get("modality") == "text":
+            n_tok = f["text/n_tokens"][()] if "text/n_tokens" in f else np.empty(0, np.int64)
+            limit = int(meta.get("max_seq_length") or 0)
+            over = n_tok > limit
+            text = {
+                "text_column": meta.get("text_column") or "",
+                "max_seq_length": limit,
+                "normalize": bool(meta.get("normalize")),
+                "n_truncated": int(over.sum()),
+                "median_tokens": float(np.median(n_tok)) if n_tok.size else None,
+                "truncated": [str(k) for k in idx.keys[over][:20]],
+            }
+        return {
+            "store": str(path),
+            "n_items": int(f["features"].shape[0]),
+            "n_failed": int(idx.failed_keys.shape[0]),
+            "n_labeled": labeled,
+            "dim": int(f["features"].shape[1]),
+            "dtype": str(f["features"].dtype),
+            "n_classes": len(idx.classes),
+            "classes": list(idx.classes),
+            "splits": splits,
+            "backbone": meta.get("backbone"),
+            "weights": meta.get("weights"),
+            "weights_sha256": meta.get("weights_sha256"),
+            "layer": meta.get("layer"),
+            "pool": meta.get("pool"),
+            "preprocess": meta.get("preprocess"),
+            "source": meta.get("source"),
+            "config_hash": meta.get("config_hash"),
+            "created": meta.get("created"),
+            "updated": meta.get("updated"),
+            "versions": {
+                k[: -len("_version")]: v
+                for k, v in meta.items()
+                if k.endswith("_version") and k != "schema_version"
+            },
+            "schema_version": meta.get("schema_version"),
+            "modality": meta.get("modality") or "image",
+            "text": text,
+            "groups": [
+                {"name": "features", "dim": int(f["features"].shape[1]), "pool": meta.get("pool")}
+            ]
+            + [
+                {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
+                for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
+            ],
+            "has_texts": TEXTS in f,
+            "file_bytes": os.path.getsize(path),
+            "failed": [
+                {"path": k, "reason": r}
+                for k, r in zip(idx.failed_keys[:20], idx.failed_reasons[:20], strict=True)
+            ],
+        }
