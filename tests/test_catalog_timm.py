@@ -16,11 +16,14 @@ def snapshot():
     catalog._load_timm.cache_clear()
 
 
-@pytest.mark.parametrize("pattern", ["resnet18*", "resnet18.*", "convnext_n*"])
+@pytest.mark.parametrize("pattern", ["*vit*", "resnet18*", "resnet18.*"])
 def test_timm_snapshot_matches_the_live_listing(snapshot, pattern):
     from featx.backbones import _timm
 
     fast = catalog.list_timm_infos(pattern)
+    if fast is None:  # a short listing shows sizes, and this snapshot was written without them
+        assert "dim" not in catalog._load_timm()["archs"][0]
+        pytest.skip("timm_catalog.json has no embedding sizes (--timm-names)")
     assert fast == _timm.list_infos(pattern), (
         "featx/backbones/timm_catalog.json is stale: run "
         "`python tools/gen_backbone_catalog.py --timm`"

@@ -102,9 +102,11 @@ def list_timm_infos(pattern: str) -> list[BackboneInfo] | None:
             for a in archs
             if fnmatch.fnmatchcase(a["name"], pattern)
         ]
-    dims = {a["name"]: a["dim"] for a in archs}
+    dims = {a["name"]: a["dim"] for a in archs if "dim" in a}
     defaults = {a["name"]: a["tag"] for a in archs}
     with_dims = len(rows) <= MAX_DIMS_LISTED
+    if with_dims and any(arch not in dims for _, arch, _, _ in rows):
+        return None  # a snapshot written without some embedding sizes: list live
     out = []
     for full, arch, tag, size in rows:
         shown = tag or defaults.get(arch)
@@ -114,9 +116,10 @@ def list_timm_infos(pattern: str) -> list[BackboneInfo] | None:
     return out
 
 
-def build_timm() -> dict[str, Any]:
-    """The timm snapshot of the installed timm (imports timm; builds every architecture on the
-    meta device for its embedding size: minutes)."""
+def build_timm(dims: bool = True) -> dict[str, Any]:
+    """The timm snapshot of the installed timm (imports timm; with ``dims``, builds every
+    architecture on the meta device for its embedding size: minutes; without, listings of up
+    to ``MAX_DIMS_LISTED`` names, which show sizes, stay live)."""
     import timm
     from timm.models import get_pretrained_cfg, split_model_name_tag
 
@@ -125,14 +128,14 @@ def build_timm() -> dict[str, Any]:
     archs = []
     for arch in timm.list_models():
         cfg = get_pretrained_cfg(arch)
-        archs.append(
-            {
-                "name": arch,
-                "dim": embedding_dim(arch),
-                "input_size": int(cfg.input_size[-1]) if cfg is not None else 224,
-                "tag": cfg.tag if cfg is not None else None,
-            }
-        )
+        entry = {
+            "name": arch,
+            "input_size": int(cfg.input_size[-1]) if cfg is not None else 224,
+            "tag": cfg.tag if cfg is not None else None,
+        }
+        if dims:
+            entry["dim"] = embedding_dim(arch)
+        archs.append(entry)
     tags = []
     for full in timm.list_pretrained():
         arch, _tag = split_model_name_tag(full)
