@@ -29,8 +29,12 @@ def test_default_preprocessing_follows_the_features():
     assert evaluate(_fs(False), "ridge", seed=0).preprocess == ("standardize",)
     assert evaluate(_fs(True), "ridge", seed=0).preprocess == ("l2",)
     assert evaluate(_fs(True), "knn", seed=0).preprocess == ()  # its own default is not scaling
-    # linear-svm measured better standardized on unit-norm text embeddings: it keeps that
-    assert evaluate(_fs(True), "linear-svm", seed=0).preprocess == ("standardize",)
+    # the SVMs measured better standardized on unit-norm text embeddings: they keep that
+    from featx.protocol import follow_features
+
+    assert follow_features("default", "linear-svm", _fs(True)) == "default"
+    assert follow_features("default", "svm", _fs(True)) == "default"
+    assert follow_features("default", "logreg", _fs(True)) == "l2"
     # an explicit choice stands
     got = evaluate(_fs(True), "ridge", seed=0, preprocess="standardize").preprocess
     assert got == ("standardize",)
