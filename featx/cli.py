@@ -257,11 +257,12 @@ EXTRACT_SECTIONS = {
     "Source": (
         "root",
         "download",
+        "manifest",
         "content_hash",
         "strict",
         "allow_outside_root",
     ),
-    "Backbone": ("name", "weights", "weights_file", "layer", "pool", "image_size"),
+    "Backbone": ("name", "weights", "weights_file", "layer", "pool", "image_size", "layers"),
     "Text": (
         "text_column",
         "label_column",
