@@ -429,6 +429,7 @@ class FinetuneOptions(_Spec):
         "of; --full: all).",
         min=1,
         kind=int,
+        toml=False,  # a pipeline names its tails as a list: [finetune] tails = [1, 2]
     )
     epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
     batch_size: int = option(64, "Items per training step.", min=2)

@@ -30,6 +30,11 @@ A pipeline file::
     [[heads]]
     name = "knn"
     params = { k = 10 }              # optional; also preprocess = "l2"
+
+    [finetune]                       # optional: fine-tuned rows beside the heads (docs/finetune.md)
+    tails = [1, 2]                   # finetune:tail=1 and :tail=2 on activations cached at -2
+    full = false                     # also finetune:full, the whole network (slow)
+    epochs = 10                      # and the other fields of featx.options.FinetuneOptions
 """
 
 from __future__ import annotations
@@ -37,12 +42,12 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
-from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
+from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, FinetuneOptions, TextFormat
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ _TOP = {
     "extract",
     "protocol",
     "fuse",
+    "finetune",
 }
 _TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
 _SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
@@ -65,6 +71,9 @@ _BACKBONE = {*BackboneSpec.toml_keys(), "label"}
 _HEAD = {"name", "params", "preprocess"}
 _EXTRACT = set(ExtractOptions.toml_keys())
 _PROTOCOL = set(EvalProtocol.toml_keys())
+#: [finetune]: the FinetuneOptions fields, the tails to train, the cache's cut, the reference.
+_FINETUNE_STEP = {"tails", "cut", "full"}
+_FINETUNE = set(FinetuneOptions.toml_keys()) | _FINETUNE_STEP
 
 
 @dataclass(frozen=True)
@@ -80,6 +89,7 @@ class Pipeline:
     extract: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
     fuse: tuple[tuple[str, ...], ...] = ()  # backbone labels whose stores are joined by key
+    finetune: dict[str, Any] | None = None  # the [finetune] table, when the file has one
 
 
 def _check_keys(where: str, d: Any, allowed: set[str], path: Path) -> dict[str, Any]:
@@ -135,9 +145,23 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads.append(h)
     ext = dict(_check_keys("[extract]", doc.get("extract", {}), _EXTRACT, p))
     proto = dict(_check_keys("[protocol]", doc.get("protocol", {}), _PROTOCOL, p))
+    tune = None
+    if "finetune" in doc:
+        tune = dict(_check_keys("[finetune]", doc["finetune"], _FINETUNE, p))
+        tails = tune.get("tails", [1])
+        if (
+            not isinstance(tails, list)
+            or not tails
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tails)
+        ):
+            raise FeatxError(f"pipeline {p}: [finetune] tails must be a list of integers >= 1")
+        if not isinstance(tune.get("full", False), bool):
+            raise FeatxError(f"pipeline {p}: [finetune] full must be true or false")
     try:  # the same value checks as the CLI and the Python API
         ExtractOptions.from_mapping(ext)
         EvalProtocol.from_mapping(proto)
+        if tune is not None:
+            FinetuneOptions.from_mapping({k: v for k, v in tune.items() if k not in _FINETUNE_STEP})
     except FeatxError as exc:
         raise FeatxError(f"pipeline {p}: {exc}") from None
     fuse = _fuse_groups(doc.get("fuse", False), [_backbone_label(b) for b in backbones], p)
@@ -161,6 +185,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         extract=ext,
         protocol=proto,
         fuse=fuse,
+        finetune=tune,
     )
 
 
@@ -240,6 +265,15 @@ def run_pipeline(
         else (h["name"], h.get("params") or {})
         for h in pl.heads
     ]
+    tune = pl.finetune
+    if tune is not None:
+        tails = [int(t) for t in tune.get("tails", [1])]
+        cut = str(tune.get("cut", f"-{max(tails)}"))
+        opts = replace(opts, cache_activations=cut)  # one store: features and activations
+        tune_opts = FinetuneOptions.from_mapping(
+            {k: v for k, v in tune.items() if k not in _FINETUNE_STEP}
+        )
+        tune_opts = replace(tune_opts, progress=progress)
     report_root = Path(report) if report else pl.report
     stores: dict[str, dict[str, str]] = {}
     boards: dict[str, Any] = {}
@@ -271,8 +305,46 @@ def run_pipeline(
             fused = fuse({lab: feature_sets[lab] for lab in group})
             feature_sets["+".join(group)] = fused.features
         lb = compare(feature_sets, heads, protocol=proto, progress=progress)
+        if tune is not None:
+            lb = _with_finetuned(lb, s, stores[src_name], tails, bool(tune.get("full")), pl,
+                                 tune_opts, proto)  # fmt: skip
         out = report_root / src_name if multi else report_root
         lb.write_report(out)
         boards[src_name] = lb
         reports[src_name] = out
     return PipelineResult(pipeline=pl, stores=stores, leaderboards=boards, reports=reports)
+
+
+def _with_finetuned(
+    board: Any,
+    source: dict[str, Any],
+    stores: dict[str, str],
+    tails: list[int],
+    full: bool,
+    pl: Pipeline,
+    opts: FinetuneOptions,
+    proto: EvalProtocol,
+) -> Any:
+    """``board`` with the fine-tuned rows of every backbone of ``source`` (same split)."""
+    from featx.comparison import Leaderboard
+    from featx.finetuning import finetune, finetune_full, read_activations
+
+    results = list(board.results)
+    for b in pl.backbones:
+        label = _backbone_label(b)
+        acts = read_activations(stores[label])
+        for t in tails:
+            rep = finetune(acts, options=replace(opts, tail=t), protocol=proto)
+            results.append(replace(rep.result, store=label))
+        if full:
+            spec = BackboneSpec.from_mapping({k: v for k, v in b.items() if k != "label"})
+            rep = finetune_full(source["spec"], spec, options=opts, protocol=proto)
+            results.append(replace(rep.result, store=label))
+    results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
+    return Leaderboard(
+        results=tuple(results),
+        failures=board.failures,
+        protocol=board.protocol,
+        n_items=board.n_items,
+        stores=board.stores,
+    )
