@@ -400,7 +400,7 @@ def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_
     with torch.no_grad():
         out = wb.model(x)
         torch.testing.assert_close(out["features"], ftnet.model(x))
-    assert list(out["activations"].shape[1:]) == wb.outputs["activations"]["shape"]
+    assert list(out["activations"].shape[1:]) == wb.store_outputs["activations"]["shape"]
     assert "per item" in wb.size_estimate(1000) and "for 1000 items" in wb.size_estimate(1000)
     tb = load_backbone(f"hf:{tiny_bert}", max_seq_length=16)
     wt = with_activations(tb, "-1")
