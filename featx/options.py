@@ -275,6 +275,12 @@ class ExtractOptions(_Spec):
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+    cache_activations: str | None = option(
+        None,
+        "Also store the activations at this cut for 'featx finetune': auto, a block name or -N "
+        "(the last N blocks; docs/finetune.md). float16, compressed; a store of its own.",
+        kind=str,
+    )
     # the engine is looked up by name and modality in featx/engines.py; the Ray options apply
     # only with --engine ray (featx/ray_engine.py, docs/scale-out.md)
     engine: str = option(

@@ -411,3 +411,103 @@ def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_
     torch.testing.assert_close(o["features"], ref)
     assert o["activations"].shape == (2, 16, 32) and o["activation_mask"].shape == (2, 16)
     assert o["activation_mask"].sum() == enc["attention_mask"].sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# extract --cache-activations, finetune STORE, predict BUNDLE: end to end
+
+
+def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+
+    runner = CliRunner()
+    store = tmp_path / "acts.h5"
+    extract = ["extract", str(colours), "-b", "ftnet", "--store", str(store), "-q"]
+    r = runner.invoke(cli, [*extract, "--cache-activations", "stage9"])
+    assert r.exit_code == 1 and "valid cuts: stage1, stage2, stage3" in r.output
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["info", str(store)])
+    assert "output activations" in r.output and "at stage2" in r.output
+    assert runner.invoke(cli, ["verify", str(store)]).exit_code == 0
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2"])
+    assert "up to date" in r.output  # incremental: nothing new to compute
+    (colours / "c0" / "extra.png").write_bytes((colours / "c0" / "0.png").read_bytes())
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2", "--json"])
+    assert '"n_new": 1' in r.output
+    bundle = tmp_path / "tuned.npz"
+    r = runner.invoke(
+        cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads",
+              "centroid", "--bundle", str(bundle), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "finetune:tail=2" in r.output and "centroid" in r.output
+    out = tmp_path / "preds.csv"
+    r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 25 and {"path", "predicted", "true_label", "p_c0"} <= set(rows[0])
+    r = runner.invoke(
+        cli, ["predict", str(bundle), str(colours / "c1" / "1.png"), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_text_store_with_cached_hidden_states_finetunes_and_predicts(tiny_bert, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+    from test_text import TOPICS, write_table
+
+    from featx.cli import cli
+    from featx.store import read_output
+
+    rows = [{"text": t, "label": lab} for lab, ts in TOPICS.items() for t in ts * 2]
+    table = write_table(tmp_path / "t.csv", rows)
+    store = tmp_path / "t.h5"
+    runner = CliRunner()
+    r = runner.invoke(
+        cli, ["extract", str(table), "-b", f"hf:{tiny_bert}", "--max-seq-length", "16",
+              "--cache-activations", "auto", "--store", str(store), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    acts, mask = read_output(store, "activations"), read_output(store, "activation_mask")
+    assert acts.dtype == np.float16 and acts.shape[1:] == (16, 32) and mask.shape[1:] == (16,)
+    bundle = tmp_path / "t.npz"
+    r = runner.invoke(
+        cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads", "",
+              "--bundle", str(bundle), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "p.csv"
+    r = runner.invoke(cli, ["predict", str(bundle), str(table), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    got = list(csv.DictReader(out.open()))
+    assert len(got) == len(rows) and got[0]["predicted"] in TOPICS
+
+
+def test_pipeline_finetune_step_adds_rows_to_the_leaderboard(ftnet, colours, tmp_path):
+    from featx.pipeline import load_pipeline, run_pipeline
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        textwrap.dedent(f"""
+        sources = ["{colours}"]
+        backbones = ["ftnet"]
+        heads = ["centroid"]
+        [finetune]
+        tails = [1, 2]
+        epochs = 2
+        batch_size = 8
+        """)
+    )
+    res = run_pipeline(toml)
+    labels = {r.label for r in next(iter(res.leaderboards.values())).results}
+    assert labels == {"centroid", "finetune:tail=1", "finetune:tail=2"}
+    toml.write_text(toml.read_text().replace("tails = [1, 2]", "tails = [0]"))
+    with pytest.raises(FeatxError, match="tails must be a list of integers"):
+        load_pipeline(toml)
