@@ -382,16 +382,8 @@ def _commit(
         fingerprints={it.key: _fp(it) for it in src.items},
         attrs=attrs,
         per_row=per_row,
-        output_attrs=output_attrs(bb),
     )
     return n_truncated
-
-
-def output_attrs(bb: Any) -> dict[str, dict[str, Any]]:
-    """Provenance of the backbone's named outputs beyond ``features`` (attributes of their
-    ``outputs/<name>`` datasets): what its optional ``output_attrs()`` says."""
-    describe = getattr(bb, "output_attrs", None)
-    return dict(describe()) if callable(describe) else {}
 
 
 def remembers_config(name: str) -> bool:

@@ -68,8 +68,9 @@ REFIT_MODES: tuple[str, ...] = ("all", "train")
 #: a head meant for use is refit on every labeled item after its evaluation; its metrics then
 #: describe the train-only fit that preceded it. ``refit="train"`` ships the measured estimator.
 DEFAULT_REFIT = "all"
-#: The built-in engines: this process, or a Ray cluster (``featx[ray]``). Extraction looks
-#: engines up in :mod:`featx.engines` by name and modality (a plugin may register more).
+#: The built-in engines: this process, or a Ray cluster (``featx[ray]``); ``featx compare``
+#: fans out over them. Extraction looks engines up in :mod:`featx.engines` by name and modality
+#: (a plugin may register more).
 ENGINES: tuple[str, ...] = ("local", "ray")
 #: Help text of every ``--device`` option.
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps."

@@ -181,9 +181,6 @@ class TwoOutputs:
     def config(self) -> dict:
         return {**self._config(), "layers": [{"name": "total", "pool": "sum", "dim": 1}]}
 
-    def output_attrs(self) -> dict:
-        return {"total": {"what": "sum of the features"}}
-
 
 def test_named_outputs_reach_the_store_and_grow_with_it(image_folder, tiny_backbone):
     """The local engine passes a model's named outputs through; the store keeps each as its own
@@ -204,7 +201,7 @@ def test_named_outputs_reach_the_store_and_grow_with_it(image_folder, tiny_backb
 
     with h5py.File(r.store, "r") as f:  # each output its own dataset, with its provenance
         assert f["outputs/total"].shape == (12, 1)
-        assert f["outputs/total"].attrs["what"] == "sum of the features"
+        assert f["outputs/total"].attrs["pool"] == "sum"
     write_image(image_folder / "cat" / "new.png", seed=99)
     again = extract(image_folder, bb, options=opts)
     assert (again.n_new, again.n_items) == (1, 13)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -132,3 +133,19 @@ def store_groups(config: Any) -> list[tuple[str, int]]:
         return []
     layers = (d.get("backbone") or {}).get("layers") or []
     return [(f"{GROUPS}/{g['name']}", int(g["dim"])) for g in layers]
+
+
+def store_outputs(config: Any) -> list[tuple[str, int, str]]:
+    """(dataset path, width per row, dtype) of each extra output that makes a store one of its
+    own (``StoreConfig.outputs``, e.g. cached activations); rows are stored flattened, and
+    :func:`featx.store.read_output` gives them their ``shape`` back."""
+    if config is None:
+        return []
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(d, dict):
+        return []
+    dtype = str(d.get("dtype") or "float32")
+    return [
+        (f"{GROUPS}/{name}", int(math.prod(spec["shape"])), str(spec.get("dtype") or dtype))
+        for name, spec in sorted((d.get("outputs") or {}).items())
+    ]

@@ -157,7 +157,8 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
 
 
 def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
-    """All rows of the extra output ``name`` of a store (``outputs/<name>``), in key order.
+    """All rows of the extra output ``name`` of a store (``outputs/<name>``), in key order, each
+    row in the ``shape`` its configuration records (stored flattened).
 
     Raises
     ------
@@ -169,7 +170,11 @@ def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
         if held is None or name not in held:
             have = ", ".join(sorted(held)) if held is not None else "none"
             raise StoreError(f"store {path} has no output {name!r} (it has: {have})")
-        return held[name][()]
+        arr = held[name][()]
+        spec = StoreConfig.from_json(f.attrs["config"]).outputs.get(name)
+        if spec is not None:
+            arr = arr.reshape(arr.shape[0], *(int(d) for d in spec["shape"]))
+        return arr
 
 
 @contextlib.contextmanager

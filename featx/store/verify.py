@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.store.config import TEXTS, StoreConfig
+from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
@@ -196,7 +196,24 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             where = f" after {chunks} chunks" if chunks else ""
             problems.append(f"features unreadable{where} ({_first_line(exc)})")
 
-        chunks, nbytes = _verify_outputs(f, n, problems, chunks, nbytes)
+        extra = [(g, w) for g, w in store_groups(cfg)]  # each layer of a store with --layers
+        extra += [(g, w) for g, w, _ in store_outputs(cfg)]  # cached activations
+        for gname, width in extra:
+            try:
+                g = f[gname]
+                if tuple(g.shape) != (n, width):
+                    problems.append(f"{gname} has shape {tuple(g.shape)}, expected ({n}, {width})")
+                step = g.chunks[0] if g.chunks else COPY_ROWS
+                bad_rows = 0
+                for a in range(0, int(g.shape[0]), step):
+                    block = g[a : min(int(g.shape[0]), a + step)]
+                    chunks += 1
+                    nbytes += block.nbytes
+                    bad_rows += int((~np.isfinite(block)).any(axis=1).sum())
+                if bad_rows:
+                    problems.append(f"{bad_rows} rows of {gname} hold NaN or inf")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{gname} unreadable ({_first_line(exc)})")
         if TEXTS in f:  # a text store's texts (docs/store.md)
             try:
                 enc = [b if isinstance(b, bytes) else _encode(b) for b in f[TEXTS][()]]
@@ -233,27 +250,3 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             if want is not None and attr in attrs and int(attrs[attr]) != int(want):
                 problems.append(f"attribute {attr} is {attrs[attr]}, the data says {want}")
     return report()
-
-
-def _verify_outputs(
-    f: Any, n: int, problems: list[str], chunks: int, nbytes: int
-) -> tuple[int, int]:
-    """Read every chunk of each named output (``outputs/<name>``): one row per item, finite.
-    Returns the chunk and byte counts, added to."""
-    for name, ds in (f.get("outputs") or {}).items():
-        try:
-            if ds.shape[0] != n:
-                problems.append(f"output {name} has {ds.shape[0]} rows, features {n}")
-                continue
-            step = ds.chunks[0] if ds.chunks else max(1, COPY_ROWS)
-            bad = 0
-            for a in range(0, n, step):
-                block = ds[a : min(n, a + step)]
-                chunks += 1
-                nbytes += block.nbytes
-                bad += int((~np.isfinite(block.reshape(len(block), -1))).any(axis=1).sum())
-            if bad:
-                problems.append(f"{bad} rows of output {name} hold NaN or inf")
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"output {name} unreadable ({_first_line(exc)})")
-    return chunks, nbytes

@@ -18,7 +18,14 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.store.config import StoreConfig, _canonical, config_difference
+from featx.store.config import (
+    GROUPS,
+    StoreConfig,
+    _canonical,
+    config_difference,
+    store_groups,
+    store_outputs,
+)
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
@@ -40,11 +47,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Rows:
-    """Rows produced by the engine: successes with features, failures with reasons.
-
-    ``outputs`` holds the named per-row arrays beyond the pooled ``features`` (see
-    :mod:`featx.engines`), each with one row per key; they are stored as ``outputs/<name>``.
-    """
+    """Rows produced by the engine: successes with features, failures with reasons."""
 
     keys: list[str]
     features: np.ndarray  # (n, d)
@@ -56,18 +59,12 @@ class Rows:
     failed_size: list[int]
     failed_mtime_ns: list[int]
     failed_sha256: list[str]
+    #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
-#: The group of the named per-row outputs beyond ``features`` (one dataset per name).
-OUTPUTS = "outputs"
-
-
-def check_output_name(name: str) -> str:
-    """A name an output may have in the store (a plain HDF5 name, not ``features``)."""
-    if not isinstance(name, str) or not name or "/" in name or name in (".", "features"):
-        raise StoreError(f"output name {name!r} is not allowed; use a name without '/'")
-    return name
+#: Bytes per block when copying rows into a new store (bounds memory for wide rows).
+COPY_BYTES = 64 << 20
 
 
 class StoreWriter:
@@ -206,18 +203,14 @@ class StoreWriter:
             feats = feats.reshape(len(rows.keys), self.dim or 0)
         if feats.shape[0] != len(rows.keys):
             raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
-        outputs = {}
-        for name, arr in rows.outputs.items():
-            arr = np.asarray(arr, dtype=self.config.output_dtype(name))
-            if arr.shape[:1] != (len(rows.keys),):
-                raise ValueError(f"output {name}: {arr.shape[0]} rows for {len(rows.keys)} keys")
-            outputs[check_output_name(name)] = arr
         with _atomic_h5(path) as f:
             f.attrs["format"] = PART_FORMAT
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
-            for name, arr in outputs.items():
-                f.create_dataset(f"{OUTPUTS}/{name}", data=arr)
+            for name, arr in (rows.outputs or {}).items():
+                dtype = self.config.output_dtype(name)
+                out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
+                f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
             _int_ds(g, "size", rows.size)
@@ -246,7 +239,6 @@ class StoreWriter:
         fingerprints: dict[str, tuple[int, int, str]],
         attrs: dict[str, Any],
         per_row: dict[str, dict[str, int]] | None = None,
-        output_attrs: dict[str, dict[str, Any]] | None = None,
     ) -> Path:
         """Merge the kept old rows and the parts into a new store file, atomically.
 
@@ -266,9 +258,6 @@ class StoreWriter:
         per_row : dict name -> (dict key -> int or str), optional
             Extra datasets aligned with the rows: int64 (e.g. ``text/n_tokens``; -1 where a key
             has no value) or strings (``text/texts``; "" where a key has none).
-        output_attrs : dict name -> dict, optional
-            Provenance attributes of each named output (``outputs/<name>``); the outputs
-            themselves come from the parts (and the old store), every row with the same names.
         """
         self.require_writable()
         h5py = _h5()
@@ -283,10 +272,14 @@ class StoreWriter:
                     break
         dim = int(dim or attrs.get("dim") or 0)
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
-        srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-        with _Sources(self.path) as sources:
-            names = sources.output_names(dict.fromkeys(wheres))
+        open_files: dict[str, Any] = {}
+
+        def source_ds(where: str, name: str = "features"):
+            if where not in open_files:
+                open_files[where] = h5py.File(self.path if where == "store" else where, "r")
+            return open_files[where][name]
+
+        try:
             with _atomic_h5(self.path) as f:
                 f.attrs["format"] = FORMAT
                 f.attrs["schema_version"] = SCHEMA_VERSION
@@ -303,135 +296,84 @@ class StoreWriter:
                 f.attrs["n_items"] = n
                 f.attrs["n_failed"] = len(failed)
                 f.attrs["dim"] = dim
-                copy = _RowCopy(sources, wheres, srcrow, self.config.dtype)
-                copy.into(f, "features", (dim,))
-                for name, tail in names.items():
-                    ds = copy.into(
-                        f, f"{OUTPUTS}/{name}", tail, dtype=self.config.output_dtype(name)
+                itemsize = np.dtype(self.config.dtype).itemsize
+                rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
+                # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
+                # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
+                wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
+                srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
+                # the pooled embedding, then every extra output of the pass (--layers)
+                # ... and the outputs that make this store one of its own (cached activations:
+                # flattened rows of their own dtype, copied in blocks of at most ~64 MB)
+                datasets = [("features", dim, self.config.dtype)]
+                datasets += [(g, w, self.config.dtype) for g, w in store_groups(self.config)]
+                datasets += store_outputs(self.config)
+                for ds_name, width, ds_dtype in datasets:
+                    itemsize = np.dtype(ds_dtype).itemsize
+                    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
+                    feats = f.create_dataset(
+                        ds_name,
+                        shape=(n, width),
+                        dtype=ds_dtype,
+                        chunks=(rows_per_chunk, max(width, 1)) if n else None,
+                        compression="lzf" if n else None,
+                        fletcher32=bool(n),
                     )
-                    for k, v in (output_attrs or {}).get(name, {}).items():
-                        ds.attrs[k] = (
-                            v if isinstance(v, int | float | bool | str) else _canonical(v)
-                        )
-                self._write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
+                    spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
+                    if ds_name != "features" and spec is not None:  # a cached output's spec
+                        feats.attrs["spec"] = _canonical(spec)
+                    for g in (self.config.backbone or {}).get("layers") or []:
+                        if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
+                            feats.attrs["layer"] = str(g["name"])
+                            feats.attrs["pool"] = str(g.get("pool") or "")
+                            feats.attrs["dim"] = int(g["dim"])
+                    step = max(1, min(COPY_ROWS, COPY_BYTES // max(1, width * itemsize)))
+                    for a in range(0, n, step):
+                        b = min(n, a + step)
+                        block = np.empty((b - a, width), dtype=ds_dtype)
+                        w, r = wheres[a:b], srcrow[a:b]
+                        for where in dict.fromkeys(w):
+                            m = w == where
+                            sel = r[m]
+                            order = np.argsort(sel, kind="stable")
+                            vals = _read_rows(source_ds(where, ds_name), sel[order])
+                            tmp = np.empty_like(vals)
+                            tmp[order] = vals
+                            block[m] = tmp
+                        feats[a:b] = block
+                _str_ds(f, "paths", keys)
+                _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
+                _str_ds(f, "split", [split.get(k, "") for k in keys])
+                _str_ds(f, "classes", classes)
+                g = f.create_group("fingerprint")
+                _int_ds(g, "size", [fingerprints[k][0] for k in keys])
+                _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
+                _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+                for name, values in (per_row or {}).items():
+                    grp, _, leaf = name.rpartition("/")
+                    where_ = f.require_group(grp) if grp else f
+                    if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
+                        _str_ds(where_, leaf, [values.get(k, "") for k in keys])
+                    else:
+                        _int_ds(where_, leaf, [values.get(k, -1) for k in keys])
+                fkeys = sorted(failed)
+                fl = f.create_group("failed")
+                _str_ds(fl, "paths", fkeys)
+                _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+                _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+                _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+                _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
-                sources.close()
+                for of in open_files.values():
+                    of.close()
+                open_files.clear()
+        finally:
+            for of in open_files.values():
+                of.close()
         self.discard_parts()
         return self.path
-
-    @staticmethod
-    def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
-        """The row index, the per-row extras and the failures of a new store file."""
-        _str_ds(f, "paths", keys)
-        _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
-        _str_ds(f, "split", [split.get(k, "") for k in keys])
-        _str_ds(f, "classes", classes)
-        g = f.create_group("fingerprint")
-        _int_ds(g, "size", [fingerprints[k][0] for k in keys])
-        _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
-        _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
-        for name, values in (per_row or {}).items():
-            grp, _, leaf = name.rpartition("/")
-            where_ = f.require_group(grp) if grp else f
-            if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
-                _str_ds(where_, leaf, [values.get(k, "") for k in keys])
-            else:
-                _int_ds(where_, leaf, [values.get(k, -1) for k in keys])
-        fkeys = sorted(failed)
-        fl = f.create_group("failed")
-        _str_ds(fl, "paths", fkeys)
-        _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-        _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-        _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-        _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
 
     def discard_parts(self) -> None:
         if self.parts_dir.is_dir():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._n_parts = 0
-
-
-class _Sources:
-    """The files rows are copied from in a commit (the old store, parts), opened once each."""
-
-    def __init__(self, store: Path) -> None:
-        self.store = store
-        self.files: dict[str, Any] = {}
-
-    def __enter__(self) -> _Sources:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for f in self.files.values():
-            f.close()
-        self.files.clear()
-
-    def file(self, where: str) -> Any:
-        if where not in self.files:
-            self.files[where] = _h5().File(self.store if where == "store" else where, "r")
-        return self.files[where]
-
-    def output_names(self, wheres: Any) -> dict[str, tuple[int, ...]]:
-        """Name -> row shape of the named outputs the sources hold; every source must hold the
-        same ones (StoreError otherwise: the rows were extracted with other outputs)."""
-        found: dict[str, dict[str, tuple[int, ...]]] = {}
-        for where in wheres:
-            g = self.file(where).get(OUTPUTS)
-            found[where] = {k: tuple(g[k].shape[1:]) for k in g} if g is not None else {}
-        shapes = set(map(lambda d: tuple(sorted(d.items())), found.values()))
-        if len(shapes) > 1:
-            raise StoreError(
-                f"the rows of {self.store} were extracted with different outputs "
-                f"({'; '.join(', '.join(sorted(d)) or 'features only' for d in found.values())})"
-                "; extract into a new store (--store) or delete this one"
-            )
-        return dict(next(iter(found.values()), {}))
-
-
-#: Bytes per block when copying rows into a new store (bounds memory for large rows).
-COPY_BYTES = 64 << 20
-
-
-class _RowCopy:
-    """Copies each store row from where it lives now into a new dataset, in key order."""
-
-    def __init__(self, sources: _Sources, wheres: np.ndarray, srcrow: np.ndarray, dtype: str):
-        self.sources, self.wheres, self.srcrow, self.dtype = sources, wheres, srcrow, dtype
-
-    def into(self, f: Any, name: str, tail: tuple[int, ...], dtype: str | None = None) -> Any:
-        """A new dataset ``name`` of ``dtype`` (default: the store's) with every row copied in.
-
-        Rows are copied in blocks of at most ``COPY_ROWS`` rows and ~64 MB, so large rows
-        (cached activations) do not need gigabytes at once."""
-        dtype = dtype or self.dtype
-        n = len(self.wheres)
-        row_bytes = max(1, int(np.prod(tail, dtype=np.int64)) * np.dtype(dtype).itemsize)
-        rows_per_chunk = max(1, min(n, CHUNK_BYTES // row_bytes))
-        step = max(1, min(COPY_ROWS, COPY_BYTES // row_bytes))
-        # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
-        # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
-        ds = f.create_dataset(
-            name,
-            shape=(n, *tail),
-            dtype=dtype,
-            chunks=(rows_per_chunk, *(max(t, 1) for t in tail)) if n else None,
-            compression="lzf" if n else None,
-            fletcher32=bool(n),
-        )
-        for a in range(0, n, step):
-            b = min(n, a + step)
-            block = np.empty((b - a, *tail), dtype=dtype)
-            w, r = self.wheres[a:b], self.srcrow[a:b]
-            for where in dict.fromkeys(w):
-                m = w == where
-                sel = r[m]
-                order = np.argsort(sel, kind="stable")
-                vals = _read_rows(self.sources.file(where)[name], sel[order])
-                tmp = np.empty_like(vals)
-                tmp[order] = vals
-                block[m] = tmp
-            ds[a:b] = block
-        return ds
