@@ -511,3 +511,61 @@ def test_pipeline_finetune_step_adds_rows_to_the_leaderboard(ftnet, colours, tmp
     toml.write_text(toml.read_text().replace("tails = [1, 2]", "tails = [0]"))
     with pytest.raises(FeatxError, match="tails must be a list of integers"):
         load_pipeline(toml)
+
+
+# ---------------------------------------------------------------------------------------------
+# named outputs in the store
+
+
+def _commit_rows(path, config, parts):
+    """Write ``parts`` (lists of (key, feature, activation)) through a StoreWriter and commit,
+    keeping the rows of the store already there."""
+    from featx.store import Rows, StoreWriter
+
+    with StoreWriter(path, config) as w:
+        rows = {}
+        if w.index is not None:
+            rows = {k: ("store", i) for i, k in enumerate(w.index.keys)}
+        for part in parts:
+            keys = [k for k, _, _ in part]
+            p = w.write_part(
+                Rows(
+                    keys=keys,
+                    features=np.array([f for _, f, _ in part], np.float32),
+                    size=[1] * len(keys), mtime_ns=[1] * len(keys), sha256=[""] * len(keys),
+                    failed_keys=[], failed_reasons=[], failed_size=[], failed_mtime_ns=[],
+                    failed_sha256=[],
+                    outputs={"activations": np.array([a for _, _, a in part])},
+                )
+            )  # fmt: skip
+            rows.update({k: (str(p), i) for i, k in enumerate(keys)})
+        keys = sorted(rows)
+        w.commit(
+            rows=rows, failed={}, labels={k: 0 for k in keys}, split={k: "" for k in keys},
+            classes=("a",), fingerprints={k: (1, 1, "") for k in keys}, attrs={"dim": 2},
+        )  # fmt: skip
+
+
+def test_store_keeps_named_outputs_through_resume_and_verify(tmp_path):
+    from featx.store import StoreConfig, default_store_path, read_output, store_info, verify_store
+
+    plain = StoreConfig(source={"uri": "x"}, backbone={"name": "b"})
+    assert "outputs" not in plain.to_dict()  # stores without outputs keep their hash
+    spec = {"cut": "s3", "shape": [2, 3], "dtype": "float16", "label": "acts-s3"}
+    cfg = StoreConfig(source={"uri": "x"}, backbone={"name": "b"}, outputs={"activations": spec})
+    assert cfg.hash != plain.hash and "acts-s3" in default_store_path(cfg, "src").name
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    acts = {k: rng.normal(size=(2, 3)).astype(np.float32) for k in "abcde"}
+    feats = {k: rng.normal(size=2).astype(np.float32) for k in "abcde"}
+    _commit_rows(
+        path, cfg, [[(k, feats[k], acts[k]) for k in "db"], [("a", feats["a"], acts["a"])]]
+    )
+    _commit_rows(path, cfg, [[(k, feats[k], acts[k]) for k in "ec"]])  # resume: old rows kept
+    got = read_output(path, "activations")
+    assert got.dtype == np.float16 and got.shape == (5, 2, 3)
+    want = np.stack([acts[k] for k in "abcde"]).astype(np.float16)
+    np.testing.assert_array_equal(got, want)
+    rep = verify_store(path)
+    assert rep.ok, rep.problems
+    assert store_info(path)["outputs"]["activations"]["cut"] == "s3"
