@@ -178,6 +178,10 @@ def extract(
             normalize=normalize,
         )
     src = _open(source, backbone, opts, root=root, download=download, text=text)
+    if opts.manifest:
+        from featx.diagnostics.manifest import apply_manifest_to_source
+
+        src = apply_manifest_to_source(src, opts.manifest)
     bb = backbone
     if isinstance(backbone, BackboneSpec):
         done, bb = _load(src, backbone, store, opts, t0)

@@ -35,6 +35,9 @@ A pipeline file::
     tails = [1, 2]                   # finetune:tail=1 and :tail=2 on activations cached at -2
     full = false                     # also finetune:full, the whole network (slow)
     epochs = 10                      # and the other fields of featx.options.FinetuneOptions
+    [diagnose]                       # optional: featx diagnose on every store, its report in
+    duplicate_threshold = 0.95       # <report>/diagnose/<backbone>; the fields of
+                                     # featx.options.DiagnoseOptions ({} for the defaults)
 """
 
 from __future__ import annotations
@@ -47,7 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
-from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, FinetuneOptions, TextFormat
+from featx.options import (
+    BackboneSpec,
+    DiagnoseOptions,
+    EvalProtocol,
+    ExtractOptions,
+    FinetuneOptions,
+    TextFormat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +70,7 @@ _TOP = {
     "heads",
     "extract",
     "protocol",
+    "diagnose",
     "fuse",
     "finetune",
 }
@@ -74,6 +85,7 @@ _PROTOCOL = set(EvalProtocol.toml_keys())
 #: [finetune]: the FinetuneOptions fields, the tails to train, the cache's cut, the reference.
 _FINETUNE_STEP = {"tails", "cut", "full"}
 _FINETUNE = set(FinetuneOptions.toml_keys()) | _FINETUNE_STEP
+_DIAGNOSE = set(DiagnoseOptions.toml_keys())
 
 
 @dataclass(frozen=True)
@@ -88,6 +100,7 @@ class Pipeline:
     heads: tuple[dict[str, Any], ...]
     extract: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    diagnose: dict[str, Any] | None = None  # None: no [diagnose] table, no diagnose step
     fuse: tuple[tuple[str, ...], ...] = ()  # backbone labels whose stores are joined by key
     finetune: dict[str, Any] | None = None  # the [finetune] table, when the file has one
 
@@ -157,9 +170,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
             raise FeatxError(f"pipeline {p}: [finetune] tails must be a list of integers >= 1")
         if not isinstance(tune.get("full", False), bool):
             raise FeatxError(f"pipeline {p}: [finetune] full must be true or false")
+    diag = None
+    if "diagnose" in doc:
+        diag = dict(_check_keys("[diagnose]", doc["diagnose"], _DIAGNOSE, p))
     try:  # the same value checks as the CLI and the Python API
         ExtractOptions.from_mapping(ext)
         EvalProtocol.from_mapping(proto)
+        if diag is not None:
+            DiagnoseOptions.from_mapping(diag)
         if tune is not None:
             FinetuneOptions.from_mapping({k: v for k, v in tune.items() if k not in _FINETUNE_STEP})
     except FeatxError as exc:
@@ -184,6 +202,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads=tuple(heads),
         extract=ext,
         protocol=proto,
+        diagnose=diag,
         fuse=fuse,
         finetune=tune,
     )
@@ -220,6 +239,7 @@ class PipelineResult:
     stores: dict[str, dict[str, str]]  # source -> backbone label -> store path
     leaderboards: dict[str, Any]  # source -> Leaderboard
     reports: dict[str, Path]  # source -> report folder
+    diagnoses: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> label -> summary
 
     def to_dict(self) -> dict[str, Any]:
         import json
@@ -229,12 +249,20 @@ class PipelineResult:
             "stores": self.stores,
             "reports": {k: str(v) for k, v in self.reports.items()},
             "leaderboards": {k: json.loads(lb.to_json()) for k, lb in self.leaderboards.items()},
+            **({"diagnose": self.diagnoses} if self.diagnoses else {}),
         }
 
     def to_markdown(self) -> str:
         parts = []
         for src, lb in self.leaderboards.items():
             parts += [f"## {src}", "", lb.to_markdown(), "", f"report: {self.reports[src]}", ""]
+            for label, s in self.diagnoses.get(src, {}).items():
+                parts += [
+                    f"diagnose {label}: {s['leaked_items']} leaked test items, "
+                    f"{s['duplicate_groups']} duplicate groups, {s['label_issues']} label "
+                    f"issues, {s['outliers']} outliers ({s['report']}/report.html)",
+                    "",
+                ]
         return "\n".join(parts).rstrip() + "\n"
 
 
@@ -278,6 +306,7 @@ def run_pipeline(
     stores: dict[str, dict[str, str]] = {}
     boards: dict[str, Any] = {}
     reports: dict[str, Path] = {}
+    diagnoses: dict[str, dict[str, Any]] = {}
     multi = len(pl.sources) > 1
     for s in pl.sources:
         src_name = s.get("name") or Path(s["spec"].split(":", 1)[-1]).name or s["spec"]
@@ -309,10 +338,28 @@ def run_pipeline(
             lb = _with_finetuned(lb, s, stores[src_name], tails, bool(tune.get("full")), pl,
                                  tune_opts, proto)  # fmt: skip
         out = report_root / src_name if multi else report_root
+        if pl.diagnose is not None:
+            from featx.diagnostics import diagnose
+
+            dopts = DiagnoseOptions.from_mapping(pl.diagnose)
+            diagnoses[src_name] = {}
+            for label, fs in feature_sets.items():
+                folder = out / "diagnose" / _slug(label)
+                d = diagnose(fs, options=dopts, report=folder, protocol=proto, progress=progress)
+                diagnoses[src_name][label] = {**d.summary(), "report": str(folder)}
         lb.write_report(out)
         boards[src_name] = lb
         reports[src_name] = out
-    return PipelineResult(pipeline=pl, stores=stores, leaderboards=boards, reports=reports)
+    return PipelineResult(
+        pipeline=pl, stores=stores, leaderboards=boards, reports=reports, diagnoses=diagnoses
+    )
+
+
+def _slug(label: str) -> str:
+    """A folder name for a backbone label (``resnet18[none]`` -> ``resnet18_none``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "store"
 
 
 def _with_finetuned(

@@ -106,7 +106,13 @@ def option_table(spec: type, extra: list[tuple[str, str, str, str]] = ()) -> str
 
 
 def pipeline_tables() -> dict[str, str]:
-    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, FinetuneOptions
+    from featx.options import (
+        BackboneSpec,
+        DiagnoseOptions,
+        EvalProtocol,
+        ExtractOptions,
+        FinetuneOptions,
+    )
 
     label = ("label", "string", "`name[weights,...]`", "The backbone's name in the leaderboard.")
     step = [
@@ -124,6 +130,7 @@ def pipeline_tables() -> dict[str, str]:
         "extract": option_table(ExtractOptions),
         "protocol": option_table(EvalProtocol),
         "finetune": option_table(FinetuneOptions, step),
+        "diagnose": option_table(DiagnoseOptions),
     }
 
 
