@@ -190,6 +190,11 @@ def extract(
     if opts.cache_activations is not None:  # the activations at a cut, for featx finetune
         from featx.finetuning.cache import with_activations
 
+        if opts.layers:
+            raise FeatxError(
+                "--cache-activations and --layers make different stores; extract twice, once "
+                "with each"
+            )
         bb = with_activations(bb, opts.cache_activations)
     return _extract_into(src, bb, store, opts, t0)
 
@@ -198,6 +203,10 @@ def _extract_into(
     src: Source, bb: Any, store: str | os.PathLike | None, opts: ExtractOptions, t0: float
 ) -> ExtractResult:
     """Check the backbone and the engine against the source, then run under the store's lock."""
+    if opts.layers:  # more layers from the same pass, as named outputs (featx.backbones.layers)
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, opts.layers)
     check_modality(src, bb.name, modality_of(bb))
     engine = engine_for(opts, src.modality)
     config = store_config(src, bb, opts.dtype)
@@ -207,8 +216,9 @@ def _extract_into(
     setup = engine.setup(opts)
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
-    extra = int(getattr(bb, "bytes_per_item", lambda: 0)())
-    need = 2 * len(src.items) * (int(bb.dim) * itemsize + extra) + (1 << 20)
+    width = sum(getattr(bb, "output_dims", {}).values()) or int(bb.dim)
+    extra = int(getattr(bb, "bytes_per_item", lambda: 0)())  # cached activations
+    need = 2 * len(src.items) * (int(width) * itemsize + extra) + (1 << 20)
     try:
         return _extract_locked(_Run(src, bb, path, config, opts, engine, setup, t0))
     except OSError as exc:
@@ -256,8 +266,9 @@ def _load(
         spec = replace(spec, name=default_backbone(src.modality))
     check_modality(src, spec.name, modality_of_name(spec.name))
 
-    # a text model folder can change in place; cached activations need the model's shapes
-    remembers = remembers_config(spec.name) and opts.cache_activations is None
+    # a text model folder can change in place; --layers is not part of the remembered request;
+    # cached activations need the model's shapes
+    remembers = remembers_config(spec.name) and not opts.layers and opts.cache_activations is None
     memo_key = None
     if remembers:
         memo_key = memo.request_key(
