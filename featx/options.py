@@ -251,6 +251,13 @@ class ExtractOptions(_Spec):
         "auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS, engine=True
     )
     dtype: str = option("float32", "How features are stored.", choices=STORE_DTYPES)
+    layers: str | None = option(
+        None,
+        "More layers from the same forward pass, each a feature group of the store beside the "
+        "embedding: stages, last:N (the last N stages or blocks) or module paths, "
+        "comma-separated.",
+        kind=str,
+    )
     content_hash: bool = option(
         False,
         "Fingerprint files by content hash too (slower, catches same-size edits).",
