@@ -290,6 +290,7 @@ EXTRACT_SECTIONS = {
     "Output": (
         "store",
         "dtype",
+        "cache_activations",
         "checkpoint_every",
         "checkpoint_seconds",
         "quiet",
