@@ -522,6 +522,8 @@ def _print_result(res: dict[str, Any]) -> None:
         ("fit seconds", f"{res['fit_seconds']:.2f}"),
         ("predict seconds", f"{res['predict_seconds']:.3f}"),
     ]
+    if res.get("solver"):
+        rows.append(("solver", res["solver"]))
     if res.get("n_unlabeled"):
         rows.append(("unlabeled (left out)", res["n_unlabeled"]))
     click.echo(_table(rows))

@@ -19,11 +19,11 @@ This module imports neither torch nor numpy (``featx --help`` reads it).
 Examples
 --------
 >>> EvalProtocol.from_mapping({"cv": 5, "seed": 1})
-EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default')
+EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', max_memory=None)
 >>> EvalProtocol.from_mapping({"folds": 5}, where="[protocol]")
 Traceback (most recent call last):
 ...
-featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, preprocess, seed, shots, split, test_size, trials
+featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, max_memory, preprocess, seed, shots, split, test_size, trials
 """  # noqa: E501
 
 from __future__ import annotations
@@ -324,6 +324,12 @@ class EvalProtocol(_Spec):
     preprocess: Any = option(
         "default",
         "Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
+        kind=str,
+    )
+    max_memory: str | None = option(
+        None,
+        "Memory budget of a head's training data, e.g. 2G or 512M (default: half of this "
+        "machine's memory); above it logreg, linear-svm, mlp and knn train from disk.",
         kind=str,
     )
 

@@ -72,11 +72,12 @@ def fit_store(
     :func:`featx.protocol.evaluate`.
     """
     from featx.bundle import save_bundle
+    from featx.memory import IN_MEMORY_COPIES, memory_budget
     from featx.protocol import evaluate, fit_head
     from featx.store import load_features
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = load_features(store)
+    fs = load_features(store, max_memory=memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -162,7 +163,11 @@ def compare_stores(
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    loaded = [(path, load_features(path)) for path in stores]
+    from featx.memory import IN_MEMORY_COPIES, memory_budget
+
+    budget = memory_budget(EvalProtocol.resolve(protocol, overrides).max_memory)
+    budget //= IN_MEMORY_COPIES  # what an in-memory fit of the whole store would hold
+    loaded = [(path, load_features(path, max_memory=budget)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(

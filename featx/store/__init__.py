@@ -45,14 +45,23 @@ Modules
 ``config``  what identifies a store (:class:`StoreConfig`) and its default path
 ``layout``  format names, dataset encodings and checksums, the safe HDF5 writer (``_Sink``)
 ``read``    opening, the row index, :func:`load_features`, :func:`store_info`
+``chunks``  :func:`open_features`: features left on disk, read by rows or blocks
 ``lock``    the writer lock (``STORE.lock``)
 ``writer``  :class:`StoreWriter`: parts and the atomic commit
 ``verify``  :func:`verify_store`
 """
 
+from featx.store.chunks import StoreMatrix
 from featx.store.config import FEATURE_DTYPES, StoreConfig, config_difference, default_store_path
 from featx.store.layout import CHUNK_BYTES, COPY_ROWS, FORMAT, PART_FORMAT, SCHEMA_VERSION
-from featx.store.read import StoreIndex, load_features, read_config, read_index, store_info
+from featx.store.read import (
+    StoreIndex,
+    load_features,
+    open_features,
+    read_config,
+    read_index,
+    store_info,
+)
 from featx.store.verify import VerifyReport, verify_store
 from featx.store.writer import Rows, StoreWriter
 
@@ -66,11 +75,13 @@ __all__ = [
     "Rows",
     "StoreConfig",
     "StoreIndex",
+    "StoreMatrix",
     "StoreWriter",
     "VerifyReport",
     "config_difference",
     "default_store_path",
     "load_features",
+    "open_features",
     "read_config",
     "read_index",
     "store_info",

@@ -15,6 +15,7 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.features import FeatureSet
+from featx.store.chunks import _layout_of
 from featx.store.config import StoreConfig
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
 
@@ -114,8 +115,15 @@ def _meta(f) -> dict[str, Any]:
     return meta
 
 
-def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> FeatureSet:
+def load_features(
+    path: str | os.PathLike, *, dtype: Any = np.float32, max_memory: int | str | None = None
+) -> FeatureSet:
     """Read a whole store into memory as a :class:`~featx.features.FeatureSet`.
+
+    With ``max_memory`` (bytes, or a size such as ``"2G"``), a store whose features take more
+    than that as float32 is not read: its ``X`` is a :class:`~featx.store.chunks.StoreMatrix`
+    that reads rows on demand (:func:`featx.store.open_features`), which the heads train from
+    block by block.
 
     Examples
     --------
@@ -123,6 +131,14 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
     >>> fs.X.shape, fs.classes[:3]  # doctest: +SKIP
     ((1797, 1280), ('0', '1', '2'))
     """
+    if max_memory is not None:
+        from featx.memory import parse_bytes
+
+        with _open_read(path) as f:
+            n, d = f["features"].shape if "features" in f else (0, 0)
+            big = n * d * 4 > parse_bytes(max_memory)
+        if big:
+            return open_features(path)
     with _open_read(path) as f, _damage_is_store_error(path):
         idx = _read_index(f)
         ds = f["features"]
@@ -138,6 +154,33 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
             keys=idx.keys,
             meta=_meta(f),
         )
+
+
+def open_features(path: str | os.PathLike) -> FeatureSet:
+    """A store's :class:`~featx.features.FeatureSet` with ``X`` left on disk (a StoreMatrix).
+
+    Labels, keys, splits and attributes are read; the features are read on demand, so this costs
+    a few bytes of memory per row whatever the feature width.
+
+    Examples
+    --------
+    >>> fs = open_features("cache/big.h5")  # doctest: +SKIP
+    >>> fs.X[:4].shape, next(fs.X.blocks(np.arange(fs.n))).dtype  # doctest: +SKIP
+    ((4, 1280), dtype('float32'))
+    """
+    with _open_read(path) as f, _damage_is_store_error(path):
+        layout = _layout_of(f, Path(path))
+        idx = _read_index(f)
+        meta = _meta(f)
+    split = idx.split if any(idx.split) else None
+    return FeatureSet(
+        X=layout,
+        y=idx.labels.astype(np.int64),
+        classes=idx.classes,
+        split=split,
+        keys=idx.keys,
+        meta=meta,
+    )
 
 
 @contextlib.contextmanager
