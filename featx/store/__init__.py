@@ -47,7 +47,8 @@ Modules
 ``read``    opening, the row index, :func:`load_features`, :func:`store_info`
 ``chunks``  :func:`open_features`: features left on disk, read by rows or blocks
 ``lock``    the writer lock (``STORE.lock``)
-``writer``  :class:`StoreWriter`: parts and the atomic commit
+``writer``  :class:`StoreWriter`: parts and the atomic commit; :func:`compact_store`
+``segments`` segmented stores: segments, tombstones, the index, compaction
 ``verify``  :func:`verify_store`
 """
 
@@ -63,7 +64,7 @@ from featx.store.read import (
     store_info,
 )
 from featx.store.verify import VerifyReport, verify_store
-from featx.store.writer import Rows, StoreWriter
+from featx.store.writer import Rows, StoreWriter, compact_store
 
 __all__ = [
     "CHUNK_BYTES",
@@ -78,6 +79,7 @@ __all__ = [
     "StoreMatrix",
     "StoreWriter",
     "VerifyReport",
+    "compact_store",
     "config_difference",
     "default_store_path",
     "load_features",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -133,10 +132,3 @@ class StoreMatrix(RowMatrix):
             else:
                 out[m] = self._read_file_rows(int(i), loc)
         return out
-
-
-def _layout_of(f: Any, path: Path) -> StoreMatrix:
-    """The StoreMatrix of an open store file."""
-    ds = f["features"]
-    block = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
-    return StoreMatrix([path], ds.shape, ds.dtype, block_rows=block, store=str(path))
