@@ -264,7 +264,6 @@ def sample_in_memory(est: Any, stream: RowStream, copies: float, seed: Any) -> n
 # ---------------------------------------------------------------------------------------------
 
 
-
 def block_rows_for(matrix: RowMatrix, budget: int) -> int:
     """Rows per block: a 1/16 of the budget as float32, between 256 and 65,536 rows."""
     d = max(1, int(matrix.shape[1]))
