@@ -275,15 +275,17 @@ def _unchanged_rows(
     is. Vectorized: a commit of a few rows into a store of millions stays well under a second."""
     if not keys:
         return np.zeros(0, dtype=bool)
-    new_lab = np.fromiter((labels.get(k, -1) for k in keys), np.int64, len(keys))
-    new_names = np.array([*classes, ""], dtype=object)[new_lab]
+    lab, spl, fp = zip(
+        *[(labels.get(k, -1), split.get(k, ""), fingerprints[k]) for k in keys], strict=True
+    )  # one pass over the dicts
+    size, mtime, sha = zip(*fp, strict=True)
+    new_names = np.array([*classes, ""], dtype=object)[np.array(lab, dtype=np.int64)]
     old_names = np.array([*old.classes, ""], dtype=object)[old.labels[idx]]
     same = new_names == old_names
-    same &= np.array([split.get(k, "") for k in keys], dtype=object) == old.split[idx]
-    fp = [fingerprints[k] for k in keys]
-    same &= np.fromiter((f[0] for f in fp), np.int64, len(fp)) == old.size[idx]
-    same &= np.fromiter((f[1] for f in fp), np.int64, len(fp)) == old.mtime_ns[idx]
-    same &= np.array([f[2] for f in fp], dtype=object) == old.sha256[idx]
+    same &= np.array(spl, dtype=object) == old.split[idx]
+    same &= np.array(size, dtype=np.int64) == old.size[idx]
+    same &= np.array(mtime, dtype=np.int64) == old.mtime_ns[idx]
+    same &= np.array(sha, dtype=object) == old.sha256[idx]
     for name, values in (per_row or {}).items():
         if name not in old_per_row:
             return np.zeros(len(keys), dtype=bool)
