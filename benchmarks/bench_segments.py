@@ -134,7 +134,8 @@ def main() -> None:
                 _copy(base, work)
                 t = change(work, n_new, args.dim, compact=compact)
                 info = store_info(work)
-                rec = {"rows": n, "change": label, "mode": mode, **{k: round(v, 3) for k, v in t.items()},
+                rec = {"rows": n, "change": label, "mode": mode,
+                       **{k: round(v, 3) for k, v in t.items()},
                        "layout": info["layout"], "segments": info["segments"]}  # fmt: skip
                 print(json.dumps(rec), flush=True)
                 table.append(rec)

@@ -77,6 +77,14 @@ def test_small_changes_are_segments_that_read_like_a_fresh_store(tmp_path, tiny_
     lazy = open_features(store)  # the on-disk reader maps rows across segments
     np.testing.assert_array_equal(np.asarray(lazy.X), load_features(store).X)
 
+    from featx.export import export_store
+
+    a = np.load(export_store(store, tmp_path / "a.npz").out, allow_pickle=False)
+    b = np.load(export_store(fresh, tmp_path / "b.npz").out, allow_pickle=False)
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+
     before = store.read_bytes()
     assert _extract(src, store, tiny_backbone).noop  # an unchanged source writes nothing
     assert store.read_bytes() == before
