@@ -98,6 +98,12 @@ _LAZY: dict[str, str] = {
     "cache_dir": "featx.files",
     # text
     "embed_texts": "featx.text.engine",
+    # fine-tuning
+    "FinetuneOptions": "featx.options",
+    "finetune": "featx.finetuning",
+    "finetune_full": "featx.finetuning",
+    "load_finetuned": "featx.finetuning",
+    "FinetuneReport": "featx.finetuning",
 }
 
 __all__ = [
@@ -113,6 +119,8 @@ __all__ = [
     "Family",
     "FeatureSet",
     "FeatxError",
+    "FinetuneOptions",
+    "FinetuneReport",
     "FitReport",
     "FittedHead",
     "HeadInfo",
@@ -132,6 +140,8 @@ __all__ = [
     "evaluate",
     "export_store",
     "extract",
+    "finetune",
+    "finetune_full",
     "fit_head",
     "fit_store",
     "list_backbones",
@@ -139,6 +149,7 @@ __all__ = [
     "load_backbone",
     "load_bundle",
     "load_features",
+    "load_finetuned",
     "load_pipeline",
     "make_head",
     "predict",
@@ -180,8 +191,9 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     from featx.extraction import ExtractResult, extract
     from featx.features import FeatureSet
     from featx.files import cache_dir
+    from featx.finetuning import FinetuneReport, finetune, finetune_full, load_finetuned
     from featx.heads import HeadInfo, Param, list_heads, make_head, register_head
-    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions
+    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, FinetuneOptions
     from featx.pipeline import PipelineResult, load_pipeline, run_pipeline
     from featx.prediction import PredictResult, predict
     from featx.protocol import FittedHead, Result, evaluate, fit_head

@@ -19,11 +19,11 @@ This module imports neither torch nor numpy (``featx --help`` reads it).
 Examples
 --------
 >>> EvalProtocol.from_mapping({"cv": 5, "seed": 1})
-EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', max_memory=None)
+EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', layers=None, max_memory=None)
 >>> EvalProtocol.from_mapping({"folds": 5}, where="[protocol]")
 Traceback (most recent call last):
 ...
-featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, max_memory, preprocess, seed, shots, split, test_size, trials
+featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, layers, max_memory, preprocess, seed, shots, split, test_size, trials
 """  # noqa: E501
 
 from __future__ import annotations
@@ -326,6 +326,14 @@ class EvalProtocol(_Spec):
         "Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
         kind=str,
     )
+    layers: str | None = option(
+        None,
+        "Feature groups a head uses: NAME[,NAME...] (or a+b), each (one row per group), all "
+        "(every group, tfidf of a text store's texts included), select or select:K (keep the "
+        "best groups, chosen on a validation split of the training rows). Default: every "
+        "stored group.",
+        kind=str,
+    )
     max_memory: str | None = option(
         None,
         "Memory budget of a head's training data, e.g. 2G or 512M (default: half of this "
@@ -413,6 +421,63 @@ class BackboneSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class FinetuneOptions(_Spec):
+    """How ``featx finetune`` trains a tail (or, with ``--full``, the whole network).
+
+    Every field is a ``featx finetune`` flag and a key of a pipeline's ``[finetune]`` table; the
+    split and the seed come from :class:`EvalProtocol`, so fine-tuned rows share the heads' test
+    items. See :func:`featx.finetuning.finetune`.
+    """
+
+    tail: int | None = option(
+        None,
+        "Blocks to train, counted from the end (default: every block the cache holds the input "
+        "of; --full: all).",
+        min=1,
+        kind=int,
+    )
+    epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
+    batch_size: int = option(64, "Items per training step.", min=2)
+    lr: float = option(1e-3, "AdamW learning rate of the new head.", min=0, min_open=True)
+    tail_lr: float = option(
+        1e-4,
+        "AdamW learning rate of the pretrained blocks (discriminative: below the head's).",
+        min=0,
+        min_open=True,
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay.", min=0)
+    warmup_epochs: int = option(
+        1, "Epochs that train the new head alone, the pretrained blocks frozen.", min=0
+    )
+    patience: int = option(
+        5, "Stop after this many epochs without a better validation accuracy.", min=1
+    )
+    val_size: float = option(
+        0.15,
+        "Share of the training items held out for early stopping (a store's val split is used "
+        "when it has one).",
+        min=0,
+        max=1,
+        min_open=True,
+        max_open=True,
+    )
+    augment: bool = option(
+        True,
+        "Augment: flips and shifts of CNN feature maps (--full: of images), token dropout for "
+        "text.",
+    )
+    dropout: float = option(0.2, "Dropout before the new head.", min=0, max=1, max_open=True)
+    device: str = option("auto", DEVICE_HELP)
+    precision: str = option(
+        "auto", "auto: bf16 mixed precision on CUDA, fp32 elsewhere.", choices=PRECISIONS
+    )
+    progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
 class TextFormat(_Spec):
     """How to read a text table (CSV / TSV / JSONL); every column is found by name, ignoring case.
 
@@ -461,6 +526,7 @@ __all__ = [
     "BackboneSpec",
     "EvalProtocol",
     "ExtractOptions",
+    "FinetuneOptions",
     "TextFormat",
     "OptionField",
     "OptionInfo",

@@ -74,10 +74,9 @@ def fit_store(
     from featx.bundle import save_bundle
     from featx.memory import IN_MEMORY_COPIES, memory_budget
     from featx.protocol import evaluate, fit_head
-    from featx.store import load_features
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = load_features(store, max_memory=memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
+    fs = load_store(store, max_memory=memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -91,8 +90,48 @@ def fit_store(
     if not out:
         return FitReport(result=result, bundle=None, refit=refit)
     path = Path(out)
-    save_bundle(path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False))
+    meta = bundle_meta(fitted.features if fitted.features is not None else fs)
+    save_bundle(path, fitted.estimator, fitted.classes, meta, result.to_dict(details=False))
     return FitReport(result=result, bundle=path, refit=refit)
+
+
+def bundle_meta(fs: FeatureSet) -> dict[str, Any]:
+    """The store provenance a bundle keeps: the store's, plus the groups the head takes.
+
+    ``feature_groups`` (name, start, stop, kind) in the head's input order tells
+    :func:`featx.predict` which columns of which store (``fused`` parts) or layer to compute,
+    and whether the texts go in too; ``dim`` is the head's input size.
+    """
+    meta = dict(fs.meta)
+    if fs.groups:
+        meta["feature_groups"] = [list(g.to_tuple()) for g in fs.groups]
+        meta["feature_group_sources"] = [g.source for g in fs.groups]
+        meta["dim"] = fs.dim
+    return meta
+
+
+def load_store(spec: str | os.PathLike, max_memory: int | None = None) -> FeatureSet:
+    """A store, or the fusion of stores joined by ``+`` (``A.h5+B.h5``, :mod:`featx.fusion`).
+
+    A path that exists is one store even if its name has a ``+``. The fused set's groups are
+    named by :func:`store_labels` of its stores; its ``meta["label"]`` is those joined by ``+``.
+    A single store whose features are above ``max_memory`` bytes keeps them on disk
+    (:func:`featx.store.load_features`); a fusion is built in memory.
+    """
+    from featx.fusion import fuse, split_spec
+    from featx.store import load_features
+
+    parts = [] if Path(spec).exists() else split_spec(str(spec))
+    if len(parts) < 2:
+        return load_features(spec, max_memory=max_memory)
+    sets = [load_features(p) for p in parts]
+    labels = store_labels([fs.meta for fs in sets], [Path(p).stem for p in parts])
+    fusion = fuse(dict(zip(labels, sets, strict=True)))
+    meta = {**fusion.features.meta, "label": "+".join(labels), "fusion_report": fusion.report}
+    meta["fused_paths"] = [str(p) for p in parts]
+    from dataclasses import replace
+
+    return replace(fusion.features, meta=meta)
 
 
 #: What tells two stores apart in a leaderboard, in the order labels show it.
@@ -157,7 +196,6 @@ def compare_stores(
     """Load stores and run :func:`featx.comparison.compare` on them (named by
     :func:`store_labels`)."""
     from featx.comparison import compare
-    from featx.store import load_features
 
     if not stores:
         raise FeatxError("give at least one store to compare")
@@ -167,8 +205,9 @@ def compare_stores(
 
     budget = memory_budget(EvalProtocol.resolve(protocol, overrides).max_memory)
     budget //= IN_MEMORY_COPIES  # what an in-memory fit of the whole store would hold
-    loaded = [(path, load_features(path, max_memory=budget)) for path in stores]
+    loaded = [(path, load_store(path, max_memory=budget)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
+    labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(
         sets,

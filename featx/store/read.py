@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.features import FeatureSet
+from featx.features import FeatureGroup, FeatureSet
 from featx.store.chunks import StoreMatrix
-from featx.store.config import StoreConfig
+from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
 from featx.store.segments import SEGMENTED_SCHEMA_VERSION, is_segmented, read_segmented
 
@@ -140,7 +140,9 @@ def load_features(
 
         with _open_read(path) as f:
             n, d = _shape(f)
-            big = n * d * 4 > parse_bytes(max_memory)
+            # a store with more groups per row (--layers) or texts is read whole, as before
+            plain = not store_groups(_meta(f).get("config")) and TEXTS not in f
+            big = plain and n * d * 4 > parse_bytes(max_memory)
         if big:
             return open_features(path)
     with _open_read(path) as f, _damage_is_store_error(path):
@@ -162,13 +164,29 @@ def load_features(
         if ds.shape[0]:
             ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
         split = idx.split if any(idx.split) else None
+        meta = _meta(f)
+        groups: tuple[FeatureGroup, ...] = ()
+        names = store_groups(meta.get("config"))
+        if names:  # a multi-layer store: the embedding, then each layer's group
+            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+            for name, width in names:
+                g = f[name]
+                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
+                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                pos += width
+            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+        texts = None
+        if TEXTS in f:
+            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
         return FeatureSet(
             X=X,
             y=idx.labels.astype(np.int64),
             classes=idx.classes,
             split=split,
             keys=idx.keys,
-            meta=_meta(f),
+            meta=meta,
+            groups=groups,
+            texts=texts,
         )
 
 
@@ -285,6 +303,12 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
+            "groups": [{"name": "features", "dim": int(matrix.shape[1]), "pool": meta.get("pool")}]
+            + [
+                {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
+                for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
+            ],
+            "has_texts": TEXTS in f,
             "file_bytes": sum(os.path.getsize(p) for p in {str(path), *matrix.files}),
             "failed": [
                 {"path": k, "reason": r}

@@ -44,7 +44,7 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.store.chunks import StoreMatrix
-from featx.store.config import _canonical
+from featx.store.config import _canonical, store_groups
 from featx.store.layout import FORMAT, _atomic_h5, _digest_attrs, _h5, _int_ds, _str_ds, _strings
 
 log = logging.getLogger(__name__)
@@ -309,6 +309,13 @@ def plan_commit(
     old = writer.index
     if force_full:
         return CommitPlan("full", "compaction asked for", [], [])
+    text_rows = any(
+        isinstance(v, str) for values in (per_row or {}).values() for v in list(values.values())[:1]
+    )
+    if store_groups(writer.config) or text_rows:
+        # segments carry the pooled features and integer per-row values; a store with more
+        # outputs per row (--layers) or the texts themselves is rewritten whole, as before
+        return CommitPlan("full", "a multi-output or text-carrying store", [], [])
     if old is None or len(old.keys) == 0:
         return CommitPlan("full", "a new store", [], [])
     layout = writer.layout
