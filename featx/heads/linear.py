@@ -238,7 +238,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         from featx.heads._weights import class_weight_vector
 
         classes = np.unique(stream.y)
-        pos = sample_in_memory(self, stream, 4.0, self.random_state)
+        pos = sample_in_memory(self, stream, 8.0, self.random_state)  # the sweep copies it
         Xs, ys = stream.take(pos)
         self.fit(Xs, ys)
         if len(pos) == stream.n:
