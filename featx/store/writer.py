@@ -352,6 +352,11 @@ class StoreWriter:
                         compression="lzf" if n else None,
                         fletcher32=bool(n),
                     )
+                    for g in (self.config.backbone or {}).get("layers") or []:
+                        if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
+                            feats.attrs["layer"] = str(g["name"])
+                            feats.attrs["pool"] = str(g.get("pool") or "")
+                            feats.attrs["dim"] = int(g["dim"])
                     step = COPY_ROWS
                     for a in range(0, n, step):
                         b = min(n, a + step)
