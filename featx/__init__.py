@@ -14,6 +14,7 @@ compare_stores         :func:`compare` over store paths (:mod:`featx.train`)
 predict                bundle + new images -> CSV of labels (:mod:`featx.prediction`)
 Embedder, embed_files  image paths -> embeddings, a scikit-learn transformer (:mod:`featx.embedder`)
 export_store           store -> npz / Parquet / CSV (:mod:`featx.export`)
+diagnose               leakage, label errors, outliers -> report (:mod:`featx.diagnostics`)
 run_pipeline           a pipeline TOML file end to end (:mod:`featx.pipeline`)
 list_backbones         backbone names with their dims (:mod:`featx.backbones`)
 load_backbone          name or :class:`BackboneSpec` -> frozen :class:`Backbone`
@@ -47,6 +48,7 @@ _LAZY: dict[str, str] = {
     "EvalProtocol": "featx.options",
     "ExtractOptions": "featx.options",
     "TextFormat": "featx.options",
+    "DiagnoseOptions": "featx.options",
     # extraction and stores
     "extract": "featx.extraction",
     "ExtractResult": "featx.extraction",
@@ -90,6 +92,11 @@ _LAZY: dict[str, str] = {
     "Embedder": "featx.embedder",
     "embed_files": "featx.embedder",
     "export_store": "featx.export",
+    # data diagnostics
+    "diagnose": "featx.diagnostics",
+    "Diagnosis": "featx.diagnostics",
+    "apply_manifest": "featx.diagnostics",
+    "read_manifest": "featx.diagnostics",
     # pipelines
     "run_pipeline": "featx.pipeline",
     "load_pipeline": "featx.pipeline",
@@ -112,6 +119,8 @@ __all__ = [
     "BackboneLike",
     "BackboneSpec",
     "Bundle",
+    "DiagnoseOptions",
+    "Diagnosis",
     "Embedder",
     "EvalProtocol",
     "ExtractOptions",
@@ -132,9 +141,11 @@ __all__ = [
     "StoreError",
     "TextFormat",
     "__version__",
+    "apply_manifest",
     "cache_dir",
     "compare",
     "compare_stores",
+    "diagnose",
     "embed_files",
     "embed_texts",
     "evaluate",
@@ -153,6 +164,7 @@ __all__ = [
     "load_pipeline",
     "make_head",
     "predict",
+    "read_manifest",
     "register_family",
     "register_head",
     "run_pipeline",
@@ -186,6 +198,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     )
     from featx.bundle import Bundle, load_bundle, save_bundle
     from featx.comparison import Leaderboard, compare
+    from featx.diagnostics import Diagnosis, apply_manifest, diagnose, read_manifest
     from featx.embedder import Embedder, embed_files
     from featx.export import export_store
     from featx.extraction import ExtractResult, extract
@@ -193,7 +206,13 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     from featx.files import cache_dir
     from featx.finetuning import FinetuneReport, finetune, finetune_full, load_finetuned
     from featx.heads import HeadInfo, Param, list_heads, make_head, register_head
-    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, FinetuneOptions
+    from featx.options import (
+        BackboneSpec,
+        DiagnoseOptions,
+        EvalProtocol,
+        ExtractOptions,
+        FinetuneOptions,
+    )
     from featx.pipeline import PipelineResult, load_pipeline, run_pipeline
     from featx.prediction import PredictResult, predict
     from featx.protocol import FittedHead, Result, evaluate, fit_head

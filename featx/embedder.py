@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from featx.errors import FeatxError
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, ExtractOptions
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def files_source(paths: Iterable[str], keep: Iterable[str] = ()):
     ``keep`` are keys already in the store: those whose file still exists stay in the source, so
     a call with other files does not drop them from the store.
     """
-    from featx.sources import Source
+    from featx.sources import Source, file_reader
 
     items = {p: _file_item(p) for p in paths}
     for k in keep:
@@ -116,6 +117,7 @@ def files_source(paths: Iterable[str], keep: Iterable[str] = ()):
         name="files",
         classes=(),
         items=sorted(items.values(), key=lambda it: it.key),
+        read=file_reader(),
     )
 
 
@@ -161,7 +163,6 @@ def embed_files(
     Embedded
     """
     from featx.extraction import extract
-    from featx.options import ExtractOptions
     from featx.store import load_features, read_index
 
     if on_error not in ("raise", "nan"):
@@ -253,17 +254,17 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        backbone: Any = "efficientnet_lite0",
+        backbone: Any = DEFAULT_BACKBONE,
         *,
-        weights: str = "DEFAULT",
+        weights: str = DEFAULT_WEIGHTS,
         image_size: int | None = None,
         store: str | os.PathLike | None = None,
-        batch_size: int = 64,
-        device: str = "auto",
-        precision: str = "auto",
-        workers: int | None = None,
+        batch_size: int = ExtractOptions.batch_size,  # the defaults of featx.options, once
+        device: str = ExtractOptions.device,
+        precision: str = ExtractOptions.precision,
+        workers: int | None = ExtractOptions.workers,
         on_error: str = "raise",
-        progress: bool = False,
+        progress: bool = ExtractOptions.progress,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -292,8 +293,6 @@ class Embedder(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Embed the image paths ``X``; returns an array of shape (len(X), backbone dim)."""
         from sklearn.utils.validation import check_is_fitted
-
-        from featx.options import ExtractOptions
 
         check_is_fitted(self, "backbone_")
         opts = ExtractOptions(

@@ -45,6 +45,19 @@ class FitReport:
         return d
 
 
+def _load(
+    store: str | os.PathLike, manifest: str | os.PathLike | None, max_memory: int | None = None
+) -> FeatureSet:
+    """The store's features, cleaned by ``manifest`` when one is given; above ``max_memory``
+    bytes (and without a manifest, which needs the rows in memory) left on disk."""
+    fs = load_store(store, max_memory=None if manifest else max_memory)
+    if manifest:
+        from featx.diagnostics.manifest import apply_manifest
+
+        fs = apply_manifest(fs, manifest)
+    return fs
+
+
 def default_bundle_path(store: str | os.PathLike, head: str) -> Path:
     """``<cache>/heads/<store stem>__<head>.npz`` (see :func:`featx.files.cache_dir`)."""
     return cache_dir() / "heads" / f"{Path(store).stem}__{head}.npz"
@@ -58,6 +71,7 @@ def fit_store(
     protocol: EvalProtocol | None = None,
     refit: str = DEFAULT_REFIT,
     out: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> FitReport:
     """Fit one head on a store, evaluate it, and (with ``out``) save a bundle for ``featx predict``.
@@ -69,14 +83,15 @@ def fit_store(
     the bundled head is then fitted by the plain split protocol. ``refit="all"`` (the default,
     :data:`featx.options.DEFAULT_REFIT`) ships a head refit on every labeled item; ``"train"``
     ships the very estimator the metrics measure. ``protocol`` and ``**overrides`` are those of
-    :func:`featx.protocol.evaluate`.
+    :func:`featx.protocol.evaluate`. ``manifest`` (a cleaning manifest, e.g. from ``featx
+    diagnose``) leaves out and relabels items first (:func:`featx.apply_manifest`).
     """
     from featx.bundle import save_bundle
     from featx.memory import IN_MEMORY_COPIES, memory_budget
     from featx.protocol import evaluate, fit_head
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = load_store(store, max_memory=memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
+    fs = _load(store, manifest, memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -191,10 +206,11 @@ def compare_stores(
     progress: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    manifest: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Leaderboard:
     """Load stores and run :func:`featx.comparison.compare` on them (named by
-    :func:`store_labels`)."""
+    :func:`store_labels`); ``manifest`` cleans every store first (see :func:`fit_store`)."""
     from featx.comparison import compare
 
     if not stores:
@@ -205,7 +221,7 @@ def compare_stores(
 
     budget = memory_budget(EvalProtocol.resolve(protocol, overrides).max_memory)
     budget //= IN_MEMORY_COPIES  # what an in-memory fit of the whole store would hold
-    loaded = [(path, load_store(path, max_memory=budget)) for path in stores]
+    loaded = [(path, _load(path, manifest, budget)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
     labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))

@@ -320,79 +320,23 @@ class StoreWriter:
 
         try:
             with _atomic_h5(target or self.path) as f:
-                f.attrs["format"] = FORMAT if target is None else SEGMENT_FORMAT
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["config"] = self.config.to_json()
-                f.attrs["config_hash"] = self.config.hash
-                f.attrs["created"] = getattr(self, "_created", None) or now
-                f.attrs["updated"] = now
-                for k, v in attrs.items():
-                    if isinstance(v, str):
-                        v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
-                    elif not isinstance(v, int | float | bool):
-                        v = _canonical(v)
-                    f.attrs[k] = v
+                self._write_attrs(f, attrs, getattr(self, "_created", None) or now, now)
+                if target is not None:
+                    f.attrs["format"] = SEGMENT_FORMAT
                 f.attrs["n_items"] = n
                 f.attrs["n_failed"] = len(failed)
                 f.attrs["dim"] = dim
-                itemsize = np.dtype(self.config.dtype).itemsize
-                rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
-                # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
-                # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
                 # the pooled embedding, then every extra output of the pass (--layers)
                 for ds_name, width in [("features", dim), *store_groups(self.config)]:
-                    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
-                    feats = f.create_dataset(
-                        ds_name,
-                        shape=(n, width),
-                        dtype=self.config.dtype,
-                        chunks=(rows_per_chunk, max(width, 1)) if n else None,
-                        compression="lzf" if n else None,
-                        fletcher32=bool(n),
-                    )
+                    ds = _copy_rows(f, ds_name, width, self.config.dtype, wheres, srcrow, source_ds)
                     for g in (self.config.backbone or {}).get("layers") or []:
                         if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
-                            feats.attrs["layer"] = str(g["name"])
-                            feats.attrs["pool"] = str(g.get("pool") or "")
-                            feats.attrs["dim"] = int(g["dim"])
-                    step = COPY_ROWS
-                    for a in range(0, n, step):
-                        b = min(n, a + step)
-                        block = np.empty((b - a, width), dtype=self.config.dtype)
-                        w, r = wheres[a:b], srcrow[a:b]
-                        for where in dict.fromkeys(w):
-                            m = w == where
-                            sel = r[m]
-                            order = np.argsort(sel, kind="stable")
-                            vals = _read_rows(source_ds(where, ds_name), sel[order])
-                            tmp = np.empty_like(vals)
-                            tmp[order] = vals
-                            block[m] = tmp
-                        feats[a:b] = block
-                _str_ds(f, "paths", keys)
-                _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
-                _str_ds(f, "split", [split.get(k, "") for k in keys])
-                _str_ds(f, "classes", classes)
-                g = f.create_group("fingerprint")
-                _int_ds(g, "size", [fingerprints[k][0] for k in keys])
-                _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
-                _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
-                for name, values in (per_row or {}).items():
-                    grp, _, leaf = name.rpartition("/")
-                    where_ = f.require_group(grp) if grp else f
-                    if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
-                        _str_ds(where_, leaf, [values.get(k, "") for k in keys])
-                    else:
-                        _int_ds(where_, leaf, [values.get(k, -1) for k in keys])
-                fkeys = sorted(failed)
-                fl = f.create_group("failed")
-                _str_ds(fl, "paths", fkeys)
-                _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-                _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-                _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-                _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+                            ds.attrs["layer"] = str(g["name"])
+                            ds.attrs["pool"] = str(g.get("pool") or "")
+                            ds.attrs["dim"] = int(g["dim"])
+                _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():
                     of.close()
@@ -405,6 +349,21 @@ class StoreWriter:
             return target
         self.discard_parts()
         return self.path
+
+    def _write_attrs(self, f: Any, attrs: dict[str, Any], created: str, now: str) -> None:
+        """The format, configuration and provenance attributes of a new store file."""
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["config"] = self.config.to_json()
+        f.attrs["config_hash"] = self.config.hash
+        f.attrs["created"] = created
+        f.attrs["updated"] = now
+        for k, v in attrs.items():
+            if isinstance(v, str):
+                v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
+            elif not isinstance(v, int | float | bool):
+                v = _canonical(v)
+            f.attrs[k] = v
 
     def discard_parts(self) -> None:
         if self.parts_dir.is_dir():
@@ -500,3 +459,63 @@ def compact_store(path: str | os.PathLike) -> dict[str, Any]:
             compact=True,
         )
     return {**out, "compacted": True, "n_items": len(keys), "seconds": time.perf_counter() - t0}
+
+
+def _copy_rows(
+    f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
+) -> Any:
+    """Dataset ``name`` of a new store: row i copied from row ``srcrow[i]`` of ``wheres[i]``
+    (the old store or a part), in blocks, each source read in row order."""
+    n = len(wheres)
+    itemsize = np.dtype(dtype).itemsize
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
+    # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
+    # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
+    ds = f.create_dataset(
+        name,
+        shape=(n, width),
+        dtype=dtype,
+        chunks=(rows_per_chunk, max(width, 1)) if n else None,
+        compression="lzf" if n else None,
+        fletcher32=bool(n),
+    )
+    for a in range(0, n, COPY_ROWS):
+        b = min(n, a + COPY_ROWS)
+        block = np.empty((b - a, width), dtype=dtype)
+        w, r = wheres[a:b], srcrow[a:b]
+        for where in dict.fromkeys(w):
+            m = w == where
+            sel = r[m]
+            order = np.argsort(sel, kind="stable")
+            vals = _read_rows(source_ds(where, name), sel[order])
+            tmp = np.empty_like(vals)
+            tmp[order] = vals
+            block[m] = tmp
+        ds[a:b] = block
+    return ds
+
+
+def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
+    """The row index, the per-row extras and the failures of a new store file."""
+    _str_ds(f, "paths", keys)
+    _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
+    _str_ds(f, "split", [split.get(k, "") for k in keys])
+    _str_ds(f, "classes", classes)
+    g = f.create_group("fingerprint")
+    _int_ds(g, "size", [fingerprints[k][0] for k in keys])
+    _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
+    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+    for name, values in (per_row or {}).items():
+        grp, _, leaf = name.rpartition("/")
+        where = f.require_group(grp) if grp else f
+        if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
+            _str_ds(where, leaf, [values.get(k, "") for k in keys])
+        else:
+            _int_ds(where, leaf, [values.get(k, -1) for k in keys])
+    fkeys = sorted(failed)
+    fl = f.create_group("failed")
+    _str_ds(fl, "paths", fkeys)
+    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
