@@ -61,6 +61,7 @@ from featx.store.read import (
     open_features,
     read_config,
     read_index,
+    read_output,
     store_info,
 )
 from featx.store.verify import VerifyReport, verify_store
@@ -86,6 +87,7 @@ __all__ = [
     "open_features",
     "read_config",
     "read_index",
+    "read_output",
     "store_info",
     "verify_store",
 ]

@@ -312,9 +312,10 @@ def plan_commit(
     text_rows = any(
         isinstance(v, str) for values in (per_row or {}).values() for v in list(values.values())[:1]
     )
-    if store_groups(writer.config) or text_rows:
+    if store_groups(writer.config) or text_rows or getattr(writer.config, "outputs", None):
         # segments carry the pooled features and integer per-row values; a store with more
-        # outputs per row (--layers) or the texts themselves is rewritten whole, as before
+        # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
+        # whole, as before
         return CommitPlan("full", "a multi-output or text-carrying store", [], [])
     if old is None or len(old.keys) == 0:
         return CommitPlan("full", "a new store", [], [])
