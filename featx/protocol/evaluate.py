@@ -1,0 +1,323 @@
+"""Fitting and evaluating a head on features: :func:`evaluate`, :func:`fit_head`."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.features import FeatureSet
+from featx.options import DEFAULT_HEAD, DEFAULT_REFIT, REFIT_MODES, EvalProtocol
+from featx.protocol.metrics import Metrics, compute_metrics
+from featx.protocol.results import _MEANED, Result, head_label
+from featx.protocol.splits import (
+    Split,
+    check_features,
+    describe_splits,
+    make_splits,
+    protocol_splits,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def _build(
+    head: Any, params: Mapping[str, Any] | None, preprocess: Any, class_weight: Any, seed: int
+) -> tuple[Any, str, tuple[str, ...]]:
+    """(unfitted estimator, head name, preprocessing tokens)."""
+    from sklearn.base import clone
+
+    if isinstance(head, str):
+        from featx.heads import make_head, parse_preprocess
+
+        est = make_head(head, params, preprocess, class_weight=class_weight, random_state=seed)
+        tokens = tuple(str(t) for t in parse_preprocess(preprocess, head))
+        return est, head, tokens
+    if not hasattr(head, "fit") or not hasattr(head, "predict"):
+        raise FeatxError(f"head must be a head name or a scikit-learn classifier; got {head!r}")
+    if params:
+        raise FeatxError("params apply to named heads; set them on the estimator instead")
+    last = head.steps[-1][1] if hasattr(head, "steps") else head
+    return clone(head), type(last).__name__, ()
+
+
+def _check_fit_size(est: Any, n_train: int, dim: int) -> None:
+    """PCA asked for more components than the training data can give: say so before fitting."""
+    for _, step in getattr(est, "steps", []):
+        n = getattr(step, "n_components", None)
+        if type(step).__name__ == "PCA" and isinstance(n, int) and n > min(n_train, dim):
+            raise FeatxError(
+                f"pca:{n} needs at most min(training items, feature dim) = {min(n_train, dim)} "
+                f"components here; use pca:N with N <= {min(n_train, dim)}"
+            )
+
+
+def _full_columns(est: Any, values: np.ndarray, K: int, fill: float) -> np.ndarray:
+    """Per-class outputs of ``est`` (columns ``est.classes_``) spread over all K classes."""
+    cls = np.asarray(est.classes_)
+    if values.ndim == 1:  # binary decision_function: score of classes_[1]
+        values = np.column_stack([-values, values])
+    out = np.full((values.shape[0], K), fill, dtype=np.float64)
+    out[:, cls] = values
+    return out
+
+
+def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarray]:
+    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions)."""
+    X, y, K = fs.X, fs.y, len(fs.classes)
+    ytr = y[split.train]
+    if len(np.unique(ytr)) < 2:
+        raise FeatxError(
+            f"the training items of {split.name} are all of class {fs.classes[ytr[0]]!r}; "
+            "a classifier needs at least 2 classes"
+        )
+    _check_fit_size(est, len(split.train), fs.dim)
+    t0 = time.perf_counter()
+    est.fit(X[split.train], ytr)
+    fit_s = time.perf_counter() - t0
+    Xte, yte = X[split.test], y[split.test]
+    t0 = time.perf_counter()
+    y_pred = np.asarray(est.predict(Xte))
+    pred_s = time.perf_counter() - t0
+    proba = scores = None
+    if hasattr(est, "predict_proba"):
+        proba = _full_columns(est, np.asarray(est.predict_proba(Xte)), K, 0.0)
+        scores = proba
+    elif hasattr(est, "decision_function"):
+        scores = _full_columns(est, np.asarray(est.decision_function(Xte)), K, -np.inf)
+    last = est.steps[-1][1] if hasattr(est, "steps") else est
+    m = replace(
+        compute_metrics(yte, y_pred, fs.classes, scores=scores, proba=proba),
+        n_train=len(split.train),
+        n_test=len(split.test),
+        fit_seconds=fit_s,
+        predict_seconds=pred_s,
+        split=split.name,
+        solver=str(getattr(last, "solver_", "")),
+    )
+    return est, m, y_pred
+
+
+def _aggregate(
+    fs: FeatureSet,
+    runs: list[Metrics],
+    preds: list[np.ndarray],
+    tests: list[np.ndarray],
+    *,
+    head: str,
+    params: Mapping[str, Any] | None,
+    preprocess: tuple[str, ...],
+    class_weight: Any,
+    protocol: str,
+    store: str | None,
+) -> Result:
+    means: dict[str, Any] = {}
+    std: dict[str, float] = {}
+    for k in (*_MEANED, "fit_seconds", "predict_seconds"):
+        vals = [getattr(m, k) for m in runs]
+        if any(v is None for v in vals):
+            means[k] = None
+            continue
+        means[k] = float(np.mean(vals))
+        if len(vals) > 1:
+            std[k] = float(np.std(vals, ddof=1))
+    y_true = np.concatenate([fs.y[t] for t in tests])
+    pooled = compute_metrics(y_true, np.concatenate(preds), fs.classes)
+    n_labeled = int((fs.y >= 0).sum())
+    if isinstance(head, str) and params:  # report values typed (--param k=5 -> 5, not "5")
+        from featx.heads.registry import coerce_params
+
+        params = coerce_params(head, params)
+    return Result(
+        head=head,
+        label=head_label(head, params),
+        store=store,
+        params=dict(params or {}),
+        preprocess=preprocess,
+        class_weight=class_weight if isinstance(class_weight, str | None) else "custom",
+        protocol=protocol,
+        classes=tuple(fs.classes),
+        n_labeled=n_labeled,
+        n_unlabeled=fs.n - n_labeled,
+        n_train=int(round(np.mean([m.n_train for m in runs]))),
+        n_test=int(round(np.mean([m.n_test for m in runs]))),
+        accuracy=means["accuracy"],
+        balanced_accuracy=means["balanced_accuracy"],
+        macro_f1=means["macro_f1"],
+        top5_accuracy=means["top5_accuracy"],
+        log_loss=means["log_loss"],
+        fit_seconds=means["fit_seconds"],
+        predict_seconds=means["predict_seconds"],
+        std=std,
+        per_class=pooled.per_class,
+        confusion_matrix=pooled.confusion_matrix,
+        runs=tuple(runs),
+        roc_auc=means["roc_auc"],
+        solver="; ".join(dict.fromkeys(m.solver for m in runs if m.solver)),
+    )
+
+
+def evaluate(
+    fs: FeatureSet,
+    head: Any = DEFAULT_HEAD,
+    *,
+    params: Mapping[str, Any] | None = None,
+    protocol: EvalProtocol | None = None,
+    store: str | None = None,
+    splits: Sequence[Split] | None = None,
+    **overrides: Any,
+) -> Result:
+    """Fit a head on the training items and measure it on the test items.
+
+    Parameters
+    ----------
+    fs : FeatureSet
+        Unlabeled items (``y == -1``) are left out; the result counts them.
+    head : str or estimator, default="logreg"
+        A registered head name (see :func:`featx.heads.list_heads`) or any scikit-learn
+        classifier (cloned for each run).
+    params : mapping, optional
+        Passed to :func:`featx.heads.make_head`.
+    protocol : EvalProtocol, optional
+        Split, test size, cv folds, few-shot shots and trials, seed, class weights and
+        preprocessing (see :class:`~featx.options.EvalProtocol` for the defaults).
+    store : str, optional
+        Name of the feature set in the result.
+    splits : sequence of Split, optional
+        Precomputed splits (what :func:`featx.comparison.compare` passes so every head and store
+        uses the same ones); overrides split/test_size/cv/shots.
+    **overrides
+        Fields of :class:`~featx.options.EvalProtocol` (``split=``, ``cv=``, ``shots=``,
+        ``trials=``, ``seed=``, ``test_size=``, ``class_weight=``, ``preprocess=``), applied on
+        top of ``protocol``.
+
+    Returns
+    -------
+    Result
+
+    Raises
+    ------
+    FeatxError
+        For every bad input: no labels, one class, too few items for the split, folds or shots,
+        NaN/inf features, unknown head, parameter or option.
+    """
+    p = EvalProtocol.resolve(protocol, overrides)
+    check_features(fs)
+    if splits is None:
+        splits = protocol_splits(fs, p)
+    splits = list(splits)
+    preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
+    _, name, tokens = _build(head, params, preprocess, class_weight, seed)
+    runs, preds = [], []
+    for s in splits:
+        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+        _, m, y_pred = _run(est, fs, s)
+        logger.info(
+            "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
+            name,
+            store or "features",
+            s.name,
+            m.accuracy,
+            m.fit_seconds,
+        )
+        runs.append(m)
+        preds.append(y_pred)
+    return _aggregate(
+        fs,
+        runs,
+        preds,
+        [s.test for s in splits],
+        head=name,
+        params=params,
+        preprocess=tokens,
+        class_weight=class_weight,
+        protocol=describe_splits(splits, p.shots, p.cv),
+        store=store,
+    )
+
+
+@dataclass(frozen=True, eq=False)  # holds arrays: compare fields, not objects
+class FittedHead:
+    """A head fitted by :func:`fit_head`, with the evaluation of that very estimator.
+
+    Attributes
+    ----------
+    estimator : sklearn estimator
+        Fitted on class indices into ``classes``.
+    classes : tuple of str
+    result : Result
+        Metrics on the held-out test items of the estimator fitted on the training items.
+    head : str
+    params : dict
+    """
+
+    estimator: Any
+    classes: tuple[str, ...]
+    result: Result | None
+    head: str
+    params: dict[str, Any]
+
+
+def fit_head(
+    fs: FeatureSet,
+    head: Any = DEFAULT_HEAD,
+    *,
+    params: Mapping[str, Any] | None = None,
+    protocol: EvalProtocol | None = None,
+    refit: str = DEFAULT_REFIT,
+    store: str | None = None,
+    **overrides: Any,
+) -> FittedHead:
+    """Fit one head to ship (e.g. in a bundle), evaluated on the protocol's test items.
+
+    Parameters
+    ----------
+    refit : {"all", "train"}, default="all"
+        ``"all"`` (:data:`featx.options.DEFAULT_REFIT`): after the evaluation, refit on every
+        labeled item (more data; ``result`` then describes the train-only fit that preceded it).
+        ``"train"``: the returned estimator is the one fitted on the training items and
+        ``result`` measures exactly it.
+    protocol, **overrides
+        As in :func:`evaluate`, with one split: ``cv`` and ``shots`` are refused here (evaluate
+        with them, then fit on the plain split, as :func:`featx.train.fit_store` does).
+
+    Other parameters are those of :func:`evaluate`.
+
+    Returns
+    -------
+    FittedHead
+    """
+    if refit not in REFIT_MODES:
+        raise FeatxError(f"refit must be one of {', '.join(REFIT_MODES)}; got {refit!r}")
+    p = EvalProtocol.resolve(protocol, overrides)
+    if p.cv is not None or p.shots is not None:
+        raise FeatxError(
+            "fit_head fits on one split; evaluate cv folds or few-shot trials with evaluate()"
+        )
+    preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
+    labeled = check_features(fs)
+    s = make_splits(fs, split=p.split, test_size=p.test_size, seed=seed)[0]
+    est, name, tokens = _build(head, params, preprocess, class_weight, seed)
+    est, m, y_pred = _run(est, fs, s)
+    result = _aggregate(
+        fs,
+        [m],
+        [y_pred],
+        [s.test],
+        head=name,
+        params=params,
+        preprocess=tokens,
+        class_weight=class_weight,
+        protocol=s.name,
+        store=store,
+    )
+    if refit == "all":
+        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+        _check_fit_size(est, len(labeled), fs.dim)
+        est.fit(fs.X[labeled], fs.y[labeled])
+    return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}))
