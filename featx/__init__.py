@@ -36,9 +36,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from featx._version import __version__
 from featx.errors import FeatxError, StoreError
-
-__version__ = "0.1.0"
 
 # name -> module that defines it; loaded on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {

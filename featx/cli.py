@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from featx import __version__
+from featx._version import __version__
 from featx.errors import FeatxError
 from featx.options import (
     DEFAULT_HEAD,

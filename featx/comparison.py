@@ -44,21 +44,6 @@ logger = logging.getLogger(__name__)
 
 HeadSpec = str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Any]
 
-COLUMNS = (
-    "rank",
-    "store",
-    "head",
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "top5_accuracy",
-    "log_loss",
-    "roc_auc",
-    "fit_seconds",
-    "predict_seconds",
-    "solver",
-)
-
 
 # ---------------------------------------------------------------------------------------------
 # aligning stores
@@ -207,7 +192,8 @@ class Leaderboard:
             out.append(row)
         return out
 
-    # presentation lives in featx.report (the only module that imports matplotlib)
+    # The leaderboard is plain data; featx.report draws it (the only module that imports
+    # matplotlib). These methods are shortcuts to its functions; report never imports this module.
     def to_markdown(self) -> str:
         """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
         from featx.report import leaderboard_markdown
@@ -234,18 +220,6 @@ class Leaderboard:
         from featx.report import write_report
 
         return write_report(self, directory)
-
-
-def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
-    """The ``n`` largest off-diagonal confusion-matrix cells as (true, predicted, count)."""
-    cm = np.asarray(result.confusion_matrix).copy()
-    np.fill_diagonal(cm, 0)
-    flat = np.argsort(-cm, axis=None, kind="stable")[:n]
-    out = []
-    for i, j in zip(*np.unravel_index(flat, cm.shape), strict=True):
-        if cm[i, j] > 0:
-            out.append((result.classes[i], result.classes[j], int(cm[i, j])))
-    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -69,9 +69,9 @@ def _versions(text: bool = False) -> dict[str, str]:
     import h5py
     import torch
 
-    import featx
+    from featx._version import __version__
 
-    out = {"featx_version": featx.__version__, "torch_version": torch.__version__}
+    out = {"featx_version": __version__, "torch_version": torch.__version__}
     if text:
         import tokenizers
         import transformers

@@ -33,7 +33,7 @@ _MAX_ENTRIES = 256
 
 
 def _versions() -> dict[str, str]:
-    from featx import __version__
+    from featx._version import __version__
 
     out = {"featx": __version__}
     for p in _PACKAGES:
