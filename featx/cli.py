@@ -16,6 +16,7 @@ import click
 
 from featx._version import __version__
 from featx.errors import FeatxError
+from featx.export import export_formats
 from featx.options import (
     DEFAULT_HEAD,
     DEFAULT_HEADS,
@@ -428,7 +429,7 @@ def verify(store: str, as_json: bool) -> None:
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npz", "parquet", "csv"]),
+    type=click.Choice(export_formats()),
     help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
 )
 @click.option(

@@ -17,7 +17,6 @@ snapshots their revision), so a remembered ``weights_sha256`` stays true for the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -25,6 +24,8 @@ import logging
 import os
 from pathlib import Path
 from typing import Any
+
+from featx.files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +112,7 @@ def remember(key: str | None, config: dict[str, Any]) -> None:
     while len(data) > _MAX_ENTRIES:  # oldest first (dicts keep insertion order)
         data.pop(next(iter(data)))
     path = _path()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, sort_keys=False))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, sort_keys=False))
     except OSError as exc:
         log.debug("could not write %s: %s", path, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()
