@@ -39,6 +39,7 @@ from featx.errors import FeatxError
 from featx.features import FeatureSet
 from featx.options import DEFAULT_HEADS, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
+from featx.protocol.evaluate import PreparedHead, prepare_head
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ ENGINES = ("local", "ray")
 
 def _evaluate_pair(
     fs: FeatureSet,
-    name: str,
+    head: PreparedHead,
     params: dict[str, Any],
     proto: EvalProtocol,
     pre: Any,
@@ -253,7 +254,7 @@ def _evaluate_pair(
 
     try:
         r = evaluate(
-            fs, name, params=params, protocol=replace(proto, preprocess=pre), splits=splits,
+            fs, head, params=params, protocol=replace(proto, preprocess=pre), splits=splits,
             store=store,
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the caller records or re-raises it
@@ -263,7 +264,7 @@ def _evaluate_pair(
 
 def _fan_out_ray(
     aligned: Mapping[str, FeatureSet],
-    pairs: list[tuple[str, str, dict[str, Any], Any, str]],
+    pairs: list[tuple[str, PreparedHead, dict[str, Any], Any, str]],
     proto: EvalProtocol,
     splits: Any,
     address: str | None,
@@ -278,8 +279,8 @@ def _fan_out_ray(
         refs_fs = {store: ray.put(fs) for store, fs in aligned.items()}  # once per store
         ref_splits = ray.put(splits)
         refs = [
-            task.remote(refs_fs[store], name, params, proto, pre, ref_splits, store)
-            for store, name, params, pre, _ in pairs
+            task.remote(refs_fs[store], head, params, proto, pre, ref_splits, store)
+            for store, head, params, pre, _ in pairs
         ]
         pending = list(refs)
         while pending:  # progress as tasks finish, in any order
@@ -336,7 +337,7 @@ def compare(
     -------
     Leaderboard
     """
-    from featx.heads import make_head, parse_preprocess
+    from featx.heads import parse_preprocess
     from featx.protocol import describe_splits
 
     proto = EvalProtocol.resolve(protocol, overrides)
@@ -355,9 +356,9 @@ def compare(
     if not specs:
         raise FeatxError("compare needs at least one head")
     specs = [(n, p, preprocess if pre == "default" else pre) for n, p, pre in specs]
-    labels = []
-    for name, params, pre in specs:  # fail fast on names and parameters
-        make_head(name, params, pre, class_weight, seed)
+    labels, prepared = [], []
+    for name, params, pre in specs:  # each head built once: fails fast on names and parameters
+        prepared.append(prepare_head(name, params, pre, class_weight, seed))
         label = head_label(name, params)
         if not (isinstance(pre, str) and pre == "default"):
             tokens = [str(t) for t in parse_preprocess(pre, name)]
@@ -376,18 +377,18 @@ def compare(
 
     bar = progress_bar(total=len(aligned) * len(specs), desc="fit", unit="head", enabled=progress)
     pairs = [
-        (store, name, params, pre, label)
+        (store, head, params, pre, label)
         for store in aligned
-        for (name, params, pre), label in zip(specs, labels, strict=True)
+        for (_, params, pre), head, label in zip(specs, prepared, labels, strict=True)
     ]
     if engine == "ray":
         outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
     else:
         outcomes = []
-        for store, name, params, pre, label in pairs:
+        for store, head, params, pre, label in pairs:
             bar.set_postfix_str(f"{label} on {store}", refresh=True)
             bar.update(0)
-            outcome = _evaluate_pair(aligned[store], name, params, proto, pre, splits, store)
+            outcome = _evaluate_pair(aligned[store], head, params, proto, pre, splits, store)
             r = outcome[0]
             if progress and r is not None:  # before update: the bar's last state shows once
                 how = f" [{r.solver}]" if r.solver else ""

@@ -26,7 +26,7 @@ Modules
 """
 
 from featx.options import SPLIT_MODES, EvalProtocol
-from featx.protocol.evaluate import FittedHead, evaluate, fit_head
+from featx.protocol.evaluate import FittedHead, PreparedHead, evaluate, fit_head, prepare_head
 from featx.protocol.metrics import ClassReport, Metrics, compute_metrics
 from featx.protocol.results import Result, head_label
 from featx.protocol.splits import (
@@ -44,6 +44,7 @@ __all__ = [
     "EvalProtocol",
     "FittedHead",
     "Metrics",
+    "PreparedHead",
     "Result",
     "Split",
     "check_features",
@@ -54,5 +55,6 @@ __all__ = [
     "fit_head",
     "head_label",
     "make_splits",
+    "prepare_head",
     "protocol_splits",
 ]

@@ -26,12 +26,34 @@ from featx.protocol.splits import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class PreparedHead:
+    """A named head built once (:func:`prepare_head`); each run fits a clone of ``estimator``.
+
+    :func:`featx.comparison.compare` builds every head once this way (checking its name and
+    parameters before anything is fitted) and hands it to :func:`evaluate` for every store.
+    """
+
+    estimator: Any  # unfitted
+    name: str
+    tokens: tuple[str, ...]  # the preprocessing steps, as written in results
+
+
+def prepare_head(
+    head: str, params: Mapping[str, Any] | None, preprocess: Any, class_weight: Any, seed: int
+) -> PreparedHead:
+    """Build a registered head once: raises FeatxError on a bad name, parameter or step."""
+    return PreparedHead(*_build(head, params, preprocess, class_weight, seed))
+
+
 def _build(
     head: Any, params: Mapping[str, Any] | None, preprocess: Any, class_weight: Any, seed: int
 ) -> tuple[Any, str, tuple[str, ...]]:
-    """(unfitted estimator, head name, preprocessing tokens)."""
+    """(unfitted estimator, head name, preprocessing tokens): built from a name, else cloned."""
     from sklearn.base import clone
 
+    if isinstance(head, PreparedHead):
+        return clone(head.estimator), head.name, head.tokens
     if isinstance(head, str):
         from featx.heads import make_head, parse_preprocess
 
@@ -178,11 +200,11 @@ def evaluate(
     ----------
     fs : FeatureSet
         Unlabeled items (``y == -1``) are left out; the result counts them.
-    head : str or estimator, default="logreg"
-        A registered head name (see :func:`featx.heads.list_heads`) or any scikit-learn
-        classifier (cloned for each run).
+    head : str, estimator or PreparedHead, default="logreg"
+        A registered head name (see :func:`featx.heads.list_heads`), any scikit-learn
+        classifier (cloned for each run), or a head built once by :func:`prepare_head`.
     params : mapping, optional
-        Passed to :func:`featx.heads.make_head`.
+        Passed to :func:`featx.heads.make_head` (with a PreparedHead: only reported).
     protocol : EvalProtocol, optional
         Split, test size, cv folds, few-shot shots and trials, seed, class weights and
         preprocessing (see :class:`~featx.options.EvalProtocol` for the defaults).
@@ -212,10 +234,9 @@ def evaluate(
         splits = protocol_splits(fs, p)
     splits = list(splits)
     preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
-    _, name, tokens = _build(head, params, preprocess, class_weight, seed)
     runs, preds = [], []
-    for s in splits:
-        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+    for s in splits:  # one build (or clone of a prepared head) per run
+        est, name, tokens = _build(head, params, preprocess, class_weight, seed)
         _, m, y_pred = _run(est, fs, s)
         logger.info(
             "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
