@@ -337,41 +337,20 @@ def compare(
     -------
     Leaderboard
     """
-    from featx.heads import parse_preprocess
     from featx.protocol import describe_splits
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    preprocess, class_weight, seed = proto.preprocess, proto.class_weight, proto.seed
-
     if on_error not in ("continue", "raise"):
         raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
     if engine not in ENGINES:
         raise FeatxError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if engine == "local" and ray_address is not None:
         raise FeatxError("--ray-address applies only with --engine ray")
-    from featx.heads import list_heads
-
-    heads = [h for spec in heads for h in (list_heads() if spec == "all" else [spec])]
-    specs = [_parse_spec(s) for s in heads]
-    if not specs:
-        raise FeatxError("compare needs at least one head")
-    specs = [(n, p, preprocess if pre == "default" else pre) for n, p, pre in specs]
-    labels, prepared = [], []
-    for name, params, pre in specs:  # each head built once: fails fast on names and parameters
-        prepared.append(prepare_head(name, params, pre, class_weight, seed))
-        label = head_label(name, params)
-        if not (isinstance(pre, str) and pre == "default"):
-            tokens = [str(t) for t in parse_preprocess(pre, name)]
-            label += f" [{'+'.join(tokens) or 'no preprocessing'}]"
-        if label in labels:
-            raise FeatxError(f"head {label!r} is listed twice; give each head once")
-        labels.append(label)
+    specs, prepared, labels = _prepare_heads(heads, proto)
     aligned = align(feature_sets)
     ref = next(iter(aligned.values()))
     splits = protocol_splits(ref, proto)
     described = describe_splits(splits, proto.shots, proto.cv)
-    results: list[Result] = []
-    failures: list[Failure] = []
 
     from featx.progress import progress_bar
 
@@ -381,28 +360,15 @@ def compare(
         for store in aligned
         for (_, params, pre), head, label in zip(specs, prepared, labels, strict=True)
     ]
-    if engine == "ray":
-        outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
-    else:
-        outcomes = []
-        for store, head, params, pre, label in pairs:
-            bar.set_postfix_str(f"{label} on {store}", refresh=True)
-            bar.update(0)
-            outcome = _evaluate_pair(aligned[store], head, params, proto, pre, splits, store)
-            r = outcome[0]
-            if progress and r is not None:  # before update: the bar's last state shows once
-                how = f" [{r.solver}]" if r.solver else ""
-                bar.write(
-                    f"{label} on {store}: accuracy {r.accuracy:.4f}, "
-                    f"fit {r.fit_seconds:.2f} s{how}",
-                    file=bar.fp,
-                )
-            bar.update(1)
-            if outcome[1] is not None and on_error == "raise":
-                bar.close()
-                raise outcome[1]
-            outcomes.append(outcome)
-    bar.close()
+    try:
+        if engine == "ray":
+            outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
+        else:
+            outcomes = _run_local(aligned, pairs, proto, splits, bar, progress, on_error)
+    finally:
+        bar.close()
+    results: list[Result] = []
+    failures: list[Failure] = []
     for (store, _, _, _, label), (r, e) in zip(pairs, outcomes, strict=True):
         if e is not None:  # recorded, logged, and re-raised on request
             if on_error == "raise":
@@ -420,3 +386,61 @@ def compare(
         n_items=ref.n,
         stores=tuple(aligned),
     )
+
+
+def _prepare_heads(
+    heads: Sequence[HeadSpec], proto: EvalProtocol
+) -> tuple[list[tuple[str, dict[str, Any], Any]], list[PreparedHead], list[str]]:
+    """(name, params, preprocess) of each head, each built once, and their unique labels.
+
+    Building checks every name and parameter before anything is fitted.
+    """
+    from featx.heads import list_heads, parse_preprocess
+
+    heads = [h for spec in heads for h in (list_heads() if spec == "all" else [spec])]
+    specs = [_parse_spec(s) for s in heads]
+    if not specs:
+        raise FeatxError("compare needs at least one head")
+    specs = [(n, p, proto.preprocess if pre == "default" else pre) for n, p, pre in specs]
+    labels: list[str] = []
+    prepared: list[PreparedHead] = []
+    for name, params, pre in specs:
+        prepared.append(prepare_head(name, params, pre, proto.class_weight, proto.seed))
+        label = head_label(name, params)
+        if not (isinstance(pre, str) and pre == "default"):
+            tokens = [str(t) for t in parse_preprocess(pre, name)]
+            label += f" [{'+'.join(tokens) or 'no preprocessing'}]"
+        if label in labels:
+            raise FeatxError(f"head {label!r} is listed twice; give each head once")
+        labels.append(label)
+    return specs, prepared, labels
+
+
+def _run_local(
+    aligned: Mapping[str, FeatureSet],
+    pairs: list[tuple[str, PreparedHead, dict[str, Any], Any, str]],
+    proto: EvalProtocol,
+    splits: Any,
+    bar: Any,
+    progress: bool,
+    on_error: str,
+) -> list[tuple[Result | None, Exception | None]]:
+    """Every (store, head) fit in this process, in order; stops at the first failure on
+    ``on_error="raise"``."""
+    outcomes = []
+    for store, head, params, pre, label in pairs:
+        bar.set_postfix_str(f"{label} on {store}", refresh=True)
+        bar.update(0)
+        outcome = _evaluate_pair(aligned[store], head, params, proto, pre, splits, store)
+        r = outcome[0]
+        if progress and r is not None:  # before update: the bar's last state shows once
+            how = f" [{r.solver}]" if r.solver else ""
+            bar.write(
+                f"{label} on {store}: accuracy {r.accuracy:.4f}, fit {r.fit_seconds:.2f} s{how}",
+                file=bar.fp,
+            )
+        bar.update(1)
+        if outcome[1] is not None and on_error == "raise":
+            raise outcome[1]
+        outcomes.append(outcome)
+    return outcomes
