@@ -41,7 +41,6 @@ from featx.heads.calibration import ScoreCalibrator
 logger = logging.getLogger(__name__)
 
 
-
 class RidgeLOOClassifier(ClassifierMixin, BaseEstimator):
     """Ridge classifier, alpha by exact leave-one-out, calibrated probabilities.
 
