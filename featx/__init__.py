@@ -100,6 +100,12 @@ _LAZY: dict[str, str] = {
     "cache_dir": "featx.files",
     # text
     "embed_texts": "featx.text.engine",
+    # fine-tuning
+    "FinetuneOptions": "featx.options",
+    "finetune": "featx.finetuning",
+    "finetune_full": "featx.finetuning",
+    "load_finetuned": "featx.finetuning",
+    "FinetuneReport": "featx.finetuning",
 }
 
 #: Derived, never written by hand: the lazy names plus the ones imported above.
@@ -136,8 +142,15 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     from featx.extraction import ExtractResult, extract
     from featx.features import FeatureSet
     from featx.files import cache_dir
+    from featx.finetuning import FinetuneReport, finetune, finetune_full, load_finetuned
     from featx.heads import HeadInfo, Param, list_heads, make_head, register_head
-    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
+    from featx.options import (
+        BackboneSpec,
+        EvalProtocol,
+        ExtractOptions,
+        FinetuneOptions,
+        TextFormat,
+    )
     from featx.pipeline import PipelineResult, load_pipeline, run_pipeline
     from featx.prediction import PredictResult, predict
     from featx.protocol.evaluate import FittedHead, evaluate, fit_head

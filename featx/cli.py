@@ -25,6 +25,7 @@ from featx.options import (
     BackboneSpec,
     EvalProtocol,
     ExtractOptions,
+    FinetuneOptions,
     TextFormat,
     option_fields,
 )
@@ -661,6 +662,91 @@ def compare(
         click.echo(board.to_markdown())
         if report:
             click.echo(f"\nreport: {report}")
+
+
+@cli.command()
+@click.argument("store")
+@click.option(
+    "--full",
+    is_flag=True,
+    help="The reference: fine-tune the whole network on STORE, which is then a SOURCE (as for "
+    "'featx extract').",
+)
+@spec_options(FinetuneOptions)
+@spec_options(EvalProtocol, only=("split", "test_size", "seed"))
+@spec_options(BackboneSpec, only=("name", "weights", "image_size", "max_seq_length"))
+@spec_options(TextFormat, only=("text_column", "label_column", "id_column", "split_column"))
+@click.option(
+    "--heads",
+    default="logreg",
+    show_default=True,
+    help="Frozen heads to evaluate on the same split, comma-separated ('' for none).",
+)
+@click.option(
+    "--bundle",
+    type=click.Path(dir_okay=False),
+    help="Save the fine-tuned model to this bundle for 'featx predict' (e.g. tuned.npz).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def finetune(
+    store: str,
+    full: bool,
+    heads: str,
+    bundle: str | None,
+    quiet: bool,
+    as_json: bool,
+    **kw: Any,
+) -> None:
+    """Fine-tune the last blocks on a STORE's cached activations (--full: whole network).
+
+    STORE must hold cached activations: extract it with --cache-activations. With --full,
+    STORE is a source (as for 'featx extract') and the whole network trains: the reference.
+    The leaderboard shows finetune:tail=N (or finetune:full) next to frozen heads, on the
+    same split.
+
+    \b
+    Examples:
+      featx extract photos/ -b resnet18 --cache-activations auto
+      featx finetune cache/photos__resnet18-...h5 --tail 1 --bundle tuned.npz
+      featx predict tuned.npz new_photos/
+      featx finetune --full photos/ -b resnet18 --epochs 10
+    """
+    from featx.finetuning import finetune as run_tail
+    from featx.finetuning import finetune_full
+
+    names = [h.strip() for h in heads.split(",") if h.strip()]
+    opts = _pick(FinetuneOptions, kw, progress=not quiet)
+    proto = _pick(EvalProtocol, kw)
+    if full:
+        report = finetune_full(
+            store,
+            _pick(BackboneSpec, kw),
+            options=opts,
+            protocol=proto,
+            heads=names,
+            bundle=bundle,
+            text=_pick(TextFormat, kw),
+        )
+    else:
+        given = [
+            f.flag for f in option_fields(BackboneSpec) if f.name in kw and kw[f.name] != f.default
+        ]
+        if given:
+            raise FeatxError(
+                f"{given[0]} applies to --full; a store's backbone is the one it was extracted with"
+            )
+        report = run_tail(store, options=opts, protocol=proto, heads=names, bundle=bundle)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    click.echo(report.leaderboard.to_markdown())
+    click.echo(
+        f"\n{report.result.label}: best epoch {report.best_epoch} of {report.epochs}, "
+        f"{report.seconds:.1f} s training ({report.seconds_per_epoch:.2f} s/epoch)"
+    )
+    if report.bundle is not None:
+        click.echo(f"bundle: {report.bundle} (featx predict {report.bundle} FILES)")
 
 
 @cli.command()

@@ -407,6 +407,63 @@ class BackboneSpec(_Spec):
 
 
 @dataclass(frozen=True)
+class FinetuneOptions(_Spec):
+    """How ``featx finetune`` trains a tail (or, with ``--full``, the whole network).
+
+    Every field is a ``featx finetune`` flag and a key of a pipeline's ``[finetune]`` table; the
+    split and the seed come from :class:`EvalProtocol`, so fine-tuned rows share the heads' test
+    items. See :func:`featx.finetuning.finetune`.
+    """
+
+    tail: int | None = option(
+        None,
+        "Blocks to train, counted from the end (default: every block the cache holds the input "
+        "of; --full: all).",
+        min=1,
+        kind=int,
+    )
+    epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
+    batch_size: int = option(64, "Items per training step.", min=2)
+    lr: float = option(1e-3, "AdamW learning rate of the new head.", min=0, min_open=True)
+    tail_lr: float = option(
+        1e-4,
+        "AdamW learning rate of the pretrained blocks (discriminative: below the head's).",
+        min=0,
+        min_open=True,
+    )
+    weight_decay: float = option(0.01, "AdamW weight decay.", min=0)
+    warmup_epochs: int = option(
+        1, "Epochs that train the new head alone, the pretrained blocks frozen.", min=0
+    )
+    patience: int = option(
+        5, "Stop after this many epochs without a better validation accuracy.", min=1
+    )
+    val_size: float = option(
+        0.15,
+        "Share of the training items held out for early stopping (a store's val split is used "
+        "when it has one).",
+        min=0,
+        max=1,
+        min_open=True,
+        max_open=True,
+    )
+    augment: bool = option(
+        True,
+        "Augment: flips and shifts of CNN feature maps (--full: of images), token dropout for "
+        "text.",
+    )
+    dropout: float = option(0.2, "Dropout before the new head.", min=0, max=1, max_open=True)
+    device: str = option("auto", DEVICE_HELP)
+    precision: str = option(
+        "auto", "auto: bf16 mixed precision on CUDA, fp32 elsewhere.", choices=PRECISIONS
+    )
+    progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
+@dataclass(frozen=True)
 class TextFormat(_Spec):
     """How to read a text table (CSV / TSV / JSONL); every column is found by name, ignoring case.
 
@@ -455,6 +512,7 @@ __all__ = [
     "BackboneSpec",
     "EvalProtocol",
     "ExtractOptions",
+    "FinetuneOptions",
     "TextFormat",
     "OptionField",
     "OptionInfo",

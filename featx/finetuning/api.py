@@ -1,0 +1,453 @@
+"""Fine-tuning: the tail on cached activations, the whole network as the reference, predictions.
+
+Imports torch inside functions only (``featx --help`` stays instant).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.finetuning.data import ActivationSet, check_enough
+from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class FinetuneReport:
+    """What :func:`finetune` and :func:`finetune_full` return.
+
+    Attributes
+    ----------
+    result : featx.protocol.Result
+        The fine-tuned model on the protocol's test items (label ``finetune:tail=N`` or
+        ``finetune:full``), comparable with the heads' results.
+    leaderboard : featx.comparison.Leaderboard
+        ``result`` and the frozen heads asked for, on the same split, best first.
+    history : list of dict
+        Per epoch: training loss, validation loss and accuracy, seconds, whether the tail was
+        frozen.
+    best_epoch, epochs : int
+    seconds : float
+        Training time (all epochs, validation included).
+    bundle : Path or None
+        The fine-tuned bundle, when one was written.
+    model : torch.nn.Module
+        The trained network (best epoch, eval mode): the tail and head over cached
+        activations (``model(acts, mask)``), or the whole network for ``--full``.
+    """
+
+    result: Any
+    leaderboard: Any
+    history: list[dict[str, Any]]
+    best_epoch: int
+    epochs: int
+    seconds: float
+    bundle: Path | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    model: Any = field(default=None, repr=False)
+
+    @property
+    def seconds_per_epoch(self) -> float:
+        return self.seconds / max(1, self.epochs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "result": self.result.to_dict(details=False),
+            "leaderboard": self.leaderboard.rows(),
+            "protocol": self.leaderboard.protocol,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "train_seconds": self.seconds,
+            "seconds_per_epoch": self.seconds_per_epoch,
+            "history": self.history,
+            "bundle": None if self.bundle is None else str(self.bundle),
+            **self.extra,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# shared steps
+
+
+def _split_opts(
+    options: FinetuneOptions | None, protocol: EvalProtocol | None, overrides: Mapping[str, Any]
+) -> tuple[FinetuneOptions, EvalProtocol]:
+    fo = {f.name for f in dataclasses.fields(FinetuneOptions)}
+    po = {f.name for f in dataclasses.fields(EvalProtocol)}
+    unknown = sorted(set(overrides) - fo - po)
+    if unknown:
+        raise FeatxError(f"unknown option {unknown[0]!r}; valid: {', '.join(sorted(fo | po))}")
+    opts = FinetuneOptions.resolve(options, {k: v for k, v in overrides.items() if k in fo})
+    proto = EvalProtocol.resolve(protocol, {k: v for k, v in overrides.items() if k in po})
+    if proto.cv is not None or proto.shots is not None:
+        raise FeatxError(
+            "fine-tuning trains on one split; cv folds and few-shot trials do not apply "
+            "(evaluate heads with them in featx compare)"
+        )
+    return opts, proto
+
+
+def _splits(fs: Any, proto: EvalProtocol, opts: FinetuneOptions) -> tuple[Any, np.ndarray]:
+    """(the protocol's train/test split, validation rows carved from its train rows)."""
+    from featx.protocol import make_splits
+    from featx.splits import stratified_holdout
+
+    split = make_splits(fs, split=proto.split, test_size=proto.test_size, seed=proto.seed)[0]
+    train = split.train
+    if fs.split is not None and split.name.startswith("store split (train+val"):
+        s = np.asarray(fs.split).astype(str)[train]
+        if (s == "val").any() and (s == "train").any():
+            val = np.sort(train[s == "val"])
+            return dataclasses.replace(split, train=np.sort(train[s == "train"])), val
+    order = train[np.argsort(fs.keys[train], kind="stable")]
+    keep, hold = stratified_holdout(fs.y[order], opts.val_size, proto.seed)
+    if len(hold) == 0:
+        raise FeatxError(
+            "too few training items to hold out a validation set for early stopping; add items"
+        )
+    return dataclasses.replace(split, train=np.sort(order[keep])), np.sort(order[hold])
+
+
+def _head(dim: int, n_classes: int, dropout: float, seed: int) -> Any:
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, n_classes))
+
+
+def _result(
+    fs: Any,
+    split: Any,
+    logits: Any,
+    *,
+    label: str,
+    params: dict[str, Any],
+    store: str,
+    fit_seconds: float,
+    predict_seconds: float,
+    solver: str,
+    n_train: int,
+) -> Any:
+    import torch
+
+    from featx.protocol import Result, compute_metrics
+
+    proba = torch.softmax(logits.float(), dim=1).numpy().astype(np.float64)
+    yte = fs.y[split.test]
+    pred = proba.argmax(1)
+    m = dataclasses.replace(
+        compute_metrics(yte, pred, fs.classes, scores=proba, proba=proba),
+        n_train=n_train,
+        n_test=len(split.test),
+        fit_seconds=fit_seconds,
+        predict_seconds=predict_seconds,
+        split=split.name,
+        solver=solver,
+    )
+    n_labeled = int((fs.y >= 0).sum())
+    return Result(
+        head="finetune",
+        label=label,
+        store=store,
+        params=params,
+        preprocess=(),
+        class_weight=None,
+        protocol=split.name,
+        classes=tuple(fs.classes),
+        n_labeled=n_labeled,
+        n_unlabeled=fs.n - n_labeled,
+        n_train=n_train,
+        n_test=len(split.test),
+        accuracy=m.accuracy,
+        balanced_accuracy=m.balanced_accuracy,
+        macro_f1=m.macro_f1,
+        top5_accuracy=m.top5_accuracy,
+        log_loss=m.log_loss,
+        fit_seconds=fit_seconds,
+        predict_seconds=predict_seconds,
+        std={},
+        per_class=m.per_class,
+        confusion_matrix=m.confusion_matrix,
+        runs=(m,),
+        roc_auc=m.roc_auc,
+        solver=solver,
+    )
+
+
+def _leaderboard(
+    result: Any, heads: Sequence[Any], features: Any, proto: EvalProtocol, name: str
+) -> Any:
+    from featx.comparison import Leaderboard, compare
+
+    results = [result]
+    failures: tuple[Any, ...] = ()
+    if heads:
+        board = compare({name: features}, list(heads), protocol=proto.split_only())
+        results += list(board.results)
+        failures = board.failures
+    results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
+    return Leaderboard(
+        results=tuple(results),
+        failures=failures,
+        protocol=result.protocol,
+        n_items=int(features.n) if features is not None else 0,
+        stores=(name,),
+    )
+
+
+def backbone_from_config(cfg: Mapping[str, Any]) -> Any:
+    """Load the backbone a store or bundle records, with its default (pooled) embedding, and
+    check that its weights are the recorded ones."""
+    from featx.backbones import load_backbone
+
+    if not isinstance(cfg, Mapping) or "name" not in cfg:
+        raise FeatxError("the store does not record its backbone; re-extract it")
+    spec = BackboneSpec.from_config(cfg)
+    if str(spec.weights).startswith("file:"):
+        raise FeatxError(
+            "the backbone was loaded from a local weights file; fine-tuning rebuilds it from "
+            "named weights only"
+        )
+    if cfg.get("family") == "text":
+        spec = dataclasses.replace(spec, layer=None)
+    else:
+        spec = dataclasses.replace(spec, layer=None, pool=None)
+    bb = load_backbone(spec)
+    if bb.config().get("weights_sha256") != cfg.get("weights_sha256"):
+        raise FeatxError(
+            f"the weights of {cfg.get('name')} here differ from those the activations were "
+            "computed with; re-extract with these weights"
+        )
+    return bb
+
+
+def _seed_all(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(int(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# tail fine-tuning
+
+
+def finetune(
+    data: ActivationSet | str | os.PathLike,
+    *,
+    options: FinetuneOptions | None = None,
+    protocol: EvalProtocol | None = None,
+    heads: Sequence[Any] = (),
+    bundle: str | os.PathLike | None = None,
+    **overrides: Any,
+) -> FinetuneReport:
+    """Fine-tune the last blocks of a backbone, and a new head, on cached activations.
+
+    The tail (the blocks after the cut, initialised from the pretrained weights, plus the
+    backbone's own pooling) and a new linear head train with AdamW and discriminative learning
+    rates, a warm-up with the tail frozen, early stopping on a validation set carved from the
+    training items, and activation-space augmentation; see :mod:`featx.finetuning.loop`.
+
+    Parameters
+    ----------
+    data : ActivationSet or path
+        A store extracted with ``--cache-activations`` (or an :class:`ActivationSet`).
+    options : FinetuneOptions, optional
+        Tail size, epochs, learning rates, ... (see :class:`~featx.options.FinetuneOptions`).
+    protocol : EvalProtocol, optional
+        The split and seed, as for the heads (so the rows compare on the same test items).
+    heads : sequence, optional
+        Frozen heads to evaluate on the same split for the leaderboard (``["logreg"]``).
+    bundle : path, optional
+        Where to write the fine-tuned bundle (``featx predict`` takes it).
+    **overrides
+        Fields of FinetuneOptions or EvalProtocol.
+
+    Returns
+    -------
+    FinetuneReport
+
+    Raises
+    ------
+    FeatxError
+        A store without cached activations (says which extract command adds them), too few
+        labelled items (says how many are needed), a tail longer than the cache allows.
+    """
+    import torch
+
+    from featx.finetuning import augment as aug
+    from featx.finetuning.cuts import TailNet, cut_backbone
+    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
+
+    opts, proto = _split_opts(options, protocol, overrides)
+    store_path = None
+    if not isinstance(data, ActivationSet):
+        from featx.finetuning.store import read_activations
+
+        store_path = data
+        data = read_activations(data)
+    check_enough(data.y, data.classes)
+    fs = data.feature_set()
+    split, val = _splits(fs, proto, opts)
+    bb = backbone_from_config(data.backbone)
+    cm = cut_backbone(bb, data.cut)
+    if cm.cut != data.cut:
+        raise FeatxError(f"the activations were cached at {data.cut}, which {bb.name} lacks")
+    n = cm.n_tail if opts.tail is None else int(opts.tail)
+    full_tail = cm.tail(None, train_blocks=n)  # checks n against the cache
+    k = full_tail.frozen_blocks
+    _seed_all(proto.seed)
+    head = _head(cm.dim, len(data.classes), opts.dropout, proto.seed)
+    dev, prec, amp = device_and_precision(opts)
+    acts = torch.from_numpy(np.ascontiguousarray(data.acts))
+    mask = None if data.mask is None else torch.from_numpy(data.mask.astype(np.int64))
+    if k:  # blocks before the trained ones: run once, frozen, over the whole cache
+        acts = _run_frozen(list(cm.blocks)[:k], cm.kind, acts, mask, dev)
+    net = TailNet(torch.nn.ModuleList(list(cm.blocks)[k:]), cm.post, head, cm.kind)
+    full_tail.head = head
+    body = list(dict.fromkeys(net.tail_parameters()))
+    augment = None
+    if opts.augment and cm.kind == "map":
+
+        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return aug.feature_maps(x, gen), m
+
+    elif opts.augment and cm.kind == "text":
+
+        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return x, aug.token_dropout(m, gen)
+
+    label = f"finetune:tail={n}"
+    fitted = train(
+        net,
+        Data(acts, mask),
+        data.y,
+        split.train,
+        val,
+        opts,
+        head_params=list(head.parameters()),
+        body_params=body,
+        seed=proto.seed,
+        to_input=lambda x: x.float(),
+        augment=augment,
+        desc=label,
+    )
+    t0 = time.perf_counter()
+    logits = predict_logits(
+        net, Data(acts, mask), split.test, lambda x: x.float(), dev=dev, amp=amp
+    )
+    pred_s = time.perf_counter() - t0
+    name = data.name
+    params = {"tail": n, "cut": cm.cut, "epochs": fitted.epochs, "best_epoch": fitted.best_epoch}
+    solver = (
+        f"AdamW, best epoch {fitted.best_epoch}/{fitted.epochs}, "
+        f"{fitted.seconds_per_epoch:.2f} s/epoch ({fitted.device} {fitted.precision})"
+    )
+    result = _result(
+        fs,
+        split,
+        logits,
+        label=label,
+        params=params,
+        store=name,
+        fit_seconds=fitted.seconds,
+        predict_seconds=pred_s,
+        solver=solver,
+        n_train=len(split.train),
+    )
+    features = None
+    if heads:
+        features = _frozen_features(data, store_path, bb)
+    board = _leaderboard(result, heads, features, proto, name)
+    path = None
+    if bundle is not None:
+        from featx.finetuning.bundle import save_finetune_bundle
+
+        full_tail.cpu()
+        path = save_finetune_bundle(
+            bundle,
+            full_tail,
+            mode="tail",
+            classes=data.classes,
+            backbone=data.backbone,
+            cut=cm.cut,
+            tail_blocks=n,
+            head={"dim": cm.dim, "n_classes": len(data.classes), "dropout": opts.dropout},
+            metrics=result.to_dict(details=False),
+            history=fitted.history,
+            options=opts.to_dict(),
+        )
+    return FinetuneReport(
+        result=result,
+        leaderboard=board,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+        epochs=fitted.epochs,
+        seconds=fitted.seconds,
+        bundle=path,
+        model=full_tail.eval(),
+    )
+
+
+def _run_frozen(blocks: list[Any], kind: str, acts: Any, mask: Any, dev: Any) -> Any:
+    """``blocks`` (eval, no grad) over every row of ``acts``; the output kept in float16."""
+    import torch
+
+    for b in blocks:
+        b.to(dev).eval()
+    outs = []
+    with torch.no_grad():
+        for s in range(0, acts.shape[0], 256):
+            x = acts[s : s + 256].to(dev).float()
+            m = None if mask is None else mask[s : s + 256].to(dev)
+            for b in blocks:
+                x = b(x, m) if kind == "text" else b(x)
+            outs.append(x.half().cpu())
+    return torch.cat(outs)
+
+
+def _frozen_features(data: ActivationSet, store_path: Any, bb: Any) -> Any:
+    """The features the frozen heads get: the store's, or the pretrained tail's embedding of
+    the activations (the same numbers, computed from the cache)."""
+    import torch
+
+    from featx.features import FeatureSet
+    from featx.finetuning.cuts import cut_backbone
+
+    if store_path is not None:
+        from featx.store import load_features
+
+        return load_features(store_path)
+    cm = cut_backbone(bb, data.cut)
+    net = cm.tail(None).eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, data.n, 256):
+            a = torch.from_numpy(np.ascontiguousarray(data.acts[s : s + 256])).float()
+            m = (
+                None
+                if data.mask is None
+                else torch.from_numpy(data.mask[s : s + 256].astype(np.int64))
+            )
+            out.append(net.embed(a, m).numpy())
+    fs = data.feature_set()
+    return FeatureSet(
+        X=np.concatenate(out).astype(np.float32),
+        y=fs.y,
+        classes=fs.classes,
+        split=fs.split,
+        keys=fs.keys,
+        meta={},
+    )

@@ -1,0 +1,246 @@
+"""Fine-tuned bundles: the tuned weights and the new head, in the safe format (no pickle).
+
+A fine-tuned bundle is a zip file (numpy's ``.npz`` layout), like a head bundle
+(:mod:`featx.bundle`), that loading never executes:
+
+- ``featx-finetune.json``: format version, featx and torch versions, classes, the backbone's
+  configuration (what rebuilds the frozen prefix), the cut, the mode (``tail`` or ``full``), the
+  new head's shape, the training history and metrics, and the weights as a table
+  ``name -> {ref, sha256, dtype, shape}``;
+- ``arrays/N.npy``: one array per tensor, read with ``allow_pickle=False``;
+- ``featx-finetune.sha256``: the SHA-256 of the JSON member, so damage to any part is caught.
+
+Loading rebuilds the backbone from its configuration (pretrained weights, the prefix stays as
+it was), cuts it at the recorded cut, builds the tail and head and loads the arrays into them with
+``load_state_dict(strict=True)``: a bundle whose tensors do not fit fails with one line.
+
+Imports torch at module level: import it lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from featx.errors import FeatxError
+from featx.files import atomic_path
+
+logger = logging.getLogger(__name__)
+
+MAGIC = "featx-finetune-bundle"
+FORMAT_VERSION = 1
+JSON_NAME = "featx-finetune.json"
+SUM_NAME = "featx-finetune.sha256"
+MODES = ("tail", "full")
+
+
+def is_finetune_bundle(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a fine-tuned bundle (a zip holding ``featx-finetune.json``)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return JSON_NAME in z.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+
+
+def _to_numpy(t: torch.Tensor) -> np.ndarray:
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.contiguous().numpy()
+
+
+def save_finetune_bundle(
+    path: str | os.PathLike,
+    model: nn.Module,
+    *,
+    mode: str,
+    classes: Sequence[str],
+    backbone: Mapping[str, Any],
+    cut: str,
+    tail_blocks: int,
+    head: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
+    options: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``model``'s weights and what rebuilds it to ``path`` (atomically).
+
+    ``model`` is the :class:`~featx.finetuning.cuts.TailNet` (``mode="tail"``) or the whole network
+    (``mode="full"``); tensors shared under several names are stored once.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}")
+    from featx._version import __version__  # the leaf module: no import circle
+
+    members: dict[str, bytes] = {}
+    weights: dict[str, dict[str, Any]] = {}
+    by_storage: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], str] = {}
+    for name, t in model.state_dict(keep_vars=False).items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        ref = by_storage.get(key) if t.numel() else None
+        if ref is None:
+            arr = _to_numpy(t)
+            buf = io.BytesIO()
+            np.lib.format.write_array(buf, arr, allow_pickle=False)
+            ref = f"arrays/{len(members)}.npy"
+            members[ref] = buf.getvalue()
+            if t.numel():
+                by_storage[key] = ref
+        weights[name] = {
+            "ref": ref,
+            "sha256": hashlib.sha256(members[ref]).hexdigest(),
+            "dtype": str(t.dtype).removeprefix("torch."),
+            "shape": list(t.shape),
+        }
+    payload = {
+        "magic": MAGIC,
+        "format_version": FORMAT_VERSION,
+        "featx_version": __version__,
+        "torch_version": torch.__version__.split("+")[0],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "mode": mode,
+        "classes": [str(c) for c in classes],
+        "backbone": json.loads(json.dumps(dict(backbone), default=str)),
+        "cut": cut,
+        "tail_blocks": int(tail_blocks),
+        "head": dict(head),
+        "metrics": json.loads(json.dumps(dict(metrics or {}), default=_json_default)),
+        "history": json.loads(json.dumps(list(history), default=_json_default)),
+        "options": json.loads(json.dumps(dict(options or {}), default=str)),
+        "weights": weights,
+    }
+    text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True).encode()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as z:
+        z.writestr(JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(SUM_NAME, hashlib.sha256(text).hexdigest() + "\n")
+        for ref, data in members.items():
+            z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
+    logger.info("saved fine-tuned bundle %s (%s, %d tensors)", path, mode, len(weights))
+    return path
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    return str(o)
+
+
+@dataclass(frozen=True, eq=False)
+class FinetuneBundleFile:
+    """A fine-tuned bundle as read from disk (weights as numpy arrays, nothing built yet)."""
+
+    path: Path
+    mode: str
+    classes: tuple[str, ...]
+    backbone: dict[str, Any]
+    cut: str
+    tail_blocks: int
+    head: dict[str, Any]
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+    options: dict[str, Any]
+    featx_version: str
+    state: dict[str, np.ndarray] = field(repr=False)
+
+
+def _corrupt(path: Path, why: str) -> FeatxError:
+    return FeatxError(
+        f"{str(path)!r} is not a readable fine-tuned bundle ({why}); it is damaged or not a "
+        "featx bundle: run featx finetune again"
+    )
+
+
+def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
+    """Read and check a fine-tuned bundle (checksums, format); builds no model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FeatxError(f"no fine-tuned bundle at {str(path)!r}; check the path")
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = set(z.namelist())
+            if JSON_NAME not in names:
+                raise FeatxError(f"{str(path)!r} is not a fine-tuned bundle; give featx finetune's")
+            text = z.read(JSON_NAME)
+            want = z.read(SUM_NAME).decode().strip() if SUM_NAME in names else ""
+            if hashlib.sha256(text).hexdigest() != want:
+                raise _corrupt(path, f"{JSON_NAME} does not match its SHA-256")
+            meta = json.loads(text)
+            if not isinstance(meta, dict) or meta.get("magic") != MAGIC:
+                raise FeatxError(f"{str(path)!r} is not a fine-tuned bundle; give featx finetune's")
+            version = meta.get("format_version")
+            if version != FORMAT_VERSION:
+                newer = isinstance(version, int) and version > FORMAT_VERSION
+                raise FeatxError(
+                    f"{str(path)!r} has fine-tuned bundle format {version!r}, this featx reads "
+                    f"{FORMAT_VERSION}; " + ("upgrade featx" if newer else "fine-tune again")
+                )
+            cache: dict[str, np.ndarray] = {}
+            state: dict[str, np.ndarray] = {}
+            for name, w in dict(meta["weights"]).items():
+                ref = str(w["ref"])
+                if ref not in cache:
+                    data = z.read(ref)
+                    if hashlib.sha256(data).hexdigest() != w["sha256"]:
+                        raise _corrupt(path, f"{ref} does not match its SHA-256")
+                    cache[ref] = np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
+                arr = cache[ref]
+                if list(arr.shape) != list(w["shape"]):
+                    raise _corrupt(path, f"{name} has shape {arr.shape}, expected {w['shape']}")
+                state[name] = arr
+    except FeatxError:
+        raise
+    except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
+        raise _corrupt(path, type(e).__name__) from None
+    try:
+        return FinetuneBundleFile(
+            path=path,
+            mode=str(meta["mode"]),
+            classes=tuple(str(c) for c in meta["classes"]),
+            backbone=dict(meta["backbone"]),
+            cut=str(meta["cut"]),
+            tail_blocks=int(meta["tail_blocks"]),
+            head=dict(meta["head"]),
+            metrics=dict(meta.get("metrics") or {}),
+            history=list(meta.get("history") or []),
+            options=dict(meta.get("options") or {}),
+            featx_version=str(meta.get("featx_version", "")),
+            state=state,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise _corrupt(path, f"missing {e}") from None
+
+
+def load_state(model: nn.Module, state: Mapping[str, np.ndarray], path: Path) -> None:
+    """Load numpy arrays into ``model`` (strict: every tensor, right shapes)."""
+    own = model.state_dict()
+    tensors = {}
+    for k, v in state.items():
+        ref = own.get(k)
+        t = torch.from_numpy(np.array(v))
+        tensors[k] = t.to(ref.dtype) if ref is not None else t
+    try:
+        model.load_state_dict(tensors, strict=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0][:200]
+        raise FeatxError(
+            f"{str(path)!r} does not fit the backbone it names ({first}); was the backbone's "
+            "architecture or featx changed? Fine-tune again"
+        ) from None

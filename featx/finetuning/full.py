@@ -1,0 +1,252 @@
+"""The reference: full fine-tuning, the whole network trainable, as the tutorials show it.
+
+Every item is decoded once (images resized and centre-cropped to the backbone's size, kept as
+uint8 in memory; texts tokenized), then the whole network and a new head train with the loop of
+:mod:`featx.finetuning.loop`: the head alone for ``warmup_epochs`` (the classic "train the head
+first, then unfreeze"), then everything, the pretrained weights at ``tail_lr``; images are
+augmented with a random resized crop and a flip, texts with token dropout. On the same split as
+the heads and the tail fine-tunes, so all of them compare in one table.
+
+Meant for small sets on a CPU and for GPUs (``benchmarks/gpu_suite.sh``): everything is held in
+memory (n x 3 x S x S bytes for images).
+
+Imports torch inside functions only.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.finetuning.api import (
+    FinetuneReport,
+    _head,
+    _leaderboard,
+    _result,
+    _seed_all,
+    _split_opts,
+    _splits,
+)
+from featx.finetuning.data import check_enough
+from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
+
+logger = logging.getLogger(__name__)
+
+
+def full_network(cut_model: Any, head: Any) -> Any:
+    """The whole network as one module ``net(x, mask) -> logits``: stem, every block, the
+    backbone's pooling and ``head`` (``cut_model`` must be cut at the first block)."""
+    from torch import nn
+
+    class FullNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = cut_model.prefix
+            self.tail = cut_model.tail(head)
+
+        def forward(self, x: Any, mask: Any = None) -> Any:
+            if self.tail.kind == "text":
+                return self.tail(self.stem(x, mask), mask)
+            return self.tail(self.stem(x))
+
+    return FullNet()
+
+
+def finetune_full(
+    source: str | os.PathLike | Any,
+    backbone: str | BackboneSpec | None = None,
+    *,
+    options: FinetuneOptions | None = None,
+    protocol: EvalProtocol | None = None,
+    heads: Sequence[Any] = (),
+    bundle: str | os.PathLike | None = None,
+    text: Any = None,
+    **overrides: Any,
+) -> FinetuneReport:
+    """Fine-tune the whole backbone and a new head on ``source`` (the reference recipe).
+
+    Parameters
+    ----------
+    source : str, path or Source
+        A folder, CSV, ``sklearn:``/``torchvision:`` dataset or text table, as ``featx extract``
+        takes it.
+    backbone : str or BackboneSpec, optional
+        Default: the default image or text backbone.
+    options, protocol, heads, bundle, **overrides
+        As for :func:`featx.finetuning.finetune`; ``options.tail`` is ignored (all blocks train).
+    text : TextFormat, optional
+        Columns of a text table.
+
+    Returns
+    -------
+    FinetuneReport
+        ``result.label`` is ``finetune:full``.
+    """
+    from featx.backbones import load_backbone
+    from featx.features import FeatureSet
+    from featx.finetuning import augment as aug
+    from featx.finetuning.cuts import cut_backbone, cut_names
+    from featx.finetuning.data import decode_images, read_texts, tokenize_texts
+    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
+    from featx.sources import open_source
+
+    opts, proto = _split_opts(options, protocol, overrides)
+    spec = backbone if isinstance(backbone, BackboneSpec) else BackboneSpec(name=backbone)
+    src = source
+    if isinstance(source, str | os.PathLike):
+        from featx.backbones._text import is_text_name
+        from featx.options import DEFAULT_BACKBONE, DEFAULT_TEXT_BACKBONE
+
+        modality = "text" if spec.name is not None and is_text_name(spec.name) else None
+        src = open_source(source, text=text, modality=modality)
+        if spec.name is None:
+            is_text = type(src).__name__ == "TextSource"
+            spec = BackboneSpec.resolve(
+                spec, name=DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
+            )
+    check_enough(np.array([it.label for it in src.items]), src.classes)
+    bb = load_backbone(spec)
+    names = cut_names(bb)
+    cm = cut_backbone(bb, names[0])
+    is_text = cm.kind == "text"
+    if is_text:
+        texts, ok, failed = read_texts(src)
+        ids, mask, _tt = tokenize_texts(bb, texts)
+        data = Data(ids, mask)
+    else:
+        imgs, ok, failed = decode_images(src, bb.preprocess)
+        data = Data(imgs, None)
+    for key, why in failed[:5]:
+        logger.warning("left out %s: %s", key, why)
+    items = [src.items[i] for i in ok]
+    y = np.array([it.label for it in items], dtype=np.int64)
+    check_enough(y, src.classes)
+    splits = np.array([it.split for it in items], dtype=object)
+    name = str(getattr(src, "name", "source"))
+    fs = FeatureSet(
+        X=np.zeros((len(items), 1), np.float32),
+        y=y,
+        classes=tuple(src.classes),
+        split=splits if any(splits) else None,
+        keys=np.array([it.key for it in items], dtype=object),
+        meta={},
+    )
+    split, val = _splits(fs, proto, opts)
+    features = None
+    if heads:  # the frozen backbone's embedding, before training changes it
+        features = _pretrained_features(bb, data, is_text, fs)
+    _seed_all(proto.seed)
+    head = _head(cm.dim, len(src.classes), opts.dropout, proto.seed)
+    net = full_network(cm, head)
+    net.requires_grad_(True)
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in net.parameters() if id(p) not in head_ids]
+    dev, prec, amp = device_and_precision(opts)
+    if is_text:
+
+        def to_input(x: Any) -> Any:
+            return x
+
+        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return x, aug.token_dropout(m, gen)
+
+    else:
+        pre = bb.preprocess
+
+        def to_input(x: Any) -> Any:
+            return pre.normalize(x)
+
+        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return aug.images(x, gen), m
+
+    label = "finetune:full"
+    fitted = train(
+        net,
+        data,
+        fs.y,
+        split.train,
+        val,
+        opts,
+        head_params=list(head.parameters()),
+        body_params=body,
+        seed=proto.seed,
+        to_input=to_input,
+        augment=augment if opts.augment else None,
+        desc=label,
+    )
+    t0 = time.perf_counter()
+    logits = predict_logits(net, data, split.test, to_input, dev=dev, amp=amp)
+    pred_s = time.perf_counter() - t0
+    solver = (
+        f"AdamW, best epoch {fitted.best_epoch}/{fitted.epochs}, "
+        f"{fitted.seconds_per_epoch:.2f} s/epoch ({fitted.device} {fitted.precision})"
+    )
+    result = _result(
+        fs,
+        split,
+        logits,
+        label=label,
+        params={"tail": "all", "epochs": fitted.epochs, "best_epoch": fitted.best_epoch},
+        store=name,
+        fit_seconds=fitted.seconds,
+        predict_seconds=pred_s,
+        solver=solver,
+        n_train=len(split.train),
+    )
+    board = _leaderboard(result, heads, features, proto, name)
+    path = None
+    if bundle is not None:
+        from featx.finetuning.bundle import save_finetune_bundle
+
+        net.cpu()
+        path = save_finetune_bundle(
+            bundle,
+            net,
+            mode="full",
+            classes=src.classes,
+            backbone=bb.config(),
+            cut=cm.cut,
+            tail_blocks=cm.n_tail,
+            head={"dim": cm.dim, "n_classes": len(src.classes), "dropout": opts.dropout},
+            metrics=result.to_dict(details=False),
+            history=fitted.history,
+            options=opts.to_dict(),
+        )
+    return FinetuneReport(
+        result=result,
+        leaderboard=board,
+        history=fitted.history,
+        best_epoch=fitted.best_epoch,
+        epochs=fitted.epochs,
+        seconds=fitted.seconds,
+        bundle=path,
+        model=net.eval(),
+    )
+
+
+def _pretrained_features(bb: Any, data: Any, is_text: bool, fs: Any) -> Any:
+    """The frozen backbone's embedding of every decoded item (for the heads' rows)."""
+    import torch
+
+    from featx.features import FeatureSet
+
+    model = bb.model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, data.x.shape[0], 64):
+            if is_text:
+                ids, m = data.x[s : s + 64], data.mask[s : s + 64]
+                out.append(model(ids, m).float().numpy())
+            else:
+                out.append(model(bb.preprocess.normalize(data.x[s : s + 64])).float().numpy())
+    if not out:
+        raise FeatxError("nothing to embed")
+    return FeatureSet(
+        X=np.concatenate(out), y=fs.y, classes=fs.classes, split=fs.split, keys=fs.keys, meta={}
+    )

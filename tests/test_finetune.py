@@ -1,0 +1,413 @@
+"""Fine-tuning: cutting backbones, training the tail on activations, bundles, the full reference.
+
+Tiny random models (random-init ResNet-18 / Lite0 / ViT at 32 px, a 2-layer BERT) and tiny
+images whose class is their dominant colour, so a few epochs learn something.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+
+from featx.errors import FeatxError  # noqa: E402
+from featx.options import BackboneSpec  # noqa: E402
+
+SIZE = 32
+
+
+def colour_folder(root: Path, per_class: int = 8, classes: int = 3) -> Path:
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        (root / f"c{c}").mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            a = rng.integers(0, 90, (36, 36, 3)).astype(np.uint8)
+            a[..., c] += 150
+            Image.fromarray(a).save(root / f"c{c}" / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def colours(tmp_path) -> Path:
+    return colour_folder(tmp_path / "colours")
+
+
+# A tiny stage-structured CNN family ("ftest", backbone "ftnet"), cut by a cutter registered
+# the way a plug-in family would: training on it takes milliseconds per step.
+FAMILY = "ftest"
+
+
+def _ftnet():
+    from torch import nn
+
+    def stage(cin, cout, stride):
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+        )
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        stage(3, 8, 2), stage(8, 16, 2), stage(16, 16, 1), stage(16, 24, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    )  # fmt: skip
+
+
+def _cutter(net, backbone):
+    from torch import nn
+
+    from featx.finetuning.cuts import Blocks
+
+    blocks = [(f"stage{i}", net[i]) for i in (1, 2, 3)]
+    return Blocks(net[0], blocks, nn.Sequential(net[4], net[5]), "map", default_tail=1)
+
+
+def register_ftest():
+    from featx.backbones.registry import BackboneInfo, Body, Family, register_family
+    from featx.finetuning import register_cutter
+    from featx.preprocess import Preprocess
+
+    def build(req):
+        return Body(
+            model=_ftnet(),
+            weights="seed0",
+            weights_sha256=None,
+            preprocess=Preprocess(crop_size=SIZE, resize_size=SIZE),
+            default_pool="avg",
+            feature_map=("hook", "3", None),
+        )
+
+    register_family(
+        Family(
+            name=FAMILY,
+            resolve=lambda n: "ftnet" if n == "ftnet" else None,
+            list_infos=lambda p: [BackboneInfo("ftnet", FAMILY, 24, SIZE, "seed0")],
+            build=build,
+        )
+    )
+    register_cutter(FAMILY, _cutter)
+
+
+@pytest.fixture
+def ftnet():
+    from featx.backbones import load_backbone, unregister_family
+    from featx.finetuning.cuts import unregister_cutter
+
+    register_ftest()
+    yield load_backbone("ftnet")
+    unregister_family(FAMILY)
+    unregister_cutter(FAMILY)
+
+
+@pytest.fixture(scope="module")
+def resnet():
+    from featx.backbones import load_backbone
+
+    return load_backbone("resnet18", weights="none", image_size=SIZE)
+
+
+@pytest.fixture
+def acts(ftnet, colours):
+    from featx.finetuning import compute_activations
+    from featx.sources import open_source
+
+    return compute_activations(ftnet, open_source(colours), "-2")
+
+
+FAST = {"epochs": 3, "batch_size": 8, "patience": 3, "heads": ()}
+
+
+# ---------------------------------------------------------------------------------------------
+# cuts
+
+
+@pytest.mark.parametrize("name", ["resnet18", "efficientnet_lite0", "timm/vit_tiny_patch16_224"])
+def test_prefix_then_tail_is_the_backbone(name):
+    from featx.backbones import load_backbone
+    from featx.finetuning import cut_backbone, cut_names
+
+    bb = load_backbone(name, weights="none", image_size=SIZE)
+    x = torch.randn(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        ref = bb.model(x)
+        for cut in ("auto", "-2", cut_names(bb)[0]):
+            cm = cut_backbone(bb, cut)
+            out = cm.tail(None).eval().embed(cm.prefix(x))
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_cut_lists_the_valid_ones(resnet):
+    from featx.finetuning import cut_backbone
+
+    with pytest.raises(FeatxError, match="valid cuts: layer1, layer2, layer3, layer4"):
+        cut_backbone(resnet, "layer9")
+    with pytest.raises(FeatxError, match="has 4"):
+        cut_backbone(resnet, "-7")
+    assert cut_backbone(resnet, "auto").cut == "layer4"
+    assert cut_backbone(resnet, "-2").n_tail == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def test_training_lowers_the_loss_and_reports_a_leaderboard_row(acts):
+    from featx.finetuning import finetune
+
+    rep = finetune(acts, tail=2, warmup_epochs=0, heads=["centroid"], epochs=4, batch_size=8)
+    losses = [h["train_loss"] for h in rep.history]
+    assert losses[-1] < losses[0]
+    labels = [r.label for r in rep.leaderboard.results]
+    assert set(labels) == {"finetune:tail=2", "centroid"}
+    ft = next(r for r in rep.leaderboard.results if r.label == "finetune:tail=2")
+    frozen = next(r for r in rep.leaderboard.results if r.label == "centroid")
+    assert ft.n_test == frozen.n_test == rep.result.n_test > 0  # the heads' split
+    assert 1 <= rep.best_epoch <= rep.epochs
+    assert rep.to_dict()["seconds_per_epoch"] > 0
+
+
+def test_seeded_runs_repeat_and_seeds_differ(acts):
+    from featx.finetuning import finetune
+
+    a = finetune(acts, tail=1, **FAST).model.state_dict()
+    b = finetune(acts, tail=1, **FAST).model.state_dict()
+    c = finetune(acts, tail=1, seed=1, **FAST).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_tail_longer_than_the_cache_says_how_to_get_more(acts):
+    from featx.finetuning import finetune
+
+    with pytest.raises(FeatxError, match="between 1 and 2.*earlier --cache-activations"):
+        finetune(acts, tail=3, **FAST)
+
+
+def test_too_few_labelled_items_says_how_many(ftnet, tmp_path):
+    from featx.finetuning import compute_activations, finetune
+    from featx.sources import open_source
+
+    few = compute_activations(ftnet, open_source(colour_folder(tmp_path / "few", 2)), "auto")
+    with pytest.raises(FeatxError, match="at least 4 labelled items per class.*has 2"):
+        finetune(few, **FAST)
+
+
+# ---------------------------------------------------------------------------------------------
+# bundles and prediction
+
+
+def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path):
+    from featx.finetuning import finetune, load_finetuned
+
+    rep = finetune(acts, tail=1, bundle=tmp_path / "tuned.npz", **FAST)
+    ft = load_finetuned(rep.bundle)
+    files = [str(colours / k) for k in acts.keys]
+    with torch.no_grad():
+        trained = torch.softmax(rep.model(torch.from_numpy(acts.acts).float()), 1).numpy()
+    np.testing.assert_allclose(ft.predict_proba(files), trained, rtol=1e-5, atol=1e-6)
+    assert ft.predict(files[:1])[0] in acts.classes
+
+
+def test_bundle_loads_without_pickle_and_catches_damage(acts, tmp_path, monkeypatch):
+    from featx.finetuning import finetune, load_finetuned
+
+    path = finetune(acts, tail=1, bundle=tmp_path / "tuned.npz", **FAST).bundle
+
+    def no_pickle(*a, **k):
+        raise AssertionError("pickle used")
+
+    monkeypatch.setattr(pickle, "loads", no_pickle)
+    monkeypatch.setattr(pickle, "load", no_pickle)
+    monkeypatch.setattr(pickle, "Unpickler", no_pickle)
+    assert load_finetuned(path).mode == "tail"
+    monkeypatch.undo()
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    arr = next(n for n in members if n.startswith("arrays/"))
+    members[arr] = members[arr][:-4] + b"\0\0\0\1"
+    bad = tmp_path / "bad.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    with pytest.raises(FeatxError, match="does not match its SHA-256"):
+        load_finetuned(bad)
+
+
+KILLED_RUN = """
+import sys, logging
+from featx.backbones import load_backbone
+from featx.finetuning import compute_activations, finetune
+from featx.sources import open_source
+from test_finetune import register_ftest
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+register_ftest()
+bb = load_backbone("ftnet")
+acts = compute_activations(bb, open_source({root!r}), "-2")
+finetune(acts, tail=1, epochs={epochs}, patience=100, batch_size=8, bundle={bundle!r})
+"""
+
+
+def test_a_killed_run_can_be_rerun_cleanly(colours, acts, tmp_path):
+    from featx.finetuning import finetune
+
+    bundle = tmp_path / "tuned.npz"
+    script = KILLED_RUN.format(root=str(colours), epochs=100000, bundle=str(bundle))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(script)],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        env=env,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    try:
+        for line in proc.stderr:  # wait until training is under way
+            if "epoch 2:" in line or time.monotonic() > deadline:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not bundle.exists()  # nothing half-written under the final name
+    rep = finetune(acts, tail=1, epochs=3, patience=100, batch_size=8, bundle=bundle)
+    again = finetune(acts, tail=1, epochs=3, patience=100, batch_size=8, bundle=tmp_path / "b.npz")
+    from featx.finetuning.bundle import read_finetune_bundle
+
+    a, b = read_finetune_bundle(rep.bundle).state, read_finetune_bundle(again.bundle).state
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert not list(tmp_path.glob("tuned.npz.tmp-*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# the full reference
+
+
+def test_full_finetune_runs_on_cpu_and_its_bundle_predicts(ftnet, colours, tmp_path):
+    from featx.finetuning import finetune_full, load_finetuned
+
+    rep = finetune_full(
+        colours,
+        BackboneSpec(name="ftnet"),
+        bundle=tmp_path / "full.npz",
+        **{**FAST, "heads": ["centroid"], "epochs": 2},
+    )
+    assert rep.result.label == "finetune:full"
+    assert {r.label for r in rep.leaderboard.results} == {"finetune:full", "centroid"}
+    ft = load_finetuned(rep.bundle)
+    files = sorted(str(p) for p in colours.rglob("*.png"))[:4]
+    x = torch.stack([ft.backbone.preprocess.to_uint8(Image.open(f).convert("RGB")) for f in files])
+    with torch.no_grad():
+        ref = torch.softmax(rep.model(ft.backbone.preprocess.normalize(x)), 1).numpy()
+    np.testing.assert_allclose(ft.predict_proba(files), ref, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# text
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    from test_text import make_tiny_bert
+
+    return make_tiny_bert(tmp_path_factory.mktemp("models") / "tiny-bert")
+
+
+def test_text_tail_trains_and_predicts(tiny_bert, tmp_path):
+    from test_text import TOPICS, write_table
+
+    from featx.backbones import load_backbone
+    from featx.finetuning import compute_activations, cut_backbone, finetune, load_finetuned
+    from featx.finetuning.data import read_texts
+    from featx.sources import open_source
+
+    rows = [{"text": t, "label": lab} for lab, ts in TOPICS.items() for t in ts * 2]
+    table = write_table(tmp_path / "t.csv", rows)
+    bb = load_backbone(f"hf:{tiny_bert}")
+    enc = bb.tokenizer(["i pay my bill", "late"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        ref = bb.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        cm = cut_backbone(bb, "layer.0")
+        a = cm.prefix(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        torch.testing.assert_close(cm.tail(None).eval().embed(a, enc["attention_mask"]), ref)
+    src = open_source(table, modality="text")
+    acts = compute_activations(bb, src, "auto")
+    assert acts.mask is not None and acts.acts.shape[:2] == acts.mask.shape
+    rep = finetune(acts, bundle=tmp_path / "t.npz", warmup_epochs=0, **FAST)
+    assert rep.result.label == "finetune:tail=2"
+    ft = load_finetuned(rep.bundle)
+    texts, _, _ = read_texts(src)  # the order of the activations
+    with torch.no_grad():
+        trained = rep.model(torch.from_numpy(acts.acts).float(), torch.from_numpy(acts.mask).long())
+    np.testing.assert_allclose(
+        ft.predict_proba(texts), torch.softmax(trained, 1).numpy(), rtol=1e-4, atol=1e-5
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# stores and the command line
+
+
+def test_a_store_without_activations_names_the_extract_command(ftnet, tmp_path, colours):
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+
+    runner = CliRunner()
+    store = tmp_path / "s.h5"
+    r = runner.invoke(
+        cli,
+        ["extract", str(colours), "-b", "ftnet", "--store", str(store), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["finetune", str(store)])
+    assert r.exit_code == 1
+    assert "no cached activations" in r.output and "--cache-activations" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_cli_full_reference(ftnet, tmp_path, colours):
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+
+    r = CliRunner().invoke(
+        cli, ["finetune", "--full", str(colours), "-b", "ftnet", "--epochs", "1", "--heads", "",
+              "-q", "--json"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert '"finetune:full"' in r.output
+
+
+def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_bert):
+    from featx.backbones import load_backbone
+    from featx.finetuning.cache import with_activations
+
+    wb = with_activations(ftnet, "-2")
+    assert wb.config() == ftnet.config() and wb.dim == ftnet.dim
+    x = torch.randn(3, 3, SIZE, SIZE)
+    with torch.no_grad():
+        out = wb.model(x)
+        torch.testing.assert_close(out["features"], ftnet.model(x))
+    assert list(out["activations"].shape[1:]) == wb.outputs["activations"]["shape"]
+    assert "per item" in wb.size_estimate(1000) and "for 1000 items" in wb.size_estimate(1000)
+    tb = load_backbone(f"hf:{tiny_bert}", max_seq_length=16)
+    wt = with_activations(tb, "-1")
+    enc = tb.tokenizer(["i pay my bill", "late"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        o = wt.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+        ref = tb.model(enc["input_ids"], enc["attention_mask"], enc["token_type_ids"])
+    torch.testing.assert_close(o["features"], ref)
+    assert o["activations"].shape == (2, 16, 32) and o["activation_mask"].shape == (2, 16)
+    assert o["activation_mask"].sum() == enc["attention_mask"].sum()
