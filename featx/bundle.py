@@ -493,7 +493,12 @@ class Bundle:
                 f"with the bundle's backbone configuration{hint}"
             )
 
-    def _X(self, X: Any) -> np.ndarray:
+    def _X(self, X: Any) -> Any:
+        if hasattr(X, "texts") and hasattr(X, "X"):  # TextRows: texts beside dense features
+            self.check_compatible(X.X.shape[1])
+            if not np.isfinite(X.X).all():
+                raise FeatxError("features contain NaN or inf; re-extract them")
+            return X
         X = np.asarray(X)
         if X.ndim == 1:
             X = X[None, :]

@@ -309,6 +309,12 @@ def format_info(info: dict[str, Any]) -> str:
         ("versions", " ".join(f"{k}={v}" for k, v in versions.items())),
         ("file", f"{info['file_bytes'] / 1e6:.1f} MB"),
     ]
+    groups = info.get("groups") or []
+    if len(groups) > 1 or info.get("has_texts"):  # the feature groups --layers chooses from
+        names = [f"{g['name']} ({g['dim']})" for g in groups]
+        if info.get("has_texts"):
+            names.append("tfidf (of text/texts, fitted per head)")
+        rows.insert(10, ("groups", ", ".join(names)))
     if text:
         rows.insert(
             10,
@@ -438,8 +444,13 @@ def verify(store: str, as_json: bool) -> None:
     type=click.Path(dir_okay=False),
     help="Output file (default: the store's path with the format's suffix).",
 )
+@click.option(
+    "--layers",
+    help="Feature groups of a multi-layer store to export (NAME or A+B; default: every group, "
+    "side by side, the embedding first).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
+def export(store: str, fmt: str | None, out: str | None, layers: str | None, as_json: bool) -> None:
     """Write a feature STORE's ids, labels, splits and features as npz, Parquet or CSV.
 
     \b
@@ -450,7 +461,7 @@ def export(store: str, fmt: str | None, out: str | None, as_json: bool) -> None:
     """
     from featx.export import export_store
 
-    res = export_store(store, out, format=fmt)
+    res = export_store(store, out, format=fmt, layers=layers)
     if as_json:
         _print_json(res.to_dict())
         return

@@ -106,13 +106,14 @@ def align(feature_sets: Mapping[str, FeatureSet]) -> dict[str, FeatureSet]:
         y_new = np.array([index[fs.classes[v]] if v >= 0 else -1 for v in y], dtype=np.int64)
         split = None if fs.split is None else np.asarray(fs.split)[rows]
         same = len(rows) == fs.n and np.array_equal(rows, np.arange(fs.n))
-        out[name] = FeatureSet(
+        out[name] = replace(  # groups, texts and group selection travel with the rows
+            fs,
             X=fs.X if same else fs.X[rows],  # no copy when the store is already aligned
             y=y_new,
             classes=tuple(classes),
             split=split,
             keys=common,
-            meta=fs.meta,
+            texts=fs.texts if fs.texts is None or same else np.asarray(fs.texts)[rows],
         )
     ref_split = next(iter(out.values())).split
     for name, fs in out.items():
@@ -348,6 +349,21 @@ def compare(
         raise FeatxError("--ray-address applies only with --engine ray")
     specs, prepared, labels = _prepare_heads(heads, proto)
     aligned = align(feature_sets)
+    if proto.layers:  # one entry per (store, group choice): "store [each group / all / ...]"
+        from featx.groups import choose_groups
+
+        aligned = {
+            f"{store} [{label}]": v
+            for store, fs in aligned.items()
+            for label, v in choose_groups(fs, proto.layers)
+        }
+        proto = replace(proto, layers=None)
+    else:  # a set of several groups says which (a fusion's name already does)
+        aligned = {
+            (f"{store} [{'+'.join(g.name for g in fs.groups)}]" if len(fs.groups) > 1
+             and "+" not in store else store): fs
+            for store, fs in aligned.items()
+        }  # fmt: skip
     ref = next(iter(aligned.values()))
     splits = protocol_splits(ref, proto)
     described = describe_splits(splits, proto.shots, proto.cv)

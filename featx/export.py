@@ -173,6 +173,7 @@ def export_store(
     out: str | os.PathLike | None = None,
     *,
     format: str | None = None,  # noqa: A002 - the CLI option's name
+    layers: str | None = None,
 ) -> ExportResult:
     """Export a store's ids, labels, splits and features to ``out``.
 
@@ -195,6 +196,15 @@ def export_store(
 
     fmt = format_for(out, format)
     fs = load_features(store)
+    if layers:  # one group (or several side by side) of a multi-layer store
+        from featx.groups import one_choice
+
+        fs = one_choice(fs, layers, "export")
+        if fs.uses_texts:
+            raise FeatxError(
+                "tfidf is fitted per head on its training rows, so it is not exported; export "
+                "the texts with the store (text/texts) or choose stored groups"
+            )
     info = store_info(store)
     out_path = Path(out) if out is not None else Path(store).with_suffix(_FORMATS[fmt].suffix)
     if out_path.resolve() == Path(store).resolve():

@@ -475,12 +475,14 @@ def _stored_truncated(path: Path) -> int:
 def _text_rows(
     src: Source, bb: Any, rows: dict[str, tuple[str, int]]
 ) -> tuple[dict[str, dict[str, int]], int]:
-    """Per-row token counts of a text store (``text/n_tokens``) and how many were truncated."""
+    """Per-row token counts (``text/n_tokens``) and texts (``text/texts``) of a text store, and
+    how many texts were truncated."""
     from featx.text.engine import count_tokens
 
     items = [it for it in src.items if it.key in rows]
     limit = int(bb.preprocess.max_seq_length)
-    counts = count_tokens(bb.tokenizer, src.texts(items), limit)
+    texts = list(src.texts(items))
+    counts = count_tokens(bb.tokenizer, texts, limit)
     n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
     n_truncated = int((counts > limit).sum())
     if n_truncated:
@@ -492,7 +494,9 @@ def _text_rows(
             limit,
             limit,
         )
-    return {"text/n_tokens": n_tokens}, n_truncated
+    # the texts themselves, for heads on their TF-IDF (docs/groups.md)
+    kept = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
+    return {"text/n_tokens": n_tokens, "text/texts": kept}, n_truncated
 
 
 def _row_fingerprint(idx: Any, r: int) -> tuple:

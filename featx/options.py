@@ -19,11 +19,11 @@ This module imports neither torch nor numpy (``featx --help`` reads it).
 Examples
 --------
 >>> EvalProtocol.from_mapping({"cv": 5, "seed": 1})
-EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default')
+EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', layers=None)
 >>> EvalProtocol.from_mapping({"folds": 5}, where="[protocol]")
 Traceback (most recent call last):
 ...
-featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, preprocess, seed, shots, split, test_size, trials
+featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, layers, preprocess, seed, shots, split, test_size, trials
 """  # noqa: E501
 
 from __future__ import annotations
@@ -324,6 +324,14 @@ class EvalProtocol(_Spec):
     preprocess: Any = option(
         "default",
         "Feature preprocessing: default, none, or e.g. standardize,pca:128 / l2.",
+        kind=str,
+    )
+    layers: str | None = option(
+        None,
+        "Feature groups a head uses: NAME[,NAME...] (or a+b), each (one row per group), all "
+        "(every group, tfidf of a text store's texts included), select or select:K (keep the "
+        "best groups, chosen on a validation split of the training rows). Default: every "
+        "stored group.",
         kind=str,
     )
 

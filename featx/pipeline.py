@@ -9,6 +9,8 @@ A pipeline file::
     name = "demo"
     report = "reports/demo"          # relative to the pipeline file's folder
 
+    fuse = true                      # optional: also the backbones' stores joined by key
+                                     # (or a list of label lists: [["lite0", "resnet18"]])
     sources = ["sklearn:digits"]     # or a table: {spec = "torchvision:CIFAR10", root = "data"}
                                      # text: {spec = "reviews.csv", text_column = "body", ...}:
                                      # the fields of featx.options.TextFormat
@@ -44,7 +46,17 @@ from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
 
 log = logging.getLogger(__name__)
 
-_TOP = {"name", "description", "report", "sources", "backbones", "heads", "extract", "protocol"}
+_TOP = {
+    "name",
+    "description",
+    "report",
+    "sources",
+    "backbones",
+    "heads",
+    "extract",
+    "protocol",
+    "fuse",
+}
 _TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
 _SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
 # The keys of [[backbones]], [extract] and [protocol] are the fields of the specs in
@@ -67,6 +79,7 @@ class Pipeline:
     heads: tuple[dict[str, Any], ...]
     extract: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    fuse: tuple[tuple[str, ...], ...] = ()  # backbone labels whose stores are joined by key
 
 
 def _check_keys(where: str, d: Any, allowed: set[str], path: Path) -> dict[str, Any]:
@@ -127,6 +140,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         EvalProtocol.from_mapping(proto)
     except FeatxError as exc:
         raise FeatxError(f"pipeline {p}: {exc}") from None
+    fuse = _fuse_groups(doc.get("fuse", False), [_backbone_label(b) for b in backbones], p)
     report = Path(doc.get("report", f"reports/{p.stem}"))
     if not report.is_absolute():
         report = Path(os.path.normpath(p.parent / report))
@@ -146,7 +160,33 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads=tuple(heads),
         extract=ext,
         protocol=proto,
+        fuse=fuse,
     )
+
+
+def _fuse_groups(value: Any, labels: list[str], path: Path) -> tuple[tuple[str, ...], ...]:
+    """``fuse = true`` (every backbone) or a list of label lists -> the fusions to add."""
+    if value is False or value is None:
+        return ()
+    if value is True:
+        if len(labels) < 2:
+            raise FeatxError(f"pipeline {path}: fuse needs at least two backbones")
+        return (tuple(labels),)
+    if not isinstance(value, list) or not all(isinstance(g, list) for g in value):
+        raise FeatxError(
+            f"pipeline {path}: fuse must be true or a list of backbone label lists, "
+            'e.g. fuse = [["efficientnet_lite0", "resnet18"]]'
+        )
+    out = []
+    for g in value:
+        missing = [x for x in g if x not in labels]
+        if missing or len(g) < 2:
+            raise FeatxError(
+                f"pipeline {path}: fuse {g} must name two or more backbones of this pipeline "
+                f"({', '.join(labels)})"
+            )
+        out.append(tuple(str(x) for x in g))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -225,6 +265,11 @@ def run_pipeline(
             )
             stores[src_name][label] = r.store
             feature_sets[label] = load_features(r.store)
+        for group in pl.fuse:  # stores of this source joined by key, one group per backbone
+            from featx.fusion import fuse
+
+            fused = fuse({lab: feature_sets[lab] for lab in group})
+            feature_sets["+".join(group)] = fused.features
         lb = compare(feature_sets, heads, protocol=proto, progress=progress)
         out = report_root / src_name if multi else report_root
         lb.write_report(out)

@@ -85,6 +85,10 @@ def rebuild_backbone(
     bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
         bb = load_backbone(spec)
+    if cfg.get("layers"):  # a multi-layer store: the same layers from one pass
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, cfg["layers"])
     if bb.config() != cfg:
         from featx.store import StoreConfig, config_difference
 
@@ -154,18 +158,20 @@ def predict(
         whose origin you trust.
     """
     from featx.bundle import load_bundle
-    from featx.csvsafe import safe_cell
     from featx.extraction import extract
     from featx.sources import open_source
     from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
+    opts = options or ExtractOptions()
+    if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
+        got = _grouped_inputs(b, source, opts, weights_file, root, download, text)
+        return _write_predictions(b, out, *got)
     bb = rebuild_backbone(b.store_meta, weights_file)
     if b.dim is not None and int(b.dim) != int(bb.dim):
         raise FeatxError(
             f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
         )
-    opts = options or ExtractOptions()
     is_text = getattr(bb, "modality", "image") == "text"
     files = None if is_text else image_files(source)
     lines: dict[str, int] = {}
@@ -211,6 +217,88 @@ def predict(
         )
         for p, why in emb.failed.items():
             log.warning("%s: %s", p, why)
+    return _write_predictions(b, out, keys, X, store, n_failed, n_new, true, lines, is_text)
+
+
+def _grouped_inputs(
+    b: Any,
+    source: str | os.PathLike,
+    opts: ExtractOptions,
+    weights_file: str | os.PathLike | None,
+    root: str | None,
+    download: bool,
+    text: TextFormat | None,
+) -> tuple[Any, ...]:
+    """Features of ``source`` for a head on feature groups: every store of a fusion extracted
+    (each with its own backbone), joined by key, and the bundle's groups picked in its order;
+    the texts go along when a group is TF-IDF."""
+    from featx.extraction import extract
+    from featx.features import TextRows
+    from featx.fusion import fuse
+    from featx.groups import GroupChoice, view
+    from featx.sources import open_source
+    from featx.store import load_features
+
+    metas = list(b.store_meta.get("fused") or [b.store_meta])
+    if weights_file is not None and len(metas) > 1:
+        raise FeatxError("--weights-file applies to a bundle of one store, not a fusion")
+    sets: dict[str, Any] = {}
+    stores: list[str] = []
+    lines: dict[str, int] = {}
+    n_failed = n_new = 0
+    is_text = False
+    with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+        for i, meta in enumerate(metas):
+            bb = rebuild_backbone(meta, weights_file)
+            modality = getattr(bb, "modality", "image")
+            is_text = is_text or modality == "text"
+            src = open_source(
+                source,
+                root=root,
+                download=download,
+                content_hash=opts.content_hash,
+                text=text,
+                modality=modality,
+                allow_outside_root=opts.allow_outside_root,
+            )
+            try:
+                r = extract(src, bb, options=opts)
+            except StoreReadOnlyError as exc:
+                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+                r = extract(src, bb, options=opts, store=Path(scratch) / f"features-{i}.h5")
+            sets[str(meta.get("fusion_name") or f"store{i}")] = load_features(r.store)
+            stores.append(str(r.store))
+            n_failed, n_new = n_failed + r.n_failed, n_new + r.n_new
+            if modality == "text":
+                lines = {it.key: getattr(it, "line", 0) for it in src.items}
+    fs = fuse(sets).features if len(sets) > 1 else next(iter(sets.values()))
+    names = tuple(str(g[0]) for g in b.store_meta.get("feature_groups") or [])
+    v = view(fs, GroupChoice("", names)) if names else fs
+    b.check_compatible(v.dim)
+    X = v.inputs()
+    if isinstance(X, TextRows) and v.texts is None:
+        raise FeatxError("this head needs the texts, and the store keeps none; re-extract it")
+    true = (
+        np.array([v.classes[y] if y >= 0 else "" for y in v.y], dtype=object) if v.classes else None
+    )
+    return v.keys, X, "+".join(stores), n_failed, n_new, true, lines, is_text
+
+
+def _write_predictions(
+    b: Any,
+    out: str | os.PathLike | None,
+    keys: Any,
+    X: Any,
+    store: Any,
+    n_failed: int,
+    n_new: int,
+    true: Any,
+    lines: dict[str, int],
+    is_text: bool,
+) -> PredictResult:
+    """Label ``X`` with the bundle and write the predictions CSV atomically."""
+    from featx.csvsafe import safe_cell
+
     with_line = any(lines.values())
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None

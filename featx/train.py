@@ -73,10 +73,9 @@ def fit_store(
     """
     from featx.bundle import save_bundle
     from featx.protocol import evaluate, fit_head
-    from featx.store import load_features
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = load_features(store)
+    fs = load_store(store)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -90,8 +89,46 @@ def fit_store(
     if not out:
         return FitReport(result=result, bundle=None, refit=refit)
     path = Path(out)
-    save_bundle(path, fitted.estimator, fitted.classes, fs.meta, result.to_dict(details=False))
+    meta = bundle_meta(fitted.features if fitted.features is not None else fs)
+    save_bundle(path, fitted.estimator, fitted.classes, meta, result.to_dict(details=False))
     return FitReport(result=result, bundle=path, refit=refit)
+
+
+def bundle_meta(fs: FeatureSet) -> dict[str, Any]:
+    """The store provenance a bundle keeps: the store's, plus the groups the head takes.
+
+    ``feature_groups`` (name, start, stop, kind) in the head's input order tells
+    :func:`featx.predict` which columns of which store (``fused`` parts) or layer to compute,
+    and whether the texts go in too; ``dim`` is the head's input size.
+    """
+    meta = dict(fs.meta)
+    if fs.groups:
+        meta["feature_groups"] = [list(g.to_tuple()) for g in fs.groups]
+        meta["feature_group_sources"] = [g.source for g in fs.groups]
+        meta["dim"] = fs.dim
+    return meta
+
+
+def load_store(spec: str | os.PathLike) -> FeatureSet:
+    """A store, or the fusion of stores joined by ``+`` (``A.h5+B.h5``, :mod:`featx.fusion`).
+
+    A path that exists is one store even if its name has a ``+``. The fused set's groups are
+    named by :func:`store_labels` of its stores; its ``meta["label"]`` is those joined by ``+``.
+    """
+    from featx.fusion import fuse, split_spec
+    from featx.store import load_features
+
+    parts = [] if Path(spec).exists() else split_spec(str(spec))
+    if len(parts) < 2:
+        return load_features(spec)
+    sets = [load_features(p) for p in parts]
+    labels = store_labels([fs.meta for fs in sets], [Path(p).stem for p in parts])
+    fusion = fuse(dict(zip(labels, sets, strict=True)))
+    meta = {**fusion.features.meta, "label": "+".join(labels), "fusion_report": fusion.report}
+    meta["fused_paths"] = [str(p) for p in parts]
+    from dataclasses import replace
+
+    return replace(fusion.features, meta=meta)
 
 
 #: What tells two stores apart in a leaderboard, in the order labels show it.
@@ -156,14 +193,14 @@ def compare_stores(
     """Load stores and run :func:`featx.comparison.compare` on them (named by
     :func:`store_labels`)."""
     from featx.comparison import compare
-    from featx.store import load_features
 
     if not stores:
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    loaded = [(path, load_features(path)) for path in stores]
+    loaded = [(path, load_store(path)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
+    labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))
     return compare(
         sets,

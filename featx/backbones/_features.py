@@ -243,3 +243,194 @@ def check_pool(pool: str | None, ndim: int, prefix_tokens: int, where: str) -> s
             f"pool {pool!r} does not apply to {where}, which outputs {kind}; use one of {ok}"
         )
     return "none" if ndim == 2 else pool
+
+
+# ---------------------------------------------------------------------------------------------
+# several layers in one pass
+# ---------------------------------------------------------------------------------------------
+
+#: Name of the default pooled embedding among the outputs of a multi-layer pass.
+FEATURES = "features"
+#: Containers whose children are a network's stages, tried in this order (timm ``blocks`` /
+#: ``stages``, torchvision ``features``, Hugging Face ``encoder.layer``, ...).
+STAGE_CONTAINERS = ("blocks", "stages", "features", "layers", "encoder.layer", "encoder.layers")
+#: Layer-spec shorthands (see :func:`resolve_layers`).
+LAYER_SHORTHANDS = ("stages", "last:N")
+
+
+def _is_container(m: nn.Module) -> bool:
+    return isinstance(m, nn.Sequential | nn.ModuleList) and len(m) > 1
+
+
+def stage_modules(net: nn.Module) -> list[str]:
+    """The module paths of a network's stages (or blocks), in forward order.
+
+    ``layer1``, ``layer2``, ... (torchvision ResNets), else the children of the first of
+    :data:`STAGE_CONTAINERS` that is a sequence, else those of the longest sequence among the
+    top two levels. Empty when nothing looks like stages.
+    """
+    import re
+
+    top = dict(net.named_children())
+    numbered = sorted(
+        (n for n in top if re.fullmatch(r"(layer|stage)\d+", n)), key=lambda n: int(n[5:])
+    )
+    if len(numbered) > 1:
+        return numbered
+    modules = dict(net.named_modules())
+    for name in STAGE_CONTAINERS:
+        m = modules.get(name)
+        if m is not None and _is_container(m):
+            return [f"{name}.{c}" for c, _ in m.named_children()]
+    best: tuple[int, str] | None = None
+    for name, m in modules.items():
+        big = name and name.count(".") <= 1 and _is_container(m)
+        if big and (best is None or len(m) > best[0]):
+            best = (len(m), name)
+    if best is None:
+        return [c for c, _ in net.named_children()] if _is_container(net) else []
+    return [f"{best[1]}.{c}" for c, _ in modules[best[1]].named_children()]
+
+
+def resolve_layers(
+    net: nn.Module, spec: str | list[str] | tuple[str, ...], where: str
+) -> list[str]:
+    """Module paths of a layer spec: comma-separated module paths and shorthands.
+
+    ``stages`` is every stage of :func:`stage_modules`; ``last:N`` its last N. Duplicates are
+    dropped, the order kept. An unknown name is a FeatxError listing the shorthands and the
+    closest module paths.
+
+    Examples
+    --------
+    >>> net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 3))
+    >>> resolve_layers(net, "last:2", "net")
+    ['1', '2']
+    """
+    import difflib
+
+    tokens = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec)]
+    tokens = [t for t in tokens if t]
+    if not tokens:
+        raise FeatxError(
+            f"--layers names no layer; use e.g. stages, last:4 or module paths of {where}"
+        )
+    modules = [n for n in dict(net.named_modules()) if n]
+    stages = stage_modules(net)
+    out: list[str] = []
+    for tok in tokens:
+        low = tok.lower()
+        if low == "stages" or low.startswith("last:"):
+            if not stages:
+                raise FeatxError(
+                    f"{where} has no recognisable stages for {tok!r}; name module paths instead, "
+                    f"e.g. {', '.join(modules[:3])}"
+                )
+            if low == "stages":
+                out += stages
+                continue
+            n = low[5:]
+            if not n.isdigit() or int(n) < 1:
+                raise FeatxError(f"last:N needs a whole number N >= 1; got {tok!r}")
+            out += stages[-int(n) :]
+        elif tok in (PRE_LOGITS, FEATURES):
+            continue  # the pooled embedding is always stored (as "features")
+        elif tok in modules:
+            out.append(tok)
+        else:
+            close = difflib.get_close_matches(tok, modules, n=3, cutoff=0.6)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            shown = ", ".join(stages[:8]) or ", ".join(modules[:8])
+            raise FeatxError(
+                f"{where} has no layer {tok!r}{hint} Valid: stages, last:N, or module paths such "
+                f"as {shown}"
+            )
+    return list(dict.fromkeys(out))
+
+
+class MultiLayerModel(nn.Module):
+    """One forward pass, several pooled outputs: ``{"features": (B, D), layer: (B, d), ...}``.
+
+    ``base`` is the backbone's feature model (its output is ``"features"``); a forward hook on
+    each extra layer keeps that layer's output (the first time it runs in a pass), pooled with
+    ``pools[layer]``. The whole network runs once.
+    """
+
+    def __init__(self, base: FeatureModel, layers: list[str], pools: dict[str, str]) -> None:
+        super().__init__()
+        self.base = base
+        self.layers = list(layers)
+        self.pools = dict(pools)
+        self._got: dict[str, torch.Tensor] = {}
+        modules = dict(base.body.named_modules())
+        for name in self.layers:
+            modules[name].register_forward_hook(self._hook(name))
+
+    def _hook(self, name: str):
+        def capture(module: nn.Module, inputs: Any, output: Any) -> None:
+            if name in self._got:
+                return
+            t = _first_tensor(output)
+            if t is None:
+                raise TypeError(f"layer {name!r} returned {type(output).__name__}")
+            self._got[name] = t
+
+        return capture
+
+    def raw(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The unpooled layer outputs and the pooled embedding of one pass."""
+        self._got = {}
+        try:
+            feats = self.base(x)
+            got = self._got
+        finally:
+            self._got = {}
+        missing = [n for n in self.layers if n not in got]
+        if missing:
+            raise LayerNotRun(f"layer {missing[0]!r} did not run in the forward pass")
+        return {FEATURES: feats, **{n: got[n] for n in self.layers}}
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raw = self.raw(x)
+        out = {FEATURES: raw.pop(FEATURES)}
+        for n, y in raw.items():
+            out[n] = pool_features(
+                y, self.pools[n], layout=self.base.layout, prefix_tokens=self.base.prefix_tokens
+            )
+        return out
+
+
+class _RawLayers(nn.Module):
+    def __init__(self, mm: MultiLayerModel) -> None:
+        super().__init__()
+        self.mm = mm
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.mm.raw(x)
+
+
+def multi_layer_model(
+    base: FeatureModel, spec: str | list[str], size: int, where: str, pool: str | None = None
+) -> tuple[MultiLayerModel, dict[str, int], dict[str, str]]:
+    """A :class:`MultiLayerModel` over ``base`` for a layer spec; -> (model, dims, pools).
+
+    ``dims`` maps every output name (``"features"`` first) to its size, ``pools`` every extra
+    layer to its pooling (None ``pool``: avg for maps, cls/avg for tokens, as ``--layer``).
+    """
+    layers = resolve_layers(base.body, spec, where)
+    if base.source == "hook" and layers:
+        raise FeatxError(
+            "--layers adds layers to the pooled embedding; leave --layer unset (name the layer "
+            "in --layers instead)"
+        )
+    mm = MultiLayerModel(base, layers, {n: "avg" for n in layers})
+    try:
+        shapes = {n: tuple(t.shape) for n, t in meta_forward(_RawLayers(mm), size).items()}
+    except LayerNotRun as e:
+        raise FeatxError(f"{e} of {where}; choose another layer (a submodule that runs)") from e
+    pools: dict[str, str] = {}
+    for n in layers:
+        pools[n] = check_pool(pool, len(shapes[n]), base.prefix_tokens, f"layer {n!r} of {where}")
+    mm.pools = pools
+    dims = {k: int(v.shape[1]) for k, v in meta_forward(mm, size).items()}
+    return mm, dims, pools

@@ -47,25 +47,62 @@ def prepare_head(
 
 
 def _build(
-    head: Any, params: Mapping[str, Any] | None, preprocess: Any, class_weight: Any, seed: int
+    head: Any,
+    params: Mapping[str, Any] | None,
+    preprocess: Any,
+    class_weight: Any,
+    seed: int,
+    fs: FeatureSet | None = None,
 ) -> tuple[Any, str, tuple[str, ...]]:
-    """(unfitted estimator, head name, preprocessing tokens): built from a name, else cloned."""
+    """(unfitted estimator, head name, preprocessing tokens): built from a name, else cloned.
+
+    With ``fs`` of several feature groups (or texts, or a group selection) the estimator starts
+    with the group step (:func:`featx.heads.groups.with_group_step`).
+    """
     from sklearn.base import clone
 
+    named = isinstance(head, str | PreparedHead)
     if isinstance(head, PreparedHead):
-        return clone(head.estimator), head.name, head.tokens
-    if isinstance(head, str):
+        est, name, tokens = clone(head.estimator), head.name, head.tokens
+    elif isinstance(head, str):
         from featx.heads import make_head, parse_preprocess
 
         est = make_head(head, params, preprocess, class_weight=class_weight, random_state=seed)
         tokens = tuple(str(t) for t in parse_preprocess(preprocess, head))
-        return est, head, tokens
-    if not hasattr(head, "fit") or not hasattr(head, "predict"):
-        raise FeatxError(f"head must be a head name or a scikit-learn classifier; got {head!r}")
-    if params:
-        raise FeatxError("params apply to named heads; set them on the estimator instead")
-    last = head.steps[-1][1] if hasattr(head, "steps") else head
-    return clone(head), type(last).__name__, ()
+        name = head
+    else:
+        if not hasattr(head, "fit") or not hasattr(head, "predict"):
+            raise FeatxError(f"head must be a head name or a scikit-learn classifier; got {head!r}")
+        if params:
+            raise FeatxError("params apply to named heads; set them on the estimator instead")
+        last = head.steps[-1][1] if hasattr(head, "steps") else head
+        est, name, tokens = clone(head), type(last).__name__, ()
+    if fs is not None:
+        from featx.groups import needs_group_step
+
+        if needs_group_step(fs):
+            from featx.heads.groups import with_group_step
+
+            sparse = [g.name for g in fs.groups if g.kind == "text" and g.name.endswith("sparse")]
+            if sparse and named:
+                raise FeatxError(
+                    f"group {sparse[0]!r} is a sparse matrix and featx's heads take dense input; "
+                    "use the group 'tfidf' (dense), or a scikit-learn estimator that takes sparse "
+                    "input (e.g. LinearSVC) as the head in Python"
+                )
+
+            est = with_group_step(est, fs, seed)
+            tokens = ("groups", *(t for t in tokens if t != "standardize"))
+    return est, name, tokens
+
+
+def _groups_used(est: Any) -> str:
+    """``groups: a+b`` when the head's group step selected among groups, else ""."""
+    first = est.steps[0][1] if hasattr(est, "steps") else None
+    used = getattr(first, "groups_", None)
+    if used is None or getattr(first, "select", None) is None:
+        return ""
+    return "groups: " + "+".join(used)
 
 
 def _check_fit_size(est: Any, n_train: int, dim: int) -> None:
@@ -91,7 +128,7 @@ def _full_columns(est: Any, values: np.ndarray, K: int, fill: float) -> np.ndarr
 
 def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarray]:
     """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions)."""
-    X, y, K = fs.X, fs.y, len(fs.classes)
+    X, y, K = fs.inputs(), fs.y, len(fs.classes)
     ytr = y[split.train]
     if len(np.unique(ytr)) < 2:
         raise FeatxError(
@@ -120,7 +157,7 @@ def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarr
         fit_seconds=fit_s,
         predict_seconds=pred_s,
         split=split.name,
-        solver=str(getattr(last, "solver_", "")),
+        solver="; ".join(s for s in (_groups_used(est), str(getattr(last, "solver_", ""))) if s),
     )
     return est, m, y_pred
 
@@ -229,6 +266,10 @@ def evaluate(
         NaN/inf features, unknown head, parameter or option.
     """
     p = EvalProtocol.resolve(protocol, overrides)
+    if p.layers:
+        from featx.groups import one_choice
+
+        fs = one_choice(fs, p.layers, "evaluate")
     check_features(fs)
     if splits is None:
         splits = protocol_splits(fs, p)
@@ -236,7 +277,7 @@ def evaluate(
     preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
     runs, preds = [], []
     for s in splits:  # one build (or clone of a prepared head) per run
-        est, name, tokens = _build(head, params, preprocess, class_weight, seed)
+        est, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
         _, m, y_pred = _run(est, fs, s)
         logger.info(
             "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
@@ -282,6 +323,7 @@ class FittedHead:
     result: Result | None
     head: str
     params: dict[str, Any]
+    features: FeatureSet | None = None  # the set (groups chosen) the head was fitted on
 
 
 def fit_head(
@@ -320,10 +362,14 @@ def fit_head(
         raise FeatxError(
             "fit_head fits on one split; evaluate cv folds or few-shot trials with evaluate()"
         )
+    if p.layers:
+        from featx.groups import one_choice
+
+        fs = one_choice(fs, p.layers, "fit")
     preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
     labeled = check_features(fs)
     s = make_splits(fs, split=p.split, test_size=p.test_size, seed=seed)[0]
-    est, name, tokens = _build(head, params, preprocess, class_weight, seed)
+    est, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
     est, m, y_pred = _run(est, fs, s)
     result = _aggregate(
         fs,
@@ -338,7 +384,7 @@ def fit_head(
         store=store,
     )
     if refit == "all":
-        est, _, _ = _build(head, params, preprocess, class_weight, seed)
+        est, _, _ = _build(head, params, preprocess, class_weight, seed, fs)
         _check_fit_size(est, len(labeled), fs.dim)
-        est.fit(fs.X[labeled], fs.y[labeled])
-    return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}))
+        est.fit(fs.inputs()[labeled], fs.y[labeled])
+    return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}), fs)

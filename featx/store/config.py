@@ -90,3 +90,20 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
         parts.append(config.dtype)
     name = f"{_slug(source_name)}__{_slug('-'.join(p for p in parts if p))}__{config.hash}.h5"
     return cache / name
+
+
+#: Where the extra outputs of a multi-layer pass live: one dataset per layer (``--layers``).
+GROUPS = "groups"
+#: Where a text store keeps its texts (the ``tfidf`` feature group needs them at fit time).
+TEXTS = "text/texts"
+
+
+def store_groups(config: Any) -> list[tuple[str, int]]:
+    """(dataset path, width) of each extra output group a store's configuration names."""
+    if config is None:
+        return []
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(d, dict):
+        return []
+    layers = (d.get("backbone") or {}).get("layers") or []
+    return [(f"{GROUPS}/{g['name']}", int(g["dim"])) for g in layers]

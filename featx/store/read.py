@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.features import FeatureSet
-from featx.store.config import StoreConfig
+from featx.features import FeatureGroup, FeatureSet
+from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
 
 
@@ -130,13 +130,29 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
         if ds.shape[0]:
             ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
         split = idx.split if any(idx.split) else None
+        meta = _meta(f)
+        groups: tuple[FeatureGroup, ...] = ()
+        names = store_groups(meta.get("config"))
+        if names:  # a multi-layer store: the embedding, then each layer's group
+            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+            for name, width in names:
+                g = f[name]
+                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
+                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                pos += width
+            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+        texts = None
+        if TEXTS in f:
+            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
         return FeatureSet(
             X=X,
             y=idx.labels.astype(np.int64),
             classes=idx.classes,
             split=split,
             keys=idx.keys,
-            meta=_meta(f),
+            meta=meta,
+            groups=groups,
+            texts=texts,
         )
 
 
@@ -203,6 +219,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
+            "groups": [
+                {"name": "features", "dim": int(f["features"].shape[1]), "pool": meta.get("pool")}
+            ]
+            + [
+                {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
+                for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
+            ],
+            "has_texts": TEXTS in f,
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}

