@@ -33,6 +33,10 @@ class LayeredBackbone(Backbone):
         cfg["layers"] = [{"name": n, "pool": p, "dim": d} for n, p, d in self.layers]
         return cfg
 
+    def output_attrs(self) -> dict[str, dict[str, Any]]:
+        """Provenance of each extra output (attributes of its ``outputs/<name>`` dataset)."""
+        return {n: {"layer": n, "pool": p, "dim": d} for n, p, d in self.layers}
+
     @property
     def output_dims(self) -> dict[str, int]:
         """Size of every named output, ``"features"`` first."""

@@ -92,8 +92,9 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
     return cache / name
 
 
-#: Where the extra outputs of a multi-layer pass live: one dataset per layer (``--layers``).
-GROUPS = "groups"
+#: Where the extra named outputs of a pass live (the engines' contract): ``outputs/<name>``;
+#: a multi-layer pass (``--layers``) writes one per layer, named by its module path.
+GROUPS = "outputs"
 #: Where a text store keeps its texts (the ``tfidf`` feature group needs them at fit time).
 TEXTS = "text/texts"
 

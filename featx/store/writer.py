@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.store.config import GROUPS, StoreConfig, _canonical, config_difference, store_groups
+from featx.store.config import StoreConfig, _canonical, config_difference
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
@@ -52,8 +52,6 @@ class Rows:
     failed_size: list[int]
     failed_mtime_ns: list[int]
     failed_sha256: list[str]
-    #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
-    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class StoreWriter:
@@ -196,9 +194,6 @@ class StoreWriter:
             f.attrs["format"] = PART_FORMAT
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
-            for name, arr in (rows.outputs or {}).items():
-                out = np.asarray(arr, dtype=self.config.dtype).reshape(len(rows.keys), -1)
-                f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
             _int_ds(g, "size", rows.size)
@@ -262,10 +257,10 @@ class StoreWriter:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         open_files: dict[str, Any] = {}
 
-        def source_ds(where: str, name: str = "features"):
+        def source_ds(where: str):
             if where not in open_files:
                 open_files[where] = h5py.File(self.path if where == "store" else where, "r")
-            return open_files[where][name]
+            return open_files[where]["features"]
 
         try:
             with _atomic_h5(self.path) as f:
@@ -288,33 +283,30 @@ class StoreWriter:
                 rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
                 # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
                 # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
+                feats = f.create_dataset(
+                    "features",
+                    shape=(n, dim),
+                    dtype=self.config.dtype,
+                    chunks=(rows_per_chunk, max(dim, 1)) if n else None,
+                    compression="lzf" if n else None,
+                    fletcher32=bool(n),
+                )
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-                # the pooled embedding, then every extra output of the pass (--layers)
-                for ds_name, width in [("features", dim), *store_groups(self.config)]:
-                    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
-                    feats = f.create_dataset(
-                        ds_name,
-                        shape=(n, width),
-                        dtype=self.config.dtype,
-                        chunks=(rows_per_chunk, max(width, 1)) if n else None,
-                        compression="lzf" if n else None,
-                        fletcher32=bool(n),
-                    )
-                    step = COPY_ROWS
-                    for a in range(0, n, step):
-                        b = min(n, a + step)
-                        block = np.empty((b - a, width), dtype=self.config.dtype)
-                        w, r = wheres[a:b], srcrow[a:b]
-                        for where in dict.fromkeys(w):
-                            m = w == where
-                            sel = r[m]
-                            order = np.argsort(sel, kind="stable")
-                            vals = _read_rows(source_ds(where, ds_name), sel[order])
-                            tmp = np.empty_like(vals)
-                            tmp[order] = vals
-                            block[m] = tmp
-                        feats[a:b] = block
+                step = COPY_ROWS
+                for a in range(0, n, step):
+                    b = min(n, a + step)
+                    block = np.empty((b - a, dim), dtype=self.config.dtype)
+                    w, r = wheres[a:b], srcrow[a:b]
+                    for where in dict.fromkeys(w):
+                        m = w == where
+                        sel = r[m]
+                        order = np.argsort(sel, kind="stable")
+                        vals = _read_rows(source_ds(where), sel[order])
+                        tmp = np.empty_like(vals)
+                        tmp[order] = vals
+                        block[m] = tmp
+                    feats[a:b] = block
                 _str_ds(f, "paths", keys)
                 _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
                 _str_ds(f, "split", [split.get(k, "") for k in keys])
