@@ -134,6 +134,18 @@ def text(args: argparse.Namespace) -> dict:
         rows.append({"store": r.store, "head": r.label, "accuracy": r.accuracy,
                      "fit_s": r.fit_seconds})  # fmt: skip
         print(f"| {r.store} + {r.label} | {100 * r.accuracy:.2f} | {r.fit_seconds:.1f} |")
+    from sklearn.svm import LinearSVC
+
+    from featx.protocol import evaluate
+
+    for layers in ("tfidf-sparse", "features+tfidf-sparse"):  # sparse TF-IDF, sparse-capable head
+        for c in (0.3, 1.0, 3.0):
+            t0 = time.perf_counter()
+            r = evaluate(fs, LinearSVC(C=c), layers=layers, split="store", seed=0)
+            rows.append({"store": f"bbc [{layers}]", "head": f"LinearSVC C={c}",
+                         "accuracy": r.accuracy, "fit_s": time.perf_counter() - t0})  # fmt: skip
+            print(f"| bbc [{layers}] + LinearSVC C={c} | {100 * r.accuracy:.2f} "
+                  f"| {time.perf_counter() - t0:.1f} |")  # fmt: skip
     return {"anchor": acc_anchor, "C": C, "rows": rows}
 
 

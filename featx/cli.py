@@ -225,6 +225,7 @@ def extract(source: str, **kw: Any) -> None:
       featx extract tickets.jsonl -b hf:models/my-sbert --max-seq-length 128
     """
     from featx.extraction import extract as run_extract
+    from featx.modalities import get_modality
 
     if kw["engine"] == "ray" and not click.get_current_context().meta.get("featx.verbose"):
         import contextlib
@@ -261,10 +262,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("device", f"{result.device} {result.precision}"),
                 *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
-                (
-                    "texts/s" if result.modality == "text" else "images/s",
-                    f"{result.images_per_s:.1f}",
-                ),
+                (f"{get_modality(result.modality).unit}/s", f"{result.images_per_s:.1f}"),
             ]
             + ([("truncated", result.n_truncated)] if result.n_truncated else [])
         )

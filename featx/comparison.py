@@ -37,7 +37,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.features import FeatureSet
-from featx.options import DEFAULT_HEADS, EvalProtocol
+from featx.options import DEFAULT_HEADS, ENGINES, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
 from featx.protocol.evaluate import PreparedHead, prepare_head
 
@@ -236,9 +236,6 @@ def _parse_spec(spec: HeadSpec) -> tuple[str, dict[str, Any], Any]:
         params = dict(spec[1] or {})
         return spec[0], params, (spec[2] if len(spec) == 3 else "default")
     raise FeatxError(f"a head must be a name or (name, params[, preprocess]); got {spec!r}")
-
-
-ENGINES = ("local", "ray")
 
 
 def _evaluate_pair(

@@ -104,7 +104,7 @@ def files_source(paths: Iterable[str], keep: Iterable[str] = ()):
     ``keep`` are keys already in the store: those whose file still exists stay in the source, so
     a call with other files does not drop them from the store.
     """
-    from featx.sources import Source
+    from featx.sources import Source, file_reader
 
     items = {p: _file_item(p) for p in paths}
     for k in keep:
@@ -116,6 +116,7 @@ def files_source(paths: Iterable[str], keep: Iterable[str] = ()):
         name="files",
         classes=(),
         items=sorted(items.values(), key=lambda it: it.key),
+        read=file_reader(),
     )
 
 

@@ -1,4 +1,5 @@
-"""The extraction engine: batches of decoded images through a frozen model, features out.
+"""The local image engine (``--engine local``): decoded images through a frozen model in this
+process, named outputs out (registered in :mod:`featx.engines` as ``local`` / ``image``).
 
 Decoding, resizing and cropping run in DataLoader workers and produce ``uint8`` tensors; the
 batch moves to the device (pinned, non-blocking on CUDA), is normalized there and runs through
@@ -12,60 +13,27 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from featx.errors import FeatxError
+from featx.devices import AMP_DTYPES as AMP_DTYPES
+from featx.devices import DEVICES_HELP as DEVICES_HELP
+from featx.devices import amp_dtype_of, resolve_device, resolve_precision
+from featx.engines import (
+    Batch,
+    EngineSetup,
+    check_rows,
+    empty_outputs,
+    named_outputs,
+    register_engine,
+)
 from featx.jpeg import resolve_decode
 from featx.options import PRECISIONS as PRECISIONS  # one list, also for the CLI
+from featx.options import ExtractOptions
 
 if TYPE_CHECKING:  # pragma: no cover
     from featx.backbones.registry import BackboneLike
 
 log = logging.getLogger(__name__)
-
-
-DEVICES_HELP = "auto, cpu, cuda, cuda:N or mps"
-
-
-def resolve_device(device: str = "auto"):
-    """``auto`` picks cuda, then mps, then cpu. An explicit device that is absent is an error."""
-    import torch
-
-    d = (device or "auto").lower()
-    if d == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        dev = torch.device(d)
-    except RuntimeError:
-        raise FeatxError(f"unknown device {device!r}; use {DEVICES_HELP}") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise FeatxError(
-            f"--device {device} asked for CUDA but none is available; use --device cpu"
-        )
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise FeatxError(f"--device {device}: only {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise FeatxError(f"--device {device} asked for MPS but it is not available; use cpu")
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise FeatxError(f"unsupported device {device!r}; use {DEVICES_HELP}")
-    return dev
-
-
-def resolve_precision(precision: str, device) -> str:
-    """``auto``: bf16 on CUDA, fp32 elsewhere."""
-    p = (precision or "auto").lower()
-    if p not in PRECISIONS:
-        raise FeatxError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
-    if p == "auto":
-        return "bf16" if device.type == "cuda" else "fp32"
-    return p
 
 
 def default_workers(device) -> int:
@@ -233,7 +201,7 @@ def fold_batchnorm(model: Any, image_size: int) -> Any:
             )
     try:
         with torch.no_grad():
-            ref = model.eval()(x)
+            ref = named_outputs(model.eval()(x))
             folded(x)
     finally:
         for h in hooks:
@@ -254,9 +222,11 @@ def fold_batchnorm(model: Any, image_size: int) -> Any:
     if not n:
         return model
     with torch.no_grad():
-        out = folded(x)
-    err = float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-12))
-    if not torch.isfinite(out).all() or err > 1e-4:
+        out = named_outputs(folded(x))
+    err = max(
+        float((out[k] - ref[k]).abs().max() / ref[k].abs().max().clamp_min(1e-12)) for k in ref
+    )
+    if not all(bool(torch.isfinite(v).all()) for v in out.values()) or err > 1e-4:
         log.info("BatchNorm folding changed the output (rel. error %.2g); not folding", err)
         return model
     log.debug("folded %d BatchNorm layers into their convs (rel. error %.2g)", n, err)
@@ -269,154 +239,58 @@ def _worker_init(_: int) -> None:
     torch.set_num_threads(1)
 
 
-def prepare_model(
-    backbone: Any,
-    dev: Any,
-    amp_dtype: Any,
-    *,
-    channels_last: bool = True,
-    compile: bool = False,
-    fold_bn: bool = True,
-) -> tuple[Any, Any]:
+def prepare_model(backbone: Any, dev: Any, amp_dtype: Any, opts: ExtractOptions) -> tuple[Any, Any]:
     """The backbone's model ready for inference on ``dev``: (model, input memory format).
 
-    BatchNorms folded in fp32 (``amp_dtype`` None, see :func:`fold_batchnorm`), channels_last
-    layout, ``torch.compile``. Shared by the local engine and the Ray actors.
+    BatchNorms folded in fp32 (``amp_dtype`` None, ``opts.fold_bn``, see
+    :func:`fold_batchnorm`), ``opts.channels_last`` layout, ``opts.compile``. Shared by the
+    local engine and the Ray actors.
     """
     import torch
 
     model = backbone.model.to(dev).eval()
-    if fold_bn and amp_dtype is None:
+    if opts.fold_bn and amp_dtype is None:
         model = fold_batchnorm(model, backbone.preprocess.crop_size)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if channels_last:
+    memory_format = torch.channels_last if opts.channels_last else torch.contiguous_format
+    if opts.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if compile:
+    if opts.compile:
         model = torch.compile(model)
     return model, memory_format
-
-
-AMP_DTYPES = {"fp32": None, "bf16": "bfloat16", "fp16": "float16"}
-
-
-def amp_dtype_of(precision: str) -> Any:
-    """The autocast dtype of a resolved precision (None for fp32)."""
-    import torch
-
-    name = AMP_DTYPES[precision]
-    return None if name is None else getattr(torch, name)
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One processed batch: positions into the item list, their features, and failures."""
-
-    indices: np.ndarray  # (b,) positions of successful items
-    features: np.ndarray  # (b, d) float32
-    failures: list[tuple[int, str]]
 
 
 def iter_features(
     backbone: BackboneLike,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
-    *,
-    device: str = "auto",
-    precision: str = "auto",
-    batch_size: int = 64,
-    workers: int | None = None,
-    channels_last: bool = True,
-    compile: bool = False,
-    fold_bn: bool = True,
-    decode: str = "auto",
-    progress: bool = False,
+    opts: ExtractOptions | None = None,
 ) -> Iterator[Batch]:
-    """Run ``backbone`` over ``items`` in order, yielding :class:`Batch` results.
+    """Run ``backbone`` over ``items`` in order, yielding :class:`~featx.engines.Batch` results.
 
     Parameters
     ----------
     backbone : featx.backbones.Backbone
-        Model (returns (B, D) features) and its preprocessing.
+        Model (returns (B, D) features, or named outputs) and its preprocessing.
     items : sequence
         What ``reader`` turns into PIL RGB images.
-    device, precision : str
-        See :func:`resolve_device` and :func:`resolve_precision`.
-    batch_size, workers : int
-        Images per batch; DataLoader worker processes (None: a default for the device).
-    channels_last, compile : bool
-        Memory layout, and ``torch.compile`` of the model (slow start, faster steady state).
-    fold_bn : bool
-        In fp32, run a copy of the model with BatchNorms folded into their convs (see
-        :func:`fold_batchnorm`); the features agree to float32 rounding. Not done in bf16/fp16:
-        the folded weights, rounded to 16 bits, drifted 2.5x further from fp32 (trained
-        efficientnet_lite0: mean cosine 0.99874 vs 0.99949 unfolded).
-    decode : {"auto", "cpu", "device"}
-        Where JPEG files are decoded and resized: Pillow in the workers (``cpu``), or in batches
-        on the model's device (``device``, see :mod:`featx.jpeg`); ``auto`` is ``device`` on CUDA.
-    progress : bool
-        Show a tqdm progress bar with images/s on stderr.
+    opts : ExtractOptions
+        The run: ``device``, ``precision`` (:func:`~featx.devices.resolve_device`,
+        :func:`~featx.devices.resolve_precision`), ``batch_size``, ``workers`` (DataLoader
+        processes; None: a default for the device), ``channels_last``, ``compile``, ``fold_bn``
+        (in fp32, a copy of the model with BatchNorms folded into their convs, see
+        :func:`fold_batchnorm`: the features agree to float32 rounding; not done in bf16/fp16,
+        where the folded weights, rounded to 16 bits, drifted 2.5x further from fp32), ``decode``
+        (JPEGs decoded by Pillow in the workers, or in batches on the model's device, see
+        :mod:`featx.jpeg`) and ``progress`` (a bar with images/s on stderr).
     """
     import torch
-    from torch.utils.data import DataLoader
 
-    if batch_size < 1:
-        raise FeatxError("--batch-size must be at least 1")
-    dev = resolve_device(device)
-    prec = resolve_precision(precision, dev)
-    amp_dtype = amp_dtype_of(prec)
-    nworkers = default_workers(dev) if workers is None else int(workers)
-    if nworkers < 0:
-        raise FeatxError("--workers must be 0 or more")
-    nworkers = min(nworkers, max(0, (len(items) + batch_size - 1) // batch_size))
-    dec = resolve_decode(decode, dev)
-    cpu_decode = DecodeDataset(items, reader, backbone.preprocess)
-    loader = DataLoader(
-        RawDecodeDataset(items, reader, backbone.preprocess) if dec == "device" else cpu_decode,
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=nworkers,
-        collate_fn=collate_raw if dec == "device" else collate,
-        pin_memory=dev.type == "cuda",
-        worker_init_fn=_worker_init if nworkers else None,
-        prefetch_factor=4 if nworkers else None,
-        persistent_workers=False,
-    )
-    model, memory_format = prepare_model(
-        backbone, dev, amp_dtype, channels_last=channels_last, compile=compile, fold_bn=fold_bn
-    )
-    log.info(
-        "extracting %d items on %s (%s, batch %d, %d workers, decode on %s)",
-        len(items),
-        dev,
-        prec,
-        batch_size,
-        nworkers,
-        "the device" if dec == "device" else "the CPU",
-    )
-
-    from featx.progress import progress_bar
-
-    bar = progress_bar(
-        total=len(items), desc="extract", unit="img", enabled=progress, smoothing=0.1
-    )
-    n_failed = 0
-    cuda = dev.type == "cuda"
-    undo_heap = keep_heap_pages() if dev.type == "cpu" else (lambda: None)
-
-    def finish(pending) -> Batch:
-        idx, out, event, failures = pending
-        if event is not None:
-            event.synchronize()
-        feats = np.empty((0, backbone.dim), dtype=np.float32) if out is None else out.numpy()
-        if feats.ndim != 2:
-            raise FeatxError(
-                f"backbone produced features of shape {tuple(feats.shape)}; "
-                "choose a --pool that reduces them to one vector per image"
-            )
-        bar.update(int(idx.size) + len(failures))
-        if failures:
-            bar.set_postfix(failed=n_failed)
-        return Batch(idx, feats, failures)
+    opts = opts or ExtractOptions()
+    dev = resolve_device(opts.device)
+    amp_dtype = amp_dtype_of(resolve_precision(opts.precision, dev))
+    dec = resolve_decode(opts.decode, dev)
+    loader, cpu_decode = _loader(backbone, items, reader, opts, dev, dec)
+    model, memory_format = prepare_model(backbone, dev, amp_dtype, opts)
 
     def prepare(loaded):
         """A loaded batch -> (indices, normalized batch on the device, failures)."""
@@ -429,40 +303,133 @@ def iter_features(
             x = backbone.preprocess.normalize(x).contiguous(memory_format=memory_format)
         return idx, x, failures
 
+    from featx.progress import progress_bar
+
+    bar = progress_bar(
+        total=len(items), desc="extract", unit="img", enabled=opts.progress, smoothing=0.1
+    )
+    n_failed = 0
     # CUDA: decoding, the copy to the device and normalization of the next batches run on a
     # thread with its own stream while the model runs; elsewhere they run inline.
     # iter() here, so the DataLoader forks its workers from this thread, not the prefetch thread.
+    cuda = dev.type == "cuda"
     batches = Prefetcher(iter(loader), prepare, dev) if cuda else map(prepare, loader)
-    pending = None
+    undo_heap = keep_heap_pages() if dev.type == "cpu" else (lambda: None)
     try:
         with torch.inference_mode():
-            for idx, x, failures in batches:
-                out, event = None, None
-                if idx.numel():
-                    with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                        out = model(x).float()
-                    if cuda:  # copy back without waiting; the batch is yielded one step later
-                        out = out.to("cpu", non_blocking=True)
-                        event = torch.cuda.Event()
-                        event.record()
-                    else:
-                        out = out.cpu()
-                n_failed += len(failures)
-                current = (idx.numpy(), out, event, failures)
-                if not cuda:
-                    yield finish(current)
-                    continue
-                if pending is not None:  # CUDA: the previous batch, copied while this one ran
-                    yield finish(pending)
-                pending = current
-            if pending is not None:
-                last, pending = pending, None
-                yield finish(last)
+            for batch in _forward(model, batches, dev, amp_dtype, backbone.dim):
+                bar.update(int(batch.indices.size) + len(batch.failures))
+                if batch.failures:
+                    n_failed += len(batch.failures)
+                    bar.set_postfix(failed=n_failed)
+                yield batch
     finally:
         if isinstance(batches, Prefetcher):
             batches.close()
         bar.close()
         undo_heap()
+
+
+def _loader(
+    backbone: Any, items: Sequence[Any], reader: Callable, opts: ExtractOptions, dev: Any, dec: str
+) -> tuple[Any, DecodeDataset]:
+    """The DataLoader of decoded (or, for device decode, raw) batches, and the CPU decoder."""
+    from torch.utils.data import DataLoader
+
+    nworkers = default_workers(dev) if opts.workers is None else int(opts.workers)
+    nworkers = min(nworkers, max(0, (len(items) + opts.batch_size - 1) // opts.batch_size))
+    cpu_decode = DecodeDataset(items, reader, backbone.preprocess)
+    loader = DataLoader(
+        RawDecodeDataset(items, reader, backbone.preprocess) if dec == "device" else cpu_decode,
+        batch_size=opts.batch_size,
+        shuffle=False,
+        num_workers=nworkers,
+        collate_fn=collate_raw if dec == "device" else collate,
+        pin_memory=dev.type == "cuda",
+        worker_init_fn=_worker_init if nworkers else None,
+        prefetch_factor=4 if nworkers else None,
+        persistent_workers=False,
+    )
+    log.info(
+        "extracting %d items on %s (%s, batch %d, %d workers, decode on %s)",
+        len(items),
+        dev,
+        resolve_precision(opts.precision, dev),
+        opts.batch_size,
+        nworkers,
+        "the device" if dec == "device" else "the CPU",
+    )
+    return loader, cpu_decode
+
+
+def _forward(model: Any, batches: Any, dev: Any, amp_dtype: Any, dim: int) -> Iterator[Batch]:
+    """Prepared batches through the model -> :class:`Batch` results, in order.
+
+    On CUDA the outputs are copied back without waiting, and each batch is yielded one step
+    later, while the next one runs.
+    """
+    import torch
+
+    cuda = dev.type == "cuda"
+    pending = None
+    for idx, x, failures in batches:
+        outs, event = None, None
+        if idx.numel():
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                outs = {k: v.float() for k, v in named_outputs(model(x)).items()}
+            if cuda:
+                outs = {k: v.to("cpu", non_blocking=True) for k, v in outs.items()}
+                event = torch.cuda.Event()
+                event.record()
+            else:
+                outs = {k: v.cpu() for k, v in outs.items()}
+        current = (idx.numpy(), outs, event, failures)
+        if not cuda:
+            yield _finish(current, dim)
+            continue
+        if pending is not None:  # CUDA: the previous batch, copied while this one ran
+            yield _finish(pending, dim)
+        pending = current
+    if pending is not None:
+        yield _finish(pending, dim)
+
+
+def _finish(pending: tuple, dim: int) -> Batch:
+    idx, outs, event, failures = pending
+    if event is not None:
+        event.synchronize()
+    if outs is None:
+        return Batch(idx, empty_outputs(dim), failures)
+    arrays = {k: v.numpy() for k, v in outs.items()}
+    check_rows(arrays, int(idx.size))
+    return Batch(idx, arrays, failures)
+
+
+class LocalImageEngine:
+    """``--engine local`` for image backbones: :func:`iter_features` in this process."""
+
+    name = "local"
+    modality = "image"
+    honours = frozenset(
+        {"batch_size", "workers", "device", "precision", "compile", "channels_last", "fold_bn",
+         "decode"}
+    )  # fmt: skip
+
+    def setup(self, opts: ExtractOptions) -> EngineSetup:
+        dev = resolve_device(opts.device)
+        return EngineSetup(
+            device=str(dev),
+            precision=resolve_precision(opts.precision, dev),
+            decode=resolve_decode(opts.decode, dev),
+        )
+
+    def iter_batches(
+        self, backbone: Any, items: Sequence[Any], reader: Callable, opts: ExtractOptions
+    ) -> Iterator[Batch]:
+        return iter_features(backbone, items, reader, opts)
+
+
+register_engine(LocalImageEngine())
 
 
 class _Failed:

@@ -21,16 +21,25 @@ from typing import Any
 import numpy as np
 
 from featx.backbones.registry import BackboneLike
-from featx.errors import FeatxError, disk_full_error, is_disk_full
-from featx.options import (
-    DEFAULT_BACKBONE,
-    DEFAULT_TEXT_BACKBONE,
-    DEFAULT_WEIGHTS,
-    BackboneSpec,
-    ExtractOptions,
-    TextFormat,
+from featx.engines import (
+    FEATURES,
+    Engine,
+    EngineSetup,
+    check_options,
+    engine_for,
+    get_engine,
 )
-from featx.sources import Item, Source, open_source
+from featx.errors import FeatxError, disk_full_error, is_disk_full
+from featx.items import Item, Source
+from featx.modalities import (
+    check_modality,
+    default_backbone,
+    get_modality,
+    modality_of,
+    modality_of_name,
+    open_source,
+)
+from featx.options import DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions, TextFormat
 from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
@@ -65,32 +74,21 @@ class ExtractResult:
         return asdict(self)
 
 
-def _versions(text: bool = False) -> dict[str, str]:
+def _versions(modality: str) -> dict[str, str]:
+    """The library versions a store records: featx, torch, the modality's own, h5py, numpy."""
+    import importlib
+
     import h5py
     import torch
 
     from featx._version import __version__
 
     out = {"featx_version": __version__, "torch_version": torch.__version__}
-    if text:
-        import tokenizers
-        import transformers
-
-        out["transformers_version"] = transformers.__version__
-        out["tokenizers_version"] = tokenizers.__version__
-    else:
-        import timm
-        import torchvision
-
-        out["torchvision_version"] = torchvision.__version__
-        out["timm_version"] = timm.__version__
+    for name in get_modality(modality).versions:
+        out[f"{name}_version"] = importlib.import_module(name).__version__
     out["h5py_version"] = h5py.__version__
     out["numpy_version"] = np.__version__
     return out
-
-
-def _is_text(obj: Any) -> bool:
-    return getattr(obj, "modality", "image") == "text"
 
 
 def _fp(item: Item) -> tuple[int, int, str]:
@@ -143,7 +141,8 @@ def extract(
     store : path-like, optional
         The store file; default: a name under the cache folder derived from the configuration.
     options : ExtractOptions
-        Batching, device, precision, dtype, hashing, strictness, progress.
+        Batching, device, precision, dtype, hashing, strictness, progress, and the engine
+        (looked up in :mod:`featx.engines` by ``options.engine`` and the backbone's modality).
     text : TextFormat, optional
         Columns and encoding of a text table (see :func:`featx.sources.open_source`).
 
@@ -162,92 +161,42 @@ def extract(
     """
     opts = options or ExtractOptions()
     t0 = time.perf_counter()
-    from featx.backbones._text import is_text_name
-
-    name = backbone.name if isinstance(backbone, BackboneSpec) else backbone
-    if name is None:
-        hint = None
-    elif isinstance(name, str):
-        hint = "text" if is_text_name(name) else "image"
-    else:
-        hint = "text" if _is_text(name) else "image"
-    src = (
-        source
-        if isinstance(source, Source)
-        else open_source(
-            source,
-            root=root,
-            download=download,
-            content_hash=opts.content_hash,
-            text=text,
-            modality=hint,
-            allow_outside_root=opts.allow_outside_root,
+    if isinstance(backbone, str) or backbone is None:
+        backbone = BackboneSpec(
+            name=backbone,
+            weights=weights,
+            weights_file=None if weights_file is None else os.fspath(weights_file),
+            layer=layer,
+            pool=pool,
+            image_size=image_size,
+            max_seq_length=max_seq_length,
+            normalize=normalize,
         )
-    )
-    is_text = _is_text(src)
-    if name is None:
-        name = DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
-        if isinstance(backbone, BackboneSpec):
-            backbone = replace(backbone, name=name)
-        else:
-            backbone = name
-    if isinstance(name, str) and is_text_name(name) != is_text:
-        _mismatch(src, name, is_text)
-    memo_key = None
-    if isinstance(backbone, str | BackboneSpec):
-        from featx.backbones import load_backbone, memo
+    src = _open(source, backbone, opts, root=root, download=download, text=text)
+    bb = backbone
+    if isinstance(backbone, BackboneSpec):
+        done, bb = _load(src, backbone, store, opts, t0)
+        if done is not None:
+            return done
+    return _extract_into(src, bb, store, opts, t0)
 
-        spec = (
-            backbone
-            if isinstance(backbone, BackboneSpec)
-            else BackboneSpec(
-                name=backbone,
-                weights=weights,
-                weights_file=None if weights_file is None else os.fspath(weights_file),
-                layer=layer,
-                pool=pool,
-                image_size=image_size,
-                max_seq_length=max_seq_length,
-                normalize=normalize,
-            )
-        )
-        if not is_text:  # text encoders are always loaded (a model folder can change in place)
-            memo_key = memo.request_key(
-                spec.name,
-                spec.weights,
-                weights_file=spec.weights_file,
-                layer=spec.layer,
-                pool=spec.pool,
-                image_size=spec.image_size,
-            )
-            remembered = memo.recall(memo_key)
-            if remembered is not None:
-                done = _up_to_date(src, remembered, store, opts, t0)
-                if done is not None:
-                    return done
-        bb = load_backbone(spec)
-        if not is_text:
-            memo.remember(memo_key, bb.config())
-    else:
-        bb = backbone
-    if _is_text(bb) != is_text:
-        _mismatch(src, bb.name, is_text)
+
+def _extract_into(
+    src: Source, bb: Any, store: str | os.PathLike | None, opts: ExtractOptions, t0: float
+) -> ExtractResult:
+    """Check the backbone and the engine against the source, then run under the store's lock."""
+    check_modality(src, bb.name, modality_of(bb))
+    engine = engine_for(opts, src.modality)
     config = store_config(src, bb, opts.dtype)
     path = Path(store) if store else default_store_path(config, src.name)
     if path.exists() and path.is_dir():
         raise FeatxError(f"--store {path} is a folder; give a file path ending in .h5")
-
-    if is_text and opts.engine != "local":
-        raise FeatxError("--engine ray runs image backbones; text runs on the local engine")
-    dev, prec, dec = _resolve_engine(opts)
-    if is_text:
-        dec = "-"
-
+    setup = engine.setup(opts)
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
     need = 2 * len(src.items) * int(bb.dim) * itemsize + (1 << 20)
     try:
-        return _extract_locked(src, bb, path, config, opts, dev, prec, dec, t0)
+        return _extract_locked(_Run(src, bb, path, config, opts, engine, setup, t0))
     except OSError as exc:
         if is_disk_full(exc):
             log.debug("disk full", exc_info=True)
@@ -255,120 +204,176 @@ def extract(
         raise
 
 
-def _extract_locked(
-    src: Source,
-    bb: Any,
-    path: Path,
-    config: StoreConfig,
+def _open(
+    source: str | os.PathLike | Source,
+    backbone: BackboneSpec | BackboneLike,
     opts: ExtractOptions,
-    dev: Any,
-    prec: str,
-    dec: str,
+    **how: Any,
+) -> Source:
+    """The scanned source; a named backbone's modality settles what an ambiguous table is."""
+    if isinstance(source, Source):
+        return source
+    if isinstance(backbone, BackboneSpec):
+        hint = None if backbone.name is None else modality_of_name(backbone.name)
+    else:
+        hint = modality_of(backbone)
+    return open_source(
+        source,
+        content_hash=opts.content_hash,
+        modality=hint,
+        allow_outside_root=opts.allow_outside_root,
+        **how,
+    )
+
+
+def _load(
+    src: Source,
+    spec: BackboneSpec,
+    store: str | os.PathLike | None,
+    opts: ExtractOptions,
     t0: float,
-) -> ExtractResult:
-    is_text = _is_text(src)
-    with StoreWriter(path, config) as writer:
-        plan = _plan(src, writer)
+) -> tuple[ExtractResult | None, Any]:
+    """(the no-op result, None) when a remembered configuration finds the store up to date
+    (no torch needed), else (None, the loaded backbone). A spec without a name gets the
+    source's default backbone."""
+    from featx.backbones import load_backbone, memo
+
+    if spec.name is None:
+        spec = replace(spec, name=default_backbone(src.modality))
+    check_modality(src, spec.name, modality_of_name(spec.name))
+
+    remembers = remembers_config(spec.name)  # a text model folder can change in place
+    memo_key = None
+    if remembers:
+        memo_key = memo.request_key(
+            spec.name,
+            spec.weights,
+            weights_file=spec.weights_file,
+            layer=spec.layer,
+            pool=spec.pool,
+            image_size=spec.image_size,
+        )
+        remembered = memo.recall(memo_key)
+        if remembered is not None:
+            done = _up_to_date(src, remembered, store, opts, t0)
+            if done is not None:
+                return done, None
+    bb = load_backbone(spec)
+    if remembers:
+        memo.remember(memo_key, bb.config())
+    return None, bb
+
+
+@dataclass(frozen=True)
+class _Run:
+    """One extraction run, as :func:`extract` resolved it."""
+
+    src: Source
+    bb: Any
+    path: Path
+    config: StoreConfig
+    opts: ExtractOptions
+    engine: Engine
+    setup: EngineSetup
+    t0: float
+
+    def result(self, **counts: Any) -> ExtractResult:
+        return ExtractResult(
+            store=str(self.path),
+            seconds=time.perf_counter() - self.t0,
+            device=self.setup.device,
+            precision=self.setup.precision,
+            decode=self.setup.decode,
+            backbone=self.bb.name,
+            weights=self.bb.weights,
+            modality=self.src.modality,
+            engine=self.opts.engine,
+            **counts,
+        )
+
+
+def _extract_locked(run: _Run) -> ExtractResult:
+    with StoreWriter(run.path, run.config) as writer:
+        plan = _plan(run.src, writer)
         todo: list[Item] = plan["todo"]
         rows: dict[str, tuple[str, int]] = plan["rows"]
         failed: dict[str, tuple] = plan["failed"]
-        n_resumed = plan["n_resumed"]
-        if opts.strict and failed:
+        if run.opts.strict and failed:
             key, (reason, *_) = min(failed.items())
             raise FeatxError(
                 f"{key}: {reason}; fix or remove it, or run without --strict to skip and record it"
             )
         if not todo and not plan["dirty"]:
-            log.info("store %s is up to date", path)
-            dim = writer.dim or bb.dim
-            return ExtractResult(
-                store=str(path),
-                n_items=len(rows),
-                n_new=0,
-                n_resumed=0,
-                n_removed=0,
-                n_failed=len(failed),
-                n_new_failed=0,
-                dim=int(dim),
-                seconds=time.perf_counter() - t0,
-                images_per_s=0.0,
-                store_seconds=0.0,
-                device=str(dev),
-                precision=prec,
-                decode=dec,
-                backbone=bb.name,
-                weights=bb.weights,
-                noop=True,
-                n_truncated=_stored_truncated(path) if is_text else 0,
-                modality="text" if is_text else "image",
-                engine=opts.engine,
-            )
+            log.info("store %s is up to date", run.path)
+            return run.result(
+                n_items=len(rows), n_new=0, n_resumed=0, n_removed=0, n_failed=len(failed),
+                n_new_failed=0, dim=int(writer.dim or run.bb.dim), images_per_s=0.0,
+                store_seconds=0.0, noop=True, n_truncated=stored_truncated(run.path, run.src),
+            )  # fmt: skip
         writer.require_writable()
-        n_new, n_new_failed = 0, plan["n_scan_failed"]
-        waited = 0.0
+        n_new, n_new_failed, waited = 0, plan["n_scan_failed"], 0.0
         t_extract = time.perf_counter()
         if todo:
-            n_new, n_run_failed, waited = _run(todo, src, bb, writer, rows, failed, opts, dec)
+            n_new, n_run_failed, waited = _run(run, todo, writer, rows, failed)
             n_new_failed += n_run_failed
         t_extract = time.perf_counter() - t_extract
-        labels = {it.key: it.label for it in src.items}
-        split = {it.key: it.split for it in src.items}
-        fps = {it.key: _fp(it) for it in src.items}
-        attrs = {
-            "backbone": bb.name,
-            "weights": bb.weights,
-            "weights_sha256": bb.weights_sha256 or "",
-            "layer": bb.layer or "",
-            "pool": bb.pool or "",
-            "preprocess": bb.preprocess.to_dict(),
-            "source": {"kind": src.kind, "uri": src.uri, "name": src.name},
-            "dim": int(bb.dim),
-            **_versions(is_text),
-        }
-        per_row = None
-        n_truncated = 0
-        if is_text:
-            per_row, n_truncated = _text_rows(src, bb, rows)
-            attrs["modality"] = "text"
-            attrs["normalize"] = bool(bb.normalize)
-            attrs["max_seq_length"] = int(bb.preprocess.max_seq_length)
-            attrs["text_column"] = getattr(src, "text_column", "")
-            attrs["n_truncated"] = n_truncated
         t_commit = time.perf_counter()
-        writer.commit(
-            rows=rows,
-            failed=failed,
-            labels=labels,
-            split=split,
-            classes=src.classes,
-            fingerprints=fps,
-            attrs=attrs,
-            per_row=per_row,
-        )
+        n_truncated = _commit(run, writer, rows, failed)
         t_commit_s = time.perf_counter() - t_commit
-    seconds = time.perf_counter() - t0
-    return ExtractResult(
-        store=str(path),
-        n_items=len(rows),
-        n_new=n_new,
-        n_resumed=n_resumed,
-        n_removed=plan["n_removed"],
-        n_failed=len(failed),
-        n_new_failed=n_new_failed,
-        dim=int(bb.dim),
-        seconds=seconds,
+    return run.result(
+        n_items=len(rows), n_new=n_new, n_resumed=plan["n_resumed"], n_removed=plan["n_removed"],
+        n_failed=len(failed), n_new_failed=n_new_failed, dim=int(run.bb.dim),
         images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
-        store_seconds=waited + t_commit_s,
-        device=str(dev),
-        precision=prec,
-        decode=dec,
-        backbone=bb.name,
-        weights=bb.weights,
-        noop=False,
-        engine=opts.engine,
-        n_truncated=n_truncated,
-        modality="text" if is_text else "image",
+        store_seconds=waited + t_commit_s, noop=False, n_truncated=n_truncated,
+    )  # fmt: skip
+
+
+def _commit(
+    run: _Run, writer: StoreWriter, rows: dict[str, tuple[str, int]], failed: dict[str, tuple]
+) -> int:
+    """Commit the store with the source's labels, splits and fingerprints and the backbone's
+    provenance; returns how many texts were truncated (0 for images)."""
+    src, bb = run.src, run.bb
+    attrs = {
+        "backbone": bb.name,
+        "weights": bb.weights,
+        "weights_sha256": bb.weights_sha256 or "",
+        "layer": bb.layer or "",
+        "pool": bb.pool or "",
+        "preprocess": bb.preprocess.to_dict(),
+        "source": {"kind": src.kind, "uri": src.uri, "name": src.name},
+        "dim": int(bb.dim),
+        **_versions(src.modality),
+    }
+    extra, per_row, n_truncated = modality_attrs(src, bb, rows)
+    attrs.update(extra)
+    writer.commit(
+        rows=rows,
+        failed=failed,
+        labels={it.key: it.label for it in src.items},
+        split={it.key: it.split for it in src.items},
+        classes=src.classes,
+        fingerprints={it.key: _fp(it) for it in src.items},
+        attrs=attrs,
+        per_row=per_row,
     )
+    return n_truncated
+
+
+def remembers_config(name: str) -> bool:
+    """Whether the configuration of backbone ``name`` may be remembered (images: yes)."""
+    return get_modality(modality_of_name(name)).remembers_config
+
+
+def modality_attrs(src: Source, bb: Any, rows: Any) -> tuple[dict[str, Any], Any, int]:
+    """The modality's extra store attributes, per-row datasets and truncated count."""
+    fn = get_modality(src.modality).store_attrs
+    return ({}, None, 0) if fn is None else fn(src, bb, rows)
+
+
+def stored_truncated(path: Path, src: Source) -> int:
+    fn = get_modality(src.modality).stored_truncated
+    return 0 if fn is None else fn(path)
 
 
 def _up_to_date(
@@ -383,8 +388,12 @@ def _up_to_date(
     Needs neither torch nor the model (see :mod:`featx.backbones.memo`); None when there is
     anything to do, or any doubt, and the caller then builds the backbone as usual.
     """
-    if opts.engine != "local" or any(getattr(opts, k) is not None for k in _RAY_ONLY):
-        return None  # Ray runs, and flags the normal path rejects, take the normal path
+    if opts.engine != ExtractOptions().engine:
+        return None  # other engines (Ray) check their runtime first: the normal path
+    try:
+        check_options(get_engine(opts.engine, src.modality), opts)
+    except FeatxError:
+        return None  # the normal path says what is wrong
     config = StoreConfig(source=src.identity(), backbone=backbone_config, dtype=opts.dtype)
     path = Path(store) if store else default_store_path(config, src.name)
     if not path.is_file() or path.with_name(path.name + ".parts").exists():
@@ -415,88 +424,11 @@ def _up_to_date(
                 backbone=str(backbone_config.get("name")),
                 weights=str(backbone_config.get("weights")),
                 noop=True,
+                modality=src.modality,
                 engine=opts.engine,
             )
     except FeatxError:
         return None  # e.g. a configuration mismatch: the normal path says what is wrong
-
-
-_RAY_ONLY = ("ray_address", "actors", "gpus_per_actor", "cpus_per_actor")
-
-
-def _resolve_engine(opts: ExtractOptions) -> tuple[Any, str, str]:
-    """(device, precision, decode) of the run, checked before the store is touched."""
-    from featx.engine import resolve_device, resolve_precision
-    from featx.jpeg import resolve_decode
-
-    if opts.engine == "local":
-        given = [k for k in _RAY_ONLY if getattr(opts, k) is not None]
-        if given:
-            flag = "--" + given[0].replace("_", "-")
-            raise FeatxError(f"{flag} applies only with --engine ray")
-        dev = resolve_device(opts.device)
-        prec = resolve_precision(opts.precision, dev)
-        return dev, prec, resolve_decode(opts.decode, dev)
-    import torch
-
-    from featx.ray_engine import actor_device, import_ray
-
-    import_ray()
-    settings = opts.ray_settings()
-    dev = torch.device(actor_device(opts.device, settings.gpus_per_actor))
-    if (opts.decode or "auto").lower() == "device":
-        raise FeatxError(
-            "--decode device is not available with --engine ray (Ray tasks decode on CPUs); "
-            "use --decode cpu or auto"
-        )
-    if opts.workers is not None:
-        raise FeatxError("--workers applies to the local engine; with --engine ray use --actors")
-    return dev, resolve_precision(opts.precision, dev), "cpu"
-
-
-def _mismatch(src: Source, name: str, is_text: bool) -> None:
-    if is_text:
-        raise FeatxError(
-            f"{src.uri} is a text source but {name} is an image backbone; use a text encoder "
-            "(all-minilm-l6-v2, or hf:PATH for a local model folder)"
-        )
-    raise FeatxError(
-        f"{src.uri} is an image source but {name} is a text encoder; use an image backbone "
-        "(see 'featx backbones')"
-    )
-
-
-def _stored_truncated(path: Path) -> int:
-    from featx.store import store_info
-
-    return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
-
-
-def _text_rows(
-    src: Source, bb: Any, rows: dict[str, tuple[str, int]]
-) -> tuple[dict[str, dict[str, int]], int]:
-    """Per-row token counts (``text/n_tokens``) and texts (``text/texts``) of a text store, and
-    how many texts were truncated."""
-    from featx.text.engine import count_tokens
-
-    items = [it for it in src.items if it.key in rows]
-    limit = int(bb.preprocess.max_seq_length)
-    texts = list(src.texts(items))
-    counts = count_tokens(bb.tokenizer, texts, limit)
-    n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
-    n_truncated = int((counts > limit).sum())
-    if n_truncated:
-        log.warning(
-            "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
-            "(featx info lists how many)",
-            n_truncated,
-            len(items),
-            limit,
-            limit,
-        )
-    # the texts themselves, for heads on their TF-IDF (docs/groups.md)
-    kept = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
-    return {"text/n_tokens": n_tokens, "text/texts": kept}, n_truncated
 
 
 def _row_fingerprint(idx: Any, r: int) -> tuple:
@@ -595,110 +527,105 @@ def _metadata_changed(src: Source, old) -> bool:
     return False
 
 
-def _batches(todo: list[Item], src: Source, bb: Any, opts: ExtractOptions, dec: str):
-    """The engine's batches of features for ``todo``: local (in-process) or Ray."""
-    if _is_text(bb):
-        from featx.text.engine import iter_text_features
-
-        return iter_text_features(
-            bb,
-            todo,
-            src.reader(),
-            device=opts.device,
-            precision=opts.precision,
-            batch_size=opts.batch_size,
-            compile=opts.compile,
-            progress=opts.progress,
-        )
-    if opts.engine == "ray":
-        from featx.engine import resolve_precision
-        from featx.ray_engine import actor_device, iter_features_ray
-
-        settings = opts.ray_settings()
-        dev = actor_device(opts.device, settings.gpus_per_actor)
-        import torch
-
-        return iter_features_ray(
-            bb,
-            todo,
-            src.reader(),
-            settings=settings,
-            device=dev,
-            precision=resolve_precision(opts.precision, torch.device(dev)),
-            batch_size=opts.batch_size,
-            channels_last=opts.channels_last,
-            compile=opts.compile,
-            fold_bn=opts.fold_bn,
-            progress=opts.progress,
-        )
-    from featx.engine import iter_features
-
-    return iter_features(
-        bb,
-        todo,
-        src.reader(),
-        device=opts.device,
-        precision=opts.precision,
-        batch_size=opts.batch_size,
-        workers=opts.workers,
-        channels_last=opts.channels_last,
-        compile=opts.compile,
-        fold_bn=opts.fold_bn,
-        decode=dec,
-        progress=opts.progress,
-    )
-
-
 def _run(
+    run: _Run,
     todo: list[Item],
-    src: Source,
-    bb: BackboneLike,
     writer: StoreWriter,
     rows: dict[str, tuple[str, int]],
     failed: dict[str, tuple],
-    opts: ExtractOptions,
-    dec: str,
 ) -> tuple[int, int, float]:
-    """Extract ``todo`` and write durable parts as it goes; fill ``rows`` and ``failed``.
+    """Extract ``todo`` with the run's engine and write durable parts as it goes; fill ``rows``
+    and ``failed``. Returns (rows extracted, failures, seconds spent waiting for part writes).
+
+    A part is written at least every ``checkpoint_every`` items and ``checkpoint_seconds``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    opts = run.opts
+    n_new = n_fail = n_pending = 0
+    # Leaving the with-block waits for a part still being written, also when the run fails:
+    # a part is then complete on disk (and resumed next time) or was never renamed into place.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
+        parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool)
+        for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts):
+            parts.add(batch)
+            n_new += int(batch.indices.size)
+            n_fail += len(batch.failures)
+            n_pending += int(batch.indices.size) + len(batch.failures)
+            if batch.failures and opts.strict:
+                parts.flush()
+                parts.settle()
+                i, reason = batch.failures[0]
+                name = todo[i].path or todo[i].key
+                raise FeatxError(
+                    f"{name}: {reason}; fix or remove it, "
+                    "or run without --strict to skip and record it"
+                )
+            if n_pending >= opts.checkpoint_every or (
+                time.monotonic() - parts.last_flush >= opts.checkpoint_seconds
+            ):
+                parts.flush()
+                n_pending = 0
+        parts.flush()
+        parts.settle()
+    return n_new, n_fail, parts.waited
+
+
+class _Parts:
+    """The batches of a run, gathered into durable part files.
 
     Parts are written by one background thread while the model keeps running (HDF5 writes and
     the fsync overlap the next batches). At most one part is in flight: the next checkpoint
-    first waits for the previous one, which bounds memory and keeps parts in order. Returns
-    (rows extracted, failures, seconds spent waiting for part writes). ``dec`` is the resolved
-    ``--decode``.
+    first waits for the previous one, which bounds memory and keeps parts in order.
     """
-    from concurrent.futures import Future, ThreadPoolExecutor
 
-    pending_idx: list[np.ndarray] = []
-    pending_feats: list[np.ndarray] = []
-    pending_fail: list[tuple[int, str]] = []
-    n_new = n_fail = 0
-    waited = 0.0
-    last_flush = time.monotonic()
-    inflight: list[tuple[Future, list[Item], list[tuple[Item, str]]]] = []
+    def __init__(
+        self,
+        todo: list[Item],
+        writer: StoreWriter,
+        rows: dict[str, tuple[str, int]],
+        failed: dict[str, tuple],
+        dim: int,
+        pool: Any,
+    ) -> None:
+        self.todo, self.writer, self.rows, self.failed, self.dim = todo, writer, rows, failed, dim
+        self.pool = pool
+        self.indices: list[np.ndarray] = []
+        self.outputs: dict[str, list[np.ndarray]] = {}
+        self.failures: list[tuple[int, str]] = []
+        self.inflight: list[tuple[Any, list[Item], list[tuple[Item, str]]]] = []
+        self.waited = 0.0
+        self.last_flush = time.monotonic()
 
-    def settle() -> None:
+    def add(self, batch: Any) -> None:
+        if batch.indices.size:
+            self.indices.append(batch.indices)
+            for name, arr in batch.outputs.items():
+                self.outputs.setdefault(name, []).append(arr)
+        self.failures.extend(batch.failures)
+
+    def settle(self) -> None:
         """Wait for the part in flight (if any) and record where its rows are."""
-        nonlocal waited
-        if not inflight:
+        if not self.inflight:
             return
-        fut, ok_items, bad_items = inflight.pop()
+        fut, ok_items, bad_items = self.inflight.pop()
         t = time.perf_counter()
         part = fut.result()
-        waited += time.perf_counter() - t
+        self.waited += time.perf_counter() - t
         for r, it in enumerate(ok_items):
-            rows[it.key] = (str(part), r)
+            self.rows[it.key] = (str(part), r)
         for it, reason in bad_items:
-            failed[it.key] = (reason, *_fp(it))
+            self.failed[it.key] = (reason, *_fp(it))
 
-    def flush(pool: ThreadPoolExecutor) -> None:
-        nonlocal last_flush
-        idx = np.concatenate(pending_idx) if pending_idx else np.empty(0, dtype=np.int64)
-        if not idx.size and not pending_fail:
+    def flush(self) -> None:
+        """Hand what was gathered to the writer thread as one part."""
+        idx = np.concatenate(self.indices) if self.indices else np.empty(0, dtype=np.int64)
+        if not idx.size and not self.failures:
             return
-        feats = np.concatenate(pending_feats) if pending_feats else np.empty((0, bb.dim))
-        ok_items = [todo[i] for i in idx]
-        bad_items = [(todo[i], r) for i, r in pending_fail]
+        outputs = {k: np.concatenate(v) for k, v in self.outputs.items()}
+        feats = outputs.pop(FEATURES, np.empty((0, self.dim)))
+        ok_items = [self.todo[i] for i in idx]
+        bad_items = [(self.todo[i], r) for i, r in self.failures]
         part = Rows(
             keys=[it.key for it in ok_items],
             features=feats,
@@ -710,40 +637,11 @@ def _run(
             failed_size=[it.size for it, _ in bad_items],
             failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
             failed_sha256=[it.sha256 for it, _ in bad_items],
+            outputs=outputs,
         )
-        settle()
-        inflight.append((pool.submit(writer.write_part, part), ok_items, bad_items))
-        pending_idx.clear()
-        pending_feats.clear()
-        pending_fail.clear()
-        last_flush = time.monotonic()
-
-    n_pending = 0
-    # Leaving the with-block waits for a part still being written, also when the run fails:
-    # a part is then complete on disk (and resumed next time) or was never renamed into place.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
-        for batch in _batches(todo, src, bb, opts, dec):
-            if batch.indices.size:
-                pending_idx.append(batch.indices)
-                pending_feats.append(batch.features)
-            pending_fail.extend(batch.failures)
-            n_new += int(batch.indices.size)
-            n_fail += len(batch.failures)
-            n_pending += int(batch.indices.size) + len(batch.failures)
-            if batch.failures and opts.strict:
-                flush(pool)
-                settle()
-                i, reason = batch.failures[0]
-                name = todo[i].path or todo[i].key
-                raise FeatxError(
-                    f"{name}: {reason}; fix or remove it, "
-                    "or run without --strict to skip and record it"
-                )
-            if n_pending >= opts.checkpoint_every or (
-                time.monotonic() - last_flush >= opts.checkpoint_seconds
-            ):
-                flush(pool)
-                n_pending = 0
-        flush(pool)
-        settle()
-    return n_new, n_fail, waited
+        self.settle()
+        self.inflight.append((self.pool.submit(self.writer.write_part, part), ok_items, bad_items))
+        self.indices.clear()
+        self.outputs.clear()
+        self.failures.clear()
+        self.last_flush = time.monotonic()

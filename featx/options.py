@@ -68,7 +68,9 @@ REFIT_MODES: tuple[str, ...] = ("all", "train")
 #: a head meant for use is refit on every labeled item after its evaluation; its metrics then
 #: describe the train-only fit that preceded it. ``refit="train"`` ships the measured estimator.
 DEFAULT_REFIT = "all"
-#: Extraction engines: this process, or a Ray cluster (``featx[ray]``).
+#: The built-in engines: this process, or a Ray cluster (``featx[ray]``); ``featx compare``
+#: fans out over them. Extraction looks engines up in :mod:`featx.engines` by name and modality
+#: (a plugin may register more).
 ENGINES: tuple[str, ...] = ("local", "ray")
 #: Help text of every ``--device`` option.
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps."
@@ -98,6 +100,9 @@ class OptionInfo:
         ``int``, ``float``, ``bool`` or ``str``; default: the type of the default value.
     toml : bool, default=True
         Whether a pipeline file may set it.
+    engine : bool, default=False
+        The option acts inside the extraction engine (:mod:`featx.engines`): an engine that does
+        not list it in ``Engine.honours`` rejects a value other than the default.
     """
 
     help: str
@@ -110,6 +115,7 @@ class OptionInfo:
     short: str | None = None
     kind: type | None = None
     toml: bool = True
+    engine: bool = False
 
 
 def option(default: Any, help: str, **info: Any) -> Any:
@@ -227,10 +233,14 @@ class ExtractOptions(_Spec):
     Every field is a ``featx extract`` flag and a key of a pipeline's ``[extract]`` table.
     """
 
-    batch_size: int = option(64, "Images per batch.", min=1)
-    workers: int | None = option(None, "DataLoader workers (default: by device).", min=0, kind=int)
-    device: str = option("auto", DEVICE_HELP)
-    precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS)
+    batch_size: int = option(64, "Images (or texts) per batch.", min=1, engine=True)
+    workers: int | None = option(
+        None, "DataLoader workers (default: by device).", min=0, kind=int, engine=True
+    )
+    device: str = option("auto", DEVICE_HELP, engine=True)
+    precision: str = option(
+        "auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS, engine=True
+    )
     dtype: str = option("float32", "How features are stored.", choices=STORE_DTYPES)
     content_hash: bool = option(
         False,
@@ -243,16 +253,21 @@ class ExtractOptions(_Spec):
         "Let a CSV manifest name files outside its own folder (../x.png, absolute paths); off, a "
         "manifest from elsewhere cannot make featx read any file.",
     )
-    compile: bool = option(False, "torch.compile the model.")
-    channels_last: bool = option(True, "Run convolutions in channels-last memory layout.")
+    compile: bool = option(False, "torch.compile the model.", engine=True)
+    channels_last: bool = option(
+        True, "Run convolutions in channels-last memory layout.", engine=True
+    )
     fold_bn: bool = option(
-        True, "fp32: fold BatchNorm into the preceding convs (equal to float32 rounding)."
+        True,
+        "fp32: fold BatchNorm into the preceding convs (equal to float32 rounding).",
+        engine=True,
     )
     decode: str = option(
         "auto",
         "Where JPEGs are decoded and resized: Pillow in the workers (cpu) or in batches on the "
         "model's device (nvJPEG on CUDA); auto: device on CUDA.",
         choices=DECODE_MODES,
+        engine=True,
     )
     checkpoint_every: int = option(
         2048, "Images per durable checkpoint (a kill loses at most this many).", min=1
@@ -261,41 +276,49 @@ class ExtractOptions(_Spec):
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
-    # --engine ray (featx/ray_engine.py, docs/scale-out.md); the Ray options apply only there
+    # the engine is looked up by name and modality in featx/engines.py; the Ray options apply
+    # only with --engine ray (featx/ray_engine.py, docs/scale-out.md)
     engine: str = option(
         "local",
-        "local: this process; ray: a Ray cluster (pip install 'featx[ray]', docs/scale-out.md).",
-        choices=ENGINES,
+        "local: this process; ray: a Ray cluster (pip install 'featx[ray]', docs/scale-out.md); "
+        "or an engine a plugin registered.",
     )
     ray_address: str | None = option(
         None,
         "Ray cluster: auto (this machine's cluster) or ray://HOST:10001; "
         "default: a local Ray runtime.",
         kind=str,
+        engine=True,
     )
     actors: int | None = option(
-        None, "Ray model actors (default: by the cluster's GPUs or CPUs).", min=1, kind=int
+        None,
+        "Ray model actors (default: by the cluster's GPUs or CPUs).",
+        min=1,
+        kind=int,
+        engine=True,
     )
     gpus_per_actor: float | None = option(
-        None, "GPUs each Ray actor reserves (default 0).", min=0, kind=float
+        None, "GPUs each Ray actor reserves (default 0).", min=0, kind=float, engine=True
     )
     cpus_per_actor: float | None = option(
-        None, "CPUs each Ray actor reserves (default 1).", min=0, min_open=True, kind=float
+        None,
+        "CPUs each Ray actor reserves (default 1).",
+        min=0,
+        min_open=True,
+        kind=float,
+        engine=True,
     )
 
     def __post_init__(self) -> None:
         _check(self)
 
-    def ray_settings(self) -> Any:
-        """The Ray options as :class:`featx.ray_engine.RaySettings`, defaults filled in."""
-        from featx.ray_engine import RaySettings
-
-        return RaySettings(
-            address=self.ray_address,
-            actors=self.actors,
-            gpus_per_actor=0.0 if self.gpus_per_actor is None else float(self.gpus_per_actor),
-            cpus_per_actor=1.0 if self.cpus_per_actor is None else float(self.cpus_per_actor),
-        )
+    def engine_options(self) -> dict[str, Any]:
+        """The options that act inside the engine and differ from their defaults."""
+        return {
+            f.name: getattr(self, f.name)
+            for f in option_fields(self)
+            if f.info.engine and getattr(self, f.name) != f.default
+        }
 
 
 @dataclass(frozen=True)
@@ -391,19 +414,12 @@ class BackboneSpec(_Spec):
         """  # noqa: E501
         if not isinstance(config, Mapping) or "name" not in config:
             raise FeatxError("the backbone configuration does not name its backbone")
-        if config.get("family") == "text":
-            layer = config.get("layer") or None
-            return cls(
-                name=str(config["name"]),
-                weights=str(config.get("weights") or DEFAULT_WEIGHTS),
-                layer=None if layer == "last" else layer,
-                pool=config.get("pool") or None,
-                max_seq_length=(config.get("preprocess") or {}).get("max_seq_length"),
-                normalize=config.get("normalize"),
-            )
+        # The same rule for every family: the stored facts back into the arguments that built
+        # them. The default embedding (no layer, or ``pre_logits``) has the model's own pool.
         layer = config.get("layer") or None
-        own = layer in (None, "pre_logits")  # the default embedding: the pool is the model's own
-        crop = (config.get("preprocess") or {}).get("crop_size")
+        own = layer in (None, "pre_logits")
+        pre = config.get("preprocess") or {}
+        crop = pre.get("crop_size")
         weights = config.get("weights")
         return cls(
             name=str(config["name"]),
@@ -411,6 +427,8 @@ class BackboneSpec(_Spec):
             layer=None if own else layer,
             pool=None if own else (config.get("pool") or None),
             image_size=int(crop) if crop else None,
+            max_seq_length=pre.get("max_seq_length"),
+            normalize=config.get("normalize"),
         )
 
 

@@ -102,6 +102,86 @@ def rebuild_backbone(
     return bb
 
 
+@dataclass
+class _Features:
+    """The features predict labels, and what the CSV says about their rows."""
+
+    keys: Any
+    X: np.ndarray
+    store: str
+    n_failed: int
+    n_new: int
+    true: Any  # the known label of each row, or None
+    columns: dict[str, dict[str, Any]]  # the modality's item columns (text: line)
+    key_column: str = "path"  # the modality's name for the key: path, key
+    fs: Any = None  # the FeatureSet read back, where there is a store
+
+
+def _source_features(
+    source: Any,
+    bb: Any,
+    opts: ExtractOptions,
+    modality: Any,
+    scratch_name: str = "features.h5",
+    **how: Any,
+) -> _Features:
+    """Scan a source and extract it into its cached store (a temporary one, ``scratch_name``,
+    when the cache folder is read-only), then read it back."""
+    from featx.extraction import extract
+    from featx.modalities import open_source
+    from featx.store import load_features
+
+    src = open_source(
+        source,
+        content_hash=opts.content_hash,
+        modality=modality.name,
+        allow_outside_root=opts.allow_outside_root,
+        **how,
+    )
+    with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
+        try:
+            r = extract(src, bb, options=opts)
+        except StoreReadOnlyError as exc:
+            log.warning("%s; extracting into a temporary store instead (not kept)", exc)
+            r = extract(src, bb, options=opts, store=Path(scratch) / scratch_name)
+        fs = load_features(r.store)
+    columns = {}
+    for col in modality.item_columns:
+        values = {it.key: getattr(it, col, 0) for it in src.items}
+        if any(values.values()):
+            columns[col] = values
+    true = (
+        np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
+        if fs.classes
+        else None
+    )
+    return _Features(
+        fs.keys, fs.X, r.store, r.n_failed, r.n_new, true, columns, modality.key_column, fs
+    )
+
+
+def _file_features(files: list[str], bb: Any, opts: ExtractOptions) -> _Features:
+    """Embed loose files through the backbone's store of files; a failed file is left out."""
+    from featx.embedder import embed_files
+
+    emb = embed_files(files, bb, options=opts, on_error="nan")
+    ok = ~np.isnan(emb.X).any(axis=1)
+    for p, why in emb.failed.items():
+        log.warning("%s: %s", p, why)
+    keys = np.asarray(files, dtype=object)[ok]
+    return _Features(keys, emb.X[ok], emb.store, int((~ok).sum()), emb.n_extracted, None, {})
+
+
+def _bundle_backbone(b: Any, weights_file: str | os.PathLike | None) -> Backbone:
+    """The bundle's backbone, rebuilt exactly, with the feature size the head expects."""
+    bb = rebuild_backbone(b.store_meta, weights_file)
+    if b.dim is not None and int(b.dim) != int(bb.dim):
+        raise FeatxError(
+            f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
+        )
+    return bb
+
+
 def image_files(source: str | os.PathLike) -> list[str] | None:
     """The files SOURCE names when it is one image file or a glob pattern; None otherwise.
 
@@ -146,78 +226,36 @@ def predict(
         file or a glob pattern (``"photos/*.jpg"``, ``"**"`` recursive), whose features go to
         the backbone's store of loose files (see :func:`featx.embedder.embed_files`).
     out : path-like, optional
-        The CSV (default ``preds.csv``): ``path``, ``predicted``, ``true_label`` when known, and one
-        ``p_<class>`` column per class when the head gives probabilities. Written atomically.
-    options : featx.extraction.ExtractOptions, optional
+        The CSV (default ``preds.csv``), written atomically: ``path`` (text: ``key`` and, for
+        tables, ``line``), ``predicted``, ``true_label`` when known, and one ``p_<class>``
+        column per class when the head gives probabilities.
+    options : ExtractOptions, optional
         How to run the extraction.
-    text : featx.options.TextFormat, optional
-        Columns of a text table. For text the CSV starts with ``key`` (the row's key in the
-        store) and, for tables, ``line`` (the row's line in the file) instead of ``path``.
+    text : TextFormat, optional
+        Columns of a text table.
     trust : bool, default False
         Also load a pickle-based bundle (see :func:`featx.bundle.load_bundle`): only for files
         whose origin you trust.
     """
     from featx.bundle import load_bundle
-    from featx.extraction import extract
-    from featx.sources import open_source
-    from featx.store import load_features
 
     b = load_bundle(bundle, trust=trust)
     opts = options or ExtractOptions()
+    how = {"root": root, "download": download, "text": text}
     if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
-        got = _grouped_inputs(b, source, opts, weights_file, root, download, text)
-        return _write_predictions(b, out, *got)
-    bb = rebuild_backbone(b.store_meta, weights_file)
-    if b.dim is not None and int(b.dim) != int(bb.dim):
-        raise FeatxError(
-            f"the bundle expects {b.dim}-d features but its backbone gives {bb.dim}-d; refit it"
-        )
-    is_text = getattr(bb, "modality", "image") == "text"
-    files = None if is_text else image_files(source)
-    lines: dict[str, int] = {}
-    if files is None:
-        src = open_source(
-            source,
-            root=root,
-            download=download,
-            content_hash=opts.content_hash,
-            text=text,
-            modality=getattr(bb, "modality", "image"),
-            allow_outside_root=opts.allow_outside_root,
-        )
-        with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
-            try:
-                r = extract(src, bb, options=opts)
-            except StoreReadOnlyError as exc:
-                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
-                r = extract(src, bb, options=opts, store=Path(scratch) / "features.h5")
-            fs = load_features(r.store)
-        b.check_compatible(fs.dim)
-        keys, X, store, n_failed, n_new = fs.keys, fs.X, r.store, r.n_failed, r.n_new
-        if is_text:
-            lines = {it.key: getattr(it, "line", 0) for it in src.items}
-        true = (
-            np.array([fs.classes[y] if y >= 0 else "" for y in fs.y], dtype=object)
-            if fs.classes
-            else None
-        )
+        got = _grouped_inputs(b, source, opts, weights_file, **how)
     else:
-        from featx.embedder import embed_files
+        from featx.modalities import get_modality, modality_of
 
-        emb = embed_files(files, bb, options=opts, on_error="nan")
-        b.check_compatible(emb.X.shape[1])
-        ok = ~np.isnan(emb.X).any(axis=1)
-        keys = np.asarray(files, dtype=object)[ok]
-        X, store, n_failed, n_new, true = (
-            emb.X[ok],
-            emb.store,
-            int((~ok).sum()),
-            emb.n_extracted,
-            None,
-        )
-        for p, why in emb.failed.items():
-            log.warning("%s: %s", p, why)
-    return _write_predictions(b, out, keys, X, store, n_failed, n_new, true, lines, is_text)
+        bb = _bundle_backbone(b, weights_file)
+        modality = get_modality(modality_of(bb))
+        files = image_files(source) if modality.file_lists else None
+        if files is None:
+            got = _source_features(source, bb, opts, modality, **how)
+        else:
+            got = _file_features(files, bb, opts)
+        b.check_compatible(got.X.shape[1])
+    return _write_predictions(b, out, got)
 
 
 def _grouped_inputs(
@@ -225,52 +263,29 @@ def _grouped_inputs(
     source: str | os.PathLike,
     opts: ExtractOptions,
     weights_file: str | os.PathLike | None,
-    root: str | None,
-    download: bool,
-    text: TextFormat | None,
-) -> tuple[Any, ...]:
+    **how: Any,
+) -> _Features:
     """Features of ``source`` for a head on feature groups: every store of a fusion extracted
     (each with its own backbone), joined by key, and the bundle's groups picked in its order;
     the texts go along when a group is TF-IDF."""
-    from featx.extraction import extract
     from featx.features import TextRows
     from featx.fusion import fuse
     from featx.groups import GroupChoice, view
-    from featx.sources import open_source
-    from featx.store import load_features
+    from featx.modalities import get_modality, modality_of
 
     metas = list(b.store_meta.get("fused") or [b.store_meta])
     if weights_file is not None and len(metas) > 1:
         raise FeatxError("--weights-file applies to a bundle of one store, not a fusion")
     sets: dict[str, Any] = {}
-    stores: list[str] = []
-    lines: dict[str, int] = {}
-    n_failed = n_new = 0
-    is_text = False
-    with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
-        for i, meta in enumerate(metas):
-            bb = rebuild_backbone(meta, weights_file)
-            modality = getattr(bb, "modality", "image")
-            is_text = is_text or modality == "text"
-            src = open_source(
-                source,
-                root=root,
-                download=download,
-                content_hash=opts.content_hash,
-                text=text,
-                modality=modality,
-                allow_outside_root=opts.allow_outside_root,
-            )
-            try:
-                r = extract(src, bb, options=opts)
-            except StoreReadOnlyError as exc:
-                log.warning("%s; extracting into a temporary store instead (not kept)", exc)
-                r = extract(src, bb, options=opts, store=Path(scratch) / f"features-{i}.h5")
-            sets[str(meta.get("fusion_name") or f"store{i}")] = load_features(r.store)
-            stores.append(str(r.store))
-            n_failed, n_new = n_failed + r.n_failed, n_new + r.n_new
-            if modality == "text":
-                lines = {it.key: getattr(it, "line", 0) for it in src.items}
+    parts: list[_Features] = []
+    key_columns: set[str] = set()
+    for i, meta in enumerate(metas):
+        bb = rebuild_backbone(meta, weights_file)
+        modality = get_modality(modality_of(bb))
+        key_columns.add(modality.key_column)
+        got = _source_features(source, bb, opts, modality, scratch_name=f"features-{i}.h5", **how)
+        sets[str(meta.get("fusion_name") or f"store{i}")] = got.fs
+        parts.append(got)
     fs = fuse(sets).features if len(sets) > 1 else next(iter(sets.values()))
     names = tuple(str(g[0]) for g in b.store_meta.get("feature_groups") or [])
     v = view(fs, GroupChoice("", names)) if names else fs
@@ -281,38 +296,39 @@ def _grouped_inputs(
     true = (
         np.array([v.classes[y] if y >= 0 else "" for y in v.y], dtype=object) if v.classes else None
     )
-    return v.keys, X, "+".join(stores), n_failed, n_new, true, lines, is_text
+    columns: dict[str, dict[str, Any]] = {}
+    for got in parts:
+        columns.update(got.columns)
+    return _Features(
+        keys=v.keys,
+        X=X,
+        store="+".join(got.store for got in parts),
+        n_failed=sum(got.n_failed for got in parts),
+        n_new=sum(got.n_new for got in parts),
+        true=true,
+        columns=columns,
+        key_column=key_columns.pop() if len(key_columns) == 1 else "key",
+    )
 
 
-def _write_predictions(
-    b: Any,
-    out: str | os.PathLike | None,
-    keys: Any,
-    X: Any,
-    store: Any,
-    n_failed: int,
-    n_new: int,
-    true: Any,
-    lines: dict[str, int],
-    is_text: bool,
-) -> PredictResult:
-    """Label ``X`` with the bundle and write the predictions CSV atomically."""
+def _write_predictions(b: Any, out: str | os.PathLike | None, got: _Features) -> PredictResult:
+    """Label the features with the bundle and write the predictions CSV atomically."""
     from featx.csvsafe import safe_cell
 
-    with_line = any(lines.values())
+    keys, X, true, columns = got.keys, got.X, got.true, got.columns
     pred = np.asarray(b.predict(X), dtype=object) if len(keys) else np.empty(0, dtype=object)
     proba = b.predict_proba(X) if hasattr(b.estimator, "predict_proba") and len(keys) else None
 
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    first = (["key"] + (["line"] if with_line else [])) if is_text else ["path"]
+    first = [got.key_column, *columns]
     header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
-        lead = [key, lines.get(key, 0)] if with_line else [key]
+        lead = [key] + [values.get(key, 0) for values in columns.values()]
         row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]
@@ -320,21 +336,28 @@ def _write_predictions(
     # A file name that is not UTF-8 is written as its raw bytes, as the file system has it.
     atomic_write(out_path, buf.getvalue().encode("utf-8", "surrogateescape"))
 
+    return PredictResult(
+        out=str(out_path),
+        store=got.store,
+        n_predicted=len(keys),
+        n_failed=got.n_failed,
+        n_extracted=got.n_new,
+        classes=tuple(b.classes),
+        counts=_counts(pred),
+        accuracy=_accuracy(pred, true, b.classes),
+    )
+
+
+def _counts(pred: np.ndarray) -> dict[str, int]:
     counts: dict[str, int] = {}
     for p in pred:
         counts[str(p)] = counts.get(str(p), 0) + 1
-    accuracy = None
-    if true is not None:
-        known = np.array([t in b.classes for t in true])
-        if known.any():
-            accuracy = float(np.mean(pred[known] == true[known]))
-    return PredictResult(
-        out=str(out_path),
-        store=store,
-        n_predicted=len(keys),
-        n_failed=n_failed,
-        n_extracted=n_new,
-        classes=tuple(b.classes),
-        counts=counts,
-        accuracy=accuracy,
-    )
+    return counts
+
+
+def _accuracy(pred: np.ndarray, true: Any, classes: Any) -> float | None:
+    """Accuracy over the rows whose known label the head knows (None without such rows)."""
+    if true is None:
+        return None
+    known = np.array([t in classes for t in true])
+    return float(np.mean(pred[known] == true[known])) if known.any() else None

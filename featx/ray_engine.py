@@ -15,7 +15,7 @@ to-do rows become a Ray Dataset of ``(position, key, path)`` rows. Two operators
    batches of images into features.
 
 Features stream back to the driver through ``iter_batches`` and come out of
-:func:`iter_features_ray` as the same :class:`featx.engine.Batch` objects the local engine
+:func:`iter_features_ray` as the same :class:`featx.engines.Batch` objects the local engine
 yields, so the driver writes them through the same part files and atomic commit.
 
 Faults: Ray Data creates pool actors with unlimited restarts and their tasks with unlimited
@@ -37,8 +37,18 @@ from typing import Any
 
 import numpy as np
 
-from featx.engine import Batch
+from featx.devices import amp_dtype_of, resolve_device, resolve_precision
+from featx.engine import keep_heap_pages, prepare_model
+from featx.engines import (
+    FEATURES,
+    Batch,
+    EngineSetup,
+    check_rows,
+    named_outputs,
+    register_engine,
+)
 from featx.errors import FeatxError
+from featx.options import ExtractOptions
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +91,16 @@ class RaySettings:
     actors: int | None = None
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
+
+    @classmethod
+    def from_options(cls, opts: ExtractOptions) -> RaySettings:
+        """The Ray options of ``opts``, defaults filled in."""
+        return cls(
+            address=opts.ray_address,
+            actors=opts.actors,
+            gpus_per_actor=0.0 if opts.gpus_per_actor is None else float(opts.gpus_per_actor),
+            cpus_per_actor=1.0 if opts.cpus_per_actor is None else float(opts.cpus_per_actor),
+        )
 
 
 def actor_device(device: str, gpus_per_actor: float) -> str:
@@ -194,10 +214,11 @@ def _decoder(reader: Callable[[Any], Any], preprocess: Any) -> Callable[[dict], 
 
 
 class ModelActor:
-    """One model load per actor; ``__call__`` maps decoded batches to features.
+    """One model load per actor; ``__call__`` maps decoded batches to named outputs.
 
     ``holder`` is a one-element list holding the ObjectRef of the backbone (wrapped so that Ray
-    does not resolve it before the actor asks for it).
+    does not resolve it before the actor asks for it). Output ``name`` travels as the column
+    ``out:name``; rows of failed items are zeros.
     """
 
     def __init__(
@@ -205,16 +226,12 @@ class ModelActor:
         holder: list,
         device: str,
         precision: str,
-        channels_last: bool,
-        compile: bool,
-        fold_bn: bool,
+        opts: ExtractOptions,
         threads: int,
         crash_marker: str | None = None,
     ) -> None:
         import ray
         import torch
-
-        from featx.engine import amp_dtype_of, keep_heap_pages, prepare_model, resolve_device
 
         self.backbone = ray.get(holder[0])
         self.dev = resolve_device(device)
@@ -223,12 +240,7 @@ class ModelActor:
             keep_heap_pages()  # the actor process lives for the run only
         self.amp_dtype = amp_dtype_of(precision)
         self.model, self.memory_format = prepare_model(
-            self.backbone,
-            self.dev,
-            self.amp_dtype,
-            channels_last=channels_last,
-            compile=compile,
-            fold_bn=fold_bn,
+            self.backbone, self.dev, self.amp_dtype, opts
         )
         self.crash_marker = crash_marker
 
@@ -241,7 +253,7 @@ class ModelActor:
             os._exit(1)  # the fault-injection test: die like a killed process, once
         reasons = batch["reason"]
         ok = np.array([not r for r in reasons], dtype=bool)
-        feats = np.zeros((len(ok), self.backbone.dim), dtype=np.float32)
+        columns = {OUT + FEATURES: np.zeros((len(ok), self.backbone.dim), dtype=np.float32)}
         if ok.any():
             pre = self.backbone.preprocess
             with torch.inference_mode():
@@ -250,15 +262,18 @@ class ModelActor:
                 with torch.autocast(
                     self.dev.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
                 ):
-                    out = self.model(x).float()
-            out = out.cpu().numpy()
-            if out.ndim != 2:
-                raise FeatxError(
-                    f"backbone produced features of shape {tuple(out.shape)}; "
-                    "choose a --pool that reduces them to one vector per image"
-                )
-            feats[ok] = out
-        return {"i": batch["i"], "feat": feats, "reason": reasons}
+                    outs = {k: v.float() for k, v in named_outputs(self.model(x)).items()}
+            arrays = {k: v.cpu().numpy() for k, v in outs.items()}
+            check_rows(arrays, int(ok.sum()))
+            for name, arr in arrays.items():
+                full = np.zeros((len(ok), *arr.shape[1:]), dtype=arr.dtype)
+                full[ok] = arr
+                columns[OUT + name] = full
+        return {"i": batch["i"], "reason": reasons, **columns}
+
+
+#: The column prefix of the named outputs in the Ray Dataset.
+OUT = "out:"
 
 
 def decode_memory(batch_size: int, crop_size: int) -> int:
@@ -287,38 +302,36 @@ def iter_features_ray(
     backbone: Any,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
-    *,
-    settings: RaySettings | None = None,
-    device: str = "auto",
-    precision: str = "fp32",
-    batch_size: int = 64,
-    channels_last: bool = True,
-    compile: bool = False,
-    fold_bn: bool = True,
-    progress: bool = False,
+    opts: ExtractOptions | None = None,
 ) -> Iterator[Batch]:
-    """Run ``backbone`` over ``items`` on Ray, yielding :class:`~featx.engine.Batch` results.
+    """Run ``backbone`` over ``items`` on Ray, yielding :class:`~featx.engines.Batch` results.
 
     Batches come back in completion order, not item order; ``Batch.indices`` are positions into
-    ``items``, each exactly once. ``device`` is resolved with :func:`actor_device`;
-    ``precision`` must already be resolved (``fp32``, ``bf16`` or ``fp16``).
+    ``items``, each exactly once. The Ray options of ``opts`` become :class:`RaySettings`; its
+    ``device`` is resolved with :func:`actor_device`.
 
     Examples
     --------
-    >>> for b in iter_features_ray(bb, items, src.reader(), settings=RaySettings(actors=2)):
+    >>> opts = ExtractOptions(engine="ray", actors=2)
+    >>> for b in iter_features_ray(bb, items, src.reader(), opts):
     ...     print(b.indices.shape, b.features.shape)  # doctest: +SKIP
     """
-    settings = settings or RaySettings()
-    if batch_size < 1:
-        raise FeatxError("--batch-size must be at least 1")
-    dev = actor_device(device, settings.gpus_per_actor)
+    opts = opts or ExtractOptions(engine="ray")
+    settings = RaySettings.from_options(opts)
+    dev = actor_device(opts.device, settings.gpus_per_actor)
+    precision = _precision(opts, dev)
     ray, started = connect(settings.address)
     try:
-        yield from _run(ray, backbone, items, reader, settings, dev, precision, batch_size,
-                        channels_last, compile, fold_bn, progress)  # fmt: skip
+        yield from _run(ray, backbone, items, reader, opts, dev, precision)
     finally:
         if started:
             ray.shutdown()
+
+
+def _precision(opts: ExtractOptions, dev: str) -> str:
+    import torch
+
+    return resolve_precision(opts.precision, torch.device(dev))
 
 
 def build_dataset(
@@ -326,19 +339,18 @@ def build_dataset(
     backbone: Any,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
-    settings: RaySettings,
+    opts: ExtractOptions,
     dev: str,
     precision: str,
-    batch_size: int,
-    channels_last: bool = True,
-    compile: bool = False,
-    fold_bn: bool = True,
 ) -> tuple[Any, list]:
-    """The Ray Dataset of (i, feat, reason) rows for ``items``, and the holder of the backbone's
-    ObjectRef (keep it alive while the dataset runs). Nothing runs until it is iterated."""
+    """The Ray Dataset of (i, reason, out:NAME...) rows for ``items``, and the holder of the
+    backbone's ObjectRef (keep it alive while the dataset runs). Nothing runs until it is
+    iterated. ``dev`` and ``precision`` are resolved (:func:`actor_device`)."""
     import pyarrow as pa
     import ray.data
 
+    settings = RaySettings.from_options(opts)
+    batch_size = opts.batch_size
     n_actors = _resolve_actors(ray, settings)
     cpus = float(ray.cluster_resources().get("CPU", 1))
     # Blocks of whole batches, about four per decoding CPU, at most 16 batches each.
@@ -382,9 +394,7 @@ def build_dataset(
             "holder": holder,
             "device": dev,
             "precision": precision,
-            "channels_last": channels_last,
-            "compile": compile,
-            "fold_bn": fold_bn,
+            "opts": opts,
             "threads": max(1, int(settings.cpus_per_actor)),
             "crash_marker": crash_marker,
         },
@@ -409,27 +419,19 @@ def _run(
     backbone: Any,
     items: Sequence[Any],
     reader: Callable[[Any], Any],
-    settings: RaySettings,
+    opts: ExtractOptions,
     dev: str,
     precision: str,
-    batch_size: int,
-    channels_last: bool,
-    compile: bool,
-    fold_bn: bool,
-    progress: bool,
 ) -> Iterator[Batch]:
     from tqdm.auto import tqdm
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # featx's own bar below counts images
     ctx.print_on_execution_start = False
-    ds, holder = build_dataset(
-        ray, backbone, items, reader, settings, dev, precision, batch_size,
-        channels_last, compile, fold_bn,
-    )  # fmt: skip
+    ds, holder = build_dataset(ray, backbone, items, reader, opts, dev, precision)
     n = len(items)
     bar = tqdm(
-        total=n, unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+        total=n, unit="img", disable=not opts.progress, file=sys.stderr, dynamic_ncols=True,
         smoothing=0.1, desc="extract (ray)",
     )  # fmt: skip
     seen = np.zeros(n, dtype=bool)
@@ -442,11 +444,13 @@ def _run(
             seen[idx] = True
             reasons = out["reason"][fresh]
             idx = idx[fresh]
-            feats = np.asarray(out["feat"], dtype=np.float32)[fresh]
             ok = np.array([not r for r in reasons], dtype=bool)
+            outputs = {
+                k[len(OUT) :]: np.asarray(v)[fresh][ok] for k, v in out.items() if k.startswith(OUT)
+            }
             failures = [(int(i), str(r)) for i, r in zip(idx[~ok], reasons[~ok], strict=True)]
             bar.update(int(idx.size))
-            yield Batch(idx[ok], feats[ok], failures)
+            yield Batch(idx[ok], outputs, failures)
     except Exception as exc:
         err = _featx_error(exc)
         if err is not None:
@@ -456,3 +460,32 @@ def _run(
         bar.close()
     if not seen.all():  # pragma: no cover - Ray Data lost rows; never write a partial plan
         raise FeatxError(f"Ray returned {int(seen.sum())} of {n} rows; run the command again")
+
+
+class RayImageEngine:
+    """``--engine ray`` for image backbones: :func:`iter_features_ray` on a Ray cluster."""
+
+    name = "ray"
+    modality = "image"
+    honours = frozenset(
+        {"batch_size", "device", "precision", "compile", "channels_last", "fold_bn", "decode",
+         "ray_address", "actors", "gpus_per_actor", "cpus_per_actor"}
+    )  # fmt: skip
+
+    def setup(self, opts: ExtractOptions) -> EngineSetup:
+        import_ray()
+        dev = actor_device(opts.device, RaySettings.from_options(opts).gpus_per_actor)
+        if (opts.decode or "auto").lower() == "device":
+            raise FeatxError(
+                "--decode device is not available with --engine ray (Ray tasks decode on CPUs); "
+                "use --decode cpu or auto"
+            )
+        return EngineSetup(device=dev, precision=_precision(opts, dev), decode="cpu")
+
+    def iter_batches(
+        self, backbone: Any, items: Sequence[Any], reader: Callable, opts: ExtractOptions
+    ) -> Iterator[Batch]:
+        return iter_features_ray(backbone, items, reader, opts)
+
+
+register_engine(RayImageEngine())

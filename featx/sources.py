@@ -45,73 +45,22 @@ import logging
 import os
 import re
 import stat
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
+from featx.items import SPLIT_ALIASES, Item, Source
+from featx.modalities import (
+    Modality,
+    SourceKind,
+    SourceRequest,
+    open_source,
+    register_modality,
+    register_source_kind,
+)
+from featx.options import DEFAULT_BACKBONE
 
 log = logging.getLogger(__name__)
-
-SPLIT_ALIASES = {
-    "": "",
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
-
-
-@dataclass(frozen=True)
-class Item:
-    """One image of a source.
-
-    ``size`` and ``mtime_ns`` fingerprint a file (0 for in-memory datasets); ``sha256`` is filled
-    only when content hashing was asked for. ``error`` is set when the scan could not read the
-    entry (broken link, loop, permission): the item is then recorded as failed, not decoded.
-    """
-
-    key: str
-    label: int = -1
-    split: str = ""
-    path: str | None = None
-    size: int = 0
-    mtime_ns: int = 0
-    sha256: str = ""
-    error: str = ""
-
-
-@dataclass
-class Source:
-    """A scanned source: what to extract and how to read one item."""
-
-    kind: str  # "imagefolder" | "folder" | "csv" | "torchvision"
-    uri: str  # what identifies the source (absolute path, or torchvision:NAME@root)
-    name: str  # short readable name for file names
-    classes: tuple[str, ...]
-    items: list[Item]
-    dataset: Any = field(default=None, repr=False)  # torchvision: {split: dataset object}
-
-    def identity(self) -> dict[str, str]:
-        """What makes two sources the same for the store's configuration hash."""
-        return {"kind": self.kind, "uri": self.uri}
-
-    @property
-    def has_split(self) -> bool:
-        return any(it.split for it in self.items)
-
-    def reader(self) -> Callable[[Item], Any]:
-        """A picklable function item -> PIL RGB image (raises ImageDecodeError)."""
-        if self.kind == "torchvision":
-            return _DatasetReader(self.dataset)
-        if is_uri(self.uri):
-            return _UriReader()
-        return _FileReader()
 
 
 class _FileReader:
@@ -119,6 +68,11 @@ class _FileReader:
         from featx.images import load_rgb
 
         return load_rgb(item.path)
+
+
+def file_reader() -> Any:
+    """The picklable reader of image files by their path (for sources built in code)."""
+    return _FileReader()
 
 
 class _DatasetReader:
@@ -285,7 +239,14 @@ def _scan_folder(root: Path, content_hash: bool) -> Source:
     if not items:
         raise FeatxError(f"source folder {root} has no files; point featx at a folder of images")
     items.sort(key=lambda it: it.key)
-    return Source(kind=kind, uri=uri, name=root.resolve().name, classes=classes, items=items)
+    return Source(
+        kind=kind,
+        uri=uri,
+        name=root.resolve().name,
+        classes=classes,
+        items=items,
+        read=_FileReader(),
+    )
 
 
 def _scan_csv(path: Path, content_hash: bool, allow_outside_root: bool = False) -> Source:
@@ -315,7 +276,14 @@ def _scan_csv(path: Path, content_hash: bool, allow_outside_root: bool = False) 
             )
         items.append(_file_item(str(full), key, index.get(lab, -1), split, content_hash))
     items.sort(key=lambda it: it.key)
-    return Source(kind="csv", uri=str(path.resolve()), name=path.stem, classes=classes, items=items)
+    return Source(
+        kind="csv",
+        uri=str(path.resolve()),
+        name=path.stem,
+        classes=classes,
+        items=items,
+        read=_FileReader(),
+    )
 
 
 def _outside_message(path: Any, lineno: int, p: str, base: Any) -> str:
@@ -468,7 +436,7 @@ def _scan_csv_uri(uri: str, content_hash: bool, allow_outside_root: bool = False
         )
     items.sort(key=lambda it: it.key)
     name = posixpath.splitext(posixpath.basename(csv_path))[0]
-    return Source(kind="csv", uri=uri, name=name, classes=classes, items=items)
+    return Source(kind="csv", uri=uri, name=name, classes=classes, items=items, read=_UriReader())
 
 
 class _UriReader:
@@ -571,6 +539,7 @@ def _scan_torchvision(name: str, root: str | None, download: bool) -> Source:
         classes=classes,
         items=items,
         dataset=datasets,
+        read=_DatasetReader(datasets),
     )
 
 
@@ -582,79 +551,62 @@ def _targets(ds: Any):
     return None
 
 
-def open_source(
-    spec: str | os.PathLike,
-    *,
-    root: str | None = None,
-    download: bool = False,
-    content_hash: bool = False,
-    text: Any = None,
-    modality: str | None = None,
-    allow_outside_root: bool = False,
-) -> Source:
-    """Scan a source and return its items, sorted by key.
+# ---------------------------------------------------------------------------------------------
+# the image source kinds and the image modality
 
-    Parameters
-    ----------
-    spec : str or path-like
-        A folder, a ``.csv`` manifest, ``sklearn:digits`` or ``torchvision:NAME``.
-    root : str, optional
-        Where a torchvision dataset lives (default ``<data folder>/NAME``: ``$FEATX_DATA_DIR``,
-        the project's ``data_dir`` setting, or the user data folder; see :mod:`featx.settings`).
-    download : bool
-        Let a torchvision dataset download itself (needs a network).
-    content_hash : bool
-        Also fingerprint every file by the SHA-256 of its bytes (slower; catches edits that keep
-        size and modification time).
-    text : featx.text.TextFormat, optional
-        Columns and encoding of a text table. Text sources (``.csv`` without a ``path`` column,
-        ``.tsv``, ``.jsonl``, a folder of ``.txt`` files, ``text:PATH``) are scanned by
-        :func:`featx.text.open_text_source`.
-    modality : {"image", "text"}, optional
-        What the backbone takes, when known: with ``"image"`` a ``.csv`` is always an image
-        manifest, with ``"text"`` always a text table.
-    allow_outside_root : bool
-        Let a CSV manifest name files outside its own folder (``../x.png``, absolute paths).
-        Off by default: a manifest from someone else could otherwise read any file.
 
-    Examples
-    --------
-    >>> src = open_source("photos/")  # doctest: +SKIP
-    >>> src.kind, len(src.items), src.classes[:2]  # doctest: +SKIP
-    ('imagefolder', 1797, ('0', '1'))
-    """
-    s = str(spec)
-    from featx.text.sources import has_text_column, is_text_spec, open_text_source
+def _open_builtin(spec: str, req: SourceRequest) -> Source:
+    from featx.datasets import materialize
 
-    is_csv = s.lower().endswith(".csv") and not s.startswith("text:")
-    if is_csv and modality is not None:
-        # The backbone decides, unless the table plainly is the other kind: an image backbone
-        # on a table with a text column gets the text-vs-image error, not a manifest error.
-        as_text = modality == "text" or (is_text_spec(s, text) and has_text_column(s, text))
-    else:
-        as_text = is_text_spec(s, text)
-    if as_text:
-        return open_text_source(s, text)
-    if s.startswith("sklearn:"):
-        from featx.datasets import materialize
+    src = _scan_folder(materialize(spec), req.content_hash)
+    src.name, src.uri = spec.split(":", 1)[1], spec
+    return src
 
-        src = _scan_folder(materialize(s), content_hash)
-        src.name, src.uri = s.split(":", 1)[1], s
-        return src
-    if s.startswith("torchvision:"):
-        return _scan_torchvision(s.split(":", 1)[1], root, download)
-    if is_uri(s):
-        if not s.split("?", 1)[0].lower().endswith(".csv"):
-            raise FeatxError(
-                f"source {s}: a URI source must be a CSV manifest (path,label[,split]) ending "
-                "in .csv"
-            )
-        return _scan_csv_uri(s, content_hash, allow_outside_root)
-    path = Path(s)
+
+def _open_uri(spec: str, req: SourceRequest) -> Source:
+    if not spec.split("?", 1)[0].lower().endswith(".csv"):
+        raise FeatxError(
+            f"source {spec}: a URI source must be a CSV manifest (path,label[,split]) ending "
+            "in .csv"
+        )
+    return _scan_csv_uri(spec, req.content_hash, req.allow_outside_root)
+
+
+def _open_path(spec: str, req: SourceRequest) -> Source:
+    path = Path(spec)
     if not path.exists():
-        raise FeatxError(f"source {s} does not exist; give a folder, a .csv or torchvision:NAME")
+        raise FeatxError(f"source {spec} does not exist; give a folder, a .csv or torchvision:NAME")
     if path.is_dir():
-        return _scan_folder(path, content_hash)
+        return _scan_folder(path, req.content_hash)
     if path.suffix.lower() == ".csv":
-        return _scan_csv(path, content_hash, allow_outside_root)
-    raise FeatxError(f"source {s} is a file but not a .csv manifest; give a folder or a .csv")
+        return _scan_csv(path, req.content_hash, req.allow_outside_root)
+    raise FeatxError(f"source {spec} is a file but not a .csv manifest; give a folder or a .csv")
+
+
+register_source_kind(
+    SourceKind("sklearn", claims=lambda s, req: s.startswith("sklearn:"), open=_open_builtin)
+)
+register_source_kind(
+    SourceKind(
+        "torchvision",
+        claims=lambda s, req: s.startswith("torchvision:"),
+        open=lambda s, req: _scan_torchvision(s.split(":", 1)[1], req.root, req.download),
+    )
+)
+register_source_kind(SourceKind("uri", claims=lambda s, req: is_uri(s), open=_open_uri))
+register_source_kind(SourceKind("path", claims=lambda s, req: True, open=_open_path, fallback=True))
+register_modality(
+    Modality(
+        name="image",
+        default_backbone=DEFAULT_BACKBONE,
+        backbone_noun="an image backbone",
+        source_noun="an image source",
+        suggest="see 'featx backbones'",
+        versions=("torchvision", "timm"),
+        file_lists=True,
+        unit="images",
+        key_column="path",
+    )
+)
+
+__all__ = ["SPLIT_ALIASES", "Item", "Source", "file_reader", "is_uri", "open_source"]

@@ -76,3 +76,17 @@ def test_one_pass_gives_every_layer_pooled_and_the_embedding_unchanged():
         "blocks.1": (3, 8),
         "blocks.2": (3, 10),
     }
+
+
+def test_a_copy_of_the_network_taps_its_own_layers():
+    """The engine folds BatchNorm in a deep copy: the copy's hooks must fill the copy."""
+    import copy
+
+    mm, _, _ = multi_layer_model(_base(), "stages", 16, "net")
+    twin = copy.deepcopy(mm)
+    x = torch.randn(2, 3, 16, 16)
+    with torch.inference_mode():
+        a, b = mm(x), twin(x)
+    assert set(a) == set(b)
+    for k in a:
+        torch.testing.assert_close(a[k], b[k])

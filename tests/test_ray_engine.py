@@ -120,9 +120,10 @@ def test_interrupted_ray_run_resumes_from_its_parts(
     ray_runtime, image_folder, tiny_backbone, tmp_path, monkeypatch
 ):
     """The driver stops after two part files (as after kill -9); the next run resumes them."""
-    import featx.extraction as fx
+    from featx.engines import get_engine
 
-    real = fx._batches
+    engine = get_engine("ray", "image")
+    real = engine.iter_batches
 
     def interrupted(*args, **kwargs):
         for n, batch in enumerate(real(*args, **kwargs)):
@@ -130,13 +131,13 @@ def test_interrupted_ray_run_resumes_from_its_parts(
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(fx, "_batches", interrupted)
+    monkeypatch.setattr(engine, "iter_batches", interrupted)
     distributed = tmp_path / "ray.h5"
     with pytest.raises(KeyboardInterrupt):
         _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
     assert not distributed.exists()
     assert len(list((tmp_path / "ray.h5.parts").glob("part-*.h5"))) == 2
-    monkeypatch.setattr(fx, "_batches", real)
+    monkeypatch.setattr(engine, "iter_batches", real)
     r = _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
     assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
     local = tmp_path / "local.h5"
@@ -207,8 +208,10 @@ def test_pipeline_extract_table_takes_the_ray_keys(tmp_path):
         '[extract]\nengine = "ray"\nray_address = "auto"\nactors = 4\ngpus_per_actor = 1\n'
         "cpus_per_actor = 2\n"
     )
+    from featx.ray_engine import RaySettings
+
     opts = ExtractOptions(**load_pipeline(p).extract)
-    s = opts.ray_settings()
+    s = RaySettings.from_options(opts)
     assert (opts.engine, s.address, s.actors, s.gpus_per_actor, s.cpus_per_actor) == (
         "ray",
         "auto",
@@ -226,14 +229,12 @@ def test_decoding_runs_as_tasks_apart_from_the_model_actors(
 ):
     """Ray Data must not fuse the decode tasks into the model actors (one process would then
     decode and infer in turn)."""
-    from featx.ray_engine import RaySettings, build_dataset
+    from featx.ray_engine import build_dataset
     from featx.sources import open_source
 
     src = open_source(image_folder)
-    ds, _ = build_dataset(
-        ray_runtime, tiny_backbone, src.items, src.reader(), RaySettings(actors=1), "cpu",
-        "fp32", 4,
-    )  # fmt: skip
+    opts = ExtractOptions(engine="ray", actors=1, batch_size=4)
+    ds, _ = build_dataset(ray_runtime, tiny_backbone, src.items, src.reader(), opts, "cpu", "fp32")
     ds.explain()
     optimized = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     assert "TaskPoolMapOperator[MapBatches(decode)]" in optimized

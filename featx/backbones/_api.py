@@ -12,6 +12,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from featx.backbones.registry import (
@@ -25,12 +26,10 @@ from featx.backbones.registry import (
     get_family,
 )
 from featx.errors import FeatxError
-from featx.options import DEFAULT_BACKBONE
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, BackboneSpec
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
-
-    from featx.options import BackboneSpec
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +173,7 @@ def _listed_from_catalog(pat: str) -> list[BackboneInfo] | None:
 
 def load_backbone(
     name: str | BackboneSpec = DEFAULT_BACKBONE,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     *,
     weights_file: str | os.PathLike[str] | None = None,
     layer: str | None = None,
@@ -238,40 +237,30 @@ def load_backbone(
     >>> bb.dim, bb.pool, bb.preprocess.crop_size
     (512, 'avg', 64)
     """
-    from featx.backbones import _features
-
-    if not isinstance(name, str):  # a BackboneSpec: its fields are the arguments
-        spec = name
-        return load_backbone(
-            spec.name,
-            spec.weights,
-            weights_file=weights_file if weights_file is not None else spec.weights_file,
-            layer=spec.layer,
-            pool=spec.pool,
-            image_size=spec.image_size,
-            max_seq_length=spec.max_seq_length,
-            normalize=spec.normalize,
-        )
-    if not name.strip():
-        raise FeatxError(f"backbone name must be a non-empty string, not {name!r}")
-    family, canonical, own = _resolve(name.strip())
+    wf = None if weights_file is None else os.fspath(weights_file)
+    if isinstance(name, BackboneSpec):  # its fields are the arguments
+        spec = name if wf is None else replace(name, weights_file=wf)
+    else:
+        spec = BackboneSpec(name, weights, wf, layer, pool, image_size, max_seq_length, normalize)
+    if not isinstance(spec.name, str) or not spec.name.strip():
+        raise FeatxError(f"backbone name must be a non-empty string, not {spec.name!r}")
+    family, canonical, own = _resolve(spec.name.strip())
     fam = get_family(family)
     if fam.load is not None:  # a family that builds its whole backbone (text encoders)
-        given = {
-            "weights_file": weights_file,
-            "layer": layer,
-            "pool": pool,
-            "image_size": image_size,
-            "max_seq_length": max_seq_length,
-            "normalize": normalize,
-        }
-        return fam.load(own, weights, **{k: v for k, v in given.items() if v is not None})
-    if max_seq_length is not None or normalize is not None:
+        return fam.load(replace(spec, name=own))
+    return _load_image(family, canonical, replace(spec, name=own))
+
+
+def _load_image(family: str, canonical: str, spec: BackboneSpec) -> Backbone:
+    """An image classifier of ``family`` built from its body, cut at ``spec.layer``."""
+    from featx.backbones import _features
+
+    if spec.max_seq_length is not None or spec.normalize is not None:
         raise FeatxError(
-            f"{name} is an image backbone: --max-seq-length and --normalize apply to text "
+            f"{canonical} is an image backbone: --max-seq-length and --normalize apply to text "
             "encoders only"
         )
-    w = _norm_weights(weights)
+    pool, image_size = spec.pool, spec.image_size
     if pool is not None:
         pool = str(pool).strip().lower()
         if pool not in _features.POOLS:
@@ -281,16 +270,18 @@ def load_backbone(
     ):
         raise FeatxError(f"image size must be an integer >= 8, not {image_size!r}")
     wf = None
-    if weights_file is not None:
-        wf = os.fspath(os.path.expanduser(os.fspath(weights_file)))
+    if spec.weights_file is not None:
+        wf = os.fspath(os.path.expanduser(spec.weights_file))
         if not os.path.isfile(wf):
             raise FeatxError(f"weights file {wf} does not exist; check --weights-file")
-    req = LoadRequest(name=own, weights=w, weights_file=wf, image_size=image_size)
+    req = LoadRequest(
+        name=spec.name, weights=_norm_weights(spec.weights), weights_file=wf, image_size=image_size
+    )
     body = get_family(family).build(req)
     if image_size is not None and body.preprocess.crop_size != image_size:
         body.preprocess = body.preprocess.with_image_size(image_size)
-
-    fm, layer_name, used_pool, dim = _feature_model(body, canonical, (layer or "").strip(), pool)
+    layer = (spec.layer or "").strip()
+    fm, layer_name, used_pool, dim = _feature_model(body, canonical, layer, pool)
     bb = Backbone(
         name=canonical,
         family=family,

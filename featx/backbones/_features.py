@@ -348,6 +348,19 @@ def resolve_layers(
     return list(dict.fromkeys(out))
 
 
+def _keep_output(module: nn.Module, inputs: Any, output: Any) -> None:
+    """Forward hook of a tapped layer: keep its first output of the pass on the module itself.
+
+    Kept on the module (not in a closure), so a copy of the network (``copy.deepcopy``, as the
+    engine's BatchNorm folding makes) taps its own modules.
+    """
+    if getattr(module, "_featx_kept", None) is None:
+        t = _first_tensor(output)
+        if t is None:
+            raise TypeError(f"a tapped layer returned {type(output).__name__}")
+        module._featx_kept = t
+
+
 class MultiLayerModel(nn.Module):
     """One forward pass, several pooled outputs: ``{"features": (B, D), layer: (B, d), ...}``.
 
@@ -361,34 +374,26 @@ class MultiLayerModel(nn.Module):
         self.base = base
         self.layers = list(layers)
         self.pools = dict(pools)
-        self._got: dict[str, torch.Tensor] = {}
         modules = dict(base.body.named_modules())
         for name in self.layers:
-            modules[name].register_forward_hook(self._hook(name))
-
-    def _hook(self, name: str):
-        def capture(module: nn.Module, inputs: Any, output: Any) -> None:
-            if name in self._got:
-                return
-            t = _first_tensor(output)
-            if t is None:
-                raise TypeError(f"layer {name!r} returned {type(output).__name__}")
-            self._got[name] = t
-
-        return capture
+            modules[name].register_forward_hook(_keep_output)
 
     def raw(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The unpooled layer outputs and the pooled embedding of one pass."""
-        self._got = {}
+        modules = dict(self.base.body.named_modules())
+        tapped = [modules[n] for n in self.layers]
+        for m in tapped:
+            m._featx_kept = None
         try:
             feats = self.base(x)
-            got = self._got
+            got = {n: m._featx_kept for n, m in zip(self.layers, tapped, strict=True)}
         finally:
-            self._got = {}
-        missing = [n for n in self.layers if n not in got]
+            for m in tapped:
+                m._featx_kept = None
+        missing = [n for n, t in got.items() if t is None]
         if missing:
             raise LayerNotRun(f"layer {missing[0]!r} did not run in the forward pass")
-        return {FEATURES: feats, **{n: got[n] for n in self.layers}}
+        return {FEATURES: feats, **got}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         raw = self.raw(x)

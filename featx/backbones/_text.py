@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from featx.errors import FeatxError
-from featx.options import DEFAULT_TEXT_BACKBONE
+from featx.options import DEFAULT_TEXT_BACKBONE, DEFAULT_WEIGHTS
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -368,7 +368,7 @@ def _parse_layer(layer: str | int | None, n_layers: int) -> int | None:
 
 def load_text_backbone(
     name: str = DEFAULT_TEXT_BACKBONE,
-    weights: str | None = "DEFAULT",
+    weights: str | None = DEFAULT_WEIGHTS,
     *,
     layer: str | int | None = None,
     pool: str | None = None,
@@ -404,82 +404,24 @@ def load_text_backbone(
     >>> bb.dim, bb.pool, bb.normalize, bb.preprocess.max_seq_length  # doctest: +SKIP
     (384, 'mean', True, 256)
     """
-    import torch
-
-    from featx.backbones._checkpoint import sha256_file
-    from featx.backbones.registry import seeded
-
     canonical, folder = resolve_text_name(name)
     spec = read_folder(folder)
     tf = _import_transformers()
-    wname = "none" if weights is None else str(weights).strip().lower()
-    if wname in ("none", "random", ""):
-        w = "none"
-    elif wname in ("default", "pretrained"):
-        w = "pretrained"
-    else:
-        raise FeatxError(
-            f"text backbone weights must be DEFAULT (the folder's weights) or none, not {weights!r}"
-        )
+    w = _weights_id(weights)
     src = spec.transformer_dir
-    try:
-        config = tf.AutoConfig.from_pretrained(src, local_files_only=True)
-        tokenizer = tf.AutoTokenizer.from_pretrained(src, local_files_only=True)
-        if w == "none":
-            transformer = seeded(lambda: tf.AutoModel.from_config(config))
-            sha = None
-        else:
-            wf = _weights_file(src)
-            if wf is None:
-                raise FeatxError(
-                    f"{src} has no model.safetensors or pytorch_model.bin; "
-                    "use --weights none for a random init of its config"
-                )
-            transformer = tf.AutoModel.from_pretrained(
-                src, local_files_only=True, torch_dtype=torch.float32
-            )
-            sha = sha256_file(wf)
-    except FeatxError:
-        raise
-    except (OSError, ValueError, KeyError) as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FeatxError(f"cannot load the text model in {src}: {msg}") from None
-    if not getattr(tokenizer, "is_fast", False):
-        logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
-    n_pos = int(getattr(config, "max_position_embeddings", 0) or 512)
-    tok_max = getattr(tokenizer, "model_max_length", None)
-    tok_max = tok_max if isinstance(tok_max, int) and 0 < tok_max < 100_000 else 512
-    limit = min(spec.max_seq_length or min(512, tok_max), n_pos)
-    if max_seq_length is not None:
-        if isinstance(max_seq_length, bool) or int(max_seq_length) < 2:
-            raise FeatxError(f"--max-seq-length must be at least 2, not {max_seq_length!r}")
-        if int(max_seq_length) > n_pos:
-            raise FeatxError(
-                f"--max-seq-length {max_seq_length} is more than the {n_pos} positions "
-                "this model has"
-            )
-        limit = int(max_seq_length)
-    used_pool = spec.pool
-    if pool is not None:
-        p = str(pool).strip().lower()
-        p = "mean" if p == "avg" else p
-        if p not in TEXT_POOLS:
-            raise FeatxError(f"unknown text pool {pool!r}; choose one of {', '.join(TEXT_POOLS)}")
-        used_pool = p
+    config, tokenizer, transformer, sha = _load_transformer(tf, src, w)
+    limit = _seq_limit(spec, config, tokenizer, max_seq_length)
+    used_pool = spec.pool if pool is None else _text_pool(pool)
     norm = spec.normalize if normalize is None else bool(normalize)
     n_layers = int(getattr(config, "num_hidden_layers", 0) or 0)
     layer_idx = _parse_layer(layer, n_layers)
-    transformer.eval()
-    transformer.requires_grad_(False)
     model = _encoder_class()(transformer, used_pool, norm, layer_idx)
     model.eval()
     lowercase = getattr(tokenizer, "do_lower_case", None)
-    if lowercase is None:
-        lowercase = spec.lowercase
     pre = TextPreprocess(
         tokenizer=type(tokenizer).__name__,
         max_seq_length=limit,
-        lowercase=None if lowercase is None else bool(lowercase),
+        lowercase=spec.lowercase if lowercase is None else bool(lowercase),
         vocab_sha256=_vocab_sha(src),
     )
     dim = int(getattr(config, "hidden_size", 0) or 0)
@@ -499,15 +441,84 @@ def load_text_backbone(
     )
     logger.info(
         "loaded text encoder %s (%s, layer %s, pool %s, normalize %s, %d tokens, dim %d)",
-        bb.name,
-        bb.weights,
-        bb.layer,
-        bb.pool,
-        bb.normalize,
-        limit,
-        dim,
+        *(bb.name, bb.weights, bb.layer, bb.pool, bb.normalize, limit, dim),
     )
     return bb
+
+
+def _weights_id(weights: str | None) -> str:
+    """``"pretrained"`` (the folder's weights) or ``"none"`` (a seeded random init)."""
+    wname = "none" if weights is None else str(weights).strip().lower()
+    if wname in ("none", "random", ""):
+        return "none"
+    if wname in ("default", "pretrained"):
+        return "pretrained"
+    raise FeatxError(
+        f"text backbone weights must be DEFAULT (the folder's weights) or none, not {weights!r}"
+    )
+
+
+def _load_transformer(tf: Any, src: Path, w: str) -> tuple[Any, Any, Any, str | None]:
+    """(config, tokenizer, frozen eval-mode transformer, weights sha256) of a model folder."""
+    config, tokenizer, transformer, sha = _read_transformer(tf, src, w)
+    if not getattr(tokenizer, "is_fast", False):
+        logger.warning("%s has no fast tokenizer; tokenization will be slow", src)
+    transformer.eval()
+    transformer.requires_grad_(False)
+    return config, tokenizer, transformer, sha
+
+
+def _read_transformer(tf: Any, src: Path, w: str) -> tuple[Any, Any, Any, str | None]:
+    import torch
+
+    from featx.backbones._checkpoint import sha256_file
+    from featx.backbones.registry import seeded
+
+    try:
+        config = tf.AutoConfig.from_pretrained(src, local_files_only=True)
+        tokenizer = tf.AutoTokenizer.from_pretrained(src, local_files_only=True)
+        if w == "none":
+            return config, tokenizer, seeded(lambda: tf.AutoModel.from_config(config)), None
+        wf = _weights_file(src)
+        if wf is None:
+            raise FeatxError(
+                f"{src} has no model.safetensors or pytorch_model.bin; "
+                "use --weights none for a random init of its config"
+            )
+        transformer = tf.AutoModel.from_pretrained(
+            src, local_files_only=True, torch_dtype=torch.float32
+        )
+        return config, tokenizer, transformer, sha256_file(wf)
+    except FeatxError:
+        raise
+    except (OSError, ValueError, KeyError) as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FeatxError(f"cannot load the text model in {src}: {msg}") from None
+
+
+def _seq_limit(spec: FolderSpec, config: Any, tokenizer: Any, max_seq_length: int | None) -> int:
+    """Tokens per text: ``max_seq_length``, else the folder's, capped at the positions."""
+    n_pos = int(getattr(config, "max_position_embeddings", 0) or 512)
+    tok_max = getattr(tokenizer, "model_max_length", None)
+    tok_max = tok_max if isinstance(tok_max, int) and 0 < tok_max < 100_000 else 512
+    limit = min(spec.max_seq_length or min(512, tok_max), n_pos)
+    if max_seq_length is None:
+        return limit
+    if isinstance(max_seq_length, bool) or int(max_seq_length) < 2:
+        raise FeatxError(f"--max-seq-length must be at least 2, not {max_seq_length!r}")
+    if int(max_seq_length) > n_pos:
+        raise FeatxError(
+            f"--max-seq-length {max_seq_length} is more than the {n_pos} positions this model has"
+        )
+    return int(max_seq_length)
+
+
+def _text_pool(pool: str) -> str:
+    p = str(pool).strip().lower()
+    p = "mean" if p == "avg" else p
+    if p not in TEXT_POOLS:
+        raise FeatxError(f"unknown text pool {pool!r}; choose one of {', '.join(TEXT_POOLS)}")
+    return p
 
 
 def text_backbone_info() -> dict[str, Any]:
@@ -542,14 +553,22 @@ def _build(req: Any) -> Any:  # pragma: no cover - the family loads through _loa
     raise RuntimeError("text encoders are loaded with load_text_backbone")
 
 
-def _load(name: str, weights: str | None, **options: Any) -> TextBackbone:
-    wrong = [k for k in ("weights_file", "image_size") if k in options]
+def _load(spec: Any) -> TextBackbone:
+    """The family's ``load``: a text encoder from a whole :class:`~featx.options.BackboneSpec`."""
+    wrong = [k for k in ("weights_file", "image_size") if getattr(spec, k) is not None]
     if wrong:
         raise FeatxError(
-            f"{name} is a text encoder: --{wrong[0].replace('_', '-')} does not apply "
+            f"{spec.name} is a text encoder: --{wrong[0].replace('_', '-')} does not apply "
             "(give a model folder as hf:PATH)"
         )
-    return load_text_backbone(name, weights, **options)
+    return load_text_backbone(
+        spec.name,
+        spec.weights,
+        layer=spec.layer,
+        pool=spec.pool,
+        normalize=spec.normalize,
+        max_seq_length=spec.max_seq_length,
+    )
 
 
 def _register() -> None:
@@ -563,6 +582,7 @@ def _register() -> None:
             build=_build,
             names=lambda: (DEFAULT_TEXT_BACKBONE, "minilm"),
             load=_load,
+            modality="text",
         )
     )
 

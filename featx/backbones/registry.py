@@ -77,6 +77,8 @@ class BackboneLike(Protocol):
     """What the extraction engine needs from a backbone (structural: any object with these).
 
     :class:`Backbone` is one; a test or a plugin may pass its own object with the same attributes.
+    An optional ``modality`` attribute says what it takes (``"image"`` when absent; see
+    :func:`featx.modalities.modality_of`).
     """
 
     name: str
@@ -121,7 +123,11 @@ class Backbone:
         Feature dimension D.
     model : torch.nn.Module
         Eval mode, ``requires_grad=False``; ``model(x)`` maps a normalized float batch
-        (B, 3, H, W) to float32 features (B, D).
+        (B, 3, H, W) to float32 features (B, D), or to named per-row outputs (a dict holding
+        ``"features"``, see :mod:`featx.engines`).
+    modality : str
+        What it takes: ``"image"`` (a text encoder, :class:`~featx.backbones._text.TextBackbone`,
+        says ``"text"``); extraction picks the engine and the source reading by it.
     """
 
     name: str
@@ -133,6 +139,7 @@ class Backbone:
     preprocess: Preprocess
     dim: int
     model: torch.nn.Module = field(repr=False)
+    modality: str = "image"
 
     def config(self) -> dict[str, Any]:
         """Everything that identifies the features, as JSON-able data (the store hashes it)."""
@@ -198,10 +205,13 @@ class Family:
     listed_by_default : bool, default=True
         Whether ``list_backbones()`` without a prefix lists this family.
     load : callable, optional
-        For a family that is not made of image classifiers (text encoders): ``load(name,
-        weights, **options) -> backbone`` builds the whole backbone itself, with the keyword
-        arguments of :func:`~featx.backbones.load_backbone` that are not None; ``build`` is
-        then not called.
+        For a family that is not made of image classifiers (text encoders):
+        ``load(spec) -> backbone`` builds the whole backbone itself from the
+        :class:`~featx.options.BackboneSpec` (whole; its ``name`` is the family's own name, the
+        prefix removed) and rejects the fields it cannot honour; ``build`` is then not called.
+    modality : str, default="image"
+        What its backbones take (their ``modality``); a registered :mod:`featx.modalities`
+        name.
     """
 
     name: str
@@ -212,6 +222,7 @@ class Family:
     names: Callable[[], Sequence[str]] = tuple
     listed_by_default: bool = True
     load: Callable[..., Any] | None = None
+    modality: str = "image"
 
 
 _FAMILIES: dict[str, Family] = {}

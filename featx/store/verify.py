@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.store.config import TEXTS, StoreConfig
+from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
@@ -196,6 +196,22 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             where = f" after {chunks} chunks" if chunks else ""
             problems.append(f"features unreadable{where} ({_first_line(exc)})")
 
+        for gname, width in store_groups(cfg):  # each layer of a multi-layer store (--layers)
+            try:
+                g = f[gname]
+                if tuple(g.shape) != (n, width):
+                    problems.append(f"{gname} has shape {tuple(g.shape)}, expected ({n}, {width})")
+                step = g.chunks[0] if g.chunks else COPY_ROWS
+                bad_rows = 0
+                for a in range(0, int(g.shape[0]), step):
+                    block = g[a : min(int(g.shape[0]), a + step)]
+                    chunks += 1
+                    nbytes += block.nbytes
+                    bad_rows += int((~np.isfinite(block)).any(axis=1).sum())
+                if bad_rows:
+                    problems.append(f"{bad_rows} rows of {gname} hold NaN or inf")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"{gname} unreadable ({_first_line(exc)})")
         if TEXTS in f:  # a text store's texts (docs/store.md)
             try:
                 enc = [b if isinstance(b, bytes) else _encode(b) for b in f[TEXTS][()]]

@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.store.config import StoreConfig, _canonical, config_difference
+from featx.store.config import GROUPS, StoreConfig, _canonical, config_difference, store_groups
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
@@ -52,6 +52,8 @@ class Rows:
     failed_size: list[int]
     failed_mtime_ns: list[int]
     failed_sha256: list[str]
+    #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
+    outputs: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 class StoreWriter:
@@ -194,6 +196,9 @@ class StoreWriter:
             f.attrs["format"] = PART_FORMAT
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
+            for name, arr in (rows.outputs or {}).items():
+                out = np.asarray(arr, dtype=self.config.dtype).reshape(len(rows.keys), -1)
+                f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
             _int_ds(g, "size", rows.size)
@@ -257,78 +262,28 @@ class StoreWriter:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         open_files: dict[str, Any] = {}
 
-        def source_ds(where: str):
+        def source_ds(where: str, name: str = "features"):
             if where not in open_files:
                 open_files[where] = h5py.File(self.path if where == "store" else where, "r")
-            return open_files[where]["features"]
+            return open_files[where][name]
 
         try:
             with _atomic_h5(self.path) as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["schema_version"] = SCHEMA_VERSION
-                f.attrs["config"] = self.config.to_json()
-                f.attrs["config_hash"] = self.config.hash
-                f.attrs["created"] = getattr(self, "_created", None) or now
-                f.attrs["updated"] = now
-                for k, v in attrs.items():
-                    if isinstance(v, str):
-                        v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
-                    elif not isinstance(v, int | float | bool):
-                        v = _canonical(v)
-                    f.attrs[k] = v
+                self._write_attrs(f, attrs, getattr(self, "_created", None) or now, now)
                 f.attrs["n_items"] = n
                 f.attrs["n_failed"] = len(failed)
                 f.attrs["dim"] = dim
-                itemsize = np.dtype(self.config.dtype).itemsize
-                rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, dim * itemsize)))
-                # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
-                # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
-                feats = f.create_dataset(
-                    "features",
-                    shape=(n, dim),
-                    dtype=self.config.dtype,
-                    chunks=(rows_per_chunk, max(dim, 1)) if n else None,
-                    compression="lzf" if n else None,
-                    fletcher32=bool(n),
-                )
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-                step = COPY_ROWS
-                for a in range(0, n, step):
-                    b = min(n, a + step)
-                    block = np.empty((b - a, dim), dtype=self.config.dtype)
-                    w, r = wheres[a:b], srcrow[a:b]
-                    for where in dict.fromkeys(w):
-                        m = w == where
-                        sel = r[m]
-                        order = np.argsort(sel, kind="stable")
-                        vals = _read_rows(source_ds(where), sel[order])
-                        tmp = np.empty_like(vals)
-                        tmp[order] = vals
-                        block[m] = tmp
-                    feats[a:b] = block
-                _str_ds(f, "paths", keys)
-                _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
-                _str_ds(f, "split", [split.get(k, "") for k in keys])
-                _str_ds(f, "classes", classes)
-                g = f.create_group("fingerprint")
-                _int_ds(g, "size", [fingerprints[k][0] for k in keys])
-                _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
-                _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
-                for name, values in (per_row or {}).items():
-                    grp, _, leaf = name.rpartition("/")
-                    where_ = f.require_group(grp) if grp else f
-                    if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
-                        _str_ds(where_, leaf, [values.get(k, "") for k in keys])
-                    else:
-                        _int_ds(where_, leaf, [values.get(k, -1) for k in keys])
-                fkeys = sorted(failed)
-                fl = f.create_group("failed")
-                _str_ds(fl, "paths", fkeys)
-                _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-                _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-                _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-                _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+                # the pooled embedding, then every extra output of the pass (--layers)
+                for ds_name, width in [("features", dim), *store_groups(self.config)]:
+                    ds = _copy_rows(f, ds_name, width, self.config.dtype, wheres, srcrow, source_ds)
+                    for g in (self.config.backbone or {}).get("layers") or []:
+                        if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
+                            ds.attrs["layer"] = str(g["name"])
+                            ds.attrs["pool"] = str(g.get("pool") or "")
+                            ds.attrs["dim"] = int(g["dim"])
+                _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():
                     of.close()
@@ -339,7 +294,82 @@ class StoreWriter:
         self.discard_parts()
         return self.path
 
+    def _write_attrs(self, f: Any, attrs: dict[str, Any], created: str, now: str) -> None:
+        """The format, configuration and provenance attributes of a new store file."""
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SCHEMA_VERSION
+        f.attrs["config"] = self.config.to_json()
+        f.attrs["config_hash"] = self.config.hash
+        f.attrs["created"] = created
+        f.attrs["updated"] = now
+        for k, v in attrs.items():
+            if isinstance(v, str):
+                v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
+            elif not isinstance(v, int | float | bool):
+                v = _canonical(v)
+            f.attrs[k] = v
+
     def discard_parts(self) -> None:
         if self.parts_dir.is_dir():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._n_parts = 0
+
+
+def _copy_rows(
+    f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
+) -> Any:
+    """Dataset ``name`` of a new store: row i copied from row ``srcrow[i]`` of ``wheres[i]``
+    (the old store or a part), in blocks, each source read in row order."""
+    n = len(wheres)
+    itemsize = np.dtype(dtype).itemsize
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
+    # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
+    # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
+    ds = f.create_dataset(
+        name,
+        shape=(n, width),
+        dtype=dtype,
+        chunks=(rows_per_chunk, max(width, 1)) if n else None,
+        compression="lzf" if n else None,
+        fletcher32=bool(n),
+    )
+    for a in range(0, n, COPY_ROWS):
+        b = min(n, a + COPY_ROWS)
+        block = np.empty((b - a, width), dtype=dtype)
+        w, r = wheres[a:b], srcrow[a:b]
+        for where in dict.fromkeys(w):
+            m = w == where
+            sel = r[m]
+            order = np.argsort(sel, kind="stable")
+            vals = _read_rows(source_ds(where, name), sel[order])
+            tmp = np.empty_like(vals)
+            tmp[order] = vals
+            block[m] = tmp
+        ds[a:b] = block
+    return ds
+
+
+def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
+    """The row index, the per-row extras and the failures of a new store file."""
+    _str_ds(f, "paths", keys)
+    _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
+    _str_ds(f, "split", [split.get(k, "") for k in keys])
+    _str_ds(f, "classes", classes)
+    g = f.create_group("fingerprint")
+    _int_ds(g, "size", [fingerprints[k][0] for k in keys])
+    _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
+    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+    for name, values in (per_row or {}).items():
+        grp, _, leaf = name.rpartition("/")
+        where = f.require_group(grp) if grp else f
+        if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
+            _str_ds(where, leaf, [values.get(k, "") for k in keys])
+        else:
+            _int_ds(where, leaf, [values.get(k, -1) for k in keys])
+    fkeys = sorted(failed)
+    fl = f.create_group("failed")
+    _str_ds(fl, "paths", fkeys)
+    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])

@@ -35,14 +35,22 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from featx.backbones._text import is_text_name
 from featx.errors import FeatxError
-from featx.options import TextFormat
-from featx.sources import SPLIT_ALIASES, Item, Source
+from featx.items import SPLIT_ALIASES, Item, Source
+from featx.modalities import (
+    Modality,
+    SourceKind,
+    SourceRequest,
+    register_modality,
+    register_source_kind,
+)
+from featx.options import DEFAULT_TEXT_BACKBONE, TextFormat
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +94,11 @@ class TextItem(Item):
 
 
 class TextSource(Source):
-    """A scanned text source (``kind`` starts with ``text-``)."""
-
-    modality = "text"
+    """A scanned text source (``kind`` starts with ``text-``); it reads with :class:`TextReader`."""
 
     def __init__(self, *args: Any, text_column: str = "", encoding: str = "utf-8", **kw: Any):
-        super().__init__(*args, **kw)
+        kw.setdefault("read", TextReader(encoding))
+        super().__init__(*args, modality="text", **kw)
         self.text_column = text_column
         self.encoding = encoding
 
@@ -100,9 +107,6 @@ class TextSource(Source):
         if self.text_column:  # two text columns of one table are two sources
             ident["text_column"] = self.text_column
         return ident
-
-    def reader(self) -> Callable[[Item], str]:
-        return TextReader(self.encoding)
 
     def texts(self, items: Sequence[Item] | None = None) -> list[str | None]:
         """The text of each item (None where it cannot be read)."""
@@ -416,48 +420,66 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         cols["id"],
         cols["split"],
     )
-    rows = []  # (line, key_base, text or None, label, split, raw bytes, error)
-    for line, rec in records:
-        if isinstance(rec, _Bad):
-            rows.append((line, None, None, "", "", rec.raw, rec.reason))
-            continue
-        value = rec.get(cols["text"])
-        error = ""
-        if kind == "jsonl" and value is not None and not isinstance(value, str):
-            error = f"field {cols['text']!r} is not a string"
-            value = json.dumps(value)
-        text = "" if value is None else value
-        if kind == "jsonl" and value is None:
-            error = f"no field {cols['text']!r}"
-        raw = text.encode("utf-8", errors="surrogateescape")
-        if custom_encoding:
-            text, bad = _decode(raw, fmt.encoding)
-            error = error or bad
-        else:
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                error = error or (
-                    f"not valid UTF-8 (byte 0x{raw[exc.start : exc.start + 1].hex()}); "
-                    "pass --encoding if the file is not UTF-8"
-                )
-                text = ""
-
-        def fixed(value: Any) -> str:
-            v = _cell(value)
-            if custom_encoding:
-                v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
-            return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
-
-        label = fixed(rec.get(cols["label"])) if cols["label"] else ""
-        split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
-        if split_raw not in SPLIT_ALIASES:
-            raise FeatxError(
-                f"{path} line {line}: unknown split {split_raw!r}; use train, val or test"
-            )
-        ident = fixed(rec.get(cols["id"])) if cols["id"] else None
-        rows.append((line, ident, text, label, SPLIT_ALIASES[split_raw], raw, error))
+    rows = [_row(line, rec, cols, kind, fmt, path) for line, rec in records]
     classes = tuple(sorted({r[3] for r in rows if r[3] and not r[6]}))
+    items = _keyed_items(rows, classes, cols["id"])
+    return TextSource(
+        kind=f"text-{kind}",
+        uri=str(path.resolve()),
+        name=path.stem,
+        classes=classes,
+        items=items,
+        text_column=cols["text"] or "",
+        encoding=fmt.encoding,
+    )
+
+
+def _row(
+    line: int, rec: Any, cols: dict[str, str | None], kind: str, fmt: TextFormat, path: Path
+) -> tuple:
+    """One record -> (line, id or None, text, label, split, raw bytes, error)."""
+    if isinstance(rec, _Bad):
+        return (line, None, None, "", "", rec.raw, rec.reason)
+    custom_encoding = _py_encoding(fmt.encoding) not in ("utf-8-sig",)
+    value = rec.get(cols["text"])
+    error = ""
+    if kind == "jsonl" and value is not None and not isinstance(value, str):
+        error = f"field {cols['text']!r} is not a string"
+        value = json.dumps(value)
+    text = "" if value is None else value
+    if kind == "jsonl" and value is None:
+        error = f"no field {cols['text']!r}"
+    raw = text.encode("utf-8", errors="surrogateescape")
+    if custom_encoding:
+        text, bad = _decode(raw, fmt.encoding)
+        error = error or bad
+    else:
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            error = error or (
+                f"not valid UTF-8 (byte 0x{raw[exc.start : exc.start + 1].hex()}); "
+                "pass --encoding if the file is not UTF-8"
+            )
+            text = ""
+
+    def fixed(value: Any) -> str:
+        v = _cell(value)
+        if custom_encoding:
+            v = _decode(v.encode("utf-8", "surrogateescape"), fmt.encoding)[0]
+        return v.encode("utf-8", "replace").decode("utf-8", "replace") if v else v
+
+    label = fixed(rec.get(cols["label"])) if cols["label"] else ""
+    split_raw = fixed(rec.get(cols["split"])).lower() if cols["split"] else ""
+    if split_raw not in SPLIT_ALIASES:
+        raise FeatxError(f"{path} line {line}: unknown split {split_raw!r}; use train, val or test")
+    ident = fixed(rec.get(cols["id"])) if cols["id"] else None
+    return (line, ident, text, label, SPLIT_ALIASES[split_raw], raw, error)
+
+
+def _keyed_items(rows: list[tuple], classes: tuple[str, ...], id_column: str | None) -> list:
+    """The rows as items sorted by key (their id, else the hash of their text; ``~2``, ``~3``
+    for later copies), duplicate and empty ids recorded as errors."""
     index = {c: i for i, c in enumerate(classes)}
     items: list[TextItem] = []
     seen: dict[str, int] = {}  # key base -> count
@@ -467,7 +489,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         if ident is not None:
             base = ident or digest[:16]
             if not ident and not error:
-                error = f"empty {cols['id']!r}"
+                error = f"empty {id_column!r}"
         else:
             base = digest[:16]
         n = seen.get(base, 0) + 1
@@ -491,15 +513,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
             )
         )
     items.sort(key=lambda it: it.key)
-    return TextSource(
-        kind=f"text-{kind}",
-        uri=str(path.resolve()),
-        name=path.stem,
-        classes=classes,
-        items=items,
-        text_column=cols["text"] or "",
-        encoding=fmt.encoding,
-    )
+    return items
 
 
 # ---------------------------------------------------------------------------------------------
@@ -560,3 +574,82 @@ def _scan_folder(root: Path, fmt: TextFormat) -> TextSource:
         items=items,
         encoding=fmt.encoding,
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# the text source kind and the text modality
+
+
+def _claims(spec: str, req: SourceRequest) -> bool:
+    """Text tables and folders; with a known modality a ``.csv`` is what the backbone takes,
+    unless the table plainly is the other kind (an image backbone on a table with a text
+    column gets the text-vs-image error, not a manifest error)."""
+    is_csv = spec.lower().endswith(".csv") and not spec.startswith("text:")
+    if is_csv and req.modality is not None:
+        return req.modality == "text" or (
+            is_text_spec(spec, req.text) and has_text_column(spec, req.text)
+        )
+    return is_text_spec(spec, req.text)
+
+
+def store_attrs(
+    src: Source, bb: Any, rows: Any
+) -> tuple[dict[str, Any], dict[str, dict[str, int]], int]:
+    """What a text store records beyond an image store: the encoder's text settings, the
+    per-row token counts (``text/n_tokens``) and texts (``text/texts``), and how many texts
+    were truncated."""
+    from featx.text.tokens import count_tokens
+
+    items = [it for it in src.items if it.key in rows]
+    limit = int(bb.preprocess.max_seq_length)
+    texts = list(src.texts(items))  # type: ignore[attr-defined]
+    counts = count_tokens(bb.tokenizer, texts, limit)
+    n_tokens = {it.key: int(c) for it, c in zip(items, counts, strict=True)}
+    n_truncated = int((counts > limit).sum())
+    if n_truncated:
+        log.warning(
+            "%d of %d texts are longer than %d tokens; their embeddings use the first %d "
+            "(featx info lists how many)",
+            n_truncated,
+            len(items),
+            limit,
+            limit,
+        )
+    attrs = {
+        "modality": "text",
+        "normalize": bool(bb.normalize),
+        "max_seq_length": limit,
+        "text_column": getattr(src, "text_column", ""),
+        "n_truncated": n_truncated,
+    }
+    # the texts themselves, for heads on their TF-IDF (docs/groups.md)
+    kept = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
+    return attrs, {"text/n_tokens": n_tokens, "text/texts": kept}, n_truncated
+
+
+def stored_truncated(path: Path) -> int:
+    from featx.store import store_info
+
+    return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
+
+
+register_source_kind(
+    SourceKind("text", claims=_claims, open=lambda spec, req: open_text_source(spec, req.text))
+)
+register_modality(
+    Modality(
+        name="text",
+        default_backbone=DEFAULT_TEXT_BACKBONE,
+        backbone_noun="a text encoder",
+        source_noun="a text source",
+        suggest="all-minilm-l6-v2, or hf:PATH for a local model folder",
+        claims_backbone=is_text_name,
+        versions=("transformers", "tokenizers"),
+        store_attrs=store_attrs,
+        stored_truncated=stored_truncated,
+        remembers_config=False,  # a model folder can change in place
+        unit="texts",
+        key_column="key",
+        item_columns=("line",),
+    )
+)
