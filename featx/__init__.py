@@ -14,6 +14,7 @@ compare_stores         :func:`compare` over store paths (:mod:`featx.train`)
 predict                bundle + new images -> CSV of labels (:mod:`featx.prediction`)
 Embedder, embed_files  image paths -> embeddings, a scikit-learn transformer (:mod:`featx.embedder`)
 export_store           store -> npz / Parquet / CSV (:mod:`featx.export`)
+diagnose               leakage, label errors, outliers -> report (:mod:`featx.diagnostics`)
 run_pipeline           a pipeline TOML file end to end (:mod:`featx.pipeline`)
 list_backbones         backbone names with their dims (:mod:`featx.backbones`)
 load_backbone          name or :class:`BackboneSpec` -> frozen :class:`Backbone`
@@ -49,6 +50,7 @@ _LAZY: dict[str, str] = {
     "EvalProtocol": "featx.options",
     "ExtractOptions": "featx.options",
     "TextFormat": "featx.options",
+    "DiagnoseOptions": "featx.options",
     # extraction and stores
     "extract": "featx.extraction",
     "ExtractResult": "featx.extraction",
@@ -92,6 +94,11 @@ _LAZY: dict[str, str] = {
     "Embedder": "featx.embedder",
     "embed_files": "featx.embedder",
     "export_store": "featx.export",
+    # data diagnostics
+    "diagnose": "featx.diagnostics",
+    "Diagnosis": "featx.diagnostics",
+    "apply_manifest": "featx.diagnostics",
+    "read_manifest": "featx.diagnostics",
     # pipelines
     "run_pipeline": "featx.pipeline",
     "load_pipeline": "featx.pipeline",
@@ -137,6 +144,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     )
     from featx.bundle import Bundle, load_bundle, register_safe_class, save_bundle
     from featx.comparison import Leaderboard, compare
+    from featx.diagnostics import Diagnosis, apply_manifest, diagnose, read_manifest
     from featx.embedder import Embedder, embed_files
     from featx.export import export_store
     from featx.extraction import ExtractResult, extract
@@ -146,6 +154,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
     from featx.heads import HeadInfo, Param, list_heads, make_head, register_head
     from featx.options import (
         BackboneSpec,
+        DiagnoseOptions,
         EvalProtocol,
         ExtractOptions,
         FinetuneOptions,

@@ -23,6 +23,7 @@ from featx.options import (
     DEFAULT_REFIT,
     REFIT_MODES,
     BackboneSpec,
+    DiagnoseOptions,
     EvalProtocol,
     ExtractOptions,
     FinetuneOptions,
@@ -479,6 +480,12 @@ def export(store: str, fmt: str | None, out: str | None, layers: str | None, as_
 # ---------------------------------------------------------------------------------------------
 # heads: fit / compare / predict / run
 # ---------------------------------------------------------------------------------------------
+_MANIFEST_HELP = (
+    "Cleaning manifest (key,action,label CSV, e.g. from 'featx diagnose --report'): leave out "
+    "the items marked exclude, relabel those marked relabel."
+)
+
+
 def _protocol_options(f):
     """Options shared by fit and compare: the fields of :class:`featx.options.EvalProtocol`."""
     return spec_options(EvalProtocol)(f)
@@ -572,6 +579,7 @@ def _print_result(res: dict[str, Any]) -> None:
     help="Save the fitted head to this bundle file for 'featx predict' (e.g. head.npz); "
     "without --out nothing is written.",
 )
+@click.option("--manifest", type=click.Path(dir_okay=False), help=_MANIFEST_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def fit(
     store: str,
@@ -580,6 +588,7 @@ def fit(
     out: str | None,
     as_json: bool,
     refit: str,
+    manifest: str | None,
     **proto: Any,
 ) -> None:
     """Train a head on a feature STORE and report test metrics; --out saves it for predict.
@@ -601,6 +610,7 @@ def fit(
         protocol=EvalProtocol(**proto),
         refit=refit,
         out=out,
+        manifest=manifest,
     )
     res = report.to_dict(details=True)
     if as_json:
@@ -629,6 +639,14 @@ def fit(
     "--report", type=click.Path(file_okay=False), help="Write tables and PNG plots to this folder."
 )
 @spec_options(ExtractOptions, only=("engine", "ray_address"))
+@click.option("--manifest", type=click.Path(dir_okay=False), help=_MANIFEST_HELP)
+@click.option(
+    "--drop-leaked",
+    is_flag=True,
+    help="Also score without the test items that have a near-duplicate in training "
+    "(featx diagnose's check); prints both leaderboards.",
+)
+@spec_options(DiagnoseOptions, only=("duplicate_threshold",))
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def compare(
     stores: tuple[str, ...],
@@ -639,6 +657,9 @@ def compare(
     quiet: bool,
     engine: str,
     ray_address: str | None,
+    manifest: str | None,
+    drop_leaked: bool,
+    duplicate_threshold: float,
     **proto: Any,
 ) -> None:
     """Train every head on every STORE with the same splits; print a leaderboard.
@@ -649,6 +670,8 @@ def compare(
       featx compare A.h5 B.h5 --heads logreg,knn --report reports/ab --csv ab.csv
       featx compare cache/digits__efficientnet_lite0*.h5 --heads all
       featx compare cache/*.h5 --heads logreg,svm,knn,mlp --engine ray   # fits as Ray tasks
+      featx compare STORE --drop-leaked          # also without test items duplicated in train
+      featx compare STORE --manifest reports/diagnose/manifest.csv   # a cleaned run
     """
     from featx.train import compare_stores
 
@@ -660,15 +683,41 @@ def compare(
         progress=not quiet,
         engine=engine,
         ray_address=ray_address,
+        manifest=manifest,
     )
+    clean = None
+    if drop_leaked:
+        from featx.diagnostics.leaks import compare_without_leaks
+
+        clean = compare_without_leaks(
+            stores,
+            names,
+            protocol=EvalProtocol(**proto),
+            options=DiagnoseOptions(duplicate_threshold=duplicate_threshold),
+            manifest=manifest,
+            progress=not quiet,
+        )
     if csv_path:
         board.to_csv(csv_path)
     if report:
         board.write_report(report)
     if as_json:
-        click.echo(board.to_json())
+        if clean is None:
+            click.echo(board.to_json())
+        else:
+            _print_json(
+                {
+                    "leaderboard": json.loads(board.to_json()),
+                    "without_leaked": json.loads(clean.board.to_json()),
+                    "leaked_keys": clean.leaked,
+                }
+            )
     else:
         click.echo(board.to_markdown())
+        if clean is not None:
+            click.echo(f"\nwithout {len(clean.leaked)} leaked test item(s):\n")
+            click.echo(clean.board.to_markdown())
+            click.echo("\n" + clean.delta_table(board))
         if report:
             click.echo(f"\nreport: {report}")
 
@@ -868,6 +917,79 @@ def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
         _print_json(res.to_dict())
     else:
         click.echo(res.to_markdown())
+
+
+# ---------------------------------------------------------------------------------------------
+# diagnose
+# ---------------------------------------------------------------------------------------------
+@cli.command(name="diagnose")
+@click.argument("store", type=click.Path())
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False),
+    help="Write report.md/.html, flagged.csv, diagnosis.json, manifest.csv and map.png here.",
+)
+@spec_options(DiagnoseOptions)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print everything found as JSON.")
+def diagnose_cmd(store: str, report: str | None, quiet: bool, as_json: bool, **kw: Any) -> None:
+    """Find duplicates and train/test leakage, likely label errors and outliers in a STORE.
+
+    Works on the cached embeddings (no backbone runs). Label checks use out-of-fold
+    probabilities of a head and confident learning; an unlabeled store gets duplicates and
+    outliers only. --report writes a folder to read (report.html) and a manifest.csv that
+    'featx fit/compare --manifest' act on.
+
+    \b
+    Examples:
+      featx diagnose cache/digits__efficientnet_lite0-...h5 --report reports/diagnose
+      featx diagnose STORE --duplicate-threshold 0.99 --json
+      featx compare STORE --manifest reports/diagnose/manifest.csv   # the cleaned run
+    """
+    from featx.diagnostics import diagnose
+
+    d = diagnose(store, options=_pick(DiagnoseOptions, kw), report=report, progress=not quiet)
+    if as_json:
+        _print_json(d.to_dict())
+        return
+    s = d.summary()
+    rows = [
+        ("store", store),
+        ("items", f"{s['items']} ({s['labeled']} labeled, {s['classes']} classes)"),
+        (
+            "duplicate groups",
+            f"{s['duplicate_groups']} ({s['exact_duplicate_groups']} exact, "
+            f"{s['duplicate_items']} items)",
+        ),
+        ("leaked test items", s["leaked_items"]),
+        (
+            "label issues",
+            "-"
+            if d.label_quality is None
+            else f"{s['label_issues']} ({d.folds}-fold {d.options.head})",
+        ),
+        ("outliers", s["outliers"]),
+        ("far from own class", s["class_outliers"]),
+        ("to exclude / relabel", f"{s['to_exclude']} / {s['to_relabel']}"),
+        ("seconds", f"{sum(d.seconds.values()):.1f}"),
+    ]
+    click.echo(_table(rows))
+    for problem, title in (
+        ("leak", "leaked"),
+        ("label", "label issues"),
+        ("outlier", "outliers"),
+    ):
+        fl = d.flagged(problem)
+        if not fl:
+            continue
+        click.echo(f"\n{title} (worst {min(5, len(fl))} of {len(fl)}):")
+        for f in fl[:5]:
+            extra = f" -> {f.suggested}" if f.suggested else ""
+            click.echo(f"  {f.key}  {f.label}{extra}  score {f.score:.3f}  {f.detail}")
+    for note in d.notes:
+        click.echo(f"note: {note}")
+    if report:
+        click.echo(f"\nreport: {report}/report.html (manifest: {report}/manifest.csv)")
 
 
 def main() -> None:

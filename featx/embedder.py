@@ -37,6 +37,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
 from featx.errors import FeatxError
+from featx.options import DEFAULT_BACKBONE, DEFAULT_WEIGHTS, ExtractOptions
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,6 @@ def embed_files(
     Embedded
     """
     from featx.extraction import extract
-    from featx.options import ExtractOptions
     from featx.store import load_features, read_index
 
     if on_error not in ("raise", "nan"):
@@ -254,17 +254,17 @@ class Embedder(TransformerMixin, BaseEstimator):
 
     def __init__(
         self,
-        backbone: Any = "efficientnet_lite0",
+        backbone: Any = DEFAULT_BACKBONE,
         *,
-        weights: str = "DEFAULT",
+        weights: str = DEFAULT_WEIGHTS,
         image_size: int | None = None,
         store: str | os.PathLike | None = None,
-        batch_size: int = 64,
-        device: str = "auto",
-        precision: str = "auto",
-        workers: int | None = None,
+        batch_size: int = ExtractOptions.batch_size,  # the defaults of featx.options, once
+        device: str = ExtractOptions.device,
+        precision: str = ExtractOptions.precision,
+        workers: int | None = ExtractOptions.workers,
         on_error: str = "raise",
-        progress: bool = False,
+        progress: bool = ExtractOptions.progress,
     ):
         self.backbone = backbone
         self.weights = weights
@@ -293,8 +293,6 @@ class Embedder(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Embed the image paths ``X``; returns an array of shape (len(X), backbone dim)."""
         from sklearn.utils.validation import check_is_fitted
-
-        from featx.options import ExtractOptions
 
         check_is_fitted(self, "backbone_")
         opts = ExtractOptions(

@@ -173,6 +173,10 @@ def extract(
             normalize=normalize,
         )
     src = _open(source, backbone, opts, root=root, download=download, text=text)
+    if opts.manifest:
+        from featx.diagnostics.manifest import apply_manifest_to_source
+
+        src = apply_manifest_to_source(src, opts.manifest)
     bb = backbone
     if isinstance(backbone, BackboneSpec):
         done, bb = _load(src, backbone, store, opts, t0)
@@ -185,6 +189,10 @@ def _extract_into(
     src: Source, bb: Any, store: str | os.PathLike | None, opts: ExtractOptions, t0: float
 ) -> ExtractResult:
     """Check the backbone and the engine against the source, then run under the store's lock."""
+    if opts.layers:  # more layers from the same pass, as named outputs (featx.backbones.layers)
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, opts.layers)
     check_modality(src, bb.name, modality_of(bb))
     engine = engine_for(opts, src.modality)
     config = store_config(src, bb, opts.dtype)
@@ -194,7 +202,8 @@ def _extract_into(
     setup = engine.setup(opts)
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
-    need = 2 * len(src.items) * int(bb.dim) * itemsize + (1 << 20)
+    width = sum(getattr(bb, "output_dims", {}).values()) or int(bb.dim)
+    need = 2 * len(src.items) * int(width) * itemsize + (1 << 20)
     try:
         return _extract_locked(_Run(src, bb, path, config, opts, engine, setup, t0))
     except OSError as exc:
@@ -242,7 +251,8 @@ def _load(
         spec = replace(spec, name=default_backbone(src.modality))
     check_modality(src, spec.name, modality_of_name(spec.name))
 
-    remembers = remembers_config(spec.name)  # a text model folder can change in place
+    # a text model folder can change in place; --layers is not part of the remembered request
+    remembers = remembers_config(spec.name) and not opts.layers
     memo_key = None
     if remembers:
         memo_key = memo.request_key(

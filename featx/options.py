@@ -8,6 +8,8 @@
 * :class:`BackboneSpec`: which features a backbone computes (``featx extract -b/--weights/...``,
   the pipeline ``[[backbones]]`` entries, and what :mod:`featx.prediction` rebuilds a bundle's
   backbone from: :meth:`BackboneSpec.from_config` of the stored provenance).
+* :class:`DiagnoseOptions`: how ``featx diagnose`` looks for duplicates, leakage, label errors
+  and outliers (flags, the pipeline ``[diagnose]`` table, :func:`featx.diagnose`'s ``options``).
 * The named constants: choices and defaults that the CLI, the TOML reader and the library share.
 
 **To add an option**, add one field to the right class with :func:`option` (its default, help,
@@ -72,6 +74,13 @@ DEFAULT_REFIT = "all"
 #: fans out over them. Extraction looks engines up in :mod:`featx.engines` by name and modality
 #: (a plugin may register more).
 ENGINES: tuple[str, ...] = ("local", "ray")
+#: Nearest-neighbour search of ``featx diagnose``: exact below ``DIAGNOSE_EXACT_MAX`` rows (auto),
+#: else an approximate index from the optional extra ``featx[ann]`` (faiss-cpu) when installed.
+NEIGHBOR_INDEXES: tuple[str, ...] = ("auto", "exact", "faiss")
+#: Rows up to which ``index="auto"`` searches exactly (blocked matrix products).
+DIAGNOSE_EXACT_MAX = 20_000
+#: The 2-D map of ``featx diagnose``: umap (when umap-learn is installed), t-SNE, PCA or none.
+MAP_METHODS: tuple[str, ...] = ("auto", "umap", "tsne", "pca", "none")
 #: Help text of every ``--device`` option.
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps."
 
@@ -242,6 +251,13 @@ class ExtractOptions(_Spec):
         "auto", "auto: bf16 on CUDA, fp32 on CPU.", choices=PRECISIONS, engine=True
     )
     dtype: str = option("float32", "How features are stored.", choices=STORE_DTYPES)
+    layers: str | None = option(
+        None,
+        "More layers from the same forward pass, each a feature group of the store beside the "
+        "embedding: stages, last:N (the last N stages or blocks) or module paths, "
+        "comma-separated.",
+        kind=str,
+    )
     content_hash: bool = option(
         False,
         "Fingerprint files by content hash too (slower, catches same-size edits).",
@@ -274,6 +290,12 @@ class ExtractOptions(_Spec):
     )
     checkpoint_seconds: float = option(
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
+    )
+    manifest: str | None = option(
+        None,
+        "Cleaning manifest (key,action,label CSV from 'featx diagnose --report'): leave out the "
+        "items marked exclude, store the new label of those marked relabel.",
+        kind=str,
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
     # the engine is looked up by name and modality in featx/engines.py; the Ray options apply
@@ -519,6 +541,59 @@ class TextFormat(_Spec):
         return self == TextFormat()
 
 
+@dataclass(frozen=True)
+class DiagnoseOptions(_Spec):
+    """How ``featx diagnose`` looks for data problems (see docs/outputs.md, "diagnose").
+
+    Every field is a flag of ``featx diagnose``, a key of a pipeline's ``[diagnose]`` table and a
+    keyword of :func:`featx.diagnose`.
+    """
+
+    duplicate_threshold: float = option(
+        0.95,
+        "Cosine similarity at or above which two items are near-duplicates (calibrated in "
+        "BENCHMARKS.md; 1.0: exact copies only).",
+        min=0,
+        max=1,
+        min_open=True,
+    )
+    neighbors: int = option(
+        10, "k of the outlier score: the distance to the k-th nearest neighbour.", min=1
+    )
+    outlier_z: float = option(
+        4.0,
+        "Flag an outlier when its k-th neighbour distance is this many robust standard "
+        "deviations (MAD) above the median.",
+        min=0,
+        min_open=True,
+    )
+    head: str = option(
+        "ridge,knn",
+        "Heads (comma-separated) whose averaged out-of-fold probabilities find label errors "
+        "(see 'featx heads'; chosen in BENCHMARKS.md).",
+    )
+    folds: int = option(5, "Stratified folds of the out-of-fold probabilities.", min=2)
+    index: str = option(
+        "auto",
+        f"Neighbour search: exact, faiss (pip install 'featx[ann]'), or auto: exact up to "
+        f"{DIAGNOSE_EXACT_MAX} rows, faiss above when installed.",
+        choices=NEIGHBOR_INDEXES,
+    )
+    map: str = option(
+        "auto",
+        "2-D map of the report: auto (umap if installed, else t-SNE up to 3000 items, else "
+        "PCA), umap, tsne, pca or none.",
+        choices=MAP_METHODS,
+    )
+    max_items: int = option(
+        60, "Flagged items shown per section of the report (all go to the CSV/JSON).", min=1
+    )
+    seed: int = option(0, "Seed of the folds, the heads and the map.")
+
+    def __post_init__(self) -> None:
+        _check(self)
+
+
 __all__ = [
     "CLASS_WEIGHTS",
     "DECODE_MODES",
@@ -529,13 +604,17 @@ __all__ = [
     "DEFAULT_TEXT_BACKBONE",
     "DEFAULT_WEIGHTS",
     "DEVICE_HELP",
+    "DIAGNOSE_EXACT_MAX",
     "ENGINES",
+    "MAP_METHODS",
+    "NEIGHBOR_INDEXES",
     "POOLS",
     "PRECISIONS",
     "REFIT_MODES",
     "SPLIT_MODES",
     "STORE_DTYPES",
     "BackboneSpec",
+    "DiagnoseOptions",
     "EvalProtocol",
     "ExtractOptions",
     "FinetuneOptions",

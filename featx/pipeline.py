@@ -30,6 +30,10 @@ A pipeline file::
     [[heads]]
     name = "knn"
     params = { k = 10 }              # optional; also preprocess = "l2"
+
+    [diagnose]                       # optional: featx diagnose on every store, its report in
+    duplicate_threshold = 0.95       # <report>/diagnose/<backbone>; the fields of
+                                     # featx.options.DiagnoseOptions ({} for the defaults)
 """
 
 from __future__ import annotations
@@ -42,7 +46,13 @@ from pathlib import Path
 from typing import Any
 
 from featx.errors import FeatxError
-from featx.options import BackboneSpec, EvalProtocol, ExtractOptions, TextFormat
+from featx.options import (
+    BackboneSpec,
+    DiagnoseOptions,
+    EvalProtocol,
+    ExtractOptions,
+    TextFormat,
+)
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +65,7 @@ _TOP = {
     "heads",
     "extract",
     "protocol",
+    "diagnose",
     "fuse",
 }
 _TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
@@ -65,6 +76,7 @@ _BACKBONE = {*BackboneSpec.toml_keys(), "label"}
 _HEAD = {"name", "params", "preprocess"}
 _EXTRACT = set(ExtractOptions.toml_keys())
 _PROTOCOL = set(EvalProtocol.toml_keys())
+_DIAGNOSE = set(DiagnoseOptions.toml_keys())
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class Pipeline:
     heads: tuple[dict[str, Any], ...]
     extract: dict[str, Any] = field(default_factory=dict)
     protocol: dict[str, Any] = field(default_factory=dict)
+    diagnose: dict[str, Any] | None = None  # None: no [diagnose] table, no diagnose step
     fuse: tuple[tuple[str, ...], ...] = ()  # backbone labels whose stores are joined by key
 
 
@@ -135,9 +148,14 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads.append(h)
     ext = dict(_check_keys("[extract]", doc.get("extract", {}), _EXTRACT, p))
     proto = dict(_check_keys("[protocol]", doc.get("protocol", {}), _PROTOCOL, p))
+    diag = None
+    if "diagnose" in doc:
+        diag = dict(_check_keys("[diagnose]", doc["diagnose"], _DIAGNOSE, p))
     try:  # the same value checks as the CLI and the Python API
         ExtractOptions.from_mapping(ext)
         EvalProtocol.from_mapping(proto)
+        if diag is not None:
+            DiagnoseOptions.from_mapping(diag)
     except FeatxError as exc:
         raise FeatxError(f"pipeline {p}: {exc}") from None
     fuse = _fuse_groups(doc.get("fuse", False), [_backbone_label(b) for b in backbones], p)
@@ -160,6 +178,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads=tuple(heads),
         extract=ext,
         protocol=proto,
+        diagnose=diag,
         fuse=fuse,
     )
 
@@ -195,6 +214,7 @@ class PipelineResult:
     stores: dict[str, dict[str, str]]  # source -> backbone label -> store path
     leaderboards: dict[str, Any]  # source -> Leaderboard
     reports: dict[str, Path]  # source -> report folder
+    diagnoses: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> label -> summary
 
     def to_dict(self) -> dict[str, Any]:
         import json
@@ -204,12 +224,20 @@ class PipelineResult:
             "stores": self.stores,
             "reports": {k: str(v) for k, v in self.reports.items()},
             "leaderboards": {k: json.loads(lb.to_json()) for k, lb in self.leaderboards.items()},
+            **({"diagnose": self.diagnoses} if self.diagnoses else {}),
         }
 
     def to_markdown(self) -> str:
         parts = []
         for src, lb in self.leaderboards.items():
             parts += [f"## {src}", "", lb.to_markdown(), "", f"report: {self.reports[src]}", ""]
+            for label, s in self.diagnoses.get(src, {}).items():
+                parts += [
+                    f"diagnose {label}: {s['leaked_items']} leaked test items, "
+                    f"{s['duplicate_groups']} duplicate groups, {s['label_issues']} label "
+                    f"issues, {s['outliers']} outliers ({s['report']}/report.html)",
+                    "",
+                ]
         return "\n".join(parts).rstrip() + "\n"
 
 
@@ -244,6 +272,7 @@ def run_pipeline(
     stores: dict[str, dict[str, str]] = {}
     boards: dict[str, Any] = {}
     reports: dict[str, Path] = {}
+    diagnoses: dict[str, dict[str, Any]] = {}
     multi = len(pl.sources) > 1
     for s in pl.sources:
         src_name = s.get("name") or Path(s["spec"].split(":", 1)[-1]).name or s["spec"]
@@ -272,7 +301,25 @@ def run_pipeline(
             feature_sets["+".join(group)] = fused.features
         lb = compare(feature_sets, heads, protocol=proto, progress=progress)
         out = report_root / src_name if multi else report_root
+        if pl.diagnose is not None:
+            from featx.diagnostics import diagnose
+
+            dopts = DiagnoseOptions.from_mapping(pl.diagnose)
+            diagnoses[src_name] = {}
+            for label, fs in feature_sets.items():
+                folder = out / "diagnose" / _slug(label)
+                d = diagnose(fs, options=dopts, report=folder, protocol=proto, progress=progress)
+                diagnoses[src_name][label] = {**d.summary(), "report": str(folder)}
         lb.write_report(out)
         boards[src_name] = lb
         reports[src_name] = out
-    return PipelineResult(pipeline=pl, stores=stores, leaderboards=boards, reports=reports)
+    return PipelineResult(
+        pipeline=pl, stores=stores, leaderboards=boards, reports=reports, diagnoses=diagnoses
+    )
+
+
+def _slug(label: str) -> str:
+    """A folder name for a backbone label (``resnet18[none]`` -> ``resnet18_none``)."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "store"

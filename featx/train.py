@@ -45,6 +45,16 @@ class FitReport:
         return d
 
 
+def _load(store: str | os.PathLike, manifest: str | os.PathLike | None) -> FeatureSet:
+    """The store's features, cleaned by ``manifest`` when one is given."""
+    fs = load_store(store)
+    if manifest:
+        from featx.diagnostics.manifest import apply_manifest
+
+        fs = apply_manifest(fs, manifest)
+    return fs
+
+
 def default_bundle_path(store: str | os.PathLike, head: str) -> Path:
     """``<cache>/heads/<store stem>__<head>.npz`` (see :func:`featx.files.cache_dir`)."""
     return cache_dir() / "heads" / f"{Path(store).stem}__{head}.npz"
@@ -58,6 +68,7 @@ def fit_store(
     protocol: EvalProtocol | None = None,
     refit: str = DEFAULT_REFIT,
     out: str | os.PathLike | None = None,
+    manifest: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> FitReport:
     """Fit one head on a store, evaluate it, and (with ``out``) save a bundle for ``featx predict``.
@@ -69,13 +80,14 @@ def fit_store(
     the bundled head is then fitted by the plain split protocol. ``refit="all"`` (the default,
     :data:`featx.options.DEFAULT_REFIT`) ships a head refit on every labeled item; ``"train"``
     ships the very estimator the metrics measure. ``protocol`` and ``**overrides`` are those of
-    :func:`featx.protocol.evaluate`.
+    :func:`featx.protocol.evaluate`. ``manifest`` (a cleaning manifest, e.g. from ``featx
+    diagnose``) leaves out and relabels items first (:func:`featx.apply_manifest`).
     """
     from featx.bundle import save_bundle
     from featx.protocol import evaluate, fit_head
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = load_store(store)
+    fs = _load(store, manifest)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -188,17 +200,18 @@ def compare_stores(
     progress: bool = False,
     engine: str = "local",
     ray_address: str | None = None,
+    manifest: str | os.PathLike | None = None,
     **overrides: Any,
 ) -> Leaderboard:
     """Load stores and run :func:`featx.comparison.compare` on them (named by
-    :func:`store_labels`)."""
+    :func:`store_labels`); ``manifest`` cleans every store first (see :func:`fit_store`)."""
     from featx.comparison import compare
 
     if not stores:
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    loaded = [(path, load_store(path)) for path in stores]
+    loaded = [(path, _load(path, manifest)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
     labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))

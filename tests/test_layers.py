@@ -90,3 +90,44 @@ def test_a_copy_of_the_network_taps_its_own_layers():
     assert set(a) == set(b)
     for k in a:
         torch.testing.assert_close(a[k], b[k])
+
+
+def test_cli_extract_layers_compare_fit_predict_verify(tmp_path, image_folder):
+    """`featx extract --layers` (one pass, a group per layer), info, compare, fit, predict."""
+    import json
+
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+    from featx.store import load_features, verify_store
+
+    run = CliRunner()
+    store = tmp_path / "m.h5"
+    base = ["extract", str(image_folder), "-b", "resnet18", "--weights", "none"]
+    args = [*base, "--image-size", "32", "--workers", "0", "--store", str(store), "-q"]
+    r = run.invoke(cli, [*args, "--layers", "last:2"])
+    assert r.exit_code == 0, r.output
+    fs = load_features(store)
+    assert [(g.name, g.dim) for g in fs.groups] == [
+        ("features", 512),
+        ("layer3", 256),
+        ("layer4", 512),
+    ]
+    assert verify_store(store).ok
+    r = run.invoke(cli, ["info", str(store)])
+    assert "layer3 (256)" in r.output, r.output
+    r = run.invoke(cli, ["compare", str(store), "--heads", "centroid", "--layers", "each,all",
+                         "--json", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = {row["store"].rsplit("[", 1)[1][:-1] for row in json.loads(r.stdout)["results"]}
+    assert got == {"features", "layer3", "layer4", "all"}
+    bundle = tmp_path / "h.npz"
+    r = run.invoke(cli, ["fit", str(store), "--head", "logreg", "--layers", "layer3+features",
+                         "--out", str(bundle)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["predict", str(bundle), str(image_folder), "--out",
+                         str(tmp_path / "p.csv"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == 12
+    r = run.invoke(cli, [*args, "--layers", "layer9"])
+    assert r.exit_code != 0 and "did you mean" in r.output and "Traceback" not in r.output

@@ -106,13 +106,14 @@ def option_table(spec: type, extra: list[tuple[str, str, str, str]] = ()) -> str
 
 
 def pipeline_tables() -> dict[str, str]:
-    from featx.options import BackboneSpec, EvalProtocol, ExtractOptions
+    from featx.options import BackboneSpec, DiagnoseOptions, EvalProtocol, ExtractOptions
 
     label = ("label", "string", "`name[weights,...]`", "The backbone's name in the leaderboard.")
     return {
         "backbones": option_table(BackboneSpec, [label]),
         "extract": option_table(ExtractOptions),
         "protocol": option_table(EvalProtocol),
+        "diagnose": option_table(DiagnoseOptions),
     }
 
 

@@ -83,6 +83,8 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
         parts.append(str(bb["layer"]))
     if bb.get("pool"):
         parts.append(str(bb["pool"]))
+    if bb.get("layers"):
+        parts.append(f"{len(bb['layers'])}layers")
     crop = (bb.get("preprocess") or {}).get("crop_size")
     if crop:
         parts.append(f"{crop}px")

@@ -1,0 +1,165 @@
+"""Cosine k-nearest-neighbour search over embeddings: exact, or an approximate faiss index.
+
+Exact search multiplies blocks of rows by the whole (L2-normalised) matrix and keeps each row's
+``k`` best; memory stays at one block of similarities (about 64 MB). Above
+:data:`featx.options.DIAGNOSE_EXACT_MAX` rows ``index="auto"`` uses faiss (the optional extra
+``featx[ann]``): an inverted-file index (k-means cells, a few probed per query) whose candidates
+are re-scored exactly, chosen over HNSW indexes by measurement (BENCHMARKS.md, "diagnose").
+
+Examples
+--------
+>>> import numpy as np
+>>> X = unit_rows(np.array([[1, 0], [0.99, 0.1], [0, 1]], dtype=np.float32))
+>>> idx, sim = knn(X, 1)
+>>> idx[:, 0].tolist(), bool(sim[0, 0] > 0.99)
+([1, 0, 1], True)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from featx.errors import FeatxError
+from featx.options import DIAGNOSE_EXACT_MAX
+
+log = logging.getLogger(__name__)
+
+#: Bytes of similarities held at once by the exact search.
+_BLOCK_BYTES = 64 << 20
+
+
+def unit_rows(X: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (float32); all-zero rows stay zero."""
+    X = np.asarray(X, dtype=np.float32)
+    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.where(norms > 0, norms, 1.0)
+
+
+def faiss_available() -> bool:
+    try:
+        import faiss  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def resolve_index(index: str, n: int) -> str:
+    """The search that ``index`` means for ``n`` rows (``auto`` -> exact or faiss)."""
+    if index == "auto":
+        return "faiss" if n > DIAGNOSE_EXACT_MAX and faiss_available() else "exact"
+    if index == "faiss" and not faiss_available():
+        raise FeatxError(
+            "index 'faiss' needs faiss-cpu: pip install 'featx[ann]' (or use --index exact)"
+        )
+    return index
+
+
+def knn(
+    X: np.ndarray,
+    k: int,
+    *,
+    rows: np.ndarray | None = None,
+    index: str = "exact",
+    tick: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` nearest other rows of every row of ``X`` (unit rows) by cosine similarity.
+
+    Parameters
+    ----------
+    X : ndarray (n, d), unit rows
+    k : int
+        Neighbours per row (clipped to ``n - 1``).
+    rows : ndarray of int, optional
+        Search only among these rows (e.g. one class); the returned indices are into ``X``.
+    index : {"exact", "faiss"}
+    tick : callable, optional
+        Called with the number of query rows done (progress).
+
+    Returns
+    -------
+    idx : ndarray (m, k) of int64
+        Neighbour row indices into ``X`` (``m`` = len(rows) or n), best first; -1 where fewer
+        than ``k`` exist.
+    sim : ndarray (m, k) of float32
+        Their cosine similarities; -inf where ``idx`` is -1.
+    """
+    sub = X if rows is None else X[rows]
+    m = sub.shape[0]
+    kk = max(0, min(k, m - 1))
+    idx = np.full((m, k), -1, dtype=np.int64)
+    sim = np.full((m, k), -np.inf, dtype=np.float32)
+    if kk == 0:
+        return idx, sim
+    if index == "faiss":
+        i2, s2 = _faiss_knn(sub, kk, tick)
+    else:
+        i2, s2 = _exact_knn(sub, kk, tick)
+    idx[:, :kk] = i2 if rows is None else np.where(i2 >= 0, rows[np.maximum(i2, 0)], -1)
+    sim[:, :kk] = s2
+    return idx, sim
+
+
+def _exact_knn(
+    X: np.ndarray, k: int, tick: Callable[[int], None] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    n = X.shape[0]
+    block = max(16, min(n, _BLOCK_BYTES // (4 * max(n, 1))))
+    idx = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        S = X[s:e] @ X.T
+        S[np.arange(e - s), np.arange(s, e)] = -np.inf  # not your own neighbour
+        part = np.argpartition(-S, k - 1, axis=1)[:, :k] if k < n else np.argsort(-S, axis=1)
+        ps = np.take_along_axis(S, part, axis=1)
+        order = np.lexsort((part, -ps), axis=1)  # best first; ties by row index (stable)
+        idx[s:e] = np.take_along_axis(part, order, axis=1)
+        sim[s:e] = np.take_along_axis(ps, order, axis=1)
+        if tick is not None:
+            tick(e - s)
+    return idx, sim
+
+
+def _faiss_knn(
+    X: np.ndarray, k: int, tick: Callable[[int], None] | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """IVF-flat inner-product search with ~sqrt(n) cells and 1/16 of them probed (at least 8).
+
+    Candidates come back with exact inner products (flat codes), so similarities are exact;
+    only a neighbour outside the probed cells can be missed.
+    """
+    import faiss
+
+    n, d = X.shape
+    X = np.ascontiguousarray(X, dtype=np.float32)
+    nlist = max(1, int(math.sqrt(n)))
+    quant = faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    train = X
+    if n > 64 * nlist:  # faiss's own advice: at most ~256 points per cell to train on
+        train = X[np.random.default_rng(0).choice(n, 64 * nlist, replace=False)]
+    ivf.train(train)
+    ivf.add(X)
+    ivf.nprobe = max(8, nlist // 16)
+    idx = np.empty((n, k), dtype=np.int64)
+    sim = np.empty((n, k), dtype=np.float32)
+    block = 8192
+    for s in range(0, n, block):
+        e = min(n, s + block)
+        S, Ib = ivf.search(X[s:e], k + 1)
+        own = Ib == np.arange(s, e)[:, None]
+        # drop each row itself (or, when it is missing among equal-scored copies, the last)
+        drop = np.where(own.any(axis=1), own.argmax(axis=1), k)
+        keep = np.ones_like(own)
+        keep[np.arange(e - s), drop] = False
+        Ib = Ib[keep].reshape(e - s, k)
+        S = S[keep].reshape(e - s, k)
+        S[Ib < 0] = -np.inf
+        idx[s:e], sim[s:e] = Ib, S
+        if tick is not None:
+            tick(e - s)
+    return idx, sim
