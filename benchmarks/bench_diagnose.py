@@ -119,7 +119,8 @@ def labels(args: argparse.Namespace) -> dict:
 
     import featx
     from featx.diagnostics.checks import confident_learning
-    from featx.diagnostics.core import _oof_probabilities
+    from featx.diagnostics.core import _VOTE_NEIGHBOURS, _oof_probabilities, neighbour_vote
+    from featx.diagnostics.neighbors import knn, unit_rows
 
     fs0 = featx.load_features(_store())
     orig = np.array([not str(k).startswith("dup_") for k in fs0.keys])
@@ -127,6 +128,8 @@ def labels(args: argparse.Namespace) -> dict:
         fs0, X=fs0.X[orig], y=fs0.y[orig], keys=fs0.keys[orig], split=fs0.split[orig]
     )
     K = len(fs0.classes)
+    # the neighbour graph diagnose searches (centred cosine), for the leave-one-out knn vote
+    nb, nb_sim = knn(unit_rows(fs0.X - fs0.X.mean(axis=0)), _VOTE_NEIGHBOURS)
     rows_out = []
     for rate in (0.05, 0.10):
         for seed in range(args.seeds):
@@ -145,8 +148,12 @@ def labels(args: argparse.Namespace) -> dict:
                         pass
 
                 t = time.perf_counter()
-                P = _oof_probabilities(fs, np.arange(n), opts, opts.folds, _Bar())
-                np.save(OUT / f"oof_{rate}_{seed}_{head.replace(',', '+')}.npy", P)
+                vote = None
+                if args.graph_knn and "knn" in head.split(","):
+                    vote, _ = neighbour_vote(nb, nb_sim, y, np.arange(n), K)
+                P = _oof_probabilities(fs, np.arange(n), opts, opts.folds, _Bar(), vote=vote)
+                tag = head.replace(",", "+") + ("_graph" if vote is not None else "")
+                np.save(OUT / f"oof_{rate}_{seed}_{tag}.npy", P)
                 t_oof = time.perf_counter() - t
                 t = time.perf_counter()
                 ours, _, _ = confident_learning(P, y)
@@ -160,7 +167,7 @@ def labels(args: argparse.Namespace) -> dict:
                 row = {
                     "rate": rate,
                     "seed": seed,
-                    "head": head,
+                    "head": head + (" (knn: graph vote)" if vote is not None else ""),
                     "n_flipped": len(truth),
                     "oof_accuracy_vs_clean": round(acc, 4),
                     "oof_s": round(t_oof, 1),
@@ -312,6 +319,12 @@ def main() -> None:
     p = sub.add_parser("labels")
     p.add_argument("--heads", default="ridge,knn;ridge;knn;logreg", help="';'-separated")
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument(
+        "--graph-knn",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="knn as diagnose computes it: the leave-one-out vote from the neighbour graph",
+    )
     p = sub.add_parser("duplicates")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.98, 0.99])
     p = sub.add_parser("speed")

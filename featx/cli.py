@@ -314,6 +314,13 @@ def format_info(info: dict[str, Any]) -> str:
         if info.get("has_texts"):
             names.append("tfidf (of text/texts, fitted per head)")
         rows.insert(10, ("groups", ", ".join(names)))
+    for name, spec in (info.get("outputs") or {}).items():
+        if not spec.get("cut"):  # cached activations (--cache-activations); layers: groups
+            continue
+        shape = "x".join(str(d) for d in spec.get("shape", []))
+        at = f" at {spec['cut']}" if spec.get("cut") else ""
+        size = f", {spec['bytes'] / 1e6:.1f} MB" if "bytes" in spec else ""
+        rows.append((f"output {name}", f"{shape} {spec.get('dtype')}{at}{size}"))
     if text:
         rows.insert(
             10,

@@ -105,7 +105,12 @@ __all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
 
 
 def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
-    return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
+    """The store's identity: source, backbone, dtype, and the extra outputs that make a store
+    of its own (a backbone's optional ``store_outputs``, e.g. cached activations)."""
+    outputs = dict(getattr(backbone, "store_outputs", None) or {})
+    return StoreConfig(
+        source=source.identity(), backbone=backbone.config(), dtype=dtype, outputs=outputs
+    )
 
 
 def extract(
@@ -182,6 +187,15 @@ def extract(
         done, bb = _load(src, backbone, store, opts, t0)
         if done is not None:
             return done
+    if opts.cache_activations is not None:  # the activations at a cut, for featx finetune
+        from featx.finetuning.cache import with_activations
+
+        if opts.layers:
+            raise FeatxError(
+                "--cache-activations and --layers make different stores; extract twice, once "
+                "with each"
+            )
+        bb = with_activations(bb, opts.cache_activations)
     return _extract_into(src, bb, store, opts, t0)
 
 
@@ -203,7 +217,8 @@ def _extract_into(
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
     width = sum(getattr(bb, "output_dims", {}).values()) or int(bb.dim)
-    need = 2 * len(src.items) * int(width) * itemsize + (1 << 20)
+    extra = int(getattr(bb, "bytes_per_item", lambda: 0)())  # cached activations
+    need = 2 * len(src.items) * (int(width) * itemsize + extra) + (1 << 20)
     try:
         return _extract_locked(_Run(src, bb, path, config, opts, engine, setup, t0))
     except OSError as exc:
@@ -251,8 +266,9 @@ def _load(
         spec = replace(spec, name=default_backbone(src.modality))
     check_modality(src, spec.name, modality_of_name(spec.name))
 
-    # a text model folder can change in place; --layers is not part of the remembered request
-    remembers = remembers_config(spec.name) and not opts.layers
+    # a text model folder can change in place; --layers is not part of the remembered request;
+    # cached activations need the model's shapes
+    remembers = remembers_config(spec.name) and not opts.layers and opts.cache_activations is None
     memo_key = None
     if remembers:
         memo_key = memo.request_key(
@@ -324,6 +340,7 @@ def _extract_locked(run: _Run) -> ExtractResult:
         n_new, n_new_failed, waited = 0, plan["n_scan_failed"], 0.0
         t_extract = time.perf_counter()
         if todo:
+            _say_size(run.bb, len(todo))
             n_new, n_run_failed, waited = _run(run, todo, writer, rows, failed)
             n_new_failed += n_run_failed
         t_extract = time.perf_counter() - t_extract
@@ -336,6 +353,20 @@ def _extract_locked(run: _Run) -> ExtractResult:
         images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
         store_seconds=waited + t_commit_s, noop=False, n_truncated=n_truncated,
     )  # fmt: skip
+
+
+#: Extra outputs estimated above this many bytes make a "large run": the estimate is a warning.
+LARGE_OUTPUT_BYTES = 256 << 20
+
+
+def _say_size(bb: Any, n: int) -> None:
+    """Before the run: the size of the extra outputs (cached activations) per item and in all,
+    as a warning on stderr when it is large."""
+    estimate = getattr(bb, "size_estimate", None)
+    if estimate is None:
+        return
+    large = n * int(bb.bytes_per_item()) >= LARGE_OUTPUT_BYTES
+    (log.warning if large else log.info)("%s", estimate(n))
 
 
 def _commit(

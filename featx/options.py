@@ -298,6 +298,12 @@ class ExtractOptions(_Spec):
         kind=str,
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+    cache_activations: str | None = option(
+        None,
+        "Also store the activations at this cut for 'featx finetune': auto, a block name or -N "
+        "(the last N blocks; docs/finetune.md). float16, compressed; a store of its own.",
+        kind=str,
+    )
     # the engine is looked up by name and modality in featx/engines.py; the Ray options apply
     # only with --engine ray (featx/ray_engine.py, docs/scale-out.md)
     engine: str = option(
@@ -469,6 +475,7 @@ class FinetuneOptions(_Spec):
         "of; --full: all).",
         min=1,
         kind=int,
+        toml=False,  # a pipeline names its tails as a list: [finetune] tails = [1, 2]
     )
     epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
     batch_size: int = option(64, "Items per training step.", min=2)

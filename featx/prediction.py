@@ -238,10 +238,13 @@ def predict(
         whose origin you trust.
     """
     from featx.bundle import load_bundle
+    from featx.finetuning.bundle import is_finetune_bundle
 
-    b = load_bundle(bundle, trust=trust)
     opts = options or ExtractOptions()
     how = {"root": root, "download": download, "text": text}
+    if is_finetune_bundle(bundle):  # featx finetune's: frozen prefix, then the tuned tail
+        return _predict_finetuned(bundle, source, out, opts, **how)
+    b = load_bundle(bundle, trust=trust)
     if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
         got = _grouped_inputs(b, source, opts, weights_file, **how)
     else:
@@ -309,6 +312,49 @@ def _grouped_inputs(
         columns=columns,
         key_column=key_columns.pop() if len(key_columns) == 1 else "key",
     )
+
+
+class _Probabilities:
+    """A fine-tuned model's class probabilities, labelled the way a head bundle labels its
+    features (so the predictions CSV is written by one function)."""
+
+    def __init__(self, classes: Any) -> None:
+        self.classes = tuple(classes)
+        self.estimator = self
+
+    def predict_proba(self, P: np.ndarray) -> np.ndarray:
+        return P
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        return np.array([self.classes[i] for i in np.argmax(P, axis=1)], dtype=object)
+
+
+def _predict_finetuned(
+    bundle: str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike | None,
+    opts: ExtractOptions,
+    **how: Any,
+) -> PredictResult:
+    """Predict with a bundle of ``featx finetune`` (decoded items, no store) and write the CSV."""
+    from featx.finetuning.predict import predict_rows
+    from featx.modalities import get_modality
+
+    rows = predict_rows(
+        bundle, source, allow_outside_root=opts.allow_outside_root, batch_size=opts.batch_size,
+        **how,
+    )  # fmt: skip
+    got = _Features(
+        keys=rows.keys,
+        X=rows.proba,
+        store="",
+        n_failed=rows.n_failed,
+        n_new=0,
+        true=rows.true,
+        columns=rows.columns,
+        key_column=get_modality(rows.modality).key_column,
+    )
+    return _write_predictions(_Probabilities(rows.classes), out, got)
 
 
 def _write_predictions(b: Any, out: str | os.PathLike | None, got: _Features) -> PredictResult:

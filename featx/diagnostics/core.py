@@ -61,6 +61,12 @@ EXACT_SIMILARITY = 0.99999
 #: Neighbours kept per item for duplicate groups (a bigger group is still found: it is
 #: connected through its members' lists).
 _DUP_NEIGHBOURS = 10
+#: Neighbours searched per item when ``knn`` is among the label-check heads: its out-of-sample
+#: vote comes from this graph (leave-one-out), k chosen among ``_VOTE_KS``.
+_VOTE_NEIGHBOURS = 50
+_VOTE_KS = (1, 3, 5, 10, 20, 50)
+#: Sharpness of the neighbour votes (the ``knn`` head's: DINO's value).
+_VOTE_TEMPERATURE = 0.07
 #: Order in which a duplicate group keeps one member: the training copy first.
 _KEEP_ORDER = {"train": 0, "val": 1, "": 2, "test": 3}
 
@@ -332,11 +338,50 @@ def head_names(opts: DiagnoseOptions) -> list[str]:
     return names
 
 
+def neighbour_vote(
+    nb: np.ndarray, sim: np.ndarray, y: np.ndarray, rows: np.ndarray, K: int
+) -> tuple[np.ndarray, int]:
+    """Leave-one-out class probabilities of ``rows`` from the neighbour graph: the
+    similarity-weighted vote (``exp((cos - 1) / 0.07)``, as the ``knn`` head weighs) of each
+    item's k nearest other items among ``rows``, k chosen among 1..50 by leave-one-out accuracy
+    against the given labels.
+
+    ``nb`` / ``sim``: neighbours (row indices of the feature set, -1 for none) of every row.
+    """
+    inside = np.zeros(len(y), dtype=bool)
+    inside[rows] = True
+    idx = nb[rows]
+    ok = (idx >= 0) & inside[np.maximum(idx, 0)]
+    lab = np.where(ok, y[np.maximum(idx, 0)], 0)
+    w_all = np.where(ok, np.exp((sim[rows].astype(np.float64) - 1.0) / _VOTE_TEMPERATURE), 0.0)
+    best: tuple[float, int, np.ndarray] | None = None
+    m = len(rows)
+    for k in _VOTE_KS:
+        if k > idx.shape[1]:
+            break
+        P = np.zeros((m, K))
+        np.add.at(P, (np.repeat(np.arange(m), k), lab[:, :k].ravel()), w_all[:, :k].ravel())
+        tot = P.sum(axis=1, keepdims=True)
+        P = np.divide(P, tot, out=np.full_like(P, 1.0 / K), where=tot > 0)
+        acc = float((P.argmax(axis=1) == y[rows]).mean())
+        if best is None or acc > best[0] + 1e-12:
+            best = (acc, k, P)
+    assert best is not None
+    return best[2], best[1]
+
+
 def _oof_probabilities(
-    fs: FeatureSet, rows: np.ndarray, opts: DiagnoseOptions, folds: int, bar: Any
+    fs: FeatureSet,
+    rows: np.ndarray,
+    opts: DiagnoseOptions,
+    folds: int,
+    bar: Any,
+    vote: np.ndarray | None = None,
 ) -> np.ndarray:
     """Out-of-fold class probabilities of ``rows`` (K columns, the store's classes): the mean of
-    the heads named in ``opts.head`` (comma-separated), each fitted on the same folds."""
+    the heads named in ``opts.head`` (comma-separated), each fitted on the same folds. ``knn``
+    is the leave-one-out neighbour vote ``vote`` (:func:`neighbour_vote`) when given: the same
+    estimate as fitting the head per fold, from the neighbour search already done."""
     from sklearn.model_selection import StratifiedKFold
 
     from featx.heads import make_head
@@ -346,9 +391,12 @@ def _oof_probabilities(
     X = fs.X[rows]
     heads = head_names(opts)
     P = np.zeros((len(rows), K), dtype=np.float64)
+    if vote is not None and "knn" in heads:
+        P += vote / len(heads)
+    fitted = [h for h in heads if not (vote is not None and h == "knn")]
     skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=opts.seed)
     for tr, te in skf.split(np.zeros(len(rows)), y):
-        for name in heads:
+        for name in fitted:
             est = make_head(name, random_state=opts.seed)
             if not hasattr(est, "predict_proba"):
                 raise FeatxError(
@@ -529,7 +577,8 @@ def diagnose(
     centre = fs.X[good].mean(axis=0, dtype=np.float64).astype(np.float32)
     Xn = unit_rows(fs.X[good] - centre)
     index = resolve_index(opts.index, len(good))
-    k_all = max(opts.neighbors, _DUP_NEIGHBOURS)
+    vote_wanted = len(labeled) > 0 and "knn" in head_names(opts)
+    k_all = max(opts.neighbors, _DUP_NEIGHBOURS, _VOTE_NEIGHBOURS if vote_wanted else 0)
     with progress_bar(total=len(good), desc="neighbours", unit="item", enabled=progress) as bar:
         nb_local, nb_sim = knn(Xn, k_all, index=index, tick=bar.update)
     nb = np.full((n, k_all), -1, dtype=np.int64)  # per row of fs (-1: none, or a NaN row)
@@ -592,13 +641,20 @@ def diagnose(
                 notes.append(
                     f"{folds} folds instead of {opts.folds}: the smallest class has {folds} items"
                 )
+            vote = None
+            if vote_wanted:
+                nb_sim_full = np.full((n, k_all), -np.inf, dtype=np.float32)
+                nb_sim_full[good] = nb_sim
+                vote, vote_k = neighbour_vote(nb, nb_sim_full, y, lab_rows, len(fs.classes))
+                log.info("knn: leave-one-out vote of the %d nearest neighbours", vote_k)
+            n_fits = len([h for h in head_names(opts) if not (vote is not None and h == "knn")])
             with progress_bar(
-                total=folds * len(head_names(opts)),
+                total=max(1, folds * n_fits),
                 desc=f"{opts.head} folds",
                 unit="fit",
                 enabled=progress,
             ) as bar:
-                P = _oof_probabilities(fs, lab_rows, opts, folds, bar)
+                P = _oof_probabilities(fs, lab_rows, opts, folds, bar, vote=vote)
             # confident learning over the classes present in the check
             Pc = P[:, in_check]
             Pc = Pc / np.maximum(Pc.sum(axis=1, keepdims=True), 1e-12)

@@ -52,7 +52,14 @@ Modules
 
 from featx.store.config import FEATURE_DTYPES, StoreConfig, config_difference, default_store_path
 from featx.store.layout import CHUNK_BYTES, COPY_ROWS, FORMAT, PART_FORMAT, SCHEMA_VERSION
-from featx.store.read import StoreIndex, load_features, read_config, read_index, store_info
+from featx.store.read import (
+    StoreIndex,
+    load_features,
+    read_config,
+    read_index,
+    read_output,
+    store_info,
+)
 from featx.store.verify import VerifyReport, verify_store
 from featx.store.writer import Rows, StoreWriter
 
@@ -73,6 +80,7 @@ __all__ = [
     "load_features",
     "read_config",
     "read_index",
+    "read_output",
     "store_info",
     "verify_store",
 ]

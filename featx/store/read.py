@@ -156,6 +156,27 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
         )
 
 
+def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
+    """All rows of the extra output ``name`` of a store (``outputs/<name>``), in key order, each
+    row in the ``shape`` its configuration records (stored flattened).
+
+    Raises
+    ------
+    StoreError
+        The store has no such output, or is damaged.
+    """
+    with _open_read(path) as f, _damage_is_store_error(path):
+        held = f.get("outputs")
+        if held is None or name not in held:
+            have = ", ".join(sorted(held)) if held is not None else "none"
+            raise StoreError(f"store {path} has no output {name!r} (it has: {have})")
+        arr = held[name][()]
+        spec = StoreConfig.from_json(f.attrs["config"]).outputs.get(name)
+        if spec is not None:
+            arr = arr.reshape(arr.shape[0], *(int(d) for d in spec["shape"]))
+        return arr
+
+
 @contextlib.contextmanager
 def _damage_is_store_error(path: str | os.PathLike) -> Iterator[None]:
     """HDF5 errors while reading a store that opened fine mean the file is damaged."""
@@ -227,6 +248,15 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
                 for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
             ],
             "has_texts": TEXTS in f,
+            "outputs": {  # the extra outputs that make this store one of its own
+                k: {
+                    **spec,
+                    "bytes": int(f[f"outputs/{k}"].id.get_storage_size())
+                    if f"outputs/{k}" in f
+                    else 0,
+                }
+                for k, spec in StoreConfig.from_json(f.attrs["config"]).outputs.items()
+            },
             "file_bytes": os.path.getsize(path),
             "failed": [
                 {"path": k, "reason": r}

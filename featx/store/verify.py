@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.store.config import TEXTS, StoreConfig, store_groups
+from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
@@ -196,7 +196,9 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             where = f" after {chunks} chunks" if chunks else ""
             problems.append(f"features unreadable{where} ({_first_line(exc)})")
 
-        for gname, width in store_groups(cfg):  # each layer of a multi-layer store (--layers)
+        extra = [(g, w) for g, w in store_groups(cfg)]  # each layer of a store with --layers
+        extra += [(g, w) for g, w, _ in store_outputs(cfg)]  # cached activations
+        for gname, width in extra:
             try:
                 g = f[gname]
                 if tuple(g.shape) != (n, width):

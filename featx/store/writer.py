@@ -18,7 +18,14 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.store.config import GROUPS, StoreConfig, _canonical, config_difference, store_groups
+from featx.store.config import (
+    GROUPS,
+    StoreConfig,
+    _canonical,
+    config_difference,
+    store_groups,
+    store_outputs,
+)
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
@@ -197,7 +204,8 @@ class StoreWriter:
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
             for name, arr in (rows.outputs or {}).items():
-                out = np.asarray(arr, dtype=self.config.dtype).reshape(len(rows.keys), -1)
+                dtype = self.config.output_dtype(name)
+                out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
                 f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
@@ -275,9 +283,17 @@ class StoreWriter:
                 f.attrs["dim"] = dim
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-                # the pooled embedding, then every extra output of the pass (--layers)
-                for ds_name, width in [("features", dim), *store_groups(self.config)]:
-                    ds = _copy_rows(f, ds_name, width, self.config.dtype, wheres, srcrow, source_ds)
+                # the pooled embedding, every extra output of the pass (--layers), and the outputs
+                # that make this store one of its own (cached activations: flattened rows of
+                # their own dtype)
+                datasets = [("features", dim, self.config.dtype)]
+                datasets += [(g, w, self.config.dtype) for g, w in store_groups(self.config)]
+                datasets += store_outputs(self.config)
+                for ds_name, width, dtype in datasets:
+                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds)
+                    spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
+                    if ds_name != "features" and spec is not None:  # a cached output's spec
+                        ds.attrs["spec"] = _canonical(spec)
                     for g in (self.config.backbone or {}).get("layers") or []:
                         if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
                             ds.attrs["layer"] = str(g["name"])
@@ -315,6 +331,10 @@ class StoreWriter:
         self._n_parts = 0
 
 
+#: Bytes per block when copying rows into a new store (bounds memory for wide rows).
+COPY_BYTES = 64 << 20
+
+
 def _copy_rows(
     f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
 ) -> Any:
@@ -333,8 +353,9 @@ def _copy_rows(
         compression="lzf" if n else None,
         fletcher32=bool(n),
     )
-    for a in range(0, n, COPY_ROWS):
-        b = min(n, a + COPY_ROWS)
+    step = max(1, min(COPY_ROWS, COPY_BYTES // max(1, width * itemsize)))  # wide rows: ~64 MB
+    for a in range(0, n, step):
+        b = min(n, a + step)
         block = np.empty((b - a, width), dtype=dtype)
         w, r = wheres[a:b], srcrow[a:b]
         for where in dict.fromkeys(w):
