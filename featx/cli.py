@@ -321,6 +321,14 @@ def format_info(info: dict[str, Any]) -> str:
         at = f" at {spec['cut']}" if spec.get("cut") else ""
         size = f", {spec['bytes'] / 1e6:.1f} MB" if "bytes" in spec else ""
         rows.append((f"output {name}", f"{shape} {spec.get('dtype')}{at}{size}"))
+    if info.get("layout") == "segments":
+        rows.append(
+            (
+                "layout",
+                f"{info['segments']} segments, {info['dead_rows']} dead rows "
+                "('featx compact' merges them)",
+            )
+        )
     if text:
         rows.insert(
             10,
@@ -432,6 +440,33 @@ def verify(store: str, as_json: bool) -> None:
     )
     for note in report.notes:
         click.echo(f"note: {note}")
+
+
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compact(store: str, as_json: bool) -> None:
+    """Merge a segmented STORE into one file, dropping its dead rows.
+
+    Incremental runs add small changes as segments; a run compacts by itself once dead rows or
+    segments pass a threshold. This does it now (one atomic commit, like an extraction's).
+
+    \b
+    Example:
+      featx compact cache/photos__resnet50-IMAGENET1K_V2-224px__0123abcd.h5
+    """
+    from featx.store import compact_store
+
+    out = compact_store(store)
+    if as_json:
+        _print_json(out)
+    elif out["compacted"]:
+        click.echo(
+            f"{store}: {out['segments']} segments and {out['dead_rows']} dead rows merged into "
+            f"one file of {out['n_items']} rows ({out['seconds']:.1f} s)"
+        )
+    else:
+        click.echo(f"{store}: already one file ({out['n_items']} rows); nothing to do")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,6 +582,8 @@ def _print_result(res: dict[str, Any]) -> None:
         ("fit seconds", f"{res['fit_seconds']:.2f}"),
         ("predict seconds", f"{res['predict_seconds']:.3f}"),
     ]
+    if res.get("solver"):
+        rows.append(("solver", res["solver"]))
     if res.get("n_unlabeled"):
         rows.append(("unlabeled (left out)", res["n_unlabeled"]))
     click.echo(_table(rows))

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.features import FeatureSet
+from featx.features import FeatureSet, RowMatrix
 from featx.options import DEFAULT_HEADS, ENGINES, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
 from featx.protocol.evaluate import PreparedHead, prepare_head
@@ -108,7 +108,8 @@ def align(feature_sets: Mapping[str, FeatureSet]) -> dict[str, FeatureSet]:
         same = len(rows) == fs.n and np.array_equal(rows, np.arange(fs.n))
         out[name] = replace(  # groups, texts and group selection travel with the rows
             fs,
-            X=fs.X if same else fs.X[rows],  # no copy when the store is already aligned
+            # no copy when the store is already aligned; rows left on disk stay there
+            X=fs.X if same else (fs.X.subset(rows) if isinstance(fs.X, RowMatrix) else fs.X[rows]),
             y=y_new,
             classes=tuple(classes),
             split=split,

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.features import FeatureSet
+from featx.features import FeatureSet, RowMatrix
 from featx.options import DEFAULT_HEAD, DEFAULT_REFIT, REFIT_MODES, EvalProtocol
 from featx.protocol.metrics import Metrics, compute_metrics
 from featx.protocol.results import _MEANED, Result, head_label
@@ -126,8 +126,15 @@ def _full_columns(est: Any, values: np.ndarray, K: int, fill: float) -> np.ndarr
     return out
 
 
-def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarray]:
-    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions)."""
+def _run(
+    est: Any, fs: FeatureSet, split: Split, max_memory: Any = None
+) -> tuple[Any, Metrics, np.ndarray]:
+    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions).
+
+    Features left on disk (``fs.X`` a RowMatrix) are fitted in memory when the training rows fit
+    ``max_memory`` (:func:`featx.memory.memory_budget`), else from disk block by block
+    (:mod:`featx.heads._stream`); test rows are then predicted block by block.
+    """
     X, y, K = fs.inputs(), fs.y, len(fs.classes)
     ytr = y[split.train]
     if len(np.unique(ytr)) < 2:
@@ -136,19 +143,37 @@ def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarr
             "a classifier needs at least 2 classes"
         )
     _check_fit_size(est, len(split.train), fs.dim)
-    t0 = time.perf_counter()
-    est.fit(X[split.train], ytr)
-    fit_s = time.perf_counter() - t0
-    Xte, yte = X[split.test], y[split.test]
-    t0 = time.perf_counter()
-    y_pred = np.asarray(est.predict(Xte))
-    pred_s = time.perf_counter() - t0
+    yte = y[split.test]
+    raw_proba = raw_dec = None
+    if isinstance(X, RowMatrix):
+        from featx.heads._stream import block_rows_for, fit_rows, predict_blocks
+        from featx.memory import memory_budget
+
+        budget = memory_budget(max_memory)
+        t0 = time.perf_counter()
+        fit_rows(est, X, split.train, ytr, budget)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        y_pred, raw_proba, raw_dec = predict_blocks(est, X, split.test, block_rows_for(X, budget))
+        pred_s = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        est.fit(X[split.train], ytr)
+        fit_s = time.perf_counter() - t0
+        Xte = X[split.test]
+        t0 = time.perf_counter()
+        y_pred = np.asarray(est.predict(Xte))
+        pred_s = time.perf_counter() - t0
+        if hasattr(est, "predict_proba"):
+            raw_proba = np.asarray(est.predict_proba(Xte))
+        elif hasattr(est, "decision_function"):
+            raw_dec = np.asarray(est.decision_function(Xte))
     proba = scores = None
-    if hasattr(est, "predict_proba"):
-        proba = _full_columns(est, np.asarray(est.predict_proba(Xte)), K, 0.0)
+    if raw_proba is not None:
+        proba = _full_columns(est, raw_proba, K, 0.0)
         scores = proba
-    elif hasattr(est, "decision_function"):
-        scores = _full_columns(est, np.asarray(est.decision_function(Xte)), K, -np.inf)
+    elif raw_dec is not None:
+        scores = _full_columns(est, raw_dec, K, -np.inf)
     last = est.steps[-1][1] if hasattr(est, "steps") else est
     m = replace(
         compute_metrics(yte, y_pred, fs.classes, scores=scores, proba=proba),
@@ -278,7 +303,7 @@ def evaluate(
     runs, preds = [], []
     for s in splits:  # one build (or clone of a prepared head) per run
         est, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
-        _, m, y_pred = _run(est, fs, s)
+        _, m, y_pred = _run(est, fs, s, p.max_memory)
         logger.info(
             "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
             name,
@@ -370,7 +395,7 @@ def fit_head(
     labeled = check_features(fs)
     s = make_splits(fs, split=p.split, test_size=p.test_size, seed=seed)[0]
     est, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
-    est, m, y_pred = _run(est, fs, s)
+    est, m, y_pred = _run(est, fs, s, p.max_memory)
     result = _aggregate(
         fs,
         [m],
@@ -386,5 +411,11 @@ def fit_head(
     if refit == "all":
         est, _, _ = _build(head, params, preprocess, class_weight, seed, fs)
         _check_fit_size(est, len(labeled), fs.dim)
-        est.fit(fs.inputs()[labeled], fs.y[labeled])
+        if isinstance(fs.X, RowMatrix):
+            from featx.heads._stream import fit_rows
+            from featx.memory import memory_budget
+
+            fit_rows(est, fs.X, labeled, fs.y[labeled], memory_budget(p.max_memory))
+        else:
+            est.fit(fs.inputs()[labeled], fs.y[labeled])
     return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}), fs)
