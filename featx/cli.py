@@ -892,7 +892,12 @@ def predict(
     top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
     rows = [
         ("predictions", f"{res.out} ({res.n_predicted} items)"),
-        ("features", f"{res.store} ({res.n_extracted} extracted now)"),
+        (
+            "features",
+            f"{res.store} ({res.n_extracted} extracted now)"
+            if res.store
+            else "none stored (a fine-tuned bundle runs its prefix and tail directly)",
+        ),
         ("failed", res.n_failed),
         ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),
     ]
