@@ -203,6 +203,12 @@ class Leaderboard:
 
         return leaderboard_markdown(self)
 
+    def to_text(self) -> str:
+        """The leaderboard as an aligned plain-text table (what the terminal shows)."""
+        from featx.report import leaderboard_text
+
+        return leaderboard_text(self)
+
     def to_json(self, *, details: bool = False, indent: int | None = 2) -> str:
         """JSON with the protocol, the rows and the failures (``details``: per-class, confusion)."""
         from featx.report import leaderboard_json

@@ -67,11 +67,17 @@ class ExtractResult:
     weights: str
     noop: bool
     n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
-    modality: str = "image"  # or "text"; for text, images_per_s counts texts
+    modality: str = "image"  # or "text"; images_per_s (alias of items_per_s) counts texts then
     engine: str = "local"
 
+    @property
+    def items_per_s(self) -> float:
+        """Items (images or texts) per second of the extraction loop."""
+        return self.images_per_s
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # "items_per_s" says what it counts for text too; "images_per_s" stays for one release
+        return {**asdict(self), "items_per_s": self.images_per_s}
 
 
 def _versions(modality: str) -> dict[str, str]:
@@ -266,11 +272,18 @@ def _load(
         spec = replace(spec, name=default_backbone(src.modality))
     check_modality(src, spec.name, modality_of_name(spec.name))
 
-    # a text model folder can change in place; --layers is not part of the remembered request;
-    # cached activations need the model's shapes
-    remembers = remembers_config(spec.name) and not opts.layers and opts.cache_activations is None
+    # a text model folder can change in place (remembered under its fingerprint, see
+    # Modality.request_fingerprint); --layers is not part of the remembered request; cached
+    # activations need the model's shapes
+    modality = get_modality(modality_of_name(spec.name))
+    remembers = (
+        (modality.remembers_config or modality.request_fingerprint is not None)
+        and not opts.layers
+        and opts.cache_activations is None
+    )
     memo_key = None
     if remembers:
+        fingerprint = modality.request_fingerprint
         memo_key = memo.request_key(
             spec.name,
             spec.weights,
@@ -278,6 +291,7 @@ def _load(
             layer=spec.layer,
             pool=spec.pool,
             image_size=spec.image_size,
+            extra=None if fingerprint is None else fingerprint(spec),
         )
         remembered = memo.recall(memo_key)
         if remembered is not None:
@@ -465,6 +479,7 @@ def _up_to_date(
                 backbone=str(backbone_config.get("name")),
                 weights=str(backbone_config.get("weights")),
                 noop=True,
+                n_truncated=stored_truncated(path, src),
                 modality=src.modality,
                 engine=opts.engine,
             )

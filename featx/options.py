@@ -242,7 +242,7 @@ class ExtractOptions(_Spec):
     Every field is a ``featx extract`` flag and a key of a pipeline's ``[extract]`` table.
     """
 
-    batch_size: int = option(64, "Images (or texts) per batch.", min=1, engine=True)
+    batch_size: int = option(64, "Items (images or texts) per batch.", min=1, engine=True)
     workers: int | None = option(
         None, "DataLoader workers (default: by device).", min=0, kind=int, engine=True
     )
@@ -286,7 +286,7 @@ class ExtractOptions(_Spec):
         engine=True,
     )
     checkpoint_every: int = option(
-        2048, "Images per durable checkpoint (a kill loses at most this many).", min=1
+        2048, "Items per durable checkpoint (a kill loses at most this many).", min=1
     )
     checkpoint_seconds: float = option(
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True

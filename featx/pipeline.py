@@ -265,6 +265,13 @@ class PipelineResult:
                 ]
         return "\n".join(parts).rstrip() + "\n"
 
+    def to_text(self) -> str:
+        """Aligned plain-text leaderboards, one per source (what the terminal shows)."""
+        parts = []
+        for src, lb in self.leaderboards.items():
+            parts += [f"{src}", "", lb.to_text(), f"report: {self.reports[src]}", ""]
+        return "\n".join(parts).rstrip() + "\n"
+
 
 def _backbone_label(b: dict[str, Any]) -> str:
     if b.get("label"):

@@ -26,7 +26,16 @@ Modules
 """
 
 from featx.options import SPLIT_MODES, EvalProtocol
-from featx.protocol.evaluate import FittedHead, PreparedHead, evaluate, fit_head, prepare_head
+from featx.protocol.evaluate import (
+    FOLLOW_UNIT_NORM,
+    FittedHead,
+    PreparedHead,
+    evaluate,
+    fit_head,
+    follow_features,
+    prepare_head,
+    unit_norm_rows,
+)
 from featx.protocol.metrics import ClassReport, Metrics, compute_metrics
 from featx.protocol.results import Result, head_label
 from featx.protocol.splits import (
@@ -39,6 +48,7 @@ from featx.protocol.splits import (
 )
 
 __all__ = [
+    "FOLLOW_UNIT_NORM",
     "SPLIT_MODES",
     "ClassReport",
     "EvalProtocol",
@@ -53,8 +63,10 @@ __all__ = [
     "evaluate",
     "few_shot_splits",
     "fit_head",
+    "follow_features",
     "head_label",
     "make_splits",
     "prepare_head",
     "protocol_splits",
+    "unit_norm_rows",
 ]
