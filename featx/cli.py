@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from featx import __version__
+from featx._version import __version__
 from featx.errors import FeatxError
+from featx.export import export_formats
 from featx.options import (
     DEFAULT_HEAD,
     DEFAULT_HEADS,
@@ -761,7 +762,7 @@ def cache_clean(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npz", "parquet", "csv"]),
+    type=click.Choice(export_formats()),
     help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
 )
 @output_option("--out", help="Output file (default: the store's path with the format's suffix).")
@@ -1238,7 +1239,12 @@ def predict(
     top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
     rows = [
         ("predictions", f"{res.out} ({res.n_predicted} items)"),
-        ("features", f"{res.store} ({res.n_extracted} extracted now)"),
+        (
+            "features",
+            f"{res.store} ({res.n_extracted} extracted now)"
+            if res.store
+            else "none stored (a fine-tuned bundle runs its prefix and tail directly)",
+        ),
         ("failed", res.n_failed),
         ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),
     ]

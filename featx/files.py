@@ -16,11 +16,11 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
 __all__ = [
@@ -29,7 +29,7 @@ __all__ = [
     "cache_dir",
     "check_output",
     "fsync_dir",
-    "sweep_temporaries",
+    "sweep_dead_temporaries",
 ]
 
 
@@ -55,6 +55,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def sweep_dead_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``<name>.tmp-<pid>[-<random>]`` leftovers of ``path`` whose writer process is gone.
+
+    A live writer's temporary is left alone, so concurrent writers of one target are safe.
+    Returns what was removed.
+    """
+    path = Path(path)
+    gone = []
+    prefix = f"{path.name}.tmp-"
+    with contextlib.suppress(OSError):
+        for tmp in path.parent.glob(glob_escape(prefix) + "*"):
+            pid = tmp.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(tmp)
+                gone.append(tmp)
+    return gone
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -64,14 +92,17 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, fsync: bool = True, sweep: bool = True
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it into place atomically.
 
     The caller writes a file (or builds a folder) at the yielded path. When the block ends
     without an exception the file is fsynced, renamed over ``path`` (a folder replaces an
     existing folder) and the rename made durable; on an exception the temporary is removed and
-    ``path`` is untouched. Temporary names are ``<name>.tmp-<pid>-<random>``, so a writer can
-    sweep the leftovers of a killed process with the glob ``<name>.tmp-*``.
+    ``path`` is untouched. Temporary names are ``<name>.tmp-<pid>-<random>``; a process killed
+    outright (``kill -9``) cannot remove its own, so every write first removes those of
+    ``path`` whose process is gone (:func:`sweep_dead_temporaries`).
 
     Parameters
     ----------
@@ -79,10 +110,14 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
         The final name; its folder is created when missing.
     fsync : bool, default=True
         Flush the written file to disk before the rename (skip for throwaway outputs).
+    sweep : bool, default=True
+        Remove dead writers' temporaries of ``path`` first; a caller that sweeps its own folder
+        (the store writer, under its lock) passes False.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    sweep_temporaries(path)
+    if sweep:
+        sweep_dead_temporaries(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         yield tmp
@@ -97,31 +132,6 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
     finally:
         if tmp.exists():
             _remove(tmp)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError, ValueError):
-        return True  # another user's process (or a pid this system cannot have): keep it
-    return True
-
-
-def sweep_temporaries(path: str | os.PathLike) -> int:
-    """Remove the temporaries a killed writer of ``path`` left (``<name>.tmp-<pid>[-<hex>]``
-    whose process is gone); returns how many. Every atomic write does this first, so a kill
-    never leaves files that no later run removes."""
-    path = Path(path)
-    n = 0
-    with contextlib.suppress(OSError):
-        for p in path.parent.glob(f"{glob.escape(path.name)}.tmp-*"):
-            pid = p.name[len(path.name) + 5 :].split("-", 1)[0]
-            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
-                _remove(p)
-                n += 1
-    return n
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes, *, fsync: bool = True) -> Path:
