@@ -569,10 +569,11 @@ def test_a_killed_export_leaves_no_temporaries_after_the_next_run(project, tmp_p
     code = (
         "import os, signal, sys\n"
         "import featx.export as e\n"
-        "def dying(tmp, cols):\n"
+        "import dataclasses\n"
+        "def dying(tmp, *a):\n"
         "    open(tmp, 'wb').write(b'half')\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
-        "e._write_npz = dying\n"
+        "e._FORMATS['npz'] = dataclasses.replace(e._FORMATS['npz'], write=dying)\n"
         "e.export_store(sys.argv[1], sys.argv[2])\n"
     )
     env = {**os.environ, "PYTHONPATH": str(FEATX.parent)}
