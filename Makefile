@@ -25,7 +25,7 @@ $(VENV)/.installed-test: $(VENV)/.installed-runtime
 	touch $@
 
 demo: $(VENV)/.installed-runtime
-	$(VENV)/bin/featx run pipelines/demo.toml
+	$(VENV)/bin/featx demo
 
 test: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check .

@@ -36,8 +36,10 @@ log = logging.getLogger("featx")
 # ---------------------------------------------------------------------------------------------
 # plumbing
 # ---------------------------------------------------------------------------------------------
-class FeatxGroup(click.Group):
+class FeatxGroup(click.Group):  # the top-level group; its subgroups use FeatxCommands
     """Turns library errors into one-line messages and a non-zero exit."""
+
+    command_class = None  # set below, once FeatxCommand is defined
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -75,6 +77,64 @@ class FeatxGroup(click.Group):
                 f"error: {type(exc).__name__}: {msg} (re-run with -v for the traceback)", err=True
             )
             ctx.exit(1)
+
+
+class FeatxCommand(click.Command):
+    """A command whose ``--help`` lists its options in titled sections (``sections``: title ->
+    parameter names; options not named there follow under "Other options", so none is hidden),
+    and whose line in ``featx --help`` is its whole first sentence, never cut with ``...``."""
+
+    def __init__(self, *args: Any, sections: dict[str, tuple[str, ...]] | None = None, **kw: Any):
+        super().__init__(*args, **kw)
+        self.sections = sections or {}
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_sentence(self)
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        if not self.sections:
+            return super().format_options(ctx, formatter)
+        records = {}
+        help_names = set(ctx.help_option_names)
+        for p in self.get_params(ctx):
+            if not isinstance(p, click.Option):
+                continue  # arguments are in the usage line and the text
+            rec = p.get_help_record(ctx)
+            if rec is not None:
+                records["help" if help_names & set(p.opts) else p.name] = rec
+        shown: set[str] = set()
+        for title, names in self.sections.items():
+            rows = [records[n] for n in names if n in records]
+            shown.update(n for n in names if n in records)
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+        rest = [rec for n, rec in records.items() if n not in shown]
+        if rest:
+            with formatter.section("Other options"):
+                formatter.write_dl(rest)
+
+
+def _first_sentence(cmd: click.Command) -> str:
+    """A command's first paragraph, whole (click would cut it to fit one line)."""
+    if cmd.short_help:
+        return cmd.short_help
+    import inspect
+
+    return " ".join(inspect.cleandoc(cmd.help or "").split("\n\n")[0].split())
+
+
+class FeatxCommands(click.Group):
+    """A command group listed, and listing its commands, with whole first sentences."""
+
+    command_class = FeatxCommand
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        return _first_sentence(self)
+
+
+FeatxGroup.command_class = FeatxCommand
+FeatxGroup.group_class = FeatxCommands
 
 
 def spec_options(spec: type, *, only: tuple[str, ...] | None = None, exclude: tuple[str, ...] = ()):
@@ -193,7 +253,54 @@ def backbones(pattern: str | None, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 # extract / info
 # ---------------------------------------------------------------------------------------------
-@cli.command()
+EXTRACT_SECTIONS = {
+    "Source": (
+        "root",
+        "download",
+        "manifest",
+        "content_hash",
+        "strict",
+        "allow_outside_root",
+    ),
+    "Backbone": ("name", "weights", "weights_file", "layer", "pool", "image_size", "layers"),
+    "Text": (
+        "text_column",
+        "label_column",
+        "id_column",
+        "split_column",
+        "encoding",
+        "max_seq_length",
+        "normalize",
+    ),
+    "Engine": (
+        "device",
+        "precision",
+        "batch_size",
+        "workers",
+        "decode",
+        "compile",
+        "channels_last",
+        "fold_bn",
+        "engine",
+        "ray_address",
+        "actors",
+        "gpus_per_actor",
+        "cpus_per_actor",
+    ),
+    "Output": (
+        "store",
+        "dtype",
+        "cache_activations",
+        "checkpoint_every",
+        "checkpoint_seconds",
+        "quiet",
+        "as_json",
+        "help",
+    ),
+}
+
+
+@cli.command(sections=EXTRACT_SECTIONS)
 @click.argument("source")
 @spec_options(BackboneSpec)
 @click.option(
@@ -262,7 +369,7 @@ def extract(source: str, **kw: Any) -> None:
                 ("device", f"{result.device} {result.precision}"),
                 *([("engine", result.engine)] if result.engine != "local" else []),
                 ("seconds", f"{result.seconds:.1f}"),
-                (f"{get_modality(result.modality).unit}/s", f"{result.images_per_s:.1f}"),
+                (f"{get_modality(result.modality).unit}/s", f"{result.items_per_s:.1f}"),
             ]
             + ([("truncated", result.n_truncated)] if result.n_truncated else [])
         )
@@ -313,6 +420,21 @@ def format_info(info: dict[str, Any]) -> str:
         if info.get("has_texts"):
             names.append("tfidf (of text/texts, fitted per head)")
         rows.insert(10, ("groups", ", ".join(names)))
+    for name, spec in (info.get("outputs") or {}).items():
+        if not spec.get("cut"):  # cached activations (--cache-activations); layers: groups
+            continue
+        shape = "x".join(str(d) for d in spec.get("shape", []))
+        at = f" at {spec['cut']}" if spec.get("cut") else ""
+        size = f", {spec['bytes'] / 1e6:.1f} MB" if "bytes" in spec else ""
+        rows.append((f"output {name}", f"{shape} {spec.get('dtype')}{at}{size}"))
+    if info.get("layout") == "segments":
+        rows.append(
+            (
+                "layout",
+                f"{info['segments']} segments, {info['dead_rows']} dead rows "
+                "('featx compact' merges them)",
+            )
+        )
     if text:
         rows.insert(
             10,
@@ -426,6 +548,142 @@ def verify(store: str, as_json: bool) -> None:
         click.echo(f"note: {note}")
 
 
+@cli.command()
+@click.argument("store", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def compact(store: str, as_json: bool) -> None:
+    """Merge a segmented STORE into one file, dropping its dead rows.
+
+    Incremental runs add small changes as segments; a run compacts by itself once dead rows or
+    segments pass a threshold. This does it now (one atomic commit, like an extraction's).
+
+    \b
+    Example:
+      featx compact cache/photos__resnet50-IMAGENET1K_V2-224px__0123abcd.h5
+    """
+    from featx.store import compact_store
+
+    out = compact_store(store)
+    if as_json:
+        _print_json(out)
+    elif out["compacted"]:
+        click.echo(
+            f"{store}: {out['segments']} segments and {out['dead_rows']} dead rows merged into "
+            f"one file of {out['n_items']} rows ({out['seconds']:.1f} s)"
+        )
+    else:
+        click.echo(f"{store}: already one file ({out['n_items']} rows); nothing to do")
+
+
+# ---------------------------------------------------------------------------------------------
+# cache
+# ---------------------------------------------------------------------------------------------
+@cli.group(name="cache")
+def cache_group() -> None:
+    """List and remove what featx keeps: stores, prediction stores, bundles, datasets.
+
+    \b
+    Examples:
+      featx cache ls
+      featx cache clean --kind prediction               # every prediction store
+      featx cache clean --match 'digits__*' --dry-run   # what would go
+      featx cache clean --older-than 30                 # not touched for 30 days
+    """
+
+
+def _cache_rows(entries: list[Any]) -> str:
+    import time
+
+    from featx.console import human_bytes, render_table
+
+    rows = [
+        [
+            e.kind,
+            human_bytes(e.bytes),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e.modified)),
+            e.name,
+        ]
+        for e in entries
+    ]
+    return render_table(["kind", "size", "modified", "name"], rows, align="lrll")
+
+
+@cache_group.command(name="ls")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cache_ls(as_json: bool) -> None:
+    """List the cache folder: kind, size, last change and name of each entry."""
+    from featx.cache import scan
+    from featx.console import human_bytes
+    from featx.settings import resolve
+
+    where = resolve()
+    entries = scan(where.cache_dir)
+    if as_json:
+        _print_json({"cache_dir": str(where.cache_dir), "entries": [e.to_dict() for e in entries]})
+        return
+    total = sum(e.bytes for e in entries)
+    click.echo(f"cache: {where.cache_dir} (set by {where.cache_dir_from})")
+    if not entries:
+        click.echo("empty")
+        return
+    click.echo(_cache_rows(entries))
+    click.echo(f"\n{len(entries)} entries, {human_bytes(total)}")
+
+
+@cache_group.command(name="clean")
+@click.option(
+    "--kind",
+    "kinds",
+    multiple=True,
+    type=click.Choice(["store", "prediction", "bundle", "dataset", "memo", "leftover"]),
+    help="Remove entries of this kind; repeat for several.",
+)
+@click.option("--match", "pattern", help="Remove entries whose name matches this shell pattern.")
+@click.option(
+    "--older-than",
+    type=click.FloatRange(min=0),
+    metavar="DAYS",
+    help="Remove entries not changed for this many days.",
+)
+@click.option("--all", "all_", is_flag=True, help="Remove every entry featx made.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def cache_clean(
+    kinds: tuple[str, ...],
+    pattern: str | None,
+    older_than: float | None,
+    all_: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    """Remove cache entries that match every filter given (or --all).
+
+    Only what featx made is removed (never other files, never anything outside the cache
+    folder), and never a store that a running 'featx extract' is writing.
+    """
+    from featx.cache import clean
+    from featx.console import human_bytes
+
+    removed, skipped = clean(
+        kinds=kinds, pattern=pattern, older_than_days=older_than, all=all_, dry_run=dry_run
+    )
+    if as_json:
+        _print_json(
+            {
+                "dry_run": dry_run,
+                "removed": [e.to_dict() for e in removed],
+                "skipped": [{**e.to_dict(), "reason": why} for e, why in skipped],
+            }
+        )
+        return
+    if removed:
+        click.echo(_cache_rows(removed))
+    verb = "would remove" if dry_run else "removed"
+    click.echo(f"{verb} {len(removed)} entries, {human_bytes(sum(e.bytes for e in removed))}")
+    for e, why in skipped:
+        click.echo(f"kept {e.name}: {why}", err=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # export
 # ---------------------------------------------------------------------------------------------
@@ -525,9 +783,11 @@ def _print_result(res: dict[str, Any]) -> None:
         return "-" if v is None else f"{100 * v:.2f}%"
 
     std = res.get("std") or {}
+    folds = "fold" in res["protocol"]  # cv: sizes per fold; per-class figures over all folds
+    per = " per fold" if folds else ""
     rows = [
         ("head", res["label"]),
-        ("protocol", f"{res['protocol']} ({res['n_train']} train / {res['n_test']} test)"),
+        ("protocol", f"{res['protocol']} ({res['n_train']} train / {res['n_test']} test{per})"),
         (
             "accuracy",
             pct(res["accuracy"]) + (f" ± {100 * std['accuracy']:.2f}" if "accuracy" in std else ""),
@@ -539,17 +799,29 @@ def _print_result(res: dict[str, Any]) -> None:
         ("fit seconds", f"{res['fit_seconds']:.2f}"),
         ("predict seconds", f"{res['predict_seconds']:.3f}"),
     ]
+    if res.get("solver"):
+        rows.append(("solver", res["solver"]))
     if res.get("n_unlabeled"):
         rows.append(("unlabeled (left out)", res["n_unlabeled"]))
     click.echo(_table(rows))
     per_class = res.get("per_class") or []
     if per_class:
-        click.echo("\nper class:  precision  recall  f1      support")
-        for c in per_class:
-            click.echo(
-                f"  {str(c['name'])[:10]:<10} {c['precision']:.3f}      {c['recall']:.3f}   "
-                f"{c['f1']:.3f}   {c['support']}"
+        from featx.console import render_table
+
+        title = "per class (test items of all folds, each once):" if folds else "per class:"
+        click.echo(f"\n{title}")
+        click.echo(
+            render_table(
+                ["class", "precision", "recall", "f1", "support"],
+                [
+                    [c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}"]
+                    + [c["support"]]
+                    for c in per_class
+                ],
+                align="lrrrr",
+                indent="  ",
             )
+        )
 
 
 @cli.command()
@@ -712,10 +984,10 @@ def compare(
                 }
             )
     else:
-        click.echo(board.to_markdown())
+        click.echo(board.to_text())
         if clean is not None:
             click.echo(f"\nwithout {len(clean.leaked)} leaked test item(s):\n")
-            click.echo(clean.board.to_markdown())
+            click.echo(clean.board.to_text())
             click.echo("\n" + clean.delta_table(board))
         if report:
             click.echo(f"\nreport: {report}")
@@ -809,7 +1081,13 @@ def finetune(
 @cli.command()
 @click.argument("bundle", type=click.Path())
 @click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False), default="preds.csv", show_default=True)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    default="preds.csv",
+    show_default=True,
+    help="The CSV to write (replaced atomically).",
+)
 @click.option(
     "--weights-file",
     type=click.Path(dir_okay=False),
@@ -848,9 +1126,10 @@ def predict(
 
     SOURCE is a folder, a CSV manifest, torchvision:NAME, one image file, or a quoted glob
     pattern; or a text table / .txt folder (as for 'featx extract'). The bundle's backbone is
-    rebuilt exactly, SOURCE is extracted into its own cached store (re-running extracts nothing
-    new), and OUT gets path, predicted, true_label (when SOURCE has labels) and p_<class> columns
-    (text: key and line instead of path).
+    rebuilt exactly, SOURCE is extracted into its own cached store (under <cache>/predict;
+    re-running extracts nothing new), and OUT gets one row per input in the input's order: path
+    (as reachable from here), predicted, true_label (when SOURCE has labels) and p_<class>
+    columns (text tables: line and the table's own id and text columns instead of path).
 
     \b
     Examples:
@@ -885,7 +1164,12 @@ def predict(
     top = sorted(res.counts.items(), key=lambda kv: -kv[1])[:5]
     rows = [
         ("predictions", f"{res.out} ({res.n_predicted} items)"),
-        ("features", f"{res.store} ({res.n_extracted} extracted now)"),
+        (
+            "features",
+            f"{res.store} ({res.n_extracted} extracted now)"
+            if res.store
+            else "none stored (a fine-tuned bundle runs its prefix and tail directly)",
+        ),
         ("failed", res.n_failed),
         ("most predicted", ", ".join(f"{k} {v}" for k, v in top)),
     ]
@@ -900,14 +1184,15 @@ def predict(
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
-    """Run a declarative experiment: sources x backbones x heads (see pipelines/).
+    """Run a declarative experiment: sources x backbones x heads (docs/pipelines.md).
 
     Every store is reused from the cache when up to date; the leaderboard is printed and the
     report folder gets tables and PNG plots.
 
     \b
-    Example:
-      featx run pipelines/demo.toml
+    Examples:
+      featx run pipelines/cifar10_resnet50.toml
+      featx demo --files mydemo && featx run mydemo/digits.toml
     """
     from featx.pipeline import run_pipeline
 
@@ -915,7 +1200,47 @@ def run(pipeline: str, report: str | None, quiet: bool, as_json: bool) -> None:
     if as_json:
         _print_json(res.to_dict())
     else:
-        click.echo(res.to_markdown())
+        click.echo(res.to_text())
+
+
+@cli.command()
+@click.argument("name", type=click.Choice(["digits", "text"]), default="digits", required=False)
+@click.option(
+    "--report",
+    type=click.Path(file_okay=False),
+    help="Report folder (default: reports/demo or reports/text_tickets in the working directory).",
+)
+@click.option(
+    "--files",
+    type=click.Path(file_okay=False),
+    help="Instead of running: copy the demo pipelines and their data into this folder, to edit "
+    "and run with 'featx run'.",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def demo(name: str, report: str | None, files: str | None, quiet: bool, as_json: bool) -> None:
+    """Run a demo shipped with featx: digits (no network needed) or text (the text extra).
+
+    \b
+    Examples:
+      featx demo                  # scikit-learn's digits x EfficientNet-Lite0 x 5 heads
+      featx demo text             # 120 support tickets x all-MiniLM-L6-v2 x 4 heads
+      featx demo --files mydemo   # copy the pipelines and data to edit, then: featx run ...
+    """
+    from featx.examples import REPORTS, copy_files, demo_path
+
+    if files:
+        for path in copy_files(files):
+            click.echo(str(path))
+        return
+    ctx = click.get_current_context()
+    ctx.invoke(
+        run,
+        pipeline=str(demo_path(name)),
+        report=report or f"reports/{REPORTS[name]}",
+        quiet=quiet,
+        as_json=as_json,
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.features import FeatureSet
+from featx.features import FeatureSet, RowMatrix
 from featx.options import DEFAULT_HEADS, ENGINES, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
 
@@ -122,7 +122,8 @@ def align(feature_sets: Mapping[str, FeatureSet]) -> dict[str, FeatureSet]:
         same = len(rows) == fs.n and np.array_equal(rows, np.arange(fs.n))
         out[name] = replace(  # groups, texts and group selection travel with the rows
             fs,
-            X=fs.X if same else fs.X[rows],  # no copy when the store is already aligned
+            # no copy when the store is already aligned; rows left on disk stay there
+            X=fs.X if same else (fs.X.subset(rows) if isinstance(fs.X, RowMatrix) else fs.X[rows]),
             y=y_new,
             classes=tuple(classes),
             split=split,
@@ -214,6 +215,12 @@ class Leaderboard:
         from featx.report import leaderboard_markdown
 
         return leaderboard_markdown(self)
+
+    def to_text(self) -> str:
+        """The leaderboard as an aligned plain-text table (what the terminal shows)."""
+        from featx.report import leaderboard_text
+
+        return leaderboard_text(self)
 
     def to_json(self, *, details: bool = False, indent: int | None = 2) -> str:
         """JSON with the protocol, the rows and the failures (``details``: per-class, confusion)."""

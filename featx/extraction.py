@@ -67,11 +67,17 @@ class ExtractResult:
     weights: str
     noop: bool
     n_truncated: int = 0  # text rows longer than the encoder's max_seq_length (embedded cut)
-    modality: str = "image"  # or "text"; for text, images_per_s counts texts
+    modality: str = "image"  # or "text"; images_per_s (alias of items_per_s) counts texts then
     engine: str = "local"
 
+    @property
+    def items_per_s(self) -> float:
+        """Items (images or texts) per second of the extraction loop."""
+        return self.images_per_s
+
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # "items_per_s" says what it counts for text too; "images_per_s" stays for one release
+        return {**asdict(self), "items_per_s": self.images_per_s}
 
 
 def _versions(modality: str) -> dict[str, str]:
@@ -105,7 +111,12 @@ __all__ = ["ExtractOptions", "ExtractResult", "extract", "store_config"]
 
 
 def store_config(source: Source, backbone: BackboneLike, dtype: str = "float32") -> StoreConfig:
-    return StoreConfig(source=source.identity(), backbone=backbone.config(), dtype=dtype)
+    """The store's identity: source, backbone, dtype, and the extra outputs that make a store
+    of its own (a backbone's optional ``store_outputs``, e.g. cached activations)."""
+    outputs = dict(getattr(backbone, "store_outputs", None) or {})
+    return StoreConfig(
+        source=source.identity(), backbone=backbone.config(), dtype=dtype, outputs=outputs
+    )
 
 
 def extract(
@@ -182,6 +193,15 @@ def extract(
         done, bb = _load(src, backbone, store, opts, t0)
         if done is not None:
             return done
+    if opts.cache_activations is not None:  # the activations at a cut, for featx finetune
+        from featx.finetuning.cache import with_activations
+
+        if opts.layers:
+            raise FeatxError(
+                "--cache-activations and --layers make different stores; extract twice, once "
+                "with each"
+            )
+        bb = with_activations(bb, opts.cache_activations)
     return _extract_into(src, bb, store, opts, t0)
 
 
@@ -203,7 +223,8 @@ def _extract_into(
     itemsize = np.dtype(opts.dtype).itemsize
     # At most what the run needs on disk: parts for every item, then the merged store beside them.
     width = sum(getattr(bb, "output_dims", {}).values()) or int(bb.dim)
-    need = 2 * len(src.items) * int(width) * itemsize + (1 << 20)
+    extra = int(getattr(bb, "bytes_per_item", lambda: 0)())  # cached activations
+    need = 2 * len(src.items) * (int(width) * itemsize + extra) + (1 << 20)
     try:
         return _extract_locked(_Run(src, bb, path, config, opts, engine, setup, t0))
     except OSError as exc:
@@ -251,10 +272,18 @@ def _load(
         spec = replace(spec, name=default_backbone(src.modality))
     check_modality(src, spec.name, modality_of_name(spec.name))
 
-    # a text model folder can change in place; --layers is not part of the remembered request
-    remembers = remembers_config(spec.name) and not opts.layers
+    # a text model folder can change in place (remembered under its fingerprint, see
+    # Modality.request_fingerprint); --layers is not part of the remembered request; cached
+    # activations need the model's shapes
+    modality = get_modality(modality_of_name(spec.name))
+    remembers = (
+        (modality.remembers_config or modality.request_fingerprint is not None)
+        and not opts.layers
+        and opts.cache_activations is None
+    )
     memo_key = None
     if remembers:
+        fingerprint = modality.request_fingerprint
         memo_key = memo.request_key(
             spec.name,
             spec.weights,
@@ -262,6 +291,7 @@ def _load(
             layer=spec.layer,
             pool=spec.pool,
             image_size=spec.image_size,
+            extra=None if fingerprint is None else fingerprint(spec),
         )
         remembered = memo.recall(memo_key)
         if remembered is not None:
@@ -324,6 +354,7 @@ def _extract_locked(run: _Run) -> ExtractResult:
         n_new, n_new_failed, waited = 0, plan["n_scan_failed"], 0.0
         t_extract = time.perf_counter()
         if todo:
+            _say_size(run.bb, len(todo))
             n_new, n_run_failed, waited = _run(run, todo, writer, rows, failed)
             n_new_failed += n_run_failed
         t_extract = time.perf_counter() - t_extract
@@ -336,6 +367,20 @@ def _extract_locked(run: _Run) -> ExtractResult:
         images_per_s=(n_new + n_new_failed) / t_extract if t_extract > 0 and todo else 0.0,
         store_seconds=waited + t_commit_s, noop=False, n_truncated=n_truncated,
     )  # fmt: skip
+
+
+#: Extra outputs estimated above this many bytes make a "large run": the estimate is a warning.
+LARGE_OUTPUT_BYTES = 256 << 20
+
+
+def _say_size(bb: Any, n: int) -> None:
+    """Before the run: the size of the extra outputs (cached activations) per item and in all,
+    as a warning on stderr when it is large."""
+    estimate = getattr(bb, "size_estimate", None)
+    if estimate is None:
+        return
+    large = n * int(bb.bytes_per_item()) >= LARGE_OUTPUT_BYTES
+    (log.warning if large else log.info)("%s", estimate(n))
 
 
 def _commit(
@@ -434,6 +479,7 @@ def _up_to_date(
                 backbone=str(backbone_config.get("name")),
                 weights=str(backbone_config.get("weights")),
                 noop=True,
+                n_truncated=stored_truncated(path, src),
                 modality=src.modality,
                 engine=opts.engine,
             )

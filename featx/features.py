@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -78,8 +79,10 @@ class FeatureSet:
 
     Attributes
     ----------
-    X : ndarray of shape (n, d), float32
-        One embedding per item, in the store's row order (sorted by key).
+    X : ndarray of shape (n, d), float32, or RowMatrix
+        One embedding per item, in the store's row order (sorted by key). A store larger than
+        the memory budget leaves its features on disk: ``X`` is then a :class:`RowMatrix` that
+        reads rows on demand (``X[rows]``, ``X.blocks(rows)``).
     y : ndarray of shape (n,), int64
         Class index into ``classes``; -1 where the item is unlabeled.
     classes : tuple of str
@@ -143,3 +146,180 @@ class FeatureSet:
     def labeled(self) -> np.ndarray:
         """Boolean mask of the items that carry a label."""
         return self.y >= 0
+
+
+# ---------------------------------------------------------------------------------------------
+# rows that stay on disk
+# ---------------------------------------------------------------------------------------------
+
+
+class RowMatrix:
+    """An ``(n, d)`` matrix whose rows live elsewhere (a store on disk), read by row indices.
+
+    The store implements it (:func:`featx.store.open_features`); heads only ever receive numpy
+    arrays from it, through :meth:`read` or a :class:`RowStream`. ``matrix[rows]`` and
+    ``np.asarray(matrix)`` read rows into memory (float32), so code written for arrays works on
+    small selections.
+
+    Subclasses set ``shape``, ``dtype`` (as stored) and ``block_rows`` (the rows of one storage
+    chunk) and implement :meth:`_read_sorted`.
+    """
+
+    ndim = 2
+    shape: tuple[int, int]
+    dtype: np.dtype
+    block_rows: int = 4096
+
+    def _read_sorted(self, rows: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        """float32 rows for strictly increasing indices ``rows``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return int(self.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the whole matrix as float32 (what reading it all would take)."""
+        return int(self.shape[0]) * int(self.shape[1]) * 4
+
+    def read(self, rows: Any) -> np.ndarray:
+        """Rows ``rows`` (indices in any order, repeats allowed) as a float32 array."""
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        if rows.size == 0:
+            return np.empty((0, self.shape[1]), dtype=np.float32)
+        if rows.min() < 0 or rows.max() >= self.shape[0]:
+            raise IndexError(f"row index out of range for {self.shape[0]} rows")
+        if rows.size == 1 or np.all(rows[1:] > rows[:-1]):
+            return self._read_sorted(rows)
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        return self._read_sorted(uniq)[inverse]
+
+    def __getitem__(self, idx: Any) -> np.ndarray:
+        if isinstance(idx, tuple):
+            first, rest = idx[0], idx[1:]
+            return self[first][(slice(None), *rest)]
+        if isinstance(idx, slice):
+            return self.read(np.arange(*idx.indices(self.shape[0])))
+        if isinstance(idx, int | np.integer):
+            i = int(idx) + (self.shape[0] if idx < 0 else 0)
+            return self.read([i])[0]
+        arr = np.asarray(idx)
+        if arr.dtype == bool:
+            arr = np.flatnonzero(arr)
+        return self.read(arr)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        X = self.read(np.arange(self.shape[0]))
+        return X if dtype is None else X.astype(dtype, copy=False)
+
+    def subset(self, rows: Any) -> RowMatrix:
+        """The matrix of rows ``rows`` of this one (nothing is read)."""
+        return _RowView(self, np.asarray(rows, dtype=np.int64))
+
+    def blocks(self, rows: np.ndarray, block_rows: int | None = None) -> Iterator[np.ndarray]:
+        """Rows ``rows`` read ``block_rows`` at a time (float32), in the order given."""
+        step = max(1, int(block_rows or self.block_rows))
+        for s in range(0, len(rows), step):
+            yield self.read(rows[s : s + step])
+
+
+class _RowView(RowMatrix):
+    """Rows ``rows`` of another RowMatrix."""
+
+    def __init__(self, base: RowMatrix, rows: np.ndarray) -> None:
+        self.base, self.rows = base, rows
+        self.shape = (len(rows), int(base.shape[1]))
+        self.dtype = base.dtype
+        self.block_rows = base.block_rows
+
+    def _read_sorted(self, rows: np.ndarray) -> np.ndarray:
+        return self.base.read(self.rows[rows])
+
+
+@dataclass(frozen=True, eq=False)
+class RowStream:
+    """Training rows of a :class:`RowMatrix` with their labels, handed to a head block by block.
+
+    What a head's ``fit_stream(stream)`` receives when its training data is above the memory
+    budget: iterate it (any number of times) for ``(X_block, y_block)`` pairs of numpy arrays;
+    :meth:`take` reads chosen rows into memory. ``transforms`` (fitted preprocessing steps) are
+    applied to every block on the way out.
+
+    Attributes
+    ----------
+    matrix : RowMatrix
+    rows : ndarray of int64
+        The rows of ``matrix`` that form this stream, in order.
+    y : ndarray
+        Their labels.
+    block_rows : int
+        Rows per block.
+    budget : int
+        The memory budget in bytes (what a head may hold at once).
+    """
+
+    matrix: RowMatrix
+    rows: np.ndarray
+    y: np.ndarray
+    block_rows: int
+    budget: int
+    transforms: tuple[Any, ...] = ()
+    dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.dim:
+            object.__setattr__(self, "dim", int(self.matrix.shape[1]))
+
+    @property
+    def n(self) -> int:
+        return int(len(self.rows))
+
+    def _apply(self, X: np.ndarray) -> np.ndarray:
+        for t in self.transforms:
+            X = np.asarray(t(X), dtype=np.float32)
+        return X
+
+    def blocks(self, shuffle: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(X, y)`` blocks in row order, or in a seeded random order of blocks."""
+        starts = np.arange(0, self.n, self.block_rows)
+        if shuffle is not None:
+            starts = np.random.default_rng(shuffle).permutation(starts)
+        for s in starts:
+            e = min(s + self.block_rows, self.n)
+            yield self._apply(self.matrix.read(self.rows[s:e])), self.y[s:e]
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        return self.blocks()
+
+    def take(self, positions: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Rows at ``positions`` (indices into this stream) in memory, transformed."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return self._apply(self.matrix.read(self.rows[positions])), self.y[positions]
+
+    def subset(self, positions: Any) -> RowStream:
+        """The stream of the rows at ``positions``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        return replace(self, rows=self.rows[positions], y=self.y[positions])
+
+    def then(self, transform: Any, dim: int) -> RowStream:
+        """This stream with one more transform (producing ``dim`` columns) applied to blocks."""
+        return replace(self, transforms=(*self.transforms, transform), dim=int(dim))
+
+    def rows_in_budget(self, copies: float = 3.0) -> int:
+        """How many rows fit in the budget as float32, ``copies`` times over (at least 1)."""
+        return max(1, int(self.budget // max(1.0, copies * 4 * self.dim)))
+
+    def sample(self, max_rows: int, seed: int | None = 0) -> np.ndarray:
+        """A seeded, stratified choice of at most ``max_rows`` positions (sorted), keeping at
+        least two of each class that has two (one of a class that has one)."""
+        if max_rows >= self.n:
+            return np.arange(self.n, dtype=np.int64)
+        rng = np.random.default_rng(seed)
+        classes, inverse, counts = np.unique(self.y, return_inverse=True, return_counts=True)
+        share = max_rows / self.n
+        picked = []
+        for c in range(len(classes)):
+            idx = np.flatnonzero(inverse == c)
+            k = int(np.clip(round(share * counts[c]), min(2, counts[c]), counts[c]))
+            picked.append(rng.choice(idx, size=k, replace=False))
+        return np.sort(np.concatenate(picked)).astype(np.int64)

@@ -73,6 +73,11 @@ class Modality:
     remembers_config : bool
         Whether the configuration of a named backbone may be remembered, so an up-to-date
         store is found without building the model (:mod:`featx.backbones.memo`).
+    request_fingerprint : callable, optional
+        ``request_fingerprint(spec) -> dict``: what else determines the configuration of a
+        backbone request (a text encoder: its model folder's files, options and library
+        versions), read without loading the model; with it, the configuration is remembered
+        under that fingerprint even where ``remembers_config`` is False.
     file_lists : bool
         Whether ``featx predict`` takes a file or a glob pattern as its source.
     key_column : str
@@ -95,6 +100,7 @@ class Modality:
     ) = None
     stored_truncated: Callable[[Path], int] | None = None
     remembers_config: bool = True
+    request_fingerprint: Callable[[Any], dict] | None = None
     file_lists: bool = False
     key_column: str = "key"
     item_columns: tuple[str, ...] = ()

@@ -21,11 +21,11 @@ This module imports neither torch nor numpy (``featx --help`` reads it).
 Examples
 --------
 >>> EvalProtocol.from_mapping({"cv": 5, "seed": 1})
-EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', layers=None)
+EvalProtocol(split='auto', test_size=0.2, cv=5, shots=None, trials=5, seed=1, class_weight=None, preprocess='default', layers=None, max_memory=None)
 >>> EvalProtocol.from_mapping({"folds": 5}, where="[protocol]")
 Traceback (most recent call last):
 ...
-featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, layers, preprocess, seed, shots, split, test_size, trials
+featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_weight, cv, layers, max_memory, preprocess, seed, shots, split, test_size, trials
 """  # noqa: E501
 
 from __future__ import annotations
@@ -242,7 +242,7 @@ class ExtractOptions(_Spec):
     Every field is a ``featx extract`` flag and a key of a pipeline's ``[extract]`` table.
     """
 
-    batch_size: int = option(64, "Images (or texts) per batch.", min=1, engine=True)
+    batch_size: int = option(64, "Items (images or texts) per batch.", min=1, engine=True)
     workers: int | None = option(
         None, "DataLoader workers (default: by device).", min=0, kind=int, engine=True
     )
@@ -286,7 +286,7 @@ class ExtractOptions(_Spec):
         engine=True,
     )
     checkpoint_every: int = option(
-        2048, "Images per durable checkpoint (a kill loses at most this many).", min=1
+        2048, "Items per durable checkpoint (a kill loses at most this many).", min=1
     )
     checkpoint_seconds: float = option(
         60.0, "Also write a checkpoint at least this often (seconds).", min=0, min_open=True
@@ -298,6 +298,12 @@ class ExtractOptions(_Spec):
         kind=str,
     )
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
+    cache_activations: str | None = option(
+        None,
+        "Also store the activations at this cut for 'featx finetune': auto, a block name or -N "
+        "(the last N blocks; docs/finetune.md). float16, compressed; a store of its own.",
+        kind=str,
+    )
     # the engine is looked up by name and modality in featx/engines.py; the Ray options apply
     # only with --engine ray (featx/ray_engine.py, docs/scale-out.md)
     engine: str = option(
@@ -377,6 +383,12 @@ class EvalProtocol(_Spec):
         "(every group, tfidf of a text store's texts included), select or select:K (keep the "
         "best groups, chosen on a validation split of the training rows). Default: every "
         "stored group.",
+        kind=str,
+    )
+    max_memory: str | None = option(
+        None,
+        "Memory budget of a head's training data, e.g. 2G or 512M (default: half of this "
+        "machine's memory); above it logreg, linear-svm, mlp and knn train from disk.",
         kind=str,
     )
 
@@ -469,6 +481,7 @@ class FinetuneOptions(_Spec):
         "of; --full: all).",
         min=1,
         kind=int,
+        toml=False,  # a pipeline names its tails as a list: [finetune] tails = [1, 2]
     )
     epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
     batch_size: int = option(64, "Items per training step.", min=2)

@@ -31,6 +31,10 @@ A pipeline file::
     name = "knn"
     params = { k = 10 }              # optional; also preprocess = "l2"
 
+    [finetune]                       # optional: fine-tuned rows beside the heads (docs/finetune.md)
+    tails = [1, 2]                   # finetune:tail=1 and :tail=2 on activations cached at -2
+    full = false                     # also finetune:full, the whole network (slow)
+    epochs = 10                      # and the other fields of featx.options.FinetuneOptions
     [diagnose]                       # optional: featx diagnose on every store, its report in
     duplicate_threshold = 0.95       # <report>/diagnose/<backbone>; the fields of
                                      # featx.options.DiagnoseOptions ({} for the defaults)
@@ -41,7 +45,7 @@ from __future__ import annotations
 import logging
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +55,7 @@ from featx.options import (
     DiagnoseOptions,
     EvalProtocol,
     ExtractOptions,
+    FinetuneOptions,
     TextFormat,
 )
 
@@ -67,6 +72,7 @@ _TOP = {
     "protocol",
     "diagnose",
     "fuse",
+    "finetune",
 }
 _TEXT_SOURCE = set(TextFormat.toml_keys())  # text_column, label_column, ... of a text table
 _SOURCE = {"spec", "root", "download", "name"} | _TEXT_SOURCE
@@ -76,6 +82,9 @@ _BACKBONE = {*BackboneSpec.toml_keys(), "label"}
 _HEAD = {"name", "params", "preprocess"}
 _EXTRACT = set(ExtractOptions.toml_keys())
 _PROTOCOL = set(EvalProtocol.toml_keys())
+#: [finetune]: the FinetuneOptions fields, the tails to train, the cache's cut, the reference.
+_FINETUNE_STEP = {"tails", "cut", "full"}
+_FINETUNE = set(FinetuneOptions.toml_keys()) | _FINETUNE_STEP
 _DIAGNOSE = set(DiagnoseOptions.toml_keys())
 
 
@@ -93,6 +102,7 @@ class Pipeline:
     protocol: dict[str, Any] = field(default_factory=dict)
     diagnose: dict[str, Any] | None = None  # None: no [diagnose] table, no diagnose step
     fuse: tuple[tuple[str, ...], ...] = ()  # backbone labels whose stores are joined by key
+    finetune: dict[str, Any] | None = None  # the [finetune] table, when the file has one
 
 
 def _check_keys(where: str, d: Any, allowed: set[str], path: Path) -> dict[str, Any]:
@@ -148,6 +158,18 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         heads.append(h)
     ext = dict(_check_keys("[extract]", doc.get("extract", {}), _EXTRACT, p))
     proto = dict(_check_keys("[protocol]", doc.get("protocol", {}), _PROTOCOL, p))
+    tune = None
+    if "finetune" in doc:
+        tune = dict(_check_keys("[finetune]", doc["finetune"], _FINETUNE, p))
+        tails = tune.get("tails", [1])
+        if (
+            not isinstance(tails, list)
+            or not tails
+            or not all(isinstance(t, int) and not isinstance(t, bool) and t >= 1 for t in tails)
+        ):
+            raise FeatxError(f"pipeline {p}: [finetune] tails must be a list of integers >= 1")
+        if not isinstance(tune.get("full", False), bool):
+            raise FeatxError(f"pipeline {p}: [finetune] full must be true or false")
     diag = None
     if "diagnose" in doc:
         diag = dict(_check_keys("[diagnose]", doc["diagnose"], _DIAGNOSE, p))
@@ -156,6 +178,8 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         EvalProtocol.from_mapping(proto)
         if diag is not None:
             DiagnoseOptions.from_mapping(diag)
+        if tune is not None:
+            FinetuneOptions.from_mapping({k: v for k, v in tune.items() if k not in _FINETUNE_STEP})
     except FeatxError as exc:
         raise FeatxError(f"pipeline {p}: {exc}") from None
     fuse = _fuse_groups(doc.get("fuse", False), [_backbone_label(b) for b in backbones], p)
@@ -180,6 +204,7 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         protocol=proto,
         diagnose=diag,
         fuse=fuse,
+        finetune=tune,
     )
 
 
@@ -240,6 +265,13 @@ class PipelineResult:
                 ]
         return "\n".join(parts).rstrip() + "\n"
 
+    def to_text(self) -> str:
+        """Aligned plain-text leaderboards, one per source (what the terminal shows)."""
+        parts = []
+        for src, lb in self.leaderboards.items():
+            parts += [f"{src}", "", lb.to_text(), f"report: {self.reports[src]}", ""]
+        return "\n".join(parts).rstrip() + "\n"
+
 
 def _backbone_label(b: dict[str, Any]) -> str:
     if b.get("label"):
@@ -268,6 +300,15 @@ def run_pipeline(
         else (h["name"], h.get("params") or {})
         for h in pl.heads
     ]
+    tune = pl.finetune
+    if tune is not None:
+        tails = [int(t) for t in tune.get("tails", [1])]
+        cut = str(tune.get("cut", f"-{max(tails)}"))
+        opts = replace(opts, cache_activations=cut)  # one store: features and activations
+        tune_opts = FinetuneOptions.from_mapping(
+            {k: v for k, v in tune.items() if k not in _FINETUNE_STEP}
+        )
+        tune_opts = replace(tune_opts, progress=progress)
     report_root = Path(report) if report else pl.report
     stores: dict[str, dict[str, str]] = {}
     boards: dict[str, Any] = {}
@@ -300,6 +341,9 @@ def run_pipeline(
             fused = fuse({lab: feature_sets[lab] for lab in group})
             feature_sets["+".join(group)] = fused.features
         lb = compare(feature_sets, heads, protocol=proto, progress=progress)
+        if tune is not None:
+            lb = _with_finetuned(lb, s, stores[src_name], tails, bool(tune.get("full")), pl,
+                                 tune_opts, proto)  # fmt: skip
         out = report_root / src_name if multi else report_root
         if pl.diagnose is not None:
             from featx.diagnostics import diagnose
@@ -323,3 +367,38 @@ def _slug(label: str) -> str:
     import re
 
     return re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "store"
+
+
+def _with_finetuned(
+    board: Any,
+    source: dict[str, Any],
+    stores: dict[str, str],
+    tails: list[int],
+    full: bool,
+    pl: Pipeline,
+    opts: FinetuneOptions,
+    proto: EvalProtocol,
+) -> Any:
+    """``board`` with the fine-tuned rows of every backbone of ``source`` (same split)."""
+    from featx.comparison import Leaderboard
+    from featx.finetuning import finetune, finetune_full, read_activations
+
+    results = list(board.results)
+    for b in pl.backbones:
+        label = _backbone_label(b)
+        acts = read_activations(stores[label])
+        for t in tails:
+            rep = finetune(acts, options=replace(opts, tail=t), protocol=proto)
+            results.append(replace(rep.result, store=label))
+        if full:
+            spec = BackboneSpec.from_mapping({k: v for k, v in b.items() if k != "label"})
+            rep = finetune_full(source["spec"], spec, options=opts, protocol=proto)
+            results.append(replace(rep.result, store=label))
+    results.sort(key=lambda r: (-r.accuracy, -r.balanced_accuracy, r.fit_seconds))
+    return Leaderboard(
+        results=tuple(results),
+        failures=board.failures,
+        protocol=board.protocol,
+        n_items=board.n_items,
+        stores=board.stores,
+    )

@@ -102,6 +102,86 @@ def rebuild_backbone(
     return bb
 
 
+def prediction_store(src: Any, backbone: Any, options: ExtractOptions) -> Path:
+    """Where ``featx predict`` keeps the features of a new source: the source's own store when
+    one was extracted before (``featx extract`` with the same backbone), else
+    ``<cache>/predict/<store name>`` (``featx cache ls`` lists them, ``featx cache clean --kind
+    prediction`` removes them)."""
+    from featx.cache import PREDICT_DIR
+    from featx.extraction import store_config
+    from featx.store import default_store_path
+
+    usual = default_store_path(store_config(src, backbone, options.dtype), src.name)
+    return usual if usual.is_file() else usual.parent / PREDICT_DIR / usual.name
+
+
+def input_order(source: str | os.PathLike, src: Any) -> list[Any]:
+    """The source's items in the order of its input: a table's or manifest's rows, a folder's
+    sorted walk (its items' order), a torchvision dataset's indices."""
+    items = list(src.items)
+    if any(getattr(it, "line", 0) for it in items):  # text tables
+        return sorted(items, key=lambda it: getattr(it, "line", 0))
+    if src.kind == "csv" and Path(os.fspath(source)).is_file():
+        rank = _manifest_rows(Path(os.fspath(source)))
+        return sorted(items, key=lambda it: rank.get(it.key, len(rank)))
+    return items
+
+
+def _manifest_rows(path: Path) -> dict[str, int]:
+    """An image manifest's keys (paths relative to its folder, normalized) -> row number."""
+    base = str(path.parent)
+    rank: dict[str, int] = {}
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            for i, row in enumerate(csv.DictReader(f)):
+                p = (row.get("path") or "").strip()
+                if not p:
+                    continue
+                full = os.path.normpath(os.path.join(base, p))  # as featx.sources keys them
+                rel = os.path.relpath(full, base)
+                inside = rel != os.pardir and not rel.startswith(os.pardir + os.sep)
+                rank.setdefault(rel.replace(os.sep, "/") if inside else full, i)
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return {}
+    return rank
+
+
+def _lead_columns(
+    source: str | os.PathLike, src: Any, items: list[Any]
+) -> tuple[list[str], list[list[Any]]]:
+    """The columns that say which input each prediction is for, and their values per item.
+
+    Images and text files: ``path``, as reachable from where the command ran (the source as
+    typed, joined with the item's path inside it), the same convention as a glob pattern's
+    files; a URI manifest gives the file's URI, a torchvision dataset ``key`` (split/index).
+    Text tables: ``line``, the user's id column (when it has one) and text column, under their
+    own names.
+    """
+    s = os.fspath(source)
+    if src.kind.startswith("text-") and src.kind != "text-folder":
+        cols = ["line"]
+        id_col = getattr(src, "id_column", "") or ""
+        text_col = getattr(src, "text_column", "") or "text"
+        if id_col:
+            cols.append(id_col)
+        cols.append(text_col if text_col not in cols else f"{text_col}_text")
+        rows = [
+            [it.line, *([it.key] if id_col else []), it.text if it.text is not None else ""]
+            for it in items
+        ]
+        return cols, rows
+    if src.kind == "torchvision":
+        return ["key"], [[it.key] for it in items]
+    if src.kind == "csv":
+        base = os.path.dirname(s)
+        if "://" in s:
+            return ["path"], [[it.path] for it in items]
+        return ["path"], [[os.path.join(base, it.key)] for it in items]
+    if Path(s).is_dir():
+        return ["path"], [[os.path.join(s, it.key)] for it in items]
+    return ["path"], [[it.path or it.key] for it in items]  # e.g. sklearn:digits, materialized
+
+
 @dataclass
 class _Features:
     """The features predict labels, and what the CSV says about their rows."""
@@ -115,6 +195,7 @@ class _Features:
     columns: dict[str, dict[str, Any]]  # the modality's item columns (text: line)
     key_column: str = "path"  # the modality's name for the key: path, key
     fs: Any = None  # the FeatureSet read back, where there is a store
+    lead: Any = None  # (columns, values per row) that say which input each row is for
 
 
 def _source_features(
@@ -140,7 +221,7 @@ def _source_features(
     )
     with tempfile.TemporaryDirectory(prefix="featx-predict-") as scratch:
         try:
-            r = extract(src, bb, options=opts)
+            r = extract(src, bb, options=opts, store=prediction_store(src, bb, opts))
         except StoreReadOnlyError as exc:
             log.warning("%s; extracting into a temporary store instead (not kept)", exc)
             r = extract(src, bb, options=opts, store=Path(scratch) / scratch_name)
@@ -155,8 +236,22 @@ def _source_features(
         if fs.classes
         else None
     )
+    # rows in the input's order (a table's lines, a manifest's rows, a folder's walk), led by
+    # the columns that say which input each is for
+    at = {k: i for i, k in enumerate(fs.keys)}
+    ordered = [it for it in input_order(source, src) if it.key in at]
+    pick = np.asarray([at[it.key] for it in ordered], dtype=np.int64)
     return _Features(
-        fs.keys, fs.X, r.store, r.n_failed, r.n_new, true, columns, modality.key_column, fs
+        np.asarray([it.key for it in ordered], dtype=object),
+        fs.X[pick] if len(pick) else fs.X[:0],
+        r.store,
+        r.n_failed,
+        r.n_new,
+        None if true is None else true[pick],
+        columns,
+        modality.key_column,
+        fs,
+        lead=_lead_columns(source, src, ordered),
     )
 
 
@@ -226,9 +321,12 @@ def predict(
         file or a glob pattern (``"photos/*.jpg"``, ``"**"`` recursive), whose features go to
         the backbone's store of loose files (see :func:`featx.embedder.embed_files`).
     out : path-like, optional
-        The CSV (default ``preds.csv``), written atomically: ``path`` (text: ``key`` and, for
-        tables, ``line``), ``predicted``, ``true_label`` when known, and one ``p_<class>``
-        column per class when the head gives probabilities.
+        The CSV (default ``preds.csv``), written atomically, one row per readable input in the
+        input's order: ``path`` (as reachable from the working directory: the source as typed
+        joined with the file's path inside it, or the file as typed; a text table: ``line``, its
+        id column when it has one and its text column, under their own names), ``predicted``,
+        ``true_label`` when known, and one ``p_<class>`` column per class when the head gives
+        probabilities.
     options : ExtractOptions, optional
         How to run the extraction.
     text : TextFormat, optional
@@ -238,10 +336,13 @@ def predict(
         whose origin you trust.
     """
     from featx.bundle import load_bundle
+    from featx.finetuning.bundle import is_finetune_bundle
 
-    b = load_bundle(bundle, trust=trust)
     opts = options or ExtractOptions()
     how = {"root": root, "download": download, "text": text}
+    if is_finetune_bundle(bundle):  # featx finetune's: frozen prefix, then the tuned tail
+        return _predict_finetuned(bundle, source, out, opts, **how)
+    b = load_bundle(bundle, trust=trust)
     if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
         got = _grouped_inputs(b, source, opts, weights_file, **how)
     else:
@@ -311,6 +412,49 @@ def _grouped_inputs(
     )
 
 
+class _Probabilities:
+    """A fine-tuned model's class probabilities, labelled the way a head bundle labels its
+    features (so the predictions CSV is written by one function)."""
+
+    def __init__(self, classes: Any) -> None:
+        self.classes = tuple(classes)
+        self.estimator = self
+
+    def predict_proba(self, P: np.ndarray) -> np.ndarray:
+        return P
+
+    def predict(self, P: np.ndarray) -> np.ndarray:
+        return np.array([self.classes[i] for i in np.argmax(P, axis=1)], dtype=object)
+
+
+def _predict_finetuned(
+    bundle: str | os.PathLike,
+    source: str | os.PathLike,
+    out: str | os.PathLike | None,
+    opts: ExtractOptions,
+    **how: Any,
+) -> PredictResult:
+    """Predict with a bundle of ``featx finetune`` (decoded items, no store) and write the CSV."""
+    from featx.finetuning.predict import predict_rows
+    from featx.modalities import get_modality
+
+    rows = predict_rows(
+        bundle, source, allow_outside_root=opts.allow_outside_root, batch_size=opts.batch_size,
+        **how,
+    )  # fmt: skip
+    got = _Features(
+        keys=rows.keys,
+        X=rows.proba,
+        store="",
+        n_failed=rows.n_failed,
+        n_new=0,
+        true=rows.true,
+        columns=rows.columns,
+        key_column=get_modality(rows.modality).key_column,
+    )
+    return _write_predictions(_Probabilities(rows.classes), out, got)
+
+
 def _write_predictions(b: Any, out: str | os.PathLike | None, got: _Features) -> PredictResult:
     """Label the features with the bundle and write the predictions CSV atomically."""
     from featx.csvsafe import safe_cell
@@ -322,13 +466,16 @@ def _write_predictions(b: Any, out: str | os.PathLike | None, got: _Features) ->
     out_path = Path(out or "preds.csv")
     buf = io.StringIO()
     w = csv.writer(buf)
-    first = [got.key_column, *columns]
+    first = [got.key_column, *columns] if got.lead is None else list(got.lead[0])
     header = first + ["predicted"] + (["true_label"] if true is not None else [])
     if proba is not None:
         header += [f"p_{c}" for c in b.classes]
     w.writerow([safe_cell(c) for c in header])
     for i, key in enumerate(keys):
-        lead = [key] + [values.get(key, 0) for values in columns.values()]
+        if got.lead is None:
+            lead = [key] + [values.get(key, 0) for values in columns.values()]
+        else:
+            lead = list(got.lead[1][i])
         row = lead + [pred[i]] + ([true[i]] if true is not None else [])
         if proba is not None:
             row += [f"{p:.6f}" for p in proba[i]]

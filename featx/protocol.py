@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import FeatxError
-from featx.features import FeatureSet
+from featx.features import FeatureSet, RowMatrix
 from featx.options import DEFAULT_HEAD, DEFAULT_REFIT, REFIT_MODES, SPLIT_MODES, EvalProtocol
 
 logger = logging.getLogger(__name__)
@@ -543,6 +543,46 @@ def head_label(head: str, params: Mapping[str, Any] | None) -> str:
 # ---------------------------------------------------------------------------------------------
 
 
+def unit_norm_rows(X: np.ndarray, tol: float = 5e-3, sample: int = 2048) -> bool:
+    """Whether the rows of ``X`` are L2-normalized already (a sample of at most ``sample``
+    rows, within ``tol``: float16 stores round norms by ~1e-3)."""
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or len(X) == 0:
+        return False
+    idx = np.linspace(0, len(X) - 1, num=min(sample, len(X))).astype(np.int64)
+    norms = np.linalg.norm(np.asarray(X[idx], dtype=np.float64), axis=1)
+    return bool(np.all(np.abs(norms - 1.0) < tol))
+
+
+#: Heads whose default standardization gives way to ``l2`` on unit-norm rows, by measurement on
+#: BBC headlines and articles with MiniLM (BENCHMARKS.md, "Preprocessing defaults"): logreg,
+#: ridge and mlp gained 0.5-1.6 points on headlines and lost at most 2 test items on articles;
+#: svm (+1 item, -2 items) and linear-svm (-1.35 and -0.45 points) keep standardizing.
+FOLLOW_UNIT_NORM = ("logreg", "ridge", "mlp")
+
+
+def follow_features(preprocess: Any, head: Any, fs: FeatureSet) -> Any:
+    """The ``"default"`` preprocessing, chosen for these features.
+
+    The heads of :data:`FOLLOW_UNIT_NORM`, whose own default standardizes each feature, get
+    ``l2`` instead when every row is already unit-norm, as the embeddings of sentence encoders
+    that normalize their output are: standardizing stretches the directions those encoders leave
+    nearly constant (logreg lost 1.6 points to it on BBC headlines). Any other request is
+    returned as it is.
+    """
+    if not (isinstance(preprocess, str) and preprocess.strip().lower() == "default"):
+        return preprocess
+    if head not in FOLLOW_UNIT_NORM or not unit_norm_rows(fs.X):
+        return preprocess
+    from featx.heads import get_head_info
+
+    tokens = [str(t) for t in get_head_info(head).default_preprocess]
+    if "standardize" not in tokens:
+        return preprocess
+    chosen = ",".join("l2" if t == "standardize" else t for t in tokens)
+    logger.info("%s: rows are unit-norm, preprocessing %s instead of %s", head, chosen, tokens)
+    return chosen
+
+
 def _build(
     head: Any,
     params: Mapping[str, Any] | None,
@@ -620,8 +660,15 @@ def _full_columns(est: Any, values: np.ndarray, K: int, fill: float) -> np.ndarr
     return out
 
 
-def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarray]:
-    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions)."""
+def _run(
+    est: Any, fs: FeatureSet, split: Split, max_memory: Any = None
+) -> tuple[Any, Metrics, np.ndarray]:
+    """Fit on split.train, evaluate on split.test; (fitted estimator, metrics, predictions).
+
+    Features left on disk (``fs.X`` a RowMatrix) are fitted in memory when the training rows fit
+    ``max_memory`` (:func:`featx.memory.memory_budget`), else from disk block by block
+    (:mod:`featx.heads._stream`); test rows are then predicted block by block.
+    """
     X, y, K = fs.inputs(), fs.y, len(fs.classes)
     ytr = y[split.train]
     if len(np.unique(ytr)) < 2:
@@ -630,19 +677,37 @@ def _run(est: Any, fs: FeatureSet, split: Split) -> tuple[Any, Metrics, np.ndarr
             "a classifier needs at least 2 classes"
         )
     _check_fit_size(est, len(split.train), fs.dim)
-    t0 = time.perf_counter()
-    est.fit(X[split.train], ytr)
-    fit_s = time.perf_counter() - t0
-    Xte, yte = X[split.test], y[split.test]
-    t0 = time.perf_counter()
-    y_pred = np.asarray(est.predict(Xte))
-    pred_s = time.perf_counter() - t0
+    yte = y[split.test]
+    raw_proba = raw_dec = None
+    if isinstance(X, RowMatrix):
+        from featx.heads._stream import block_rows_for, fit_rows, predict_blocks
+        from featx.memory import memory_budget
+
+        budget = memory_budget(max_memory)
+        t0 = time.perf_counter()
+        fit_rows(est, X, split.train, ytr, budget)
+        fit_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        y_pred, raw_proba, raw_dec = predict_blocks(est, X, split.test, block_rows_for(X, budget))
+        pred_s = time.perf_counter() - t0
+    else:
+        t0 = time.perf_counter()
+        est.fit(X[split.train], ytr)
+        fit_s = time.perf_counter() - t0
+        Xte = X[split.test]
+        t0 = time.perf_counter()
+        y_pred = np.asarray(est.predict(Xte))
+        pred_s = time.perf_counter() - t0
+        if hasattr(est, "predict_proba"):
+            raw_proba = np.asarray(est.predict_proba(Xte))
+        elif hasattr(est, "decision_function"):
+            raw_dec = np.asarray(est.decision_function(Xte))
     proba = scores = None
-    if hasattr(est, "predict_proba"):
-        proba = _full_columns(est, np.asarray(est.predict_proba(Xte)), K, 0.0)
+    if raw_proba is not None:
+        proba = _full_columns(est, raw_proba, K, 0.0)
         scores = proba
-    elif hasattr(est, "decision_function"):
-        scores = _full_columns(est, np.asarray(est.decision_function(Xte)), K, -np.inf)
+    elif raw_dec is not None:
+        scores = _full_columns(est, raw_dec, K, -np.inf)
     last = est.steps[-1][1] if hasattr(est, "steps") else est
     m = replace(
         compute_metrics(yte, y_pred, fs.classes, scores=scores, proba=proba),
@@ -796,11 +861,12 @@ def evaluate(
         splits = protocol_splits(fs, p)
     splits = list(splits)
     preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
+    preprocess = follow_features(preprocess, head, fs)
     _, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
     runs, preds = [], []
     for s in splits:
         est, _, _ = _build(head, params, preprocess, class_weight, seed, fs)
-        _, m, y_pred = _run(est, fs, s)
+        _, m, y_pred = _run(est, fs, s, p.max_memory)
         logger.info(
             "%s on %s [%s]: accuracy %.4f (fit %.2fs)",
             name,
@@ -890,9 +956,10 @@ def fit_head(
         fs = one_choice(fs, p.layers, "fit")
     preprocess, class_weight, seed = p.preprocess, p.class_weight, p.seed
     labeled = check_features(fs)
+    preprocess = follow_features(preprocess, head, fs)
     s = make_splits(fs, split=p.split, test_size=p.test_size, seed=seed)[0]
     est, name, tokens = _build(head, params, preprocess, class_weight, seed, fs)
-    est, m, y_pred = _run(est, fs, s)
+    est, m, y_pred = _run(est, fs, s, p.max_memory)
     result = _aggregate(
         fs,
         [m],
@@ -908,5 +975,11 @@ def fit_head(
     if refit == "all":
         est, _, _ = _build(head, params, preprocess, class_weight, seed, fs)
         _check_fit_size(est, len(labeled), fs.dim)
-        est.fit(fs.inputs()[labeled], fs.y[labeled])
+        if isinstance(fs.X, RowMatrix):
+            from featx.heads._stream import fit_rows
+            from featx.memory import memory_budget
+
+            fit_rows(est, fs.X, labeled, fs.y[labeled], memory_budget(p.max_memory))
+        else:
+            est.fit(fs.inputs()[labeled], fs.y[labeled])
     return FittedHead(est, tuple(fs.classes), result, name, dict(params or {}), fs)

@@ -28,23 +28,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["leaderboard_csv", "leaderboard_json", "leaderboard_markdown", "write_report"]
+__all__ = [
+    "leaderboard_csv",
+    "leaderboard_json",
+    "leaderboard_markdown",
+    "leaderboard_text",
+    "protocol_line",
+    "write_report",
+]
 
 
-def leaderboard_markdown(board: Leaderboard) -> str:
-    """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
+def _leaderboard_cells(board: Leaderboard) -> tuple[list[str], str, list[list[str]]]:
+    """Header, column alignment (``l``/``r`` per column) and cells of the leaderboard."""
     auc = any(r.roc_auc is not None for r in board.results)
     solver = any(r.solver for r in board.results)
-    lines = [
-        "| # | store | head | accuracy | bal. acc. | macro F1 | top-5 | log-loss | "
-        + ("ROC-AUC | " if auc else "")
-        + "fit s | predict s |"
-        + (" solver |" if solver else ""),
-        "|---:|---|---|---:|---:|---:|---:|---:|"
-        + ("---:|" if auc else "")
-        + "---:|---:|"
-        + ("---|" if solver else ""),
-    ]
+    header = ["#", "store", "head", "accuracy", "bal. acc.", "macro F1", "top-5", "log-loss"]
+    header += (["ROC-AUC"] if auc else []) + ["fit s", "predict s"] + (["solver"] if solver else [])
+    align = "rll" + "r" * (5 + auc + 2) + ("l" if solver else "")
+    rows = []
     for i, r in enumerate(board.results, 1):
 
         def pm(k: str, r: Result = r) -> str:
@@ -54,18 +55,49 @@ def leaderboard_markdown(board: Leaderboard) -> str:
             s = r.std.get(k)
             return f"{v:.4f} ± {s:.4f}" if s is not None else f"{v:.4f}"
 
-        lines.append(
-            f"| {i} | {_md(r.store)} | {_md(r.label)} | {pm('accuracy')} | "
-            f"{pm('balanced_accuracy')} | {pm('macro_f1')} | {pm('top5_accuracy')} | "
-            f"{pm('log_loss')} | "
-            + (f"{pm('roc_auc')} | " if auc else "")
-            + f"{_secs(r.fit_seconds)} | {_secs(r.predict_seconds)} |"
-            + (f" {_md(r.solver)} |" if solver else "")
-        )
+        row = [str(i), str(r.store), str(r.label)]
+        row += [pm(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "top5_accuracy")]
+        row += [pm("log_loss")] + ([pm("roc_auc")] if auc else [])
+        row += [_secs(r.fit_seconds), _secs(r.predict_seconds)]
+        row += [str(r.solver or "")] if solver else []
+        rows.append(row)
+    return header, align, rows
+
+
+def protocol_line(board: Leaderboard) -> str:
+    """``protocol: stratified split (test 0.2, seed 0): 4313 train / 1078 test``: the split every
+    row was measured on (printed with every leaderboard)."""
+    sizes = ""
+    if board.results:
+        r = board.results[0]
+        sizes = f": {r.n_train} train / {r.n_test} test"
+    return f"protocol: {board.protocol or '-'}{sizes}"
+
+
+def leaderboard_markdown(board: Leaderboard) -> str:
+    """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
+    header, align, rows = _leaderboard_cells(board)
+    lines = [
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|",
+    ]
+    lines += ["| " + " | ".join(_md(c) for c in row) + " |" for row in rows]
     if board.failures:
         lines.append("")
         lines.append("Failed:")
         lines += [f"- {_md(f.store)} / {_md(f.head)}: {_md(f.error)}" for f in board.failures]
+    return "\n".join(lines) + "\n"
+
+
+def leaderboard_text(board: Leaderboard) -> str:
+    """The leaderboard as an aligned plain-text table for the terminal."""
+    from featx.console import render_table
+
+    header, align, rows = _leaderboard_cells(board)
+    lines = [protocol_line(board), "", render_table(header, rows, align=align)]
+    if board.failures:
+        lines += ["", "failed:"]
+        lines += [f"  {f.store} / {f.head}: {f.error}" for f in board.failures]
     return "\n".join(lines) + "\n"
 
 

@@ -45,9 +45,12 @@ class FitReport:
         return d
 
 
-def _load(store: str | os.PathLike, manifest: str | os.PathLike | None) -> FeatureSet:
-    """The store's features, cleaned by ``manifest`` when one is given."""
-    fs = load_store(store)
+def _load(
+    store: str | os.PathLike, manifest: str | os.PathLike | None, max_memory: int | None = None
+) -> FeatureSet:
+    """The store's features, cleaned by ``manifest`` when one is given; above ``max_memory``
+    bytes (and without a manifest, which needs the rows in memory) left on disk."""
+    fs = load_store(store, max_memory=None if manifest else max_memory)
     if manifest:
         from featx.diagnostics.manifest import apply_manifest
 
@@ -84,10 +87,11 @@ def fit_store(
     diagnose``) leaves out and relabels items first (:func:`featx.apply_manifest`).
     """
     from featx.bundle import save_bundle
+    from featx.memory import IN_MEMORY_COPIES, memory_budget
     from featx.protocol import evaluate, fit_head
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    fs = _load(store, manifest)
+    fs = _load(store, manifest, memory_budget(proto.max_memory) // IN_MEMORY_COPIES)
     name = Path(store).stem
     params = dict(params or {})
     # without a bundle to ship, refitting on every labeled item would be wasted work
@@ -121,18 +125,20 @@ def bundle_meta(fs: FeatureSet) -> dict[str, Any]:
     return meta
 
 
-def load_store(spec: str | os.PathLike) -> FeatureSet:
+def load_store(spec: str | os.PathLike, max_memory: int | None = None) -> FeatureSet:
     """A store, or the fusion of stores joined by ``+`` (``A.h5+B.h5``, :mod:`featx.fusion`).
 
     A path that exists is one store even if its name has a ``+``. The fused set's groups are
     named by :func:`store_labels` of its stores; its ``meta["label"]`` is those joined by ``+``.
+    A single store whose features are above ``max_memory`` bytes keeps them on disk
+    (:func:`featx.store.load_features`); a fusion is built in memory.
     """
     from featx.fusion import fuse, split_spec
     from featx.store import load_features
 
     parts = [] if Path(spec).exists() else split_spec(str(spec))
     if len(parts) < 2:
-        return load_features(spec)
+        return load_features(spec, max_memory=max_memory)
     sets = [load_features(p) for p in parts]
     labels = store_labels([fs.meta for fs in sets], [Path(p).stem for p in parts])
     fusion = fuse(dict(zip(labels, sets, strict=True)))
@@ -211,7 +217,11 @@ def compare_stores(
         raise FeatxError("give at least one store to compare")
     if not heads:
         raise FeatxError("no heads to compare; give e.g. --heads logreg,knn")
-    loaded = [(path, _load(path, manifest)) for path in stores]
+    from featx.memory import IN_MEMORY_COPIES, memory_budget
+
+    budget = memory_budget(EvalProtocol.resolve(protocol, overrides).max_memory)
+    budget //= IN_MEMORY_COPIES  # what an in-memory fit of the whole store would hold
+    loaded = [(path, _load(path, manifest, budget)) for path in stores]
     labels = store_labels([fs.meta for _, fs in loaded], [Path(p).stem for p, _ in loaded])
     labels = [fs.meta.get("label") or lab for (_, fs), lab in zip(loaded, labels, strict=True)]
     sets: dict[str, FeatureSet] = dict(zip(labels, (fs for _, fs in loaded), strict=True))

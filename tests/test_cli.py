@@ -34,9 +34,10 @@ def test_extract_then_info_json(runner, image_folder, tmp_path, fake_registry):
     r = runner.invoke(cli, [*args, "--json", "-q"])
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
-    for key in ("store", "n_items", "n_new", "n_failed", "dim", "seconds", "images_per_s"):
+    for key in ("store", "n_items", "n_new", "n_failed", "dim", "seconds", "items_per_s"):
         assert key in out
     assert (out["n_items"], out["n_new"], out["dim"]) == (12, 12, 8)
+    assert out["images_per_s"] == out["items_per_s"]  # the old name, kept for one release
     r = runner.invoke(cli, [*args, "-q"])
     assert r.exit_code == 0 and "up to date" in r.stdout
     r = runner.invoke(cli, ["info", str(store), "--json"])

@@ -68,6 +68,7 @@ def test_pipeline_doc_lists_every_key():
         "`[extract]`": pipeline._EXTRACT,
         "`[protocol]`": pipeline._PROTOCOL,
         "`[[heads]]`": pipeline._HEAD,
+        "`[finetune]`": pipeline._FINETUNE,
     }
     for section, keys in sections.items():
         assert _documented_keys(section) == set(keys), section

@@ -400,7 +400,7 @@ def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_
     with torch.no_grad():
         out = wb.model(x)
         torch.testing.assert_close(out["features"], ftnet.model(x))
-    assert list(out["activations"].shape[1:]) == wb.outputs["activations"]["shape"]
+    assert list(out["activations"].shape[1:]) == wb.store_outputs["activations"]["shape"]
     assert "per item" in wb.size_estimate(1000) and "for 1000 items" in wb.size_estimate(1000)
     tb = load_backbone(f"hf:{tiny_bert}", max_seq_length=16)
     wt = with_activations(tb, "-1")
@@ -411,3 +411,161 @@ def test_activations_backbone_gives_the_same_features_and_its_cache(ftnet, tiny_
     torch.testing.assert_close(o["features"], ref)
     assert o["activations"].shape == (2, 16, 32) and o["activation_mask"].shape == (2, 16)
     assert o["activation_mask"].sum() == enc["attention_mask"].sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# extract --cache-activations, finetune STORE, predict BUNDLE: end to end
+
+
+def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+
+    runner = CliRunner()
+    store = tmp_path / "acts.h5"
+    extract = ["extract", str(colours), "-b", "ftnet", "--store", str(store), "-q"]
+    r = runner.invoke(cli, [*extract, "--cache-activations", "stage9"])
+    assert r.exit_code == 1 and "valid cuts: stage1, stage2, stage3" in r.output
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2", "--json"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(cli, ["info", str(store)])
+    assert "output activations" in r.output and "at stage2" in r.output
+    assert runner.invoke(cli, ["verify", str(store)]).exit_code == 0
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2"])
+    assert "up to date" in r.output  # incremental: nothing new to compute
+    (colours / "c0" / "extra.png").write_bytes((colours / "c0" / "0.png").read_bytes())
+    r = runner.invoke(cli, [*extract, "--cache-activations", "-2", "--json"])
+    assert '"n_new": 1' in r.output
+    bundle = tmp_path / "tuned.npz"
+    r = runner.invoke(
+        cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads",
+              "centroid", "--bundle", str(bundle), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "finetune:tail=2" in r.output and "centroid" in r.output
+    out = tmp_path / "preds.csv"
+    r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 25 and {"path", "predicted", "true_label", "p_c0"} <= set(rows[0])
+    r = runner.invoke(
+        cli, ["predict", str(bundle), str(colours / "c1" / "1.png"), "--out", str(out)]
+    )
+    assert r.exit_code == 0, r.output
+
+
+def test_text_store_with_cached_hidden_states_finetunes_and_predicts(tiny_bert, tmp_path):
+    import csv
+
+    from click.testing import CliRunner
+    from test_text import TOPICS, write_table
+
+    from featx.cli import cli
+    from featx.store import read_output
+
+    rows = [{"text": t, "label": lab} for lab, ts in TOPICS.items() for t in ts * 2]
+    table = write_table(tmp_path / "t.csv", rows)
+    store = tmp_path / "t.h5"
+    runner = CliRunner()
+    r = runner.invoke(
+        cli, ["extract", str(table), "-b", f"hf:{tiny_bert}", "--max-seq-length", "16",
+              "--cache-activations", "auto", "--store", str(store), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    acts, mask = read_output(store, "activations"), read_output(store, "activation_mask")
+    assert acts.dtype == np.float16 and acts.shape[1:] == (16, 32) and mask.shape[1:] == (16,)
+    bundle = tmp_path / "t.npz"
+    r = runner.invoke(
+        cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads", "",
+              "--bundle", str(bundle), "-q"],
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "p.csv"
+    r = runner.invoke(cli, ["predict", str(bundle), str(table), "--out", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    got = list(csv.DictReader(out.open()))
+    assert len(got) == len(rows) and got[0]["predicted"] in TOPICS
+
+
+def test_pipeline_finetune_step_adds_rows_to_the_leaderboard(ftnet, colours, tmp_path):
+    from featx.pipeline import load_pipeline, run_pipeline
+
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        textwrap.dedent(f"""
+        sources = ["{colours}"]
+        backbones = ["ftnet"]
+        heads = ["centroid"]
+        [finetune]
+        tails = [1, 2]
+        epochs = 2
+        batch_size = 8
+        """)
+    )
+    res = run_pipeline(toml)
+    labels = {r.label for r in next(iter(res.leaderboards.values())).results}
+    assert labels == {"centroid", "finetune:tail=1", "finetune:tail=2"}
+    toml.write_text(toml.read_text().replace("tails = [1, 2]", "tails = [0]"))
+    with pytest.raises(FeatxError, match="tails must be a list of integers"):
+        load_pipeline(toml)
+
+
+# ---------------------------------------------------------------------------------------------
+# named outputs in the store
+
+
+def _commit_rows(path, config, parts):
+    """Write ``parts`` (lists of (key, feature, activation)) through a StoreWriter and commit,
+    keeping the rows of the store already there."""
+    from featx.store import Rows, StoreWriter
+
+    with StoreWriter(path, config) as w:
+        rows = {}
+        if w.index is not None:
+            rows = {k: ("store", i) for i, k in enumerate(w.index.keys)}
+        for part in parts:
+            keys = [k for k, _, _ in part]
+            p = w.write_part(
+                Rows(
+                    keys=keys,
+                    features=np.array([f for _, f, _ in part], np.float32),
+                    size=[1] * len(keys), mtime_ns=[1] * len(keys), sha256=[""] * len(keys),
+                    failed_keys=[], failed_reasons=[], failed_size=[], failed_mtime_ns=[],
+                    failed_sha256=[],
+                    outputs={"activations": np.array([a for _, _, a in part])},
+                )
+            )  # fmt: skip
+            rows.update({k: (str(p), i) for i, k in enumerate(keys)})
+        keys = sorted(rows)
+        w.commit(
+            rows=rows, failed={}, labels={k: 0 for k in keys}, split={k: "" for k in keys},
+            classes=("a",), fingerprints={k: (1, 1, "") for k in keys}, attrs={"dim": 2},
+        )  # fmt: skip
+
+
+def test_store_keeps_named_outputs_through_resume_and_verify(tmp_path):
+    from featx.store import StoreConfig, default_store_path, read_output, store_info, verify_store
+
+    plain = StoreConfig(source={"uri": "x"}, backbone={"name": "b"})
+    assert "outputs" not in plain.to_dict()  # stores without outputs keep their hash
+    spec = {"cut": "s3", "shape": [2, 3], "dtype": "float16", "label": "acts-s3"}
+    cfg = StoreConfig(source={"uri": "x"}, backbone={"name": "b"}, outputs={"activations": spec})
+    assert cfg.hash != plain.hash and "acts-s3" in default_store_path(cfg, "src").name
+    path = tmp_path / "s.h5"
+    rng = np.random.default_rng(0)
+    acts = {k: rng.normal(size=(2, 3)).astype(np.float32) for k in "abcde"}
+    feats = {k: rng.normal(size=2).astype(np.float32) for k in "abcde"}
+    _commit_rows(
+        path, cfg, [[(k, feats[k], acts[k]) for k in "db"], [("a", feats["a"], acts["a"])]]
+    )
+    _commit_rows(path, cfg, [[(k, feats[k], acts[k]) for k in "ec"]])  # resume: old rows kept
+    got = read_output(path, "activations")
+    assert got.dtype == np.float16 and got.shape == (5, 2, 3)
+    want = np.stack([acts[k] for k in "abcde"]).astype(np.float16)
+    np.testing.assert_array_equal(got, want)
+    rep = verify_store(path)
+    assert rep.ok, rep.problems
+    assert store_info(path)["outputs"]["activations"]["cut"] == "s3"

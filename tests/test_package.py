@@ -106,6 +106,53 @@ def test_wheel_builds_without_warnings_and_installs(tmp_path):
     elsewhere.mkdir()
     _check_installed(target, elsewhere)
     assert (target / "bin" / "featx").is_file()
+    _check_package_data(target, elsewhere)
+
+
+def _check_package_data(target: Path, elsewhere: Path) -> None:
+    """What a pip user needs besides the code came along: the backbone listings (so `featx
+    backbones` imports no torch) and the demo pipelines with their data (`featx demo`)."""
+    from featx.backbones import catalog
+    from featx.examples import FILES
+
+    for name in ("catalog.json", "timm_catalog.json"):
+        if (REPO / "featx" / "backbones" / name).is_file():
+            assert (target / "featx" / "backbones" / name).is_file(), name
+    for name in FILES:
+        assert (target / "featx" / "examples" / name).is_file(), name
+    code = (
+        "import runpy, sys\n"
+        "sys.argv = ['featx', 'backbones', 'resnet*']\n"
+        "try:\n"
+        "    runpy.run_module('featx', run_name='__main__')\n"
+        "except SystemExit as e:\n"
+        "    assert not e.code, e.code\n"
+        "print('TORCH', 'torch' in sys.modules, 'timm' in sys.modules)\n"
+    )
+    out = _run_installed(target, code, elsewhere)
+    assert "resnet50" in out
+    if catalog._load() is not None:  # the snapshot matches the installed torchvision
+        assert out.rsplit("TORCH", 1)[1].split() == ["False", "False"], out
+    # the installed demo files: a pipeline that parses, and --files copies them out
+    code = (
+        "from featx.examples import demo_path\n"
+        "from featx.pipeline import load_pipeline\n"
+        "pl = load_pipeline(demo_path('text'))\n"
+        "print(pl.sources[0]['spec'])\n"
+    )
+    spec = _run_installed(target, code, elsewhere)
+    assert Path(spec).is_file() and Path(spec).parent == target / "featx" / "examples"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    res = subprocess.run(
+        [sys.executable, "-m", "featx", "demo", "--files", "mine"],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (elsewhere / "mine").iterdir()) == sorted(FILES)
 
 
 def test_pip_install_from_a_clone_is_not_editable(tmp_path):

@@ -470,7 +470,8 @@ def test_cli_extract_compare_fit_predict(tmp_path, tiny_sbert, monkeypatch):
     assert pred["n_predicted"] == 2 and pred["n_failed"] == 1
     with open(tmp_path / "preds.csv", newline="") as f:
         got = list(csv.DictReader(f))
-    assert [g["key"] for g in got] == ["n1", "n3"] and [g["line"] for g in got] == ["2", "4"]
+    assert [g["id"] for g in got] == ["n1", "n3"] and [g["line"] for g in got] == ["2", "4"]
+    assert [g["body"] for g in got] == ["refund my money", "the parcel is late"]
     assert {"predicted", "p_billing", "p_delivery"} <= set(got[0])
     # a bad column name is a one-line error with exit code 1
     res = runner.invoke(

@@ -185,9 +185,8 @@ def test_bad_pipeline_files(tmp_path, body, match):
 
 @pytest.mark.slow
 def test_demo_pipeline(tmp_path):
-    """The embedded default experiment, exactly as `make demo` runs it."""
-    demo = Path(__file__).resolve().parents[1] / "pipelines" / "demo.toml"
-    r = _invoke(["run", demo, "-q", "--json", "--report", tmp_path / "demo"])
+    """The embedded default experiment, exactly as `make demo` runs it (`featx demo`)."""
+    r = _invoke(["demo", "-q", "--json", "--report", tmp_path / "demo"])
     rows = json.loads(r.stdout)["leaderboards"]["digits"]["results"]
     assert len({row["head"] for row in rows}) >= 4
     best = max(row["accuracy"] for row in rows)
@@ -197,7 +196,12 @@ def test_demo_pipeline(tmp_path):
 
 @pytest.mark.parametrize(
     "path",
-    sorted((Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml")),
+    sorted(
+        [
+            *(Path(__file__).resolve().parents[1] / "pipelines").glob("*.toml"),
+            *(Path(__file__).resolve().parents[1] / "featx" / "examples").glob("*.toml"),
+        ]
+    ),
     ids=lambda p: p.name,
 )
 def test_shipped_pipelines_are_valid(path):

@@ -106,13 +106,30 @@ def option_table(spec: type, extra: list[tuple[str, str, str, str]] = ()) -> str
 
 
 def pipeline_tables() -> dict[str, str]:
-    from featx.options import BackboneSpec, DiagnoseOptions, EvalProtocol, ExtractOptions
+    from featx.options import (
+        BackboneSpec,
+        DiagnoseOptions,
+        EvalProtocol,
+        ExtractOptions,
+        FinetuneOptions,
+    )
 
     label = ("label", "string", "`name[weights,...]`", "The backbone's name in the leaderboard.")
+    step = [
+        ("tails", "array of int >= 1", "`[1]`", "One `finetune:tail=N` row per entry."),
+        (
+            "cut",
+            "string",
+            "`-<largest tail>`",
+            "Where the activations are cached (auto, a block name, -N); docs/finetune.md.",
+        ),
+        ("full", "bool", "`false`", "Also `finetune:full`, the whole network (the reference)."),
+    ]
     return {
         "backbones": option_table(BackboneSpec, [label]),
         "extract": option_table(ExtractOptions),
         "protocol": option_table(EvalProtocol),
+        "finetune": option_table(FinetuneOptions, step),
         "diagnose": option_table(DiagnoseOptions),
     }
 

@@ -156,6 +156,8 @@ def _listed_from_catalog(pat: str) -> list[BackboneInfo] | None:
     family prefix in the pattern, and the other registered families listed live after it."""
     from featx.backbones import catalog, registry
 
+    if pat.startswith("timm/"):
+        return catalog.list_timm_infos(pat[len("timm/") :])
     if "/" in pat:
         return None
     infos = catalog.list_infos(pat)

@@ -181,6 +181,40 @@ def resolve_text_name(name: str) -> tuple[str, Path]:
     return "hf:" + str(folder.resolve()), folder.resolve()
 
 
+def request_fingerprint(name: str, max_seq_length: Any, normalize: Any) -> dict[str, Any]:
+    """What determines a text encoder's configuration, read without importing torch or
+    transformers: the canonical name, the options, the libraries' versions, and every file of
+    the model folder (path, size, modification time), so a folder changed in place is a new
+    request (for :mod:`featx.backbones.memo`)."""
+    import importlib.metadata
+
+    canonical, folder = resolve_text_name(name)
+    files = []
+    for root, dirs, names in os.walk(folder):
+        dirs.sort()
+        for n in sorted(names):
+            p = os.path.join(root, n)
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            files.append([os.path.relpath(p, folder), st.st_size, st.st_mtime_ns])
+    versions = {}
+    for pkg in ("transformers", "tokenizers", MINILM_PACKAGE):
+        try:
+            versions[pkg] = importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            versions[pkg] = ""
+    return {
+        "name": canonical,
+        "max_seq_length": max_seq_length,
+        "normalize": normalize,
+        "files": files,
+        "versions": versions,
+        "text_features_version": TEXT_FEATURES_VERSION,
+    }
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

@@ -52,8 +52,13 @@ def request_key(
     layer: str | None = None,
     pool: str | None = None,
     image_size: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> str | None:
-    """The memo key of a backbone request; None when it cannot be keyed (missing weights file)."""
+    """The memo key of a backbone request; None when it cannot be keyed (missing weights file).
+
+    ``extra``: what else determines the configuration, from the modality (a text encoder's
+    model folder's files, options and library versions:
+    :func:`featx.backbones._text.request_fingerprint`)."""
     from featx.backbones.registry import FEATURES_VERSION
 
     wf: Any = None
@@ -74,6 +79,8 @@ def request_key(
         "features_version": FEATURES_VERSION,
         "versions": _versions(),
     }
+    if extra is not None:
+        req["extra"] = extra
     return hashlib.sha256(json.dumps(req, sort_keys=True).encode()).hexdigest()[:24]
 
 

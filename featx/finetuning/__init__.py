@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from featx.finetuning.data import ActivationSet, compute_activations
-
 __all__ = [
     "ActivationSet",
     "FinetuneReport",
@@ -33,6 +31,10 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
+    if name in ("ActivationSet", "compute_activations"):
+        from featx.finetuning import data
+
+        return getattr(data, name)
     if name in ("finetune", "FinetuneReport", "backbone_from_config"):
         from featx.finetuning import api
 

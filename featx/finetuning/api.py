@@ -412,8 +412,13 @@ def _run_frozen(blocks: list[Any], kind: str, acts: Any, mask: Any, dev: Any) ->
         for s in range(0, acts.shape[0], 256):
             x = acts[s : s + 256].to(dev).float()
             m = None if mask is None else mask[s : s + 256].to(dev)
+            if m is not None:  # only the real tokens' width (the rest is masked padding)
+                w = max(1, int(m.sum(1).max()))
+                x, m = x[:, :w], m[:, :w]
             for b in blocks:
                 x = b(x, m) if kind == "text" else b(x)
+            if kind == "text":
+                x = torch.nn.functional.pad(x, (0, 0, 0, acts.shape[1] - x.shape[1]))
             outs.append(x.half().cpu())
     return torch.cat(outs)
 
@@ -436,11 +441,11 @@ def _frozen_features(data: ActivationSet, store_path: Any, bb: Any) -> Any:
     with torch.no_grad():
         for s in range(0, data.n, 256):
             a = torch.from_numpy(np.ascontiguousarray(data.acts[s : s + 256])).float()
-            m = (
-                None
-                if data.mask is None
-                else torch.from_numpy(data.mask[s : s + 256].astype(np.int64))
-            )
+            m = None
+            if data.mask is not None:
+                m = torch.from_numpy(data.mask[s : s + 256].astype(np.int64))
+                w = max(1, int(m.sum(1).max()))
+                a, m = a[:, :w], m[:, :w]
             out.append(net.embed(a, m).numpy())
     fs = data.feature_set()
     return FeatureSet(

@@ -4,7 +4,7 @@
 outputs the store keeps: ``features`` (the pooled embedding, computed as prefix then tail, equal
 to the backbone's own) and ``activations`` (the prefix's output at the cut; for text also
 ``activation_mask``, padded to ``max_seq_length``). Its ``config()`` is the backbone's: the
-features are the same. What it adds is ``outputs``, the spec of the extra outputs (name ->
+features are the same. What it adds is ``store_outputs``, the spec of the extra outputs (name ->
 cut, shape per item, stored dtype), which the store configuration records, so a store with
 activations is its own file with the same incremental, resume and verify guarantees.
 
@@ -36,14 +36,24 @@ class ActivationsBackbone:
         if cm.kind == "text":
             t = int(backbone.preprocess.max_seq_length)
             width = int(getattr(backbone.model.transformer.config, "hidden_size", backbone.dim))
-            self.outputs = {
-                ACTIVATIONS: {"cut": cm.cut, "shape": [t, width], "dtype": ACTIVATIONS_DTYPE},
+            self.store_outputs = {
+                ACTIVATIONS: {
+                    "cut": cm.cut,
+                    "shape": [t, width],
+                    "dtype": ACTIVATIONS_DTYPE,
+                    "label": f"acts-{cm.cut}",
+                },
                 ACTIVATION_MASK: {"cut": cm.cut, "shape": [t], "dtype": "uint8"},
             }
         else:
             shape = _probe_shape(cm.prefix, backbone.preprocess.crop_size)
-            self.outputs = {
-                ACTIVATIONS: {"cut": cm.cut, "shape": list(shape), "dtype": ACTIVATIONS_DTYPE}
+            self.store_outputs = {
+                ACTIVATIONS: {
+                    "cut": cm.cut,
+                    "shape": list(shape),
+                    "dtype": ACTIVATIONS_DTYPE,
+                    "label": f"acts-{cm.cut}",
+                }
             }
 
     def __getattr__(self, name: str) -> Any:  # name, weights, dim, preprocess, tokenizer, ...
@@ -54,19 +64,23 @@ class ActivationsBackbone:
     def config(self) -> dict[str, Any]:
         return self._bb.config()
 
+    def output_attrs(self) -> dict[str, dict[str, Any]]:
+        """Provenance attributes of the extra outputs in the store (``outputs/<name>``)."""
+        return {k: dict(v) for k, v in self.store_outputs.items()}
+
     def bytes_per_item(self) -> int:
         """Uncompressed bytes of the extra outputs of one item."""
         import numpy as np
 
         return sum(
             math.prod(spec["shape"]) * np.dtype(spec["dtype"]).itemsize
-            for spec in self.outputs.values()
+            for spec in self.store_outputs.values()
         )
 
     def size_estimate(self, n_items: int) -> str:
         """A line for the log: the cache's size per item and for ``n_items``."""
         per = self.bytes_per_item()
-        shape = "x".join(str(s) for s in self.outputs[ACTIVATIONS]["shape"])
+        shape = "x".join(str(s) for s in self.store_outputs[ACTIVATIONS]["shape"])
         return (
             f"cached activations at {self.cut}: {shape} {ACTIVATIONS_DTYPE} = {_human(per)} per "
             f"item, {_human(per * n_items)} for {n_items} items before compression"

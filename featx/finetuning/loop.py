@@ -48,7 +48,13 @@ class Data:
     mask: torch.Tensor | None = None
 
     def batch(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        return self.x[idx], None if self.mask is None else self.mask[idx]
+        """Rows ``idx``; text is cut to the longest real sequence among them (the padding
+        after it is masked out of attention and pooling, so the result is the same)."""
+        if self.mask is None:
+            return self.x[idx], None
+        m = self.mask[idx]
+        width = max(1, int(m.sum(1).max())) if len(idx) else 1
+        return self.x[idx][:, :width], m[:, :width]
 
 
 @dataclass

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from featx.errors import FeatxError
@@ -51,31 +54,118 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     raise FeatxError(f"unknown dtype {dtype!r}; use 'float32' or 'float64'")
 
 
-# Below this many multiply-adds per matrix product, extra CPU threads cost more than they give.
+# Below this many multiply-adds per matrix product, extra CPU threads cost more than they give
+# (benchmarks/bench_threads.py; BENCHMARKS.md "Torch heads on a busy machine").
 SMALL_WORK = 100_000_000
+
+#: Where the kernel's run-queue counts and this process's threads are read (a test points it
+#: at a fake folder).
+PROC = Path("/proc")
+
+
+def _own_running() -> int:
+    """Threads of this process that are running or runnable right now (Linux)."""
+    n = 0
+    try:
+        tasks = list((PROC / "self" / "task").iterdir())
+    except OSError:
+        return 1
+    for task in tasks:
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        # "pid (comm) S ...": the state is the first field after the last ')'
+        if stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] == "R":
+            n += 1
+    return max(n, 1)  # the reading thread itself is running
+
+
+def busy_elsewhere(samples: int = 8, interval: float = 0.002) -> float | None:
+    """How many CPUs other processes keep busy right now (a mean over a few milliseconds).
+
+    On Linux this is the kernel's instantaneous count of runnable threads (the fourth field of
+    ``/proc/loadavg``) minus this process's own running threads, averaged over ``samples``
+    readings ``interval`` seconds apart: unlike the load *average*, it does not remember featx's
+    own work of the last minutes (an extraction just before a fit), and a busy core shows at
+    once. Elsewhere it falls back to the 1-minute ``os.getloadavg()`` less one (this process).
+    None when neither is available.
+    """
+    loadavg = PROC / "loadavg"
+    total = 0.0
+    got = 0
+    for i in range(samples):
+        try:
+            field = loadavg.read_text().split()[3]
+            running = int(field.split("/")[0])
+        except (OSError, IndexError, ValueError):
+            break
+        total += max(0, running - _own_running())
+        got += 1
+        if i + 1 < samples:
+            time.sleep(interval)
+    if got:
+        return total / got
+    try:
+        return max(0.0, os.getloadavg()[0] - 1.0)
+    except (AttributeError, OSError):  # not on every platform
+        return None
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def threads_for(work: float, before: int, busy: float | None, cpus: int) -> int:
+    """The thread count for a CPU fit whose products have ``work`` multiply-adds each.
+
+    One thread below ``SMALL_WORK``; above it, no more than the CPUs that other processes leave
+    free (``cpus - busy``, rounded, at least one), and never more than ``before`` (the count set
+    with ``torch.set_num_threads``, so a user's lower setting stands).
+    """
+    if before <= 1 or work < SMALL_WORK:
+        return 1
+    if busy is None:
+        return before
+    free = max(1, int(cpus - busy + 0.5))
+    return min(before, free)
 
 
 @contextlib.contextmanager
 def cpu_threads(device: torch.device, work: float) -> Iterator[None]:
-    """Inside the block, run small problems on one CPU thread; leave large ones alone.
+    """Inside the block, use only as many CPU threads as the work and the machine's load allow.
 
-    Below ``SMALL_WORK`` multiply-adds per product, OpenMP's fork/join and barrier spinning cost
-    more than extra threads give. Large problems keep the thread count set with
-    ``torch.set_num_threads`` (all cores by default), as numpy and scikit-learn do; on a machine
-    shared with other jobs, lower it there (or with ``OMP_NUM_THREADS``). An earlier version also
-    capped threads by the load average, which counted featx's own recent work (an extraction a
-    minute before) and dropped fits to one thread. Restores the count afterwards.
+    torch's OpenMP workers meet at a barrier after every operation; when a core is taken by
+    another process, a descheduled worker stalls the others while they spin, and a fit with
+    thousands of small products (the MLP's steps) runs 3-10x slower than on one thread (measured
+    on a 2-core machine with one busy core). So: one thread below ``SMALL_WORK`` multiply-adds
+    per product, and above it at most the cores that other processes leave free right now
+    (:func:`busy_elsewhere`: the run queue, not the load average, which would count featx's own
+    work of the minutes before). Only ever lowers the count set with ``torch.set_num_threads``
+    (or ``OMP_NUM_THREADS``), and restores it afterwards.
     """
     import torch
 
     before = torch.get_num_threads()
     want = before
     if device.type == "cpu" and before > 1:
-        want = 1 if work < SMALL_WORK else before
+        busy = busy_elsewhere() if work >= SMALL_WORK else None
+        want = threads_for(work, before, busy, usable_cpus())
+        logger.debug(
+            "torch CPU threads: %d for this fit (was %d; %.3g multiply-adds per product, "
+            "%s CPUs busy elsewhere)",
+            want,
+            before,
+            work,
+            "?" if busy is None else f"{busy:.1f}",
+        )
     if want == before:
         yield
         return
-    logger.debug("torch CPU threads: %d for this fit (was %d)", want, before)
     torch.set_num_threads(want)
     try:
         yield

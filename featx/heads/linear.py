@@ -102,6 +102,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         Validation log-loss per ``C`` (breaks ties between equal scores).
     n_iter_ : int
         L-BFGS iterations of the final fit.
+    solver_ : str
+        What ran: ``"torch lbfgs"``, ``"sklearn lbfgs"``, or the streamed path of
+        :meth:`fit_stream`.
     n_features_in_ : int
 
     Examples
@@ -187,6 +190,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
                 train = np.arange(len(y))
 
         self.Cs_ = np.asarray(Cs, dtype=np.float64)
+        self.solver_ = f"{backend} lbfgs"
         out = solver.run(X, y_enc, len(self.classes_), self.Cs_, train, val, cw)
         self.C_ = float(out["C"])
         self.coef_ = out["coef"]
@@ -215,6 +219,55 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             len(self.Cs_),
             self.n_iter_,
         )
+        return self
+
+    def fit_stream(self, stream: Any) -> LinearProbe:
+        """Fit from a :class:`~featx.features.RowStream` too large for memory.
+
+        ``C`` is swept as :meth:`fit` does, on a stratified sample of the rows that fits the
+        stream's memory budget; the final model is then fitted on every row with that ``C`` by a
+        streamed L-BFGS (one pass over the blocks per evaluation of the exact objective),
+        warm-started from the sample's solution. ``solver_`` says so.
+        """
+        from featx.heads._stream import (
+            encoder,
+            logistic_terms,
+            sample_in_memory,
+            streamed_lbfgs,
+        )
+        from featx.heads._weights import class_weight_vector
+
+        classes = np.unique(stream.y)
+        pos = sample_in_memory(self, stream, 8.0, self.random_state)  # the sweep copies it
+        Xs, ys = stream.take(pos)
+        self.fit(Xs, ys)
+        if len(pos) == stream.n:
+            return self
+        if len(self.classes_) != len(classes):
+            raise ValueError("LinearProbe: the in-memory sample lacks a class of the stream")
+        enc = encoder(self.classes_)
+        y_all = enc(stream.y)
+        cw = encode_class_weight(self.class_weight, self.classes_)
+        w = class_weight_vector(y_all, len(classes), cw)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            W, b, nit, passes, ok = streamed_lbfgs(
+                stream, logistic_terms, enc, self.coef_, self.intercept_, self.C_, w,
+                self.max_iter, self.tol,
+            )  # fmt: skip
+        self.coef_, self.intercept_, self.n_iter_ = W, b, nit
+        self.solver_ = (
+            f"streamed lbfgs from disk: {passes} passes over {stream.n} rows "
+            f"(C from a {len(pos)}-row sample)"
+        )
+        if not ok:
+            warnings.warn(
+                f"LinearProbe (streamed) did not converge in max_iter={self.max_iter} "
+                f"iterations at C={self.C_:g}",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        logger.info("linear probe: %s", self.solver_)
         return self
 
     def _grid(self) -> np.ndarray:

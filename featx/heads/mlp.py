@@ -144,9 +144,43 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         work = min(self.batch_size, len(y_enc)) * widest
         with cpu_threads(device, work):
             self._train(X, y_enc, dims, seed, device)
+        self.solver_ = f"minibatches in memory ({device})"
         return self
 
-    def _train(self, X: np.ndarray, y_enc: np.ndarray, dims: list[int], seed: int, device) -> None:
+    def fit_stream(self, stream: Any) -> MLPClassifier:
+        """Train from a :class:`~featx.features.RowStream` too large for memory.
+
+        Each epoch visits the stream's blocks in a seeded random order, mixes the rows of as many
+        blocks as a quarter of the budget holds, and draws shuffled minibatches from them (a
+        store sorted by class therefore mixes less than an in-memory shuffle when the budget is
+        small against the store); the early-stopping hold-out (``validation_fraction`` of
+        each class, at most what a quarter of the memory budget holds) is read into memory.
+        """
+        from featx.heads._torch import cpu_threads, resolve_device
+
+        self.classes_ = np.unique(stream.y)
+        if len(self.classes_) < 2:
+            raise ValueError("MLPClassifier needs samples of at least 2 classes")
+        self.n_features_in_ = int(stream.dim)
+        sizes = [int(h) for h in np.asarray(self.hidden_sizes, dtype=np.int64).ravel()]
+        K = len(self.classes_)
+        seed = int(check_random_state(self.random_state).randint(0, 2**31 - 1))
+        device = resolve_device(self.device)
+        dims = [int(stream.dim), *sizes, K]
+        widest = max(a * b for a, b in zip(dims[:-1], dims[1:], strict=True))
+        y_enc = np.searchsorted(self.classes_, stream.y).astype(np.int64)
+        with cpu_threads(device, min(self.batch_size, len(y_enc)) * widest):
+            self._train(None, y_enc, dims, seed, device, stream=stream)
+        self.solver_ = (
+            f"minibatches from disk: {stream.n} rows, mixed "
+            f"{max(1, stream.rows_in_budget(4.0))} at a time ({device})"
+        )
+        return self
+
+    def _train(
+        self, X: np.ndarray | None, y_enc: np.ndarray, dims: list[int], seed: int, device,
+        stream: Any = None,
+    ) -> None:  # fmt: skip
         import torch
         import torch.nn.functional as F
 
@@ -160,9 +194,46 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             if len(val) == 0:
                 logger.info("mlp: too few samples per class to hold out; no early stopping")
                 train = np.arange(len(y_enc))
-        Xt = torch.from_numpy(np.ascontiguousarray(X[train])).to(device)
-        yt = torch.from_numpy(y_enc[train].astype(np.int64)).to(device)
-        Xv = torch.from_numpy(np.ascontiguousarray(X[val])).to(device)
+        bsz = min(self.batch_size, len(train))
+        if stream is None:
+            Xt = torch.from_numpy(np.ascontiguousarray(X[train])).to(device)
+            yt = torch.from_numpy(y_enc[train].astype(np.int64)).to(device)
+            Xv = torch.from_numpy(np.ascontiguousarray(X[val])).to(device)
+
+            def epoch_batches():
+                perm = torch.randperm(len(train), generator=g_cpu).to(device)
+                for s in range(0, len(train), bsz):
+                    idx = perm[s : s + bsz]
+                    yield Xt[idx], yt[idx]
+
+        else:
+            cap = stream.rows_in_budget(4.0)
+            if len(val) > cap:  # keep the hold-out within a quarter of the budget
+                val = np.sort(np.random.default_rng(seed).choice(val, cap, replace=False))
+            Xv = torch.from_numpy(stream.take(val)[0]).to(device)
+            blocks = stream.subset(train)
+            enc_train = y_enc[train]
+
+            # Rows are mixed in a buffer of blocks drawn from random places of the store (a
+            # quarter of the budget), since stores are sorted by key and keys often by class.
+            blk = max(1, min(blocks.block_rows, blocks.matrix.block_rows))
+            group = max(1, blocks.rows_in_budget(4.0) // blk)
+
+            def epoch_batches():
+                order = int(torch.randint(0, 2**31 - 1, (1,), generator=g_cpu))
+                starts = np.random.default_rng(order).permutation(np.arange(0, blocks.n, blk))
+                for g in range(0, len(starts), group):
+                    sel = np.concatenate(
+                        [np.arange(s, min(s + blk, blocks.n)) for s in starts[g : g + group]]
+                    )
+                    Xb = blocks.matrix.read(blocks.rows[sel])
+                    Xb = torch.from_numpy(blocks._apply(Xb)).to(device)
+                    yb = torch.from_numpy(enc_train[sel]).to(device)
+                    perm = torch.randperm(len(yb), generator=g_cpu).to(device)
+                    for a in range(0, len(yb), bsz):
+                        idx = perm[a : a + bsz]
+                        yield Xb[idx], yb[idx]
+
         yv = torch.from_numpy(y_enc[val].astype(np.int64)).to(device)
         cw = encode_class_weight(self.class_weight, self.classes_)
         w = class_weight_vector(y_enc[train], K, cw)
@@ -196,22 +267,19 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             return h
 
         n = len(train)
-        bsz = min(self.batch_size, n)
         self.loss_curve_: list[float] = []
         self.validation_loss_curve_: list[float] = []
         best_loss, best_state, since = np.inf, None, 0
         self.best_epoch_ = 0
         epoch = 0
         for epoch in range(1, self.max_epochs + 1):  # noqa: B007  (read after the loop)
-            perm = torch.randperm(n, generator=g_cpu).to(device)
             total = torch.zeros((), device=device)
-            for s in range(0, n, bsz):
-                idx = perm[s : s + bsz]
-                loss = F.cross_entropy(forward(Xt[idx], True), yt[idx], weight=weight)
+            for xb, yb in epoch_batches():
+                loss = F.cross_entropy(forward(xb, True), yb, weight=weight)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-                total += loss.detach() * len(idx)
+                total += loss.detach() * len(yb)
             self.loss_curve_.append(float(total) / n)
             if len(val):
                 with torch.no_grad():

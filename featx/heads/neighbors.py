@@ -147,8 +147,55 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         self.y_fit_ = y_enc
         self.class_vote_weights_ = class_weight_vector(y_enc, K, cw)
         self.k_ = int(min(k, len(y_enc)))
+        self.solver_ = "search in memory"
         logger.info("knn: k=%d on %d samples", self.k_, len(y_enc))
         return self
+
+    def fit_stream(self, stream: Any) -> CosineKNNClassifier:
+        """Fit on a :class:`~featx.features.RowStream` too large for memory: the training rows
+        stay on disk and every search (the k sweep, predictions) scans them block by block,
+        keeping each query's k best (same neighbours, similarities and ties as :meth:`fit`)."""
+        self.classes_ = np.unique(stream.y)
+        y_enc = np.searchsorted(self.classes_, stream.y).astype(np.int64)
+        K = len(self.classes_)
+        cw = encode_class_weight(self.class_weight, self.classes_)
+        self.n_features_in_ = int(stream.dim)
+        ks = self._ks()
+        self.val_scores_ = None
+        k = ks[0]
+        if len(ks) > 1:
+            train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
+            if len(val):
+                cls_w = class_weight_vector(y_enc[train], K, cw)
+                kmax = min(max(ks), len(train))
+                idx, sim = _search_stream(stream.subset(val), stream.subset(train), kmax)
+                self.val_scores_ = {}
+                best = -np.inf
+                for kk in ks:
+                    kk_eff = min(kk, kmax)
+                    P = self._vote(idx[:, :kk_eff], sim[:, :kk_eff], y_enc[train], K, cls_w)
+                    score = selection_score(y_enc[val], P.argmax(axis=1), K, cw)
+                    self.val_scores_[int(kk)] = score
+                    if score > best + 1e-12:
+                        best, k = score, kk
+        self.X_fit_ = None
+        self.fit_stream_ = stream
+        self.y_fit_ = y_enc
+        self.class_vote_weights_ = class_weight_vector(y_enc, K, cw)
+        self.k_ = int(min(k, len(y_enc)))
+        self.solver_ = f"chunked search over {stream.n} rows on disk"
+        logger.info("knn: k=%d, %s", self.k_, self.solver_)
+        return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickles and bundles hold the training rows; rows left on disk are read in here (a
+        bundle of a k-NN is its training matrix, whichever way it was fitted)."""
+        state = super().__getstate__()
+        stream = state.pop("fit_stream_", None)
+        if stream is not None and state.get("X_fit_") is None:
+            X, _ = stream.take(np.arange(stream.n))
+            state["X_fit_"] = _l2_normalize(X.astype(np.float32))
+        return state
 
     def _ks(self) -> list[int]:
         if self.k is not None:
@@ -176,13 +223,46 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         """Normalized (similarity-weighted) votes of the k nearest neighbours per class."""
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=[np.float32, np.float64])
-        idx, sim = _topk(_l2_normalize(X.astype(np.float32)), self.X_fit_, self.k_)
+        Q = _l2_normalize(X.astype(np.float32))
+        if self.X_fit_ is None:  # fitted by fit_stream: search the rows on disk
+            idx, sim = _search_blocks(Q, self.fit_stream_, self.k_)
+        else:
+            idx, sim = _topk(Q, self.X_fit_, self.k_)
         return self._vote(idx, sim, self.y_fit_, len(self.classes_), self.class_vote_weights_)
 
     def predict(self, X: Any) -> np.ndarray:
         """The class with the most vote mass (ties: the first class)."""
         idx = self.predict_proba(X).argmax(axis=1)
         return self.classes_[idx]
+
+
+def _search_blocks(Q: np.ndarray, stream: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_topk` of normalized queries ``Q`` over the rows of ``stream``, read block by
+    block: each block's k best are merged into the running k best (ties by position)."""
+    k = min(k, stream.n)
+    best_i = np.zeros((len(Q), 0), dtype=np.int64)
+    best_s = np.zeros((len(Q), 0), dtype=np.float64)
+    offset = 0
+    for Xb, _ in stream.blocks():
+        Xb = _l2_normalize(Xb.astype(np.float32))
+        i, sv = _topk(Q, Xb, min(k, len(Xb)))
+        cand_i = np.concatenate([best_i, i + offset], axis=1)
+        cand_s = np.concatenate([best_s, sv], axis=1)
+        order = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]
+        best_i = np.take_along_axis(cand_i, order, axis=1)
+        best_s = np.take_along_axis(cand_s, order, axis=1)
+        offset += len(Xb)
+    return best_i, best_s
+
+
+def _search_stream(queries: Any, stream: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_search_blocks` for queries that are themselves a stream (read block by block)."""
+    out_i, out_s = [], []
+    for Qb, _ in queries.blocks():
+        i, sv = _search_blocks(_l2_normalize(Qb.astype(np.float32)), stream, k)
+        out_i.append(i)
+        out_s.append(sv)
+    return np.concatenate(out_i), np.concatenate(out_s)
 
 
 def _topk(Q: np.ndarray, X: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

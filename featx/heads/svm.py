@@ -386,6 +386,51 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         )
         return out
 
+    def fit_stream(self, stream: Any) -> LinearSVM:
+        """Fit from a :class:`~featx.features.RowStream` too large for memory.
+
+        ``C`` is swept (and the probabilities calibrated) as :meth:`fit` does, on a stratified
+        sample of the rows that fits the stream's memory budget; the final model is then fitted
+        on every row with that ``C`` by a streamed L-BFGS on the same objective (squared hinge,
+        one-vs-rest, bias unpenalized), warm-started from the sample's solution.
+        """
+        from featx.heads._stream import (
+            encoder,
+            sample_in_memory,
+            squared_hinge_terms,
+            streamed_lbfgs,
+        )
+        from featx.heads._weights import class_weight_vector
+
+        classes = np.unique(stream.y)
+        pos = sample_in_memory(self, stream, 8.0, self.random_state)  # the sweep copies it
+        Xs, ys = stream.take(pos)
+        self.fit(Xs, ys)
+        if len(pos) == stream.n:
+            return self
+        if len(self.classes_) != len(classes):
+            raise ValueError("LinearSVM: the in-memory sample lacks a class of the stream")
+        enc = encoder(self.classes_)
+        cw = encode_class_weight(self.class_weight, self.classes_)
+        w = class_weight_vector(enc(stream.y), len(classes), cw)
+        W, b, nit, passes, ok = streamed_lbfgs(
+            stream, squared_hinge_terms, enc, self.coef_, self.intercept_, self.C_, w,
+            max(self.max_iter, 200), self.tol,
+        )  # fmt: skip
+        self.coef_, self.intercept_, self.n_iter_ = W, b, nit
+        self.solver_ = (
+            f"streamed lbfgs from disk: {passes} passes over {stream.n} rows "
+            f"(C from a {len(pos)}-row sample)"
+        )
+        if not ok:
+            warnings.warn(
+                f"LinearSVM (streamed) did not converge at C={self.C_:g}",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+        logger.info("linear SVM: %s", self.solver_)
+        return self
+
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores: shape (n,) for two classes (positive: ``classes_[1]``), else (n, n_classes)."""
         check_is_fitted(self)

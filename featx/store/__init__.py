@@ -45,16 +45,27 @@ Modules
 ``config``  what identifies a store (:class:`StoreConfig`) and its default path
 ``layout``  format names, dataset encodings and checksums, the safe HDF5 writer (``_Sink``)
 ``read``    opening, the row index, :func:`load_features`, :func:`store_info`
+``chunks``  :func:`open_features`: features left on disk, read by rows or blocks
 ``lock``    the writer lock (``STORE.lock``)
-``writer``  :class:`StoreWriter`: parts and the atomic commit
+``writer``  :class:`StoreWriter`: parts and the atomic commit; :func:`compact_store`
+``segments`` segmented stores: segments, tombstones, the index, compaction
 ``verify``  :func:`verify_store`
 """
 
+from featx.store.chunks import StoreMatrix
 from featx.store.config import FEATURE_DTYPES, StoreConfig, config_difference, default_store_path
 from featx.store.layout import CHUNK_BYTES, COPY_ROWS, FORMAT, PART_FORMAT, SCHEMA_VERSION
-from featx.store.read import StoreIndex, load_features, read_config, read_index, store_info
+from featx.store.read import (
+    StoreIndex,
+    load_features,
+    open_features,
+    read_config,
+    read_index,
+    read_output,
+    store_info,
+)
 from featx.store.verify import VerifyReport, verify_store
-from featx.store.writer import Rows, StoreWriter
+from featx.store.writer import Rows, StoreWriter, compact_store
 
 __all__ = [
     "CHUNK_BYTES",
@@ -66,13 +77,17 @@ __all__ = [
     "Rows",
     "StoreConfig",
     "StoreIndex",
+    "StoreMatrix",
     "StoreWriter",
     "VerifyReport",
+    "compact_store",
     "config_difference",
     "default_store_path",
     "load_features",
+    "open_features",
     "read_config",
     "read_index",
+    "read_output",
     "store_info",
     "verify_store",
 ]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,29 @@ class StoreConfig:
     source: dict[str, Any]
     backbone: dict[str, Any]
     dtype: str = "float32"
+    #: Extra named outputs that make this store a store of its own (``--cache-activations``):
+    #: name -> spec with ``shape`` (per item), ``dtype`` (how it is stored) and optionally
+    #: ``label`` (shown in the default file name), e.g. ``{"activations": {"cut": "layer4",
+    #: "shape": [256, 7, 7], "dtype": "float16", "label": "acts-layer4"}}``. Empty for a plain
+    #: store, and then left out of the hash, so existing stores keep their names.
+    outputs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in FEATURE_DTYPES:
             raise StoreError(f"--dtype must be one of {', '.join(FEATURE_DTYPES)}")
+        for name, spec in self.outputs.items():
+            if not isinstance(spec, dict) or "shape" not in spec or "dtype" not in spec:
+                raise StoreError(f"output {name!r} needs a shape and a dtype")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"source": self.source, "backbone": self.backbone, "dtype": self.dtype}
+        d = {"source": self.source, "backbone": self.backbone, "dtype": self.dtype}
+        if self.outputs:
+            d["outputs"] = self.outputs
+        return d
+
+    def output_dtype(self, name: str) -> str:
+        """How output ``name`` is stored: its spec's dtype, else the features' dtype."""
+        return str((self.outputs.get(name) or {}).get("dtype", self.dtype))
 
     def to_json(self) -> str:
         return _canonical(self.to_dict())
@@ -42,7 +59,12 @@ class StoreConfig:
     @classmethod
     def from_json(cls, s: str) -> StoreConfig:
         d = json.loads(s)
-        return cls(source=d["source"], backbone=d["backbone"], dtype=d["dtype"])
+        return cls(
+            source=d["source"],
+            backbone=d["backbone"],
+            dtype=d["dtype"],
+            outputs=dict(d.get("outputs") or {}),
+        )
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -90,6 +112,9 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
         parts.append(f"{crop}px")
     if config.dtype != "float32":
         parts.append(config.dtype)
+    for _, spec in sorted(config.outputs.items()):
+        if spec.get("label"):  # how an output shows in the name, e.g. "acts-layer4"
+            parts.append(str(spec["label"]))
     name = f"{_slug(source_name)}__{_slug('-'.join(p for p in parts if p))}__{config.hash}.h5"
     return cache / name
 
@@ -110,3 +135,19 @@ def store_groups(config: Any) -> list[tuple[str, int]]:
         return []
     layers = (d.get("backbone") or {}).get("layers") or []
     return [(f"{GROUPS}/{g['name']}", int(g["dim"])) for g in layers]
+
+
+def store_outputs(config: Any) -> list[tuple[str, int, str]]:
+    """(dataset path, width per row, dtype) of each extra output that makes a store one of its
+    own (``StoreConfig.outputs``, e.g. cached activations); rows are stored flattened, and
+    :func:`featx.store.read_output` gives them their ``shape`` back."""
+    if config is None:
+        return []
+    d = config.to_dict() if hasattr(config, "to_dict") else config
+    if not isinstance(d, dict):
+        return []
+    dtype = str(d.get("dtype") or "float32")
+    return [
+        (f"{GROUPS}/{name}", int(math.prod(spec["shape"])), str(spec.get("dtype") or dtype))
+        for name, spec in sorted((d.get("outputs") or {}).items())
+    ]

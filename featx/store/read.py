@@ -15,8 +15,10 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.features import FeatureGroup, FeatureSet
+from featx.store.chunks import StoreMatrix
 from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _h5, _strings
+from featx.store.segments import SEGMENTED_SCHEMA_VERSION, is_segmented, read_segmented
 
 
 def _open_read(path: str | os.PathLike):
@@ -48,10 +50,11 @@ def _open_read(path: str | os.PathLike):
         f.close()
         raise StoreError(f"{p} is an HDF5 file but not a featx store")
     version = int(f.attrs.get("schema_version", 0))
-    if version > SCHEMA_VERSION:
+    newest = max(SCHEMA_VERSION, SEGMENTED_SCHEMA_VERSION)
+    if version > newest:
         f.close()
         raise StoreError(
-            f"{p} uses store schema {version}, newer than this featx reads ({SCHEMA_VERSION}); "
+            f"{p} uses store schema {version}, newer than this featx reads ({newest}); "
             "upgrade featx"
         )
     return f
@@ -81,6 +84,8 @@ class StoreIndex:
 
 
 def _read_index(f) -> StoreIndex:
+    if is_segmented(f):
+        return StoreIndex(**read_segmented(f, f.filename).fields)
     g = f["fingerprint"]
     fl = f["failed"]
     return StoreIndex(
@@ -114,8 +119,15 @@ def _meta(f) -> dict[str, Any]:
     return meta
 
 
-def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> FeatureSet:
+def load_features(
+    path: str | os.PathLike, *, dtype: Any = np.float32, max_memory: int | str | None = None
+) -> FeatureSet:
     """Read a whole store into memory as a :class:`~featx.features.FeatureSet`.
+
+    With ``max_memory`` (bytes, or a size such as ``"2G"``), a store whose features take more
+    than that as float32 is not read: its ``X`` is a :class:`~featx.store.chunks.StoreMatrix`
+    that reads rows on demand (:func:`featx.store.open_features`), which the heads train from
+    block by block.
 
     Examples
     --------
@@ -123,7 +135,30 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
     >>> fs.X.shape, fs.classes[:3]  # doctest: +SKIP
     ((1797, 1280), ('0', '1', '2'))
     """
+    if max_memory is not None:
+        from featx.memory import parse_bytes
+
+        with _open_read(path) as f:
+            n, d = _shape(f)
+            # a store with more groups per row (--layers) or texts is read whole, as before
+            plain = not store_groups(_meta(f).get("config")) and TEXTS not in f
+            plain = plain and "outputs" not in f
+            big = plain and n * d * 4 > parse_bytes(max_memory)
+        if big:
+            return open_features(path)
     with _open_read(path) as f, _damage_is_store_error(path):
+        if is_segmented(f):
+            idx, matrix, _ = _rows(f, Path(path))
+            X = np.asarray(matrix).astype(dtype, copy=False)
+            matrix.close()
+            return FeatureSet(
+                X=X,
+                y=idx.labels.astype(np.int64),
+                classes=idx.classes,
+                split=idx.split if any(idx.split) else None,
+                keys=idx.keys,
+                meta=_meta(f),
+            )
         idx = _read_index(f)
         ds = f["features"]
         X = np.empty(ds.shape, dtype=dtype)
@@ -156,6 +191,73 @@ def load_features(path: str | os.PathLike, *, dtype: Any = np.float32) -> Featur
         )
 
 
+def open_features(path: str | os.PathLike) -> FeatureSet:
+    """A store's :class:`~featx.features.FeatureSet` with ``X`` left on disk (a StoreMatrix).
+
+    Labels, keys, splits and attributes are read; the features are read on demand, so this costs
+    a few bytes of memory per row whatever the feature width.
+
+    Examples
+    --------
+    >>> fs = open_features("cache/big.h5")  # doctest: +SKIP
+    >>> fs.X[:4].shape, next(fs.X.blocks(np.arange(fs.n))).dtype  # doctest: +SKIP
+    ((4, 1280), dtype('float32'))
+    """
+    with _open_read(path) as f, _damage_is_store_error(path):
+        idx, layout, _ = _rows(f, Path(path))
+        meta = _meta(f)
+    split = idx.split if any(idx.split) else None
+    return FeatureSet(
+        X=layout,
+        y=idx.labels.astype(np.int64),
+        classes=idx.classes,
+        split=split,
+        keys=idx.keys,
+        meta=meta,
+    )
+
+
+def _shape(f) -> tuple[int, int]:
+    """(rows, dim) of an open store."""
+    if is_segmented(f):
+        return int(f.attrs["n_items"]), int(f.attrs["dim"])
+    return tuple(int(v) for v in f["features"].shape) if "features" in f else (0, 0)
+
+
+def _rows(f, path: Path) -> tuple[StoreIndex, StoreMatrix, dict[str, np.ndarray]]:
+    """(row index, the features as a StoreMatrix, per-row extras such as ``text/n_tokens``)
+    of an open store, single-file or segmented."""
+    if is_segmented(f):
+        sr = read_segmented(f, path)
+        return StoreIndex(**sr.fields), sr.matrix(str(path)), sr.per_row
+    ds = f["features"]
+    block = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
+    matrix = StoreMatrix([path], ds.shape, ds.dtype, block_rows=block, store=str(path))
+    extras = {"text/n_tokens": f["text/n_tokens"][()]} if "text/n_tokens" in f else {}
+    return _read_index(f), matrix, extras
+
+
+def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
+    """All rows of the extra output ``name`` of a store (``outputs/<name>``), in key order, each
+    row in the ``shape`` its configuration records (stored flattened).
+
+    Raises
+    ------
+    StoreError
+        The store has no such output, or is damaged.
+    """
+    with _open_read(path) as f, _damage_is_store_error(path):
+        held = f.get("outputs")
+        if held is None or name not in held:
+            have = ", ".join(sorted(held)) if held is not None else "none"
+            raise StoreError(f"store {path} has no output {name!r} (it has: {have})")
+        arr = held[name][()]
+        spec = StoreConfig.from_json(f.attrs["config"]).outputs.get(name)
+        if spec is not None:
+            arr = arr.reshape(arr.shape[0], *(int(d) for d in spec["shape"]))
+        return arr
+
+
 @contextlib.contextmanager
 def _damage_is_store_error(path: str | os.PathLike) -> Iterator[None]:
     """HDF5 errors while reading a store that opened fine mean the file is damaged."""
@@ -173,14 +275,15 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-able summary of a store: counts, dim, backbone, weights, classes, splits, versions."""
     with _open_read(path) as f, _damage_is_store_error(path):
         meta = _meta(f)
-        idx = _read_index(f)
+        idx, matrix, extras = _rows(f, Path(path))
+        segmented = is_segmented(f)
         splits: dict[str, int] = {}
         for s in idx.split:
             splits[s or "(none)"] = splits.get(s or "(none)", 0) + 1
         labeled = int((idx.labels >= 0).sum())
         text = None
         if meta.get("modality") == "text":
-            n_tok = f["text/n_tokens"][()] if "text/n_tokens" in f else np.empty(0, np.int64)
+            n_tok = extras.get("text/n_tokens", np.empty(0, np.int64))
             limit = int(meta.get("max_seq_length") or 0)
             over = n_tok > limit
             text = {
@@ -193,11 +296,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             }
         return {
             "store": str(path),
-            "n_items": int(f["features"].shape[0]),
+            "n_items": int(matrix.shape[0]),
             "n_failed": int(idx.failed_keys.shape[0]),
             "n_labeled": labeled,
-            "dim": int(f["features"].shape[1]),
-            "dtype": str(f["features"].dtype),
+            "dim": int(matrix.shape[1]),
+            "dtype": str(matrix.dtype),
+            "layout": "segments" if segmented else "single file",
+            "segments": len(matrix.files),
+            "dead_rows": int(f.attrs.get("n_dead", 0)) if segmented else 0,
             "n_classes": len(idx.classes),
             "classes": list(idx.classes),
             "splits": splits,
@@ -219,15 +325,22 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "schema_version": meta.get("schema_version"),
             "modality": meta.get("modality") or "image",
             "text": text,
-            "groups": [
-                {"name": "features", "dim": int(f["features"].shape[1]), "pool": meta.get("pool")}
-            ]
+            "groups": [{"name": "features", "dim": int(matrix.shape[1]), "pool": meta.get("pool")}]
             + [
                 {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
                 for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
             ],
             "has_texts": TEXTS in f,
-            "file_bytes": os.path.getsize(path),
+            "outputs": {  # the extra outputs that make this store one of its own
+                k: {
+                    **spec,
+                    "bytes": int(f[f"outputs/{k}"].id.get_storage_size())
+                    if f"outputs/{k}" in f
+                    else 0,
+                }
+                for k, spec in StoreConfig.from_json(f.attrs["config"]).outputs.items()
+            },
+            "file_bytes": sum(os.path.getsize(p) for p in {str(path), *matrix.files}),
             "failed": [
                 {"path": k, "reason": r}
                 for k, r in zip(idx.failed_keys[:20], idx.failed_reasons[:20], strict=True)

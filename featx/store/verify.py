@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.store.config import TEXTS, StoreConfig, store_groups
+from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
@@ -21,7 +21,9 @@ from featx.store.layout import (
     _digest_strings,
     _encode,
     _h5,
+    _strings,
 )
+from featx.store.segments import SEGMENT_FORMAT, is_segmented, read_segmented, segment_dir
 
 _INDEX_DATASETS = (
     "paths",
@@ -118,6 +120,19 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
         raise StoreError(f"store {p} does not exist; check the path")
     if p.is_dir():
         raise StoreError(f"{p} is a folder, not a featx store (.h5 file)")
+    try:
+        with h5py.File(p, "r") as f:
+            segmented = is_segmented(f)
+    except Exception:  # noqa: BLE001 - reported as damage below
+        segmented = False
+    if segmented:
+        return _verify_segmented(p)
+    return _verify_file(p)
+
+
+def _verify_file(p: Path, formats: tuple[str, ...] = (FORMAT,)) -> VerifyReport:
+    """The checks of :func:`verify_store` on one file: a single-file store or a segment."""
+    h5py = _h5()
     problems: list[str] = []
     notes: list[str] = []
     n = dim = chunks = nbytes = 0
@@ -138,8 +153,8 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
         except Exception as exc:  # noqa: BLE001
             problems.append(f"file attributes unreadable ({_first_line(exc)})")
             return report()
-        if attrs.get("format") != FORMAT:
-            problems.append(f"attribute format is {attrs.get('format')!r}, not {FORMAT!r}")
+        if attrs.get("format") not in formats:
+            problems.append(f"attribute format is {attrs.get('format')!r}, not {formats[0]!r}")
             return report()
         if "attrs_sha256" in attrs:
             if _digest_attrs(attrs) != attrs["attrs_sha256"]:
@@ -196,7 +211,9 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             where = f" after {chunks} chunks" if chunks else ""
             problems.append(f"features unreadable{where} ({_first_line(exc)})")
 
-        for gname, width in store_groups(cfg):  # each layer of a multi-layer store (--layers)
+        extra = [(g, w) for g, w in store_groups(cfg)]  # each layer of a store with --layers
+        extra += [(g, w) for g, w, _ in store_outputs(cfg)]  # cached activations
+        for gname, width in extra:
             try:
                 g = f[gname]
                 if tuple(g.shape) != (n, width):
@@ -248,3 +265,85 @@ def verify_store(path: str | os.PathLike) -> VerifyReport:
             if want is not None and attr in attrs and int(attrs[attr]) != int(want):
                 problems.append(f"attribute {attr} is {attrs[attr]}, the data says {want}")
     return report()
+
+
+def _verify_segmented(p: Path) -> VerifyReport:
+    """:func:`verify_store` of a segmented store: the index, every segment, and how they fit."""
+    h5py = _h5()
+    problems: list[str] = []
+    notes: list[str] = []
+    n = dim = chunks = nbytes = 0
+    with h5py.File(p, "r") as f:
+        attrs = {k: _attr_value(f.attrs[k]) for k in f.attrs}
+        if "attrs_sha256" not in attrs or _digest_attrs(attrs) != attrs["attrs_sha256"]:
+            problems.append("index attributes do not match their SHA-256")
+        try:
+            cfg = StoreConfig.from_json(attrs["config"])
+            if attrs.get("config_hash") != cfg.hash:
+                problems.append("config_hash does not match config")
+        except Exception as exc:  # noqa: BLE001
+            problems.append(f"attribute config unreadable ({_first_line(exc)})")
+        names: list[str] = []
+        for name in (
+            "segments/names",
+            "segments/n_rows",
+            "dead/segment",
+            "dead/row",
+            "classes",
+            *_FAILED_DATASETS,
+        ):
+            try:
+                ds = f[name]
+                raw = ds[()]
+                if ds.dtype.kind == "O":
+                    digest = _digest_strings(b if isinstance(b, bytes) else _encode(b) for b in raw)
+                else:
+                    digest = _digest_ints(np.asarray(raw))
+                if _attr_value(ds.attrs.get("featx_sha256")) != digest:
+                    problems.append(f"index dataset {name} does not match its SHA-256")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"index dataset {name} unreadable ({_first_line(exc)})")
+        if problems:
+            return VerifyReport(str(p), False, tuple(problems), tuple(notes), 0, 0, 0, 0)
+        names = [str(x) for x in _strings(f["segments/names"])]
+        n_rows = f["segments/n_rows"][()]
+        dead_seg, dead_row = f["dead/segment"][()], f["dead/row"][()]
+        folder = segment_dir(p)
+        for i, name in enumerate(names):
+            seg = folder / name
+            if not seg.is_file():
+                problems.append(f"segment {name} is missing")
+                continue
+            rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT))
+            problems += [f"segment {name}: {x}" for x in rep.problems]
+            chunks += rep.chunks_read
+            nbytes += rep.bytes_read
+            dim = dim or rep.dim
+            if rep.n_items != int(n_rows[i]):
+                problems.append(
+                    f"segment {name} has {rep.n_items} rows, the index says {n_rows[i]}"
+                )
+        if len(dead_seg) and (
+            dead_seg.min() < 0
+            or dead_seg.max() >= len(names)
+            or np.any(dead_row < 0)
+            or np.any(dead_row >= n_rows[np.clip(dead_seg, 0, len(names) - 1)])
+        ):
+            problems.append("tombstones name rows that do not exist")
+        if not problems:
+            try:
+                sr = read_segmented(f, p)
+                keys = list(sr.fields["keys"])
+                n = len(keys)
+                if any(a >= b for a, b in itertools.pairwise(keys)):
+                    problems.append("live rows of the segments repeat a key")
+                if int(attrs.get("n_items", -1)) != n:
+                    problems.append(
+                        f"attribute n_items is {attrs.get('n_items')}, the data says {n}"
+                    )
+                if int(attrs.get("dim", -1)) != dim:
+                    problems.append(f"attribute dim is {attrs.get('dim')}, the segments say {dim}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"rows unreadable ({_first_line(exc)})")
+    notes.append(f"{len(names)} segments, {len(dead_row)} dead rows")
+    return VerifyReport(str(p), not problems, tuple(problems), tuple(notes), n, dim, chunks, nbytes)

@@ -18,7 +18,14 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
-from featx.store.config import GROUPS, StoreConfig, _canonical, config_difference, store_groups
+from featx.store.config import (
+    GROUPS,
+    StoreConfig,
+    _canonical,
+    config_difference,
+    store_groups,
+    store_outputs,
+)
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
@@ -33,7 +40,8 @@ from featx.store.layout import (
     _str_ds,
 )
 from featx.store.lock import acquire_lock, release_lock
-from featx.store.read import StoreIndex, _open_read, _read_index
+from featx.store.read import StoreIndex, _open_read, _read_index, _rows
+from featx.store.segments import SEGMENT_FORMAT, _crash_point, is_segmented
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +86,12 @@ class StoreWriter:
         self._n_parts = 0
         self.index: StoreIndex | None = None
         self.dim: int | None = None
+        #: Where the old store's rows are (a StoreMatrix), its per-row extras, and for a
+        #: segmented store its tombstones and segment sizes.
+        self.layout: Any = None
+        self.old_per_row: dict[str, np.ndarray] = {}
+        self.old_dead: list[tuple[int, int]] = []
+        self.old_n_rows: list[int] = []
         #: Why this writer may only read (the folder is not writable), or "" when it may write.
         self.read_only = ""
 
@@ -128,6 +142,9 @@ class StoreWriter:
             for tmp in self.parts_dir.glob("*.tmp-*"):
                 with contextlib.suppress(OSError):
                     tmp.unlink()
+        from featx.store.segments import clean_orphans
+
+        clean_orphans(self.path)  # segments a killed commit or compaction left behind
 
     def _load_existing(self) -> None:
         if not self.path.exists():
@@ -140,9 +157,14 @@ class StoreWriter:
                     f"({config_difference(stored, self.config)}); "
                     "use another --store or delete that file"
                 )
-            self.index = _read_index(f)
-            self.dim = int(f["features"].shape[1])
+            self.index, self.layout, self.old_per_row = _rows(f, self.path)
+            self.dim = int(self.layout.shape[1])
             self._created = f.attrs.get("created")
+            if is_segmented(f):
+                self.old_dead = list(
+                    zip(f["dead/segment"][()].tolist(), f["dead/row"][()].tolist(), strict=True)
+                )
+                self.old_n_rows = f["segments/n_rows"][()].tolist()
 
     def _check_parts(self) -> None:
         cfg_file = self.parts_dir / "config.json"
@@ -197,7 +219,8 @@ class StoreWriter:
             f.attrs["config_hash"] = self.config.hash
             f.create_dataset("features", data=feats)
             for name, arr in (rows.outputs or {}).items():
-                out = np.asarray(arr, dtype=self.config.dtype).reshape(len(rows.keys), -1)
+                dtype = self.config.output_dtype(name)
+                out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
                 f.create_dataset(f"{GROUPS}/{name}", data=out)
             _str_ds(f, "paths", rows.keys)
             g = f.create_group("fingerprint")
@@ -227,14 +250,50 @@ class StoreWriter:
         fingerprints: dict[str, tuple[int, int, str]],
         attrs: dict[str, Any],
         per_row: dict[str, dict[str, int]] | None = None,
+        compact: bool = False,
+    ) -> Path:
+        """Commit the store's new state atomically: as a segment plus a new index when the
+        change is small, else (or with ``compact``) as one rewritten file
+        (:mod:`featx.store.segments`). The parameters are those of :meth:`_merge`."""
+        from featx.store import segments
+
+        self.require_writable()
+        return segments.commit(
+            self,
+            rows=rows,
+            failed=failed,
+            labels=labels,
+            split=split,
+            classes=classes,
+            fingerprints=fingerprints,
+            attrs=attrs,
+            per_row=per_row,
+            force_full=compact,
+        )
+
+    def _merge(
+        self,
+        *,
+        rows: dict[str, tuple[str, int]],
+        failed: dict[str, tuple[str, int, int, str, str]],
+        labels: dict[str, int],
+        split: dict[str, str],
+        classes: tuple[str, ...],
+        fingerprints: dict[str, tuple[int, int, str]],
+        attrs: dict[str, Any],
+        per_row: dict[str, dict[str, int]] | None = None,
+        target: Path | None = None,
     ) -> Path:
         """Merge the kept old rows and the parts into a new store file, atomically.
+
+        With ``target``, the rows go into that file instead, as a segment (format
+        ``featx-segment``), and the parts stay.
 
         Parameters
         ----------
         rows : dict key -> (where, row)
             Where each final row comes from: ``"store"`` (this store's old row) or the path of a
-            part file, and the row index there.
+            part file or segment, and the row index there.
         failed : dict key -> (reason, size, mtime_ns, sha256, "")
             Items that could not be decoded.
         labels, split, fingerprints : dicts keyed by key
@@ -268,16 +327,26 @@ class StoreWriter:
             return open_files[where][name]
 
         try:
-            with _atomic_h5(self.path) as f:
+            with _atomic_h5(target or self.path) as f:
                 self._write_attrs(f, attrs, getattr(self, "_created", None) or now, now)
+                if target is not None:
+                    f.attrs["format"] = SEGMENT_FORMAT
                 f.attrs["n_items"] = n
                 f.attrs["n_failed"] = len(failed)
                 f.attrs["dim"] = dim
                 wheres = np.asarray([rows[k][0] for k in keys], dtype=object)
                 srcrow = np.asarray([rows[k][1] for k in keys], dtype=np.int64)
-                # the pooled embedding, then every extra output of the pass (--layers)
-                for ds_name, width in [("features", dim), *store_groups(self.config)]:
-                    ds = _copy_rows(f, ds_name, width, self.config.dtype, wheres, srcrow, source_ds)
+                # the pooled embedding, every extra output of the pass (--layers), and the outputs
+                # that make this store one of its own (cached activations: flattened rows of
+                # their own dtype)
+                datasets = [("features", dim, self.config.dtype)]
+                datasets += [(g, w, self.config.dtype) for g, w in store_groups(self.config)]
+                datasets += store_outputs(self.config)
+                for ds_name, width, dtype in datasets:
+                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds)
+                    spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
+                    if ds_name != "features" and spec is not None:  # a cached output's spec
+                        ds.attrs["spec"] = _canonical(spec)
                     for g in (self.config.backbone or {}).get("layers") or []:
                         if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
                             ds.attrs["layer"] = str(g["name"])
@@ -288,9 +357,12 @@ class StoreWriter:
                 for of in open_files.values():
                     of.close()
                 open_files.clear()
+                _crash_point("segment-write" if target else "full-write")  # tests: kill -9 here
         finally:
             for of in open_files.values():
                 of.close()
+        if target is not None:
+            return target
         self.discard_parts()
         return self.path
 
@@ -315,6 +387,100 @@ class StoreWriter:
         self._n_parts = 0
 
 
+#: Attributes a commit writes itself; compaction carries every other attribute over.
+_STRUCTURAL_ATTRS = frozenset(
+    {
+        "format",
+        "schema_version",
+        "layout",
+        "config",
+        "config_hash",
+        "created",
+        "updated",
+        "n_items",
+        "n_failed",
+        "dim",
+        "dtype",
+        "n_segments",
+        "n_dead",
+        "attrs_sha256",
+    }
+)
+
+
+def compact_store(path: str | os.PathLike) -> dict[str, Any]:
+    """Merge a segmented store's segments into one file without its dead rows (``featx compact``).
+
+    The same atomic commit as an extraction's (a new file renamed over the index, then the
+    segments removed), under the writer lock; readers see the old store or the new one. A store
+    that is already one file is left alone.
+
+    Returns
+    -------
+    dict
+        ``store``, ``compacted`` (bool), ``segments`` and ``dead_rows`` before, ``n_items``,
+        ``seconds``.
+    """
+    import time
+
+    from featx.store.layout import _attr_value
+
+    p = Path(path)
+    with _open_read(p) as f:
+        config = StoreConfig.from_json(f.attrs["config"])
+        segmented = is_segmented(f)
+        n_dead = int(f.attrs.get("n_dead", 0))
+        meta = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _STRUCTURAL_ATTRS}
+    t0 = time.perf_counter()
+    with StoreWriter(p, config) as w:
+        if w.parts_dir.is_dir() and any(w.parts_dir.glob("part-*.h5")):
+            raise StoreError(
+                f"{p} has an unfinished extraction ({w.parts_dir.name}); run the same "
+                "'featx extract' again first (it commits, and compacts when needed)"
+            )
+        idx = w.index
+        n_segments = len(w.layout.files) if w.layout is not None else 0
+        out = {"store": str(p), "segments": n_segments, "dead_rows": n_dead}
+        if not segmented or idx is None:
+            return {**out, "compacted": False, "n_items": 0 if idx is None else len(idx.keys),
+                    "seconds": 0.0}  # fmt: skip
+        keys = [str(k) for k in idx.keys]
+        failed = {
+            str(k): (str(r), int(s), int(m), str(h), "")
+            for k, r, s, m, h in zip(
+                idx.failed_keys,
+                idx.failed_reasons,
+                idx.failed_size,
+                idx.failed_mtime_ns,
+                idx.failed_sha256,
+                strict=True,
+            )
+        }
+        w.commit(
+            rows={k: ("store", i) for i, k in enumerate(keys)},
+            failed=failed,
+            labels={k: int(v) for k, v in zip(keys, idx.labels, strict=True)},
+            split={k: str(v) for k, v in zip(keys, idx.split, strict=True)},
+            classes=idx.classes,
+            fingerprints={
+                k: (int(s), int(m), str(h))
+                for k, s, m, h in zip(keys, idx.size, idx.mtime_ns, idx.sha256, strict=True)
+            },
+            attrs=meta,
+            per_row={
+                name: dict(zip(keys, (int(v) for v in vals), strict=True))
+                for name, vals in w.old_per_row.items()
+            }
+            or None,
+            compact=True,
+        )
+    return {**out, "compacted": True, "n_items": len(keys), "seconds": time.perf_counter() - t0}
+
+
+#: Bytes per block when copying rows into a new store (bounds memory for wide rows).
+COPY_BYTES = 64 << 20
+
+
 def _copy_rows(
     f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
 ) -> Any:
@@ -333,8 +499,9 @@ def _copy_rows(
         compression="lzf" if n else None,
         fletcher32=bool(n),
     )
-    for a in range(0, n, COPY_ROWS):
-        b = min(n, a + COPY_ROWS)
+    step = max(1, min(COPY_ROWS, COPY_BYTES // max(1, width * itemsize)))  # wide rows: ~64 MB
+    for a in range(0, n, step):
+        b = min(n, a + step)
         block = np.empty((b - a, width), dtype=dtype)
         w, r = wheres[a:b], srcrow[a:b]
         for where in dict.fromkeys(w):

@@ -158,8 +158,9 @@ def embed_texts(
 
     ``options`` (an :class:`~featx.options.ExtractOptions`, default its defaults) with keyword
     ``overrides`` of its fields (``device="cpu"``, ``batch_size=8``) says how to run; an option
-    the text engine does not act on is an error. Raises :class:`~featx.errors.FeatxError` when a
-    text is empty or too long.
+    the text engine does not act on is an error. A text longer than the encoder's
+    ``max_seq_length`` tokens is cut there, as in a store (which also counts the cut rows); an
+    empty text raises :class:`~featx.errors.FeatxError`.
 
     Examples
     --------

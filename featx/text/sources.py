@@ -96,10 +96,18 @@ class TextItem(Item):
 class TextSource(Source):
     """A scanned text source (``kind`` starts with ``text-``); it reads with :class:`TextReader`."""
 
-    def __init__(self, *args: Any, text_column: str = "", encoding: str = "utf-8", **kw: Any):
+    def __init__(
+        self,
+        *args: Any,
+        text_column: str = "",
+        encoding: str = "utf-8",
+        id_column: str = "",
+        **kw: Any,
+    ):
         kw.setdefault("read", TextReader(encoding))
         super().__init__(*args, modality="text", **kw)
         self.text_column = text_column
+        self.id_column = id_column  # the table's id column (keys are its values), if any
         self.encoding = encoding
 
     def identity(self) -> dict[str, str]:
@@ -431,6 +439,7 @@ def _scan_table(path: Path, kind: str, fmt: TextFormat) -> TextSource:
         items=items,
         text_column=cols["text"] or "",
         encoding=fmt.encoding,
+        id_column=cols["id"] or "",
     )
 
 
@@ -633,6 +642,12 @@ def stored_truncated(path: Path) -> int:
     return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
 
 
+def _request_fingerprint(spec: Any) -> dict:
+    from featx.backbones._text import request_fingerprint
+
+    return request_fingerprint(spec.name, spec.max_seq_length, spec.normalize)
+
+
 register_source_kind(
     SourceKind("text", claims=_claims, open=lambda spec, req: open_text_source(spec, req.text))
 )
@@ -647,7 +662,8 @@ register_modality(
         versions=("transformers", "tokenizers"),
         store_attrs=store_attrs,
         stored_truncated=stored_truncated,
-        remembers_config=False,  # a model folder can change in place
+        remembers_config=False,  # a model folder can change in place: keyed by its files
+        request_fingerprint=_request_fingerprint,
         unit="texts",
         key_column="key",
         item_columns=("line",),

@@ -1,0 +1,109 @@
+"""An unchanged rerun of a large CSV-manifest source: what ``featx extract`` costs when nothing
+changed (#21).
+
+Writes N empty files and a manifest (``path,label``), then a store for them through the normal
+writer with the configuration ``featx extract MANIFEST -b resnet18 --weights none --dtype
+float16`` uses (random 512-d rows: a no-op never reads them), optionally made segmented by one
+small commit, and times the real command (a child process: start-up, scan, stat of every file,
+the row index, the plan) with ``--json``.
+
+    python benchmarks/bench_noop.py --rows 100000 --dir /tmp/noop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def make_files(root: Path, n: int) -> Path:
+    manifest = root / "manifest.csv"
+    if manifest.exists():
+        return manifest
+    lines = ["path,label"]
+    for i in range(n):
+        d = root / "img" / f"d{i // 1000:04d}"
+        if i % 1000 == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:07d}.jpg").touch()
+        lines.append(f"img/d{i // 1000:04d}/f{i:07d}.jpg,c{i % 10}")
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def make_store(manifest: Path, store: Path, segmented: bool) -> None:
+    from featx.backbones import load_backbone
+    from featx.extraction import store_config
+    from featx.sources import open_source
+    from featx.store import Rows, StoreWriter
+
+    src = open_source(str(manifest))
+    bb = load_backbone("resnet18", weights="none")
+    cfg = store_config(src, bb, "float16")
+    items = list(src.items)
+    keys = [it.key for it in items]
+    rng = np.random.default_rng(0)
+    attrs = {"backbone": bb.name, "weights": bb.weights, "dim": int(bb.dim)}
+    with StoreWriter(store, cfg) as w:
+        rows = {}
+        for a in range(0, len(keys), 100_000):
+            b = min(len(keys), a + 100_000)
+            sub = items[a:b]
+            X = rng.normal(size=(b - a, bb.dim)).astype(np.float16)
+            part = w.write_part(
+                Rows(keys[a:b], X, [it.size for it in sub], [it.mtime_ns for it in sub],
+                     [it.sha256 for it in sub], [], [], [], [], [])
+            )  # fmt: skip
+            rows.update({k: (str(part), i) for i, k in enumerate(keys[a:b])})
+        last = keys[-1]
+        if segmented:  # leave the last row out: a second, small commit adds it as a segment
+            rows.pop(last)
+        w.commit(
+            rows=rows,
+            failed={},
+            labels={it.key: it.label for it in items},
+            split={it.key: it.split for it in items},
+            classes=src.classes,
+            fingerprints={it.key: (it.size, it.mtime_ns, it.sha256) for it in items},
+            attrs=attrs,
+        )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--dir", default="/tmp/noop")
+    args = ap.parse_args()
+    root = Path(args.dir) / str(args.rows)
+    root.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    manifest = make_files(root, args.rows)
+    print(json.dumps({"rows": args.rows, "files_s": round(time.perf_counter() - t0, 1)}))
+    store = root / "store.h5"
+    cmd = [sys.executable, "-m", "featx", "extract", str(manifest), "-b", "resnet18",
+           "--weights", "none", "--dtype", "float16", "--store", str(store),
+           "--json", "-q"]  # fmt: skip
+    if not store.exists():
+        t0 = time.perf_counter()
+        make_store(manifest, store, segmented=True)
+        print(json.dumps({"store_s": round(time.perf_counter() - t0, 1)}), flush=True)
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)  # adds 1 row
+        print(json.dumps({"first run": json.loads(out.stdout)}), flush=True)
+    for rep in range(2):
+        t0 = time.perf_counter()
+        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        res = json.loads(out.stdout)
+        print(json.dumps({"rows": args.rows, "repeat": rep + 1, "noop": res["noop"],
+                          "wall_s": round(wall, 2), "featx_seconds": round(res["seconds"], 2)}),
+              flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,520 @@
+"""Stores that grow by segments: commits that cost the change, not the store.
+
+A single-file store (schema 1) is rewritten whole by every commit. A *segmented* store (schema 2)
+is a small index file at the store's path plus immutable segment files in ``STORE.segments/``:
+
+- a **segment** (``seg-NNNNNN-XXXXXX.h5``, format ``featx-segment``) holds rows exactly as a
+  single-file store does (``features``, ``paths``, ``labels`` with its own ``classes``,
+  ``split``, ``fingerprint/*``, ``text/n_tokens``), sorted by key; it is written to a temporary
+  name, fsynced and renamed, so it is complete or absent, and never changed afterwards;
+- the **index** (the store path; ``layout = "segments"``) lists the segments and their row
+  counts, the *tombstones* (``dead/segment``, ``dead/row``: rows removed or replaced since their
+  segment was written), the store's ``classes``, the failure records and the provenance
+  attributes. It is small and is replaced by an atomic rename, which is the commit.
+
+A commit whose change is small (see :func:`plan_commit`) writes one segment with the new and
+changed rows and a new index. Removing a row is a tombstone. When the dead rows or the segments
+pass a threshold, or the change is a large share of the store, the commit is a full rewrite into
+a single file (schema 1) instead: compaction (also ``featx compact``). A single-file store is
+upgraded on its first small commit: its file is hard-linked (copied where links are not
+possible) into ``STORE.segments/`` as the first segment, without copying its rows.
+
+Kills: a segment without an index naming it, or segments an index no longer names, are removed
+by the next writer (under the lock); a temporary file is removed as for a single-file store. So a
+``kill -9`` at any step leaves either the old index and its segments, or the new ones.
+
+Readers see the rows of all segments minus the tombstones, sorted by key, exactly as a
+single-file store's rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featx.errors import StoreError
+from featx.store.chunks import StoreMatrix
+from featx.store.config import _canonical, store_groups
+from featx.store.layout import FORMAT, _atomic_h5, _digest_attrs, _h5, _int_ds, _str_ds, _strings
+
+log = logging.getLogger(__name__)
+
+#: The index layout attribute of a segmented store.
+LAYOUT = "segments"
+#: The schema of a segmented store's index (single-file stores stay schema 1).
+SEGMENTED_SCHEMA_VERSION = 2
+#: The ``format`` attribute of a segment file.
+SEGMENT_FORMAT = "featx-segment"
+#: Compact (rewrite into one file) when more than this share of the stored rows is dead ...
+COMPACT_DEAD_SHARE = 0.25
+#: ... or when a commit would make more segments than this ...
+COMPACT_MAX_SEGMENTS = 32
+#: ... or when the rows a commit writes are at least this share of the store's rows.
+FULL_WRITE_SHARE = 0.5
+#: Test hook: the name of a step at which to ``os._exit(137)`` (like ``kill -9``), or "".
+CRASH_AT_ENV = "FEATX_TEST_CRASH_AT"
+
+
+def _crash_point(step: str) -> None:
+    """Die at ``step`` when the test hook asks for it (tests of kill -9 at each step)."""
+    if os.environ.get(CRASH_AT_ENV) == step:
+        os._exit(137)
+
+
+def segment_dir(path: str | os.PathLike) -> Path:
+    """The folder of a store's segments: ``STORE.segments``."""
+    p = Path(path)
+    return p.with_name(p.name + ".segments")
+
+
+def is_segmented(f: Any) -> bool:
+    """Whether an open store file is a segmented store's index."""
+    return f.attrs.get("layout") == LAYOUT
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class SegmentedRows:
+    """Everything per row of a segmented store, in key order (live rows only)."""
+
+    fields: dict[str, Any]  # the StoreIndex fields
+    per_row: dict[str, np.ndarray]  # e.g. text/n_tokens
+    files: list[Path]
+    n_rows: np.ndarray
+    file_of_row: np.ndarray
+    row_in_file: np.ndarray
+    dead_segment: np.ndarray
+    dead_row: np.ndarray
+    dim: int
+    dtype: np.dtype
+
+    @property
+    def n_dead(self) -> int:
+        return int(len(self.dead_row))
+
+    def matrix(self, store: str) -> StoreMatrix:
+        block = 4096
+        return StoreMatrix(
+            self.files,
+            (len(self.file_of_row), self.dim),
+            self.dtype,
+            file_of_row=self.file_of_row,
+            row_in_file=self.row_in_file,
+            block_rows=block,
+            store=store,
+        )
+
+
+def _segment_files(f: Any, path: Path) -> tuple[list[Path], np.ndarray]:
+    names = _strings(f["segments/names"])
+    folder = segment_dir(path)
+    return [folder / str(n) for n in names], f["segments/n_rows"][()].astype(np.int64)
+
+
+def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
+    """Read the index ``f`` of the segmented store at ``path`` and every segment's rows."""
+    h5py = _h5()
+    path = Path(path)
+    files, n_rows = _segment_files(f, path)
+    dead_seg = f["dead/segment"][()].astype(np.int64)
+    dead_row = f["dead/row"][()].astype(np.int64)
+    classes = tuple(str(c) for c in _strings(f["classes"]))
+    class_index = {c: i for i, c in enumerate(classes)}
+    dim = int(f.attrs["dim"])
+    dtype = np.dtype(str(f.attrs.get("dtype") or "float32"))
+    cols: dict[str, list[np.ndarray]] = {
+        k: [] for k in ("keys", "size", "mtime_ns", "sha256", "labels", "split", "seg", "row")
+    }
+    extra: dict[str, list[np.ndarray]] = {}
+    per_row_names = (
+        [str(n) for n in _strings(f["segments/per_row"])] if "segments/per_row" in f else []
+    )
+    for i, seg in enumerate(files):
+        if not seg.exists():
+            raise StoreError(
+                f"segment {seg.name} of store {path} is missing; the store is damaged: run the "
+                f"same 'featx extract' again after deleting {path} and {segment_dir(path)}"
+            )
+        with h5py.File(seg, "r") as s:
+            n = int(s["paths"].shape[0])
+            if n != int(n_rows[i]):
+                raise StoreError(
+                    f"segment {seg.name} of store {path} has {n} rows, its index says "
+                    f"{int(n_rows[i])}; check it with 'featx verify {path}'"
+                )
+            live = np.ones(n, dtype=bool)
+            live[dead_row[dead_seg == i]] = False
+            seg_classes = [str(c) for c in _strings(s["classes"])]
+            remap = np.array([class_index.get(c, -1) for c in seg_classes] + [-1], dtype=np.int64)
+            labels = s["labels"][()].astype(np.int64)
+            g = s["fingerprint"]
+            cols["keys"].append(_strings(s["paths"])[live])
+            cols["size"].append(g["size"][()][live])
+            cols["mtime_ns"].append(g["mtime_ns"][()][live])
+            cols["sha256"].append(_strings(g["sha256"])[live])
+            cols["labels"].append(remap[labels][live])
+            cols["split"].append(_strings(s["split"])[live])
+            cols["seg"].append(np.full(int(live.sum()), i, dtype=np.int64))
+            cols["row"].append(np.flatnonzero(live).astype(np.int64))
+            for name in per_row_names:
+                vals = s[name][()] if name in s else np.full(n, -1, np.int64)
+                extra.setdefault(name, []).append(vals[live])
+
+    def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+        return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
+
+    keys = cat(cols["keys"], object)
+    order = np.argsort(keys, kind="stable") if len(files) > 1 else np.arange(len(keys))
+    fl = f["failed"]
+    fields = {
+        "keys": keys[order],
+        "size": cat(cols["size"], np.int64)[order],
+        "mtime_ns": cat(cols["mtime_ns"], np.int64)[order],
+        "sha256": cat(cols["sha256"], object)[order],
+        "labels": cat(cols["labels"], np.int64)[order],
+        "split": cat(cols["split"], object)[order],
+        "classes": classes,
+        "failed_keys": _strings(fl["paths"]),
+        "failed_reasons": _strings(fl["reasons"]),
+        "failed_size": fl["size"][()],
+        "failed_mtime_ns": fl["mtime_ns"][()],
+        "failed_sha256": _strings(fl["sha256"]),
+    }
+    per_row = {k: cat(v, np.int64)[order] for k, v in extra.items()}
+    return SegmentedRows(
+        fields=fields,
+        per_row=per_row,
+        files=files,
+        n_rows=n_rows,
+        file_of_row=cat(cols["seg"], np.int64)[order],
+        row_in_file=cat(cols["row"], np.int64)[order],
+        dead_segment=dead_seg,
+        dead_row=dead_row,
+        dim=dim,
+        dtype=dtype,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+# ---------------------------------------------------------------------------------------------
+
+
+def _new_segment_name(folder: Path) -> str:
+    used = [p.name for p in folder.glob("seg-*.h5")] if folder.is_dir() else []
+    nums = [int(n.split("-")[1]) for n in used if n.split("-")[1].isdigit()]
+    return f"seg-{(max(nums) + 1) if nums else 0:06d}-{secrets.token_hex(3)}.h5"
+
+
+def clean_orphans(path: str | os.PathLike) -> None:
+    """Remove what a killed writer left in ``STORE.segments``: temporary files, segments the
+    index does not name, and the whole folder when the store is a single file (or absent).
+
+    Call only under the writer lock.
+    """
+    path = Path(path)
+    folder = segment_dir(path)
+    if not folder.is_dir():
+        return
+    keep: set[str] = set()
+    if path.exists():
+        h5py = _h5()
+        try:
+            with h5py.File(path, "r") as f:
+                if is_segmented(f):
+                    keep = {str(n) for n in _strings(f["segments/names"])}
+        except OSError:
+            return  # not readable: leave everything for a human (verify says what is wrong)
+    for p in folder.iterdir():
+        if p.name not in keep:
+            log.info("removing %s (no longer part of the store)", p)
+            with contextlib.suppress(OSError):
+                p.unlink()
+    if not keep:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
+@dataclass(frozen=True)
+class CommitPlan:
+    """How a commit is written: ``"full"`` (one file) or ``"segment"`` (a segment + index)."""
+
+    mode: str
+    why: str
+    write_keys: list[str]  # rows the new segment holds (segment mode)
+    dead: list[tuple[int, int]]  # new tombstones (segment, row) (segment mode)
+
+
+def _unchanged_rows(
+    keys: list[str],
+    idx: np.ndarray,
+    old: Any,
+    old_per_row: Mapping[str, np.ndarray],
+    labels: Mapping[str, int],
+    split: Mapping[str, str],
+    classes: tuple[str, ...],
+    fingerprints: Mapping[str, tuple[int, int, str]],
+    per_row: Mapping[str, Mapping[str, int]] | None,
+) -> np.ndarray:
+    """For each ``keys[j]`` kept from old row ``idx[j]``: whether everything stored with it
+    (label name, split, fingerprint, per-row values) is unchanged, so the row can stay where it
+    is. Vectorized: a commit of a few rows into a store of millions stays well under a second."""
+    if not keys:
+        return np.zeros(0, dtype=bool)
+    lab, spl, fp = zip(
+        *[(labels.get(k, -1), split.get(k, ""), fingerprints[k]) for k in keys], strict=True
+    )  # one pass over the dicts
+    size, mtime, sha = zip(*fp, strict=True)
+    new_names = np.array([*classes, ""], dtype=object)[np.array(lab, dtype=np.int64)]
+    old_names = np.array([*old.classes, ""], dtype=object)[old.labels[idx]]
+    same = new_names == old_names
+    same &= np.array(spl, dtype=object) == old.split[idx]
+    same &= np.array(size, dtype=np.int64) == old.size[idx]
+    same &= np.array(mtime, dtype=np.int64) == old.mtime_ns[idx]
+    same &= np.array(sha, dtype=object) == old.sha256[idx]
+    for name, values in (per_row or {}).items():
+        if name not in old_per_row:
+            return np.zeros(len(keys), dtype=bool)
+        new = np.fromiter((values.get(k, -1) for k in keys), np.int64, len(keys))
+        same &= new == old_per_row[name][idx]
+    return same
+
+
+def plan_commit(
+    writer: Any,
+    *,
+    rows: Mapping[str, tuple[str, int]],
+    labels: Mapping[str, int],
+    split: Mapping[str, str],
+    classes: tuple[str, ...],
+    fingerprints: Mapping[str, tuple[int, int, str]],
+    per_row: Mapping[str, Mapping[str, int]] | None,
+    force_full: bool = False,
+) -> CommitPlan:
+    """Decide between a segment commit and a full rewrite (see the module docstring)."""
+    old = writer.index
+    if force_full:
+        return CommitPlan("full", "compaction asked for", [], [])
+    text_rows = any(
+        isinstance(v, str) for values in (per_row or {}).values() for v in list(values.values())[:1]
+    )
+    if store_groups(writer.config) or text_rows or getattr(writer.config, "outputs", None):
+        # segments carry the pooled features and integer per-row values; a store with more
+        # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
+        # whole, as before
+        return CommitPlan("full", "a multi-output or text-carrying store", [], [])
+    if old is None or len(old.keys) == 0:
+        return CommitPlan("full", "a new store", [], [])
+    layout = writer.layout
+    old_per_row = getattr(writer, "old_per_row", {}) or {}
+    from_store = [(k, i) for k, (w, i) in rows.items() if w == "store"]
+    keys = [k for k, _ in from_store]
+    idx = np.fromiter((i for _, i in from_store), np.int64, len(from_store))
+    same = _unchanged_rows(
+        keys, idx, old, old_per_row, labels, split, classes, fingerprints, per_row
+    )
+    kept_old = np.zeros(len(old.keys), dtype=bool)
+    kept_old[idx[same]] = True
+    write = [k for k, (w, _) in rows.items() if w != "store"]
+    write += [k for k, ok in zip(keys, same.tolist(), strict=True) if not ok]
+    n_final = len(rows)
+    if n_final and len(write) >= FULL_WRITE_SHARE * n_final:
+        return CommitPlan("full", f"{len(write)} of {n_final} rows change", [], [])
+    dead_idx = np.flatnonzero(~kept_old)
+    if layout.file_of_row is None:
+        files_after = 1 + (1 if write else 0)
+        dead_before, stored = 0, len(old.keys)
+        dead = [(0, int(r)) for r in dead_idx]
+    else:
+        files_after = len(layout.files) + (1 if write else 0)
+        dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
+        dead = [(int(layout.file_of_row[r]), int(layout.row_in_file[r])) for r in dead_idx]
+    n_dead = dead_before + len(dead)
+    if n_dead > COMPACT_DEAD_SHARE * (stored + len(write)):
+        return CommitPlan(
+            "full", f"{n_dead} dead rows of {stored + len(write)}: compacting", [], []
+        )
+    if files_after > COMPACT_MAX_SEGMENTS:
+        return CommitPlan("full", f"{files_after} segments: compacting", [], [])
+    return CommitPlan("segment", f"{len(write)} rows into a new segment", sorted(write), dead)
+
+
+def upgrade_to_segment(path: Path) -> str:
+    """Make a single-file store's file the first segment without copying: a hard link in
+    ``STORE.segments`` (a copy where the filesystem has no links). Returns the segment's name."""
+    folder = segment_dir(path)
+    folder.mkdir(exist_ok=True)
+    name = _new_segment_name(folder)
+    target = folder / name
+    tmp = folder / f"{name}.tmp-{os.getpid()}"
+    try:
+        os.link(path, tmp)
+    except OSError:
+        shutil.copyfile(path, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    from featx.files import fsync_dir
+
+    fsync_dir(folder)
+    return name
+
+
+def write_index(
+    writer: Any,
+    *,
+    names: list[str],
+    n_rows: list[int],
+    dead: list[tuple[int, int]],
+    n_items: int,
+    classes: tuple[str, ...],
+    failed: Mapping[str, tuple[str, int, int, str, str]],
+    attrs: Mapping[str, Any],
+    dim: int,
+    per_row_names: list[str],
+) -> None:
+    """Write the index of a segmented store and rename it over the store (the commit)."""
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    dead_arr = np.array(sorted(set(dead)), dtype=np.int64).reshape(-1, 2)
+    with _atomic_h5(writer.path) as f:
+        f.attrs["format"] = FORMAT
+        f.attrs["schema_version"] = SEGMENTED_SCHEMA_VERSION
+        f.attrs["layout"] = LAYOUT
+        f.attrs["config"] = writer.config.to_json()
+        f.attrs["config_hash"] = writer.config.hash
+        f.attrs["created"] = getattr(writer, "_created", None) or now
+        f.attrs["updated"] = now
+        for k, v in attrs.items():
+            if isinstance(v, str):
+                v = str(v)
+            elif not isinstance(v, int | float | bool):
+                v = _canonical(v)
+            f.attrs[k] = v
+        f.attrs["n_items"] = int(n_items)
+        f.attrs["n_failed"] = len(failed)
+        f.attrs["dim"] = int(dim)
+        f.attrs["dtype"] = str(writer.config.dtype)
+        f.attrs["n_segments"] = len(names)
+        f.attrs["n_dead"] = int(len(dead_arr))
+        g = f.create_group("segments")
+        _str_ds(g, "names", names)
+        _int_ds(g, "n_rows", n_rows)
+        _str_ds(g, "per_row", per_row_names)
+        d = f.create_group("dead")
+        _int_ds(d, "segment", dead_arr[:, 0])
+        _int_ds(d, "row", dead_arr[:, 1])
+        _str_ds(f, "classes", classes)
+        fkeys = sorted(failed)
+        fl = f.create_group("failed")
+        _str_ds(fl, "paths", fkeys)
+        _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+        _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+        _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+        _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+        f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
+
+
+def _sources(writer: Any, rows: Mapping[str, tuple[str, int]]) -> dict[str, tuple[str, int]]:
+    """``rows`` with ``"store"`` rows of a segmented store turned into (segment file, row)."""
+    layout = writer.layout
+    if layout is None or layout.file_of_row is None:
+        return dict(rows)
+    files = [str(p) for p in layout.files]
+    out = {}
+    for key, (where, i) in rows.items():
+        if where == "store":
+            out[key] = (files[int(layout.file_of_row[i])], int(layout.row_in_file[i]))
+        else:
+            out[key] = (where, i)
+    return out
+
+
+def commit(
+    writer: Any,
+    *,
+    rows: Mapping[str, tuple[str, int]],
+    failed: Mapping[str, tuple[str, int, int, str, str]],
+    labels: Mapping[str, int],
+    split: Mapping[str, str],
+    classes: tuple[str, ...],
+    fingerprints: Mapping[str, tuple[int, int, str]],
+    attrs: Mapping[str, Any],
+    per_row: Mapping[str, Mapping[str, int]] | None = None,
+    force_full: bool = False,
+) -> Path:
+    """Commit through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a segment and
+    a new index, or a full rewrite into one file (see :func:`plan_commit`)."""
+    plan = plan_commit(
+        writer,
+        rows=rows,
+        labels=labels,
+        split=split,
+        classes=classes,
+        fingerprints=fingerprints,
+        per_row=per_row,
+        force_full=force_full,
+    )
+    log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
+    if writer.layout is not None:
+        writer.layout.close()  # the segments it opened are read again by path
+    kw = dict(
+        failed=dict(failed),
+        labels=dict(labels),
+        split=dict(split),
+        classes=classes,
+        fingerprints=dict(fingerprints),
+        attrs=dict(attrs),
+        per_row=None if per_row is None else {k: dict(v) for k, v in per_row.items()},
+    )
+    if plan.mode == "full":
+        writer._merge(rows=_sources(writer, rows), **kw)
+        _crash_point("after-full-rename")
+        clean_orphans(writer.path)  # the store is one file again: its segments go
+        return writer.path
+
+    folder = segment_dir(writer.path)
+    if writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
+        names, n_rows, dead = [upgrade_to_segment(writer.path)], [len(writer.index.keys)], []
+        _crash_point("after-upgrade-link")
+    else:
+        names = [Path(p).name for p in writer.layout.files]
+        n_rows, dead = list(writer.old_n_rows), list(writer.old_dead)
+    dead += plan.dead
+    if plan.write_keys:
+        folder.mkdir(exist_ok=True)
+        name = _new_segment_name(folder)
+        src = _sources(writer, {k: rows[k] for k in plan.write_keys})
+        writer._merge(rows=src, **{**kw, "failed": {}}, target=folder / name)
+        _crash_point("after-segment-rename")
+        names.append(name)
+        n_rows.append(len(plan.write_keys))
+    write_index(
+        writer,
+        names=names,
+        n_rows=n_rows,
+        dead=dead,
+        n_items=len(rows),
+        classes=classes,
+        failed=failed,
+        attrs=attrs,
+        dim=int(writer.dim or attrs.get("dim") or 0),
+        per_row_names=sorted(per_row or {}),
+    )
+    _crash_point("after-index-rename")
+    writer.discard_parts()
+    clean_orphans(writer.path)
+    return writer.path

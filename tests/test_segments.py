@@ -1,0 +1,164 @@
+"""Stores that grow by segments: small commits write only the change, removed rows become
+tombstones, compaction merges, old single-file stores upgrade, and kill -9 at every step of a
+commit or a compaction leaves a store that the rerun completes exactly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_image
+
+from featx.options import ExtractOptions
+from featx.store import compact_store, load_features, open_features, store_info, verify_store
+from featx.store.segments import CRASH_AT_ENV, segment_dir
+
+OPTS = ExtractOptions(batch_size=4, workers=0, checkpoint_every=4)
+TESTS = Path(__file__).parent
+# a `featx` process with the tiny test backbone registered (-b tiny), for kill tests
+DRIVER = (
+    f"import sys; sys.path.insert(0, {str(TESTS)!r}); from helpers import tiny_family; "
+    "from featx.backbones import register_family; register_family(tiny_family()); "
+    "from featx.cli import cli; cli()"
+)
+
+
+def _extract(src, store, backbone):
+    from featx.extraction import extract
+
+    return extract(src, backbone, store=store, options=OPTS)
+
+
+def _same_rows(a_path: Path, b_path: Path) -> None:
+    a, b = load_features(a_path), load_features(b_path)
+    assert list(a.keys) == list(b.keys)
+    np.testing.assert_allclose(a.X, b.X, rtol=1e-5, atol=1e-6)
+    assert [a.classes[v] for v in a.y] == [b.classes[v] for v in b.y]
+    ia, ib = store_info(a_path), store_info(b_path)
+    assert (ia["n_items"], ia["n_failed"]) == (ib["n_items"], ib["n_failed"])
+
+
+def _folder(root: Path, n: int = 4) -> Path:
+    for c, cls in enumerate(["cat", "dog", "eel"]):
+        for i in range(n):
+            write_image(root / cls / f"{i}.png", seed=10 * c + i)
+    return root
+
+
+def test_small_changes_are_segments_that_read_like_a_fresh_store(tmp_path, tiny_backbone):
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    assert store_info(store)["layout"] == "single file"  # a new store is one file (schema 1)
+    old_inode = os.stat(store).st_ino
+
+    write_image(src / "dog" / "new.png", seed=99)  # +1 of 13: a segment, not a rewrite
+    r = _extract(src, store, tiny_backbone)
+    assert r.n_new == 1
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 0)
+    first = sorted(segment_dir(store).iterdir())[0]
+    assert os.stat(first).st_ino == old_inode  # the old file became segment 0 without a copy
+
+    (src / "cat" / "1.png").unlink()  # a removed row is a tombstone: no new segment
+    (src / "eel" / "2.png").write_bytes(b"not an image")  # a changed row fails: tombstone too
+    _extract(src, store, tiny_backbone)
+    info = store_info(store)
+    assert (info["segments"], info["dead_rows"], info["n_failed"]) == (2, 2, 1)
+
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    assert verify_store(store).ok
+    lazy = open_features(store)  # the on-disk reader maps rows across segments
+    np.testing.assert_array_equal(np.asarray(lazy.X), load_features(store).X)
+
+    from featx.export import export_store
+
+    a = np.load(export_store(store, tmp_path / "a.npz").out, allow_pickle=False)
+    b = np.load(export_store(fresh, tmp_path / "b.npz").out, allow_pickle=False)
+    assert sorted(a.files) == sorted(b.files)
+    for name in a.files:
+        np.testing.assert_array_equal(a[name], b[name])
+
+    before = store.read_bytes()
+    assert _extract(src, store, tiny_backbone).noop  # an unchanged source writes nothing
+    assert store.read_bytes() == before
+
+    out = compact_store(store)
+    assert out["compacted"] and out["segments"] == 2 and out["dead_rows"] == 2
+    assert store_info(store)["layout"] == "single file" and not segment_dir(store).exists()
+    _same_rows(store, fresh)
+    assert verify_store(store).ok
+    assert not compact_store(store)["compacted"]
+
+
+def test_many_dead_rows_compact_by_themselves(tmp_path, tiny_backbone):
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    write_image(src / "dog" / "new.png", seed=99)
+    _extract(src, store, tiny_backbone)
+    assert store_info(store)["layout"] == "segments"
+    for i in range(4):  # 4 of 13 rows removed: past the dead-row threshold
+        (src / "cat" / f"{i}.png").unlink()
+    _extract(src, store, tiny_backbone)
+    assert store_info(store)["layout"] == "single file"
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+
+
+def _run_killed(src: Path, store: Path, step: str) -> None:
+    cmd = [sys.executable, "-c", DRIVER, "extract", str(src), "--store", str(store), "-b",
+           "tiny", "--workers", "0", "--batch-size", "4", "-q", "--json"]  # fmt: skip
+    env = {**os.environ, CRASH_AT_ENV: step}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 137, (step, proc.returncode, proc.stderr[-2000:])
+
+
+@pytest.mark.parametrize(
+    ("step", "change"),
+    [
+        ("after-upgrade-link", "add"),  # the single file linked as segment 0, no index yet
+        ("segment-write", "add"),  # inside the new segment's temporary file
+        ("after-segment-rename", "add"),  # the segment complete, the index not renamed
+        ("after-index-rename", "add"),  # committed, parts and orphans not yet removed
+        ("full-write", "remove"),  # inside the compaction's temporary file
+        ("after-full-rename", "remove"),  # compacted, the segments not yet removed
+    ],
+)
+def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
+    tmp_path, fake_backbone_family, step, change
+):
+    tiny_backbone = "tiny"  # the same backbone in this process and in the killed one
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    if change == "remove":  # make it segmented, then remove enough rows to compact
+        write_image(src / "dog" / "new.png", seed=99)
+        _extract(src, store, tiny_backbone)
+        assert store_info(store)["layout"] == "segments"
+        for i in range(4):
+            (src / "cat" / f"{i}.png").unlink()
+    else:
+        write_image(src / "dog" / "new.png", seed=99)
+        write_image(src / "eel" / "new.png", seed=98)
+    _run_killed(src, store, step)
+    load_features(store)  # whatever the kill left is a readable store
+    r = _extract(src, store, tiny_backbone)  # the rerun
+    assert r.n_items == (9 if change == "remove" else 14)
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    assert verify_store(store).ok
+    assert not list(tmp_path.glob("s.h5.tmp-*"))
+    assert not store.with_name("s.h5.parts").exists()
+    if segment_dir(store).exists():  # nothing left that the index does not name
+        names = {p.name for p in segment_dir(store).iterdir()}
+        assert len(names) == store_info(store)["segments"]
+    assert _extract(src, store, tiny_backbone).noop
