@@ -32,16 +32,18 @@ Examples
 ['centroid', 'knn', 'linear-svm']
 """
 
+# ruff: noqa: F401 - names imported here are public through the derived __all__ (ruff cannot see it)
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from featx._version import __version__
 from featx.errors import FeatxError, StoreError
 
-__version__ = "0.1.0"
-
-# name -> module that defines it; loaded on first attribute access (PEP 562)
+# THE list of the public API: name -> module that defines it, loaded on first attribute access
+# (PEP 562). ``__all__`` derives from it; the TYPE_CHECKING imports at the end repeat it for static
+# type checkers, and tests/test_api.py checks that they match this table name for name.
 _LAZY: dict[str, str] = {
     # options and defaults
     "BackboneSpec": "featx.options",
@@ -52,10 +54,10 @@ _LAZY: dict[str, str] = {
     # extraction and stores
     "extract": "featx.extraction",
     "ExtractResult": "featx.extraction",
-    "load_features": "featx.store",
-    "store_info": "featx.store",
-    "verify_store": "featx.store",
-    "VerifyReport": "featx.store",
+    "load_features": "featx.store.read",
+    "store_info": "featx.store.read",
+    "verify_store": "featx.store.verify",
+    "VerifyReport": "featx.store.verify",
     "FeatureSet": "featx.features",
     # backbones
     "Backbone": "featx.backbones",
@@ -72,10 +74,10 @@ _LAZY: dict[str, str] = {
     "make_head": "featx.heads",
     "register_head": "featx.heads",
     # evaluation and comparison
-    "evaluate": "featx.protocol",
-    "fit_head": "featx.protocol",
-    "FittedHead": "featx.protocol",
-    "Result": "featx.protocol",
+    "evaluate": "featx.protocol.evaluate",
+    "fit_head": "featx.protocol.evaluate",
+    "FittedHead": "featx.protocol.evaluate",
+    "Result": "featx.protocol.results",
     "compare": "featx.comparison",
     "Leaderboard": "featx.comparison",
     "fit_store": "featx.train",
@@ -113,64 +115,8 @@ _LAZY: dict[str, str] = {
     "FinetuneReport": "featx.finetuning",
 }
 
-__all__ = [
-    "Backbone",
-    "BackboneInfo",
-    "BackboneLike",
-    "BackboneSpec",
-    "Bundle",
-    "DiagnoseOptions",
-    "Diagnosis",
-    "Embedder",
-    "EvalProtocol",
-    "ExtractOptions",
-    "ExtractResult",
-    "Family",
-    "FeatureSet",
-    "FeatxError",
-    "FinetuneOptions",
-    "FinetuneReport",
-    "FitReport",
-    "FittedHead",
-    "HeadInfo",
-    "Leaderboard",
-    "Param",
-    "PipelineResult",
-    "PredictResult",
-    "Result",
-    "StoreError",
-    "TextFormat",
-    "__version__",
-    "apply_manifest",
-    "cache_dir",
-    "compare",
-    "compare_stores",
-    "diagnose",
-    "embed_files",
-    "embed_texts",
-    "evaluate",
-    "export_store",
-    "extract",
-    "finetune",
-    "finetune_full",
-    "fit_head",
-    "fit_store",
-    "list_backbones",
-    "list_heads",
-    "load_backbone",
-    "load_bundle",
-    "load_features",
-    "load_finetuned",
-    "load_pipeline",
-    "make_head",
-    "predict",
-    "read_manifest",
-    "register_family",
-    "register_head",
-    "run_pipeline",
-    "save_bundle",
-    "store_info",
-]
+#: Derived, never written by hand: the lazy names plus the ones imported above.
+__all__ = sorted([*_LAZY, "FeatxError", "StoreError", "__version__"])
 
 
 def __getattr__(name: str) -> Any:
@@ -196,7 +142,7 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
         load_backbone,
         register_family,
     )
-    from featx.bundle import Bundle, load_bundle, save_bundle
+    from featx.bundle import Bundle, load_bundle, register_safe_class, save_bundle
     from featx.comparison import Leaderboard, compare
     from featx.diagnostics import Diagnosis, apply_manifest, diagnose, read_manifest
     from featx.embedder import Embedder, embed_files
@@ -212,9 +158,13 @@ if TYPE_CHECKING:  # pragma: no cover  (static type checkers and IDEs see the re
         EvalProtocol,
         ExtractOptions,
         FinetuneOptions,
+        TextFormat,
     )
     from featx.pipeline import PipelineResult, load_pipeline, run_pipeline
     from featx.prediction import PredictResult, predict
-    from featx.protocol import FittedHead, Result, evaluate, fit_head
-    from featx.store import load_features, store_info
+    from featx.protocol.evaluate import FittedHead, evaluate, fit_head
+    from featx.protocol.results import Result
+    from featx.store.read import load_features, store_info
+    from featx.store.verify import VerifyReport, verify_store
+    from featx.text.engine import embed_texts
     from featx.train import FitReport, compare_stores, fit_store

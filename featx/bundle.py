@@ -411,7 +411,7 @@ def save_bundle(
         )
     import sklearn
 
-    from featx import __version__
+    from featx._version import __version__
 
     enc = _Encoder()
     payload = {

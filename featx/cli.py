@@ -14,8 +14,9 @@ from typing import Any
 
 import click
 
-from featx import __version__
+from featx._version import __version__
 from featx.errors import FeatxError
+from featx.export import export_formats
 from featx.options import (
     DEFAULT_HEAD,
     DEFAULT_HEADS,
@@ -692,7 +693,7 @@ def cache_clean(
 @click.option(
     "--format",
     "fmt",
-    type=click.Choice(["npz", "parquet", "csv"]),
+    type=click.Choice(export_formats()),
     help="Output format (default: from --out's suffix, else npz). parquet needs featx[parquet].",
 )
 @click.option(

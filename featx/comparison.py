@@ -39,25 +39,11 @@ from featx.errors import FeatxError
 from featx.features import FeatureSet, RowMatrix
 from featx.options import DEFAULT_HEADS, ENGINES, EvalProtocol
 from featx.protocol import Result, head_label, protocol_splits
+from featx.protocol.evaluate import PreparedHead, prepare_head
 
 logger = logging.getLogger(__name__)
 
 HeadSpec = str | tuple[str, Mapping[str, Any]] | tuple[str, Mapping[str, Any], Any]
-
-COLUMNS = (
-    "rank",
-    "store",
-    "head",
-    "accuracy",
-    "balanced_accuracy",
-    "macro_f1",
-    "top5_accuracy",
-    "log_loss",
-    "roc_auc",
-    "fit_seconds",
-    "predict_seconds",
-    "solver",
-)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +195,8 @@ class Leaderboard:
             out.append(row)
         return out
 
-    # presentation lives in featx.report (the only module that imports matplotlib)
+    # The leaderboard is plain data; featx.report draws it (the only module that imports
+    # matplotlib). These methods are shortcuts to its functions; report never imports this module.
     def to_markdown(self) -> str:
         """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
         from featx.report import leaderboard_markdown
@@ -244,18 +231,6 @@ class Leaderboard:
         return write_report(self, directory)
 
 
-def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
-    """The ``n`` largest off-diagonal confusion-matrix cells as (true, predicted, count)."""
-    cm = np.asarray(result.confusion_matrix).copy()
-    np.fill_diagonal(cm, 0)
-    flat = np.argsort(-cm, axis=None, kind="stable")[:n]
-    out = []
-    for i, j in zip(*np.unravel_index(flat, cm.shape), strict=True):
-        if cm[i, j] > 0:
-            out.append((result.classes[i], result.classes[j], int(cm[i, j])))
-    return out
-
-
 # ---------------------------------------------------------------------------------------------
 # compare
 # ---------------------------------------------------------------------------------------------
@@ -272,7 +247,7 @@ def _parse_spec(spec: HeadSpec) -> tuple[str, dict[str, Any], Any]:
 
 def _evaluate_pair(
     fs: FeatureSet,
-    name: str,
+    head: PreparedHead,
     params: dict[str, Any],
     proto: EvalProtocol,
     pre: Any,
@@ -284,7 +259,7 @@ def _evaluate_pair(
 
     try:
         r = evaluate(
-            fs, name, params=params, protocol=replace(proto, preprocess=pre), splits=splits,
+            fs, head, params=params, protocol=replace(proto, preprocess=pre), splits=splits,
             store=store,
         )  # fmt: skip
     except Exception as e:  # noqa: BLE001 - the caller records or re-raises it
@@ -294,7 +269,7 @@ def _evaluate_pair(
 
 def _fan_out_ray(
     aligned: Mapping[str, FeatureSet],
-    pairs: list[tuple[str, str, dict[str, Any], Any, str]],
+    pairs: list[tuple[str, PreparedHead, dict[str, Any], Any, str]],
     proto: EvalProtocol,
     splits: Any,
     address: str | None,
@@ -309,8 +284,8 @@ def _fan_out_ray(
         refs_fs = {store: ray.put(fs) for store, fs in aligned.items()}  # once per store
         ref_splits = ray.put(splits)
         refs = [
-            task.remote(refs_fs[store], name, params, proto, pre, ref_splits, store)
-            for store, name, params, pre, _ in pairs
+            task.remote(refs_fs[store], head, params, proto, pre, ref_splits, store)
+            for store, head, params, pre, _ in pairs
         ]
         pending = list(refs)
         while pending:  # progress as tasks finish, in any order
@@ -367,35 +342,16 @@ def compare(
     -------
     Leaderboard
     """
-    from featx.heads import make_head, parse_preprocess
     from featx.protocol import describe_splits
 
     proto = EvalProtocol.resolve(protocol, overrides)
-    preprocess, class_weight, seed = proto.preprocess, proto.class_weight, proto.seed
-
     if on_error not in ("continue", "raise"):
         raise FeatxError(f"on_error must be 'continue' or 'raise'; got {on_error!r}")
     if engine not in ENGINES:
         raise FeatxError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
     if engine == "local" and ray_address is not None:
         raise FeatxError("--ray-address applies only with --engine ray")
-    from featx.heads import list_heads
-
-    heads = [h for spec in heads for h in (list_heads() if spec == "all" else [spec])]
-    specs = [_parse_spec(s) for s in heads]
-    if not specs:
-        raise FeatxError("compare needs at least one head")
-    specs = [(n, p, preprocess if pre == "default" else pre) for n, p, pre in specs]
-    labels = []
-    for name, params, pre in specs:  # fail fast on names and parameters
-        make_head(name, params, pre, class_weight, seed)
-        label = head_label(name, params)
-        if not (isinstance(pre, str) and pre == "default"):
-            tokens = [str(t) for t in parse_preprocess(pre, name)]
-            label += f" [{'+'.join(tokens) or 'no preprocessing'}]"
-        if label in labels:
-            raise FeatxError(f"head {label!r} is listed twice; give each head once")
-        labels.append(label)
+    specs, prepared, labels = _prepare_heads(heads, proto)
     aligned = align(feature_sets)
     if proto.layers:  # one entry per (store, group choice): "store [each group / all / ...]"
         from featx.groups import choose_groups
@@ -415,39 +371,24 @@ def compare(
     ref = next(iter(aligned.values()))
     splits = protocol_splits(ref, proto)
     described = describe_splits(splits, proto.shots, proto.cv)
-    results: list[Result] = []
-    failures: list[Failure] = []
 
     from featx.progress import progress_bar
 
     bar = progress_bar(total=len(aligned) * len(specs), desc="fit", unit="head", enabled=progress)
     pairs = [
-        (store, name, params, pre, label)
+        (store, head, params, pre, label)
         for store in aligned
-        for (name, params, pre), label in zip(specs, labels, strict=True)
+        for (_, params, pre), head, label in zip(specs, prepared, labels, strict=True)
     ]
-    if engine == "ray":
-        outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
-    else:
-        outcomes = []
-        for store, name, params, pre, label in pairs:
-            bar.set_postfix_str(f"{label} on {store}", refresh=True)
-            bar.update(0)
-            outcome = _evaluate_pair(aligned[store], name, params, proto, pre, splits, store)
-            r = outcome[0]
-            if progress and r is not None:  # before update: the bar's last state shows once
-                how = f" [{r.solver}]" if r.solver else ""
-                bar.write(
-                    f"{label} on {store}: accuracy {r.accuracy:.4f}, "
-                    f"fit {r.fit_seconds:.2f} s{how}",
-                    file=bar.fp,
-                )
-            bar.update(1)
-            if outcome[1] is not None and on_error == "raise":
-                bar.close()
-                raise outcome[1]
-            outcomes.append(outcome)
-    bar.close()
+    try:
+        if engine == "ray":
+            outcomes = _fan_out_ray(aligned, pairs, proto, splits, ray_address, bar)
+        else:
+            outcomes = _run_local(aligned, pairs, proto, splits, bar, progress, on_error)
+    finally:
+        bar.close()
+    results: list[Result] = []
+    failures: list[Failure] = []
     for (store, _, _, _, label), (r, e) in zip(pairs, outcomes, strict=True):
         if e is not None:  # recorded, logged, and re-raised on request
             if on_error == "raise":
@@ -465,3 +406,61 @@ def compare(
         n_items=ref.n,
         stores=tuple(aligned),
     )
+
+
+def _prepare_heads(
+    heads: Sequence[HeadSpec], proto: EvalProtocol
+) -> tuple[list[tuple[str, dict[str, Any], Any]], list[PreparedHead], list[str]]:
+    """(name, params, preprocess) of each head, each built once, and their unique labels.
+
+    Building checks every name and parameter before anything is fitted.
+    """
+    from featx.heads import list_heads, parse_preprocess
+
+    heads = [h for spec in heads for h in (list_heads() if spec == "all" else [spec])]
+    specs = [_parse_spec(s) for s in heads]
+    if not specs:
+        raise FeatxError("compare needs at least one head")
+    specs = [(n, p, proto.preprocess if pre == "default" else pre) for n, p, pre in specs]
+    labels: list[str] = []
+    prepared: list[PreparedHead] = []
+    for name, params, pre in specs:
+        prepared.append(prepare_head(name, params, pre, proto.class_weight, proto.seed))
+        label = head_label(name, params)
+        if not (isinstance(pre, str) and pre == "default"):
+            tokens = [str(t) for t in parse_preprocess(pre, name)]
+            label += f" [{'+'.join(tokens) or 'no preprocessing'}]"
+        if label in labels:
+            raise FeatxError(f"head {label!r} is listed twice; give each head once")
+        labels.append(label)
+    return specs, prepared, labels
+
+
+def _run_local(
+    aligned: Mapping[str, FeatureSet],
+    pairs: list[tuple[str, PreparedHead, dict[str, Any], Any, str]],
+    proto: EvalProtocol,
+    splits: Any,
+    bar: Any,
+    progress: bool,
+    on_error: str,
+) -> list[tuple[Result | None, Exception | None]]:
+    """Every (store, head) fit in this process, in order; stops at the first failure on
+    ``on_error="raise"``."""
+    outcomes = []
+    for store, head, params, pre, label in pairs:
+        bar.set_postfix_str(f"{label} on {store}", refresh=True)
+        bar.update(0)
+        outcome = _evaluate_pair(aligned[store], head, params, proto, pre, splits, store)
+        r = outcome[0]
+        if progress and r is not None:  # before update: the bar's last state shows once
+            how = f" [{r.solver}]" if r.solver else ""
+            bar.write(
+                f"{label} on {store}: accuracy {r.accuracy:.4f}, fit {r.fit_seconds:.2f} s{how}",
+                file=bar.fp,
+            )
+        bar.update(1)
+        if outcome[1] is not None and on_error == "raise":
+            raise outcome[1]
+        outcomes.append(outcome)
+    return outcomes

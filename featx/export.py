@@ -34,18 +34,18 @@ import csv
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from featx.errors import FeatxError
+from featx.files import atomic_path
+
+if TYPE_CHECKING:  # numpy loads when an export runs: `featx --help` lists the formats without it
+    import numpy as np
 
 log = logging.getLogger(__name__)
-
-FORMATS = ("npz", "parquet", "csv")
-_SUFFIX = {"npz": ".npz", "parquet": ".parquet", "csv": ".csv"}
 
 
 @dataclass(frozen=True)
@@ -63,21 +63,56 @@ class ExportResult:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class ExportFormat:
+    """One export format: its name (``--format``), file suffix and writer.
+
+    ``write(tmp, cols, meta)`` writes the file at ``tmp`` (:func:`export_store` renames it into
+    place); ``cols`` holds ``ids``, ``labels``, ``label_index``, ``split``, ``X`` and ``classes``
+    as numpy arrays, ``meta`` the store's provenance.
+    """
+
+    name: str
+    suffix: str
+    write: Callable[[Path, dict[str, Any], dict[str, Any]], None]
+    summary: str = ""
+
+
+_FORMATS: dict[str, ExportFormat] = {}
+
+
+def register_export_format(fmt: ExportFormat) -> ExportFormat:
+    """Add an export format (the CLI's ``--format`` choices and :func:`export_store` follow)."""
+    if fmt.name in _FORMATS:
+        raise ValueError(f"export format {fmt.name!r} is already registered")
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def export_formats() -> tuple[str, ...]:
+    """The registered format names, the default (``npz``) first."""
+    return tuple(_FORMATS)
+
+
 def format_for(out: str | os.PathLike | None, fmt: str | None) -> str:
     """The format asked for, else the one ``out``'s suffix names, else ``npz``."""
     if fmt is not None:
-        if fmt not in FORMATS:
-            raise FeatxError(f"unknown export format {fmt!r}; use one of {', '.join(FORMATS)}")
+        if fmt not in _FORMATS:
+            raise FeatxError(
+                f"unknown export format {fmt!r}; use one of {', '.join(export_formats())}"
+            )
         return fmt
     if out is not None:
         suffix = Path(out).suffix.lower()
-        for f, s in _SUFFIX.items():
-            if suffix == s:
-                return f
+        for f in _FORMATS.values():
+            if suffix == f.suffix:
+                return f.name
     return "npz"
 
 
-def _write_npz(tmp: Path, cols: dict[str, Any]) -> None:
+def _write_npz(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> None:
+    import numpy as np
+
     with open(tmp, "wb") as fh:
         np.savez(
             fh,
@@ -118,7 +153,7 @@ def _write_parquet(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> Non
     pq.write_table(table, tmp)
 
 
-def _write_csv(tmp: Path, cols: dict[str, Any]) -> None:
+def _write_csv(tmp: Path, cols: dict[str, Any], meta: dict[str, Any]) -> None:
     X = cols["X"]
     from featx.csvsafe import safe_cell
 
@@ -155,6 +190,8 @@ def export_store(
     -------
     ExportResult
     """
+    import numpy as np
+
     from featx.store import load_features, store_info
 
     fmt = format_for(out, format)
@@ -169,7 +206,7 @@ def export_store(
                 "the texts with the store (text/texts) or choose stored groups"
             )
     info = store_info(store)
-    out_path = Path(out) if out is not None else Path(store).with_suffix(_SUFFIX[fmt])
+    out_path = Path(out) if out is not None else Path(store).with_suffix(_FORMATS[fmt].suffix)
     if out_path.resolve() == Path(store).resolve():
         raise FeatxError(f"--out {out_path} is the store itself; give another file name")
     if out_path.is_dir():
@@ -190,19 +227,8 @@ def export_store(
         for k in ("backbone", "weights", "layer", "pool", "dim", "classes", "config_hash")
     }
     meta["store"] = str(store)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f"{out_path.name}.tmp-{os.getpid()}")
-    try:
-        if fmt == "npz":
-            _write_npz(tmp, cols)
-        elif fmt == "parquet":
-            _write_parquet(tmp, cols, meta)
-        else:
-            _write_csv(tmp, cols)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(out_path) as tmp:  # fsynced, renamed; dead exports' temporaries swept
+        _FORMATS[fmt].write(tmp, cols, meta)
     log.info("exported %d items of %s to %s", fs.n, store, out_path)
     return ExportResult(
         out=str(out_path),
@@ -212,3 +238,10 @@ def export_store(
         n_failed_left_out=int(info["n_failed"]),
         bytes=out_path.stat().st_size,
     )
+
+
+register_export_format(ExportFormat("npz", ".npz", _write_npz, "NumPy: np.load(...)['features']"))
+register_export_format(
+    ExportFormat("parquet", ".parquet", _write_parquet, "pandas.read_parquet; needs pyarrow")
+)
+register_export_format(ExportFormat("csv", ".csv", _write_csv, "id,label,split,f0,f1,..."))

@@ -87,9 +87,9 @@ def _versions(modality: str) -> dict[str, str]:
     import h5py
     import torch
 
-    import featx
+    from featx._version import __version__
 
-    out = {"featx_version": featx.__version__, "torch_version": torch.__version__}
+    out = {"featx_version": __version__, "torch_version": torch.__version__}
     for name in get_modality(modality).versions:
         out[f"{name}_version"] = importlib.import_module(name).__version__
     out["h5py_version"] = h5py.__version__

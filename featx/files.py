@@ -20,9 +20,10 @@ import os
 import secrets
 import shutil
 from collections.abc import Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 
-__all__ = ["atomic_path", "atomic_write", "cache_dir", "fsync_dir"]
+__all__ = ["atomic_path", "atomic_write", "cache_dir", "fsync_dir", "sweep_dead_temporaries"]
 
 
 def cache_dir() -> Path:
@@ -47,6 +48,34 @@ def fsync_dir(path: str | os.PathLike) -> None:
             os.close(fd)
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: alive, another user's
+        return True
+    return True
+
+
+def sweep_dead_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove ``<name>.tmp-<pid>[-<random>]`` leftovers of ``path`` whose writer process is gone.
+
+    A live writer's temporary is left alone, so concurrent writers of one target are safe.
+    Returns what was removed.
+    """
+    path = Path(path)
+    gone = []
+    prefix = f"{path.name}.tmp-"
+    with contextlib.suppress(OSError):
+        for tmp in path.parent.glob(glob_escape(prefix) + "*"):
+            pid = tmp.name[len(prefix) :].split("-", 1)[0]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                _remove(tmp)
+                gone.append(tmp)
+    return gone
+
+
 def _remove(p: Path) -> None:
     if p.is_dir() and not p.is_symlink():
         shutil.rmtree(p, ignore_errors=True)
@@ -56,14 +85,17 @@ def _remove(p: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path]:
+def atomic_path(
+    path: str | os.PathLike, *, fsync: bool = True, sweep: bool = True
+) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it into place atomically.
 
     The caller writes a file (or builds a folder) at the yielded path. When the block ends
     without an exception the file is fsynced, renamed over ``path`` (a folder replaces an
     existing folder) and the rename made durable; on an exception the temporary is removed and
-    ``path`` is untouched. Temporary names are ``<name>.tmp-<pid>-<random>``, so a writer can
-    sweep the leftovers of a killed process with the glob ``<name>.tmp-*``.
+    ``path`` is untouched. Temporary names are ``<name>.tmp-<pid>-<random>``; a process killed
+    outright (``kill -9``) cannot remove its own, so every write first removes those of
+    ``path`` whose process is gone (:func:`sweep_dead_temporaries`).
 
     Parameters
     ----------
@@ -71,9 +103,14 @@ def atomic_path(path: str | os.PathLike, *, fsync: bool = True) -> Iterator[Path
         The final name; its folder is created when missing.
     fsync : bool, default=True
         Flush the written file to disk before the rename (skip for throwaway outputs).
+    sweep : bool, default=True
+        Remove dead writers' temporaries of ``path`` first; a caller that sweeps its own folder
+        (the store writer, under its lock) passes False.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if sweep:
+        sweep_dead_temporaries(path)
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
     try:
         yield tmp

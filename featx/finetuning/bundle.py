@@ -84,7 +84,7 @@ def save_finetune_bundle(
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
-    __version__ = _featx_version()
+    from featx._version import __version__  # the leaf module: no import circle
 
     members: dict[str, bytes] = {}
     weights: dict[str, dict[str, Any]] = {}
@@ -133,16 +133,6 @@ def save_finetune_bundle(
             z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
     logger.info("saved fine-tuned bundle %s (%s, %d tensors)", path, mode, len(weights))
     return path
-
-
-def _featx_version() -> str:
-    """featx's version, without importing the package ``featx`` (no import circle)."""
-    import importlib.metadata
-
-    try:
-        return importlib.metadata.version("featx")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
 
 
 def _json_default(o: Any) -> Any:

@@ -38,6 +38,7 @@ SVM_KERNEL_CS: tuple[float, ...] = tuple(float(c) for c in np.logspace(-1, 3, 9)
 SVM_GAMMAS: tuple[float, ...] = (0.25, 1.0, 4.0)
 #: ``svm`` (solver auto): largest training set fitted by the exact SVC.
 SVM_EXACT_MAX_N = 2000
+#: ``ridge``: the alphas swept by :class:`featx.heads.ridge.RidgeLOOClassifier` (its default).
 RIDGE_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 6, 17))
 
 _VAL = Param("float", "share of each class held out to choose hyper-parameters")

@@ -35,12 +35,10 @@ from sklearn.utils.class_weight import compute_sample_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from featx.heads.builtin import RIDGE_ALPHAS as DEFAULT_ALPHAS  # the one grid (exported there)
 from featx.heads.calibration import ScoreCalibrator
 
 logger = logging.getLogger(__name__)
-
-#: Default alphas (the ``ridge`` head's sweep): ``logspace(-2, 6, 17)``.
-DEFAULT_ALPHAS: tuple[float, ...] = tuple(float(a) for a in np.logspace(-2, 6, 17))
 
 
 class RidgeLOOClassifier(ClassifierMixin, BaseEstimator):

@@ -165,7 +165,7 @@ def _atomic_h5(path: Path):
 
     @contextlib.contextmanager
     def cm():
-        with atomic_path(path) as tmp:
+        with atomic_path(path, sweep=False) as tmp:  # StoreWriter sweeps under its lock
             sink = _Sink(tmp)
             try:
                 with h5py.File(sink, "w", libver=("earliest", "v110")) as f:
