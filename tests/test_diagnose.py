@@ -15,7 +15,7 @@ from click.testing import CliRunner
 import featx
 from featx.cli import cli
 from featx.diagnostics.checks import confident_learning, duplicate_groups, robust_z
-from featx.diagnostics.neighbors import knn, unit_rows
+from featx.diagnostics.neighbors import knn, resolve_index, unit_rows
 from featx.errors import FeatxError
 from featx.features import FeatureSet
 
@@ -75,6 +75,7 @@ def test_faiss_index_agrees_with_exact_search():
     X = unit_rows(centres[rng.integers(0, 20, 2000)] * 2 + rng.normal(size=(2000, 32)))
     X[1000:1010] = X[:10]
     ie, _ = knn(X, 5, index="exact")
+    assert resolve_index("faiss", 2000) == "exact"  # small searches stay exact
     ia, sa = knn(X, 5, index="faiss")
     assert (ia[:10, 0] == np.arange(1000, 1010)).all() and (sa[:10, 0] > 0.9999).all()
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ie, ia, strict=True)]) > 0.9

@@ -28,6 +28,8 @@ from featx.options import DIAGNOSE_EXACT_MAX
 
 log = logging.getLogger(__name__)
 
+#: Rows below which every search is exact (per-class searches included).
+_FAISS_MIN_ROWS = 10_000
 #: Bytes of similarities held at once by the exact search.
 _BLOCK_BYTES = 64 << 20
 
@@ -48,7 +50,13 @@ def faiss_available() -> bool:
 
 
 def resolve_index(index: str, n: int) -> str:
-    """The search that ``index`` means for ``n`` rows (``auto`` -> exact or faiss)."""
+    """The search that ``index`` means for ``n`` rows (``auto`` -> exact or faiss).
+
+    Below 10,000 rows the search is always exact (an inverted file over a few hundred rows is
+    slower than the exact product, and faiss warns about its k-means on them).
+    """
+    if n < _FAISS_MIN_ROWS:
+        return "exact"
     if index == "auto":
         return "faiss" if n > DIAGNOSE_EXACT_MAX and faiss_available() else "exact"
     if index == "faiss" and not faiss_available():
