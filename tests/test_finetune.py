@@ -452,7 +452,7 @@ def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path)
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 25 and {"path", "predicted", "true_label", "p_c0"} <= set(rows[0])
     r = runner.invoke(
-        cli, ["predict", str(bundle), str(colours / "c1" / "1.png"), "--out", str(out)]
+        cli, ["predict", str(bundle), str(colours / "c1" / "1.png"), "--out", str(out), "--force"]
     )
     assert r.exit_code == 0, r.output
 
