@@ -23,7 +23,7 @@ Examples
 >>> from featx.features import FeatureSet
 >>> rng = np.random.default_rng(0)
 >>> y = np.repeat(np.arange(3), 60)
->>> X = (rng.normal(size=(3, 16))[y] * 3 + rng.normal(size=(180, 16))).astype(np.float32)
+>>> X = (rng.normal(size=(3, 64))[y] * 3 + rng.normal(size=(180, 64))).astype(np.float32)
 >>> X[1] = X[100]                     # a copy of item 100 (class 1) labelled class 0
 >>> fs = FeatureSet(X=X, y=y, classes=("a", "b", "c"), split=None,
 ...                 keys=np.array([f"k{i:03d}" for i in range(180)]))
