@@ -119,8 +119,8 @@ def labels(args: argparse.Namespace) -> dict:
 
     import featx
     from featx.diagnostics.checks import confident_learning
-    from featx.diagnostics.core import _VOTE_NEIGHBOURS, _oof_probabilities, neighbour_vote
     from featx.diagnostics.neighbors import knn, unit_rows
+    from featx.diagnostics.oof import VOTE_NEIGHBOURS, neighbour_vote, oof_probabilities
 
     fs0 = featx.load_features(_store())
     orig = np.array([not str(k).startswith("dup_") for k in fs0.keys])
@@ -129,7 +129,7 @@ def labels(args: argparse.Namespace) -> dict:
     )
     K = len(fs0.classes)
     # the neighbour graph diagnose searches (centred cosine), for the leave-one-out knn vote
-    nb, nb_sim = knn(unit_rows(fs0.X - fs0.X.mean(axis=0)), _VOTE_NEIGHBOURS)
+    nb, nb_sim = knn(unit_rows(fs0.X - fs0.X.mean(axis=0)), VOTE_NEIGHBOURS)
     rows_out = []
     for rate in (0.05, 0.10):
         for seed in range(args.seeds):
@@ -151,7 +151,7 @@ def labels(args: argparse.Namespace) -> dict:
                 vote = None
                 if args.graph_knn and "knn" in head.split(","):
                     vote, _ = neighbour_vote(nb, nb_sim, y, np.arange(n), K)
-                P = _oof_probabilities(fs, np.arange(n), opts, opts.folds, _Bar(), vote=vote)
+                P = oof_probabilities(fs.X, np.arange(n), y, K, opts, opts.folds, _Bar(), vote=vote)
                 tag = head.replace(",", "+") + ("_graph" if vote is not None else "")
                 np.save(OUT / f"oof_{rate}_{seed}_{tag}.npy", P)
                 t_oof = time.perf_counter() - t
@@ -272,14 +272,18 @@ split = np.where(rng.random(n) < 0.8, "train", "test")
 keys = np.array([f"r{i:07d}" for i in range(n)])
 classes = tuple(f"c{i}" for i in range(K))
 fs = FeatureSet(X=X, y=y.astype(np.int64), classes=classes, split=split, keys=keys)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
+base = ru0.ru_maxrss
 t = time.perf_counter()
 d = featx.diagnose(fs, head=head, index=index, map="none")
 secs = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+peak = ru.ru_maxrss
 s = d.summary()
 print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.index,
-    "seconds": round(secs, 1), "stages": s["seconds"], "peak_rss_gb": round(peak / 2**20, 2),
+    "seconds": round(secs, 1), "cpu_s": round(cpu, 1), "stages": s["seconds"],
+    "peak_rss_gb": round(peak / 2**20, 2),
     "data_gb": round(X.nbytes / 2**30, 2), "rss_before_gb": round(base / 2**20, 2),
     "leaked": s["leaked_items"], "planted_leaks_min": int((split[: n // 100] == "test").sum()),
     "label_issues": s["label_issues"], "outliers": s["outliers"]}))
@@ -288,7 +292,7 @@ print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.ind
 
 def speed(args: argparse.Namespace) -> dict:
     out = []
-    for head in args.heads.split(","):
+    for head in args.heads.split(";"):
         for index in args.indexes.split(","):
             cmd = [
                 sys.executable,
@@ -300,12 +304,13 @@ def speed(args: argparse.Namespace) -> dict:
                 head,
                 index,
             ]
+            load0 = os.getloadavg()[0]
             r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
             if r.returncode:
                 print(r.stderr[-2000:], file=sys.stderr)
                 continue
             row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["load_avg"] = os.getloadavg()[0]
+            row["load_avg_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
             print(json.dumps(row), flush=True)
             out.append(row)
     (OUT / f"speed_{args.n}.json").write_text(json.dumps(out, indent=2))
@@ -331,8 +336,8 @@ def main() -> None:
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--heads", default="ridge")
-    p.add_argument("--indexes", default="auto")
+    p.add_argument("--heads", default="ridge,knn", help="';'-separated --head values")
+    p.add_argument("--indexes", default="auto", help="','-separated")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}[args.cmd](args)
