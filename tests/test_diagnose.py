@@ -481,6 +481,42 @@ def test_pipeline_diagnose_step(image_store, tmp_path):
     assert r.exit_code == 1 and "unknown key 'fold' in [diagnose]" in r.output
 
 
+def test_torchvision_store_report_shows_thumbnails(tmp_path, fake_backbone_family):
+    """A torchvision source (a tiny MNIST planted in a temporary root, one test image a copy of
+    a training image): the report reopens the dataset from the root the store recorded."""
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    test[0] = train[2]
+    for prefix, imgs in (("train", train), ("t10k", test)):
+        labels = np.arange(len(imgs), dtype=np.uint8) % 2
+        labels[0] = 0 if prefix == "t10k" else labels[0]
+        hdr = np.array([0x0803, len(imgs), 28, 28], dtype=">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(hdr + imgs.tobytes())
+        hdr = np.array([0x0801, len(imgs)], dtype=">i4").tobytes()
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(hdr + labels.tobytes())
+    store, rep = tmp_path / "m.h5", tmp_path / "rep"
+    runner = CliRunner()
+    r = runner.invoke(
+        cli,
+        ["extract", "torchvision:MNIST", "--root", str(tmp_path / "mnist"), "-b", "tiny"]
+        + ["--store", str(store), "--workers", "0", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        cli,
+        ["diagnose", str(store), "--report", str(rep), "--head", "centroid", "--map", "none"]
+        + ["--folds", "2", "--duplicate-threshold", "0.9999", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    page = (rep / "report.html").read_text()
+    assert "could not be opened" not in page and "keys only" not in page
+    assert 'alt="test/0000000" src="data:image/png;base64,' in page
+
+
 def test_cli_one_class_store_is_a_one_line_error(tmp_path, fake_backbone_family):
     root = tmp_path / "one"
     for i in range(4):
