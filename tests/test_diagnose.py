@@ -81,6 +81,21 @@ def test_faiss_index_agrees_with_exact_search():
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ie, ia, strict=True)]) > 0.9
 
 
+def test_ivf_index_agrees_with_exact_search():
+    """The built-in inverted file: copies found, similarities exact, neighbours nearly all."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    X = unit_rows(centres[rng.integers(0, 20, 2500)] * 2 + rng.normal(size=(2500, 32)))
+    X[1000:1010] = X[:10]
+    ie, _ = knn(X, 5, index="exact")
+    ia, sa = knn(X, 5, index="ivf")
+    assert (ia[:10, 0] == np.arange(1000, 1010)).all() and (sa[:10, 0] > 0.9999).all()
+    np.testing.assert_allclose(sa, np.take_along_axis(X @ X.T, ia, axis=1), atol=1e-5)
+    assert (ia != np.arange(2500)[:, None]).all()  # never its own neighbour
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ie, ia, strict=True)]) > 0.9
+    assert resolve_index("auto", 30_000) == "ivf" and resolve_index("ivf", 2000) == "exact"
+
+
 def _angles(deg):
     """Unit vectors in the plane at these angles (cosine of two = cos of their difference)."""
     t = np.radians(np.asarray(deg, dtype=np.float64))
