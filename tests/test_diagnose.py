@@ -454,6 +454,11 @@ def test_cli_diagnose_report_and_cleaned_compare(image_store, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "without 1 leaked test item(s)" in r.output and "without leaked" in r.output
+    # the change table is aligned text like the leaderboards, not raw Markdown
+    lines = r.output.splitlines()
+    top = next(i for i, ln in enumerate(lines) if ln.startswith("store") and "change" in ln)
+    assert "|" not in "".join(lines[top : top + 3])
+    assert len(lines[top + 2]) == len(lines[top])  # numbers right-aligned under the header
 
 
 def test_extract_with_a_manifest_stores_the_cleaned_source(image_store, tmp_path):
