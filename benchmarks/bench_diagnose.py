@@ -258,7 +258,10 @@ import numpy as np
 import featx
 from featx.features import FeatureSet
 n, dim, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-head, index = sys.argv[4], sys.argv[5]
+head, index, threads = sys.argv[4], sys.argv[5], sys.argv[6]
+if threads != "auto":  # a fixed thread count instead of the load policy (for comparisons)
+    from featx.heads import _torch
+    _torch.busy_elsewhere = lambda *a, **k: float(_torch.usable_cpus() - int(threads))
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(K, dim)).astype(np.float32)
 y = rng.integers(0, K, n)
@@ -282,6 +285,7 @@ cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
 peak = ru.ru_maxrss
 s = d.summary()
 print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.index,
+    "threads": threads,
     "seconds": round(secs, 1), "cpu_s": round(cpu, 1), "stages": s["seconds"],
     "peak_rss_gb": round(peak / 2**20, 2),
     "data_gb": round(X.nbytes / 2**30, 2), "rss_before_gb": round(base / 2**20, 2),
@@ -292,27 +296,34 @@ print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.ind
 
 def speed(args: argparse.Namespace) -> dict:
     out = []
-    for head in args.heads.split(";"):
-        for index in args.indexes.split(","):
-            cmd = [
-                sys.executable,
-                "-c",
-                _SPEED_CHILD,
-                str(args.n),
-                str(args.dim),
-                str(args.classes),
-                head,
-                index,
-            ]
-            load0 = os.getloadavg()[0]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-            if r.returncode:
-                print(r.stderr[-2000:], file=sys.stderr)
-                continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["load_avg_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
-            print(json.dumps(row), flush=True)
-            out.append(row)
+    runs = [
+        (head, index, threads)
+        for _ in range(args.repeats)
+        for head in args.heads.split(";")
+        for index in args.indexes.split(",")
+        for threads in args.threads.split(",")
+    ]
+    for head, index, threads in runs:
+        cmd = [
+            sys.executable,
+            "-c",
+            _SPEED_CHILD,
+            str(args.n),
+            str(args.dim),
+            str(args.classes),
+            head,
+            index,
+            threads,
+        ]
+        load0 = os.getloadavg()[0]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if r.returncode:
+            print(r.stderr[-2000:], file=sys.stderr)
+            continue
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row["load_avg_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        print(json.dumps(row), flush=True)
+        out.append(row)
     (OUT / f"speed_{args.n}.json").write_text(json.dumps(out, indent=2))
     return {"rows": out}
 
@@ -338,6 +349,12 @@ def main() -> None:
     p.add_argument("--classes", type=int, default=100)
     p.add_argument("--heads", default="ridge,knn", help="';'-separated --head values")
     p.add_argument("--indexes", default="auto", help="','-separated")
+    p.add_argument(
+        "--threads",
+        default="auto",
+        help="','-separated: auto (the load policy) or a fixed count; alternated per repeat",
+    )
+    p.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}[args.cmd](args)

@@ -731,6 +731,22 @@ def diagnose(
 
         store = str(features)
         features = load_features(features)
+    from featx.heads._torch import cpu_threads_for_load
+
+    with cpu_threads_for_load() as threads:
+        result = _diagnose(features, opts, progress, protocol, store)
+        log.info("diagnose used %d CPU thread(s)", threads)
+    if report is not None:
+        t0 = time.perf_counter()
+        result.write_report(report)
+        result.seconds["report"] = time.perf_counter() - t0
+    return result
+
+
+def _diagnose(
+    features: FeatureSet, opts: DiagnoseOptions, progress: bool, protocol: Any, store: str
+) -> Diagnosis:
+    """The steps of :func:`diagnose`, in order."""
     run = _start(features, opts, progress, protocol)
     _neighbours(run)
     t0 = time.perf_counter()
@@ -749,7 +765,7 @@ def diagnose(
     run.flags.sort(key=lambda f: (order[f.problem], -f.score, f.key))
     nn_sim = np.full(run.fs.n, np.nan)
     nn_sim[run.good] = run.nb_sim[:, 0]
-    result = Diagnosis(
+    return Diagnosis(
         fs=run.fs,
         options=opts,
         duplicates=groups,
@@ -769,8 +785,3 @@ def diagnose(
         notes=run.notes,
         store=store,
     )
-    if report is not None:
-        t0 = time.perf_counter()
-        result.write_report(report)
-        run.seconds["report"] = time.perf_counter() - t0
-    return result
