@@ -130,6 +130,12 @@ def test_cli_extract_layers_compare_fit_predict_verify(tmp_path, image_folder):
                          str(tmp_path / "p.csv"), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_predicted"] == 12
+    # loose files (a glob) go the way they go for a plain bundle: the store of loose files
+    r = run.invoke(cli, ["predict", str(bundle), str(image_folder / "*" / "*.png"), "--out",
+                         str(tmp_path / "g.csv"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == 6
+    assert (tmp_path / "g.csv").read_text().count(".png") == 6
     r = run.invoke(cli, [*args, "--layers", "layer9"])
     assert r.exit_code != 0 and "did you mean" in r.output and "Traceback" not in r.output
 
