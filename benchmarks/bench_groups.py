@@ -175,6 +175,12 @@ def text(args: argparse.Namespace) -> dict:
     return {"anchor": acc_anchor, "C": C, "rows": rows}
 
 
+def fs_groups(store: Path) -> list[str]:
+    import featx
+
+    return [g["name"] for g in featx.store_info(store)["groups"]]
+
+
 def text_layers(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
@@ -187,17 +193,35 @@ def text_layers(args: argparse.Namespace) -> dict:
     csv_path = bench_text.write_task("headlines")
     plain = ExtractOptions(progress=False)
     multi = ExtractOptions(progress=False, layers=args.layers)
-    times: dict[str, list[tuple[float, float]]] = {"plain": [], "multi": []}
+    times: dict[str, list[tuple[float, float, float]]] = {"plain": [], "multi": []}
     stores = {k: OUT / f"bbc-headlines-minilm-{k}.h5" for k in times}
     for rep in range(args.repeats):
         for kind, o in (("plain", plain), ("multi", multi)):
             stores[kind].unlink(missing_ok=True)
             t0, c0 = time.perf_counter(), time.process_time()
-            featx.extract(str(csv_path), "all-minilm-l6-v2", store=stores[kind], options=o)
-            times[kind].append((time.perf_counter() - t0, time.process_time() - c0))
-            w, c = times[kind][-1]
-            print(f"rep {rep} {kind}: {w:.1f} s wall, {c:.1f} s CPU", file=sys.stderr)
-    med = {k: [statistics.median(x[i] for x in v) for i in (0, 1)] for k, v in times.items()}
+            r = featx.extract(str(csv_path), "all-minilm-l6-v2", store=stores[kind], options=o)
+            loop = r.n_new / r.items_per_s  # the extraction loop alone (no model load, commit)
+            times[kind].append((time.perf_counter() - t0, time.process_time() - c0, loop))
+            w, c, lp = times[kind][-1]
+            print(
+                f"rep {rep} {kind}: {w:.1f} s wall, {c:.1f} s CPU, loop {lp:.1f} s", file=sys.stderr
+            )
+    med = {k: [statistics.median(x[i] for x in v) for i in (0, 1, 2)] for k, v in times.items()}
+    low = {k: [min(x[i] for x in v) for i in (0, 1, 2)] for k, v in times.items()}
+    timing = (
+        f"one {len(fs_groups(stores['multi']))}-group pass vs a plain pass (medians of "
+        f"{args.repeats}, interleaved): wall {med['multi'][0]:.1f} s vs {med['plain'][0]:.1f} s "
+        f"= {med['multi'][0] / med['plain'][0]:.2f}x; CPU {med['multi'][1]:.1f} s vs "
+        f"{med['plain'][1]:.1f} s = {med['multi'][1] / med['plain'][1]:.2f}x; fastest of each: "
+        f"wall {low['multi'][0] / low['plain'][0]:.2f}x, "
+        f"CPU {low['multi'][1] / low['plain'][1]:.2f}x; extraction loop alone (median) "
+        f"{med['multi'][2]:.1f} s vs {med['plain'][2]:.1f} s = "
+        f"{med['multi'][2] / med['plain'][2]:.2f}x"
+    )
+    print(timing)
+    print(f"every pass (wall s, CPU s): {times}")
+    if args.timing_only:
+        return {"times": times}
     fs = featx.load_features(stores["multi"])
     same = float(np.abs(fs.X[:, : fs.groups[0].dim] - featx.load_features(stores["plain"]).X).max())
     groups = [f"{g.name} ({g.dim})" for g in fs.groups]
@@ -226,11 +250,7 @@ def text_layers(args: argparse.Namespace) -> dict:
             best[r["groups"]] = r
     print("\nbest head each: " + "; ".join(
         f"{g} {100 * r['accuracy']:.2f} ({r['head']})" for g, r in best.items()))  # fmt: skip
-    print(f"one {len(fs.groups)}-group pass vs a plain pass over {fs.n} headlines (medians of "
-          f"{args.repeats}): wall {med['multi'][0]:.1f} s vs {med['plain'][0]:.1f} s = "
-          f"{med['multi'][0] / med['plain'][0]:.2f}x; CPU {med['multi'][1]:.1f} s vs "
-          f"{med['plain'][1]:.1f} s = {med['multi'][1] / med['plain'][1]:.2f}x")  # fmt: skip
-    print(f"every pass (wall s, CPU s): {times}")
+    print(timing)
     return {"rows": rows, "times": times, "groups": groups, "n": fs.n, "same": same}
 
 
@@ -252,6 +272,7 @@ def main() -> None:
     tl.add_argument("--layers", default="last:4")
     tl.add_argument("--repeats", type=int, default=3)
     tl.add_argument("--heads", default="logreg,svm,linear-svm")
+    tl.add_argument("--timing-only", action="store_true", help="skip the heads")
     p.add_argument("--json", help="also write the record to this file")
     args = p.parse_args()
     record = {"images": images, "text": text, "text-layers": text_layers}[args.cmd](args)
