@@ -49,7 +49,7 @@ from featx.diagnostics.checks import (
     neighbour_overlap,
     robust_z,
 )
-from featx.diagnostics.neighbors import knn, resolve_index, unit_rows
+from featx.diagnostics.neighbors import knn, resolve_index
 from featx.diagnostics.oof import VOTE_NEIGHBOURS, head_names, neighbour_vote, oof_probabilities
 from featx.errors import FeatxError
 from featx.features import FeatureSet
@@ -375,9 +375,11 @@ def _duplicates(
 
 def _centred_unit_rows(X: np.ndarray, good: np.ndarray) -> np.ndarray:
     """Unit rows of ``X[good]`` less their mean: the space every similarity is taken in."""
-    Xg = X[good]
-    Xg -= Xg.mean(axis=0, dtype=np.float64).astype(Xg.dtype)  # Xg is a copy: centred in place
-    return unit_rows(Xg)
+    Xg = np.asarray(X[good], dtype=np.float32)  # a copy: centred and scaled in place
+    Xg -= Xg.mean(axis=0, dtype=np.float64).astype(np.float32)
+    norms = np.linalg.norm(Xg, axis=1, keepdims=True)
+    Xg /= np.where(norms > 0, norms, 1.0)
+    return Xg
 
 
 def leaked_keys(
