@@ -12,6 +12,8 @@ authors for research), the headlines embedded with the bundled all-MiniLM-L6-v2.
               issues and cleanlab's ``find_label_issues`` on the *same* probabilities
               (cleanlab: Apache-2.0, ``pip install cleanlab``, used here only).
 ``duplicates`` recall of the planted cross-split copies and the threshold calibration table.
+``neighbours`` recall@1/10/50 and time of the approximate searches (ivf, faiss) against exact
+              search on 1,000 sampled queries, on synthetic rows or a store's real embeddings.
 ``speed``     time and peak memory of ``featx.diagnose`` on synthetic 100k x 1280 rows (each
               configuration in its own process, peak RSS from ``getrusage``).
 
@@ -328,6 +330,63 @@ def speed(args: argparse.Namespace) -> dict:
     return {"rows": out}
 
 
+def _synthetic(n: int, dim: int, K: int, spread: float = 0.35) -> np.ndarray:
+    """The speed run's rows: K class centres plus isotropic noise, 1 % exact copies."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(K, dim)).astype(np.float32)
+    y = rng.integers(0, K, n)
+    X = np.empty((n, dim), np.float32)
+    for s in range(0, n, 10000):
+        e = min(n, s + 10000)
+        noise = rng.normal(size=(e - s, dim)).astype(np.float32) / np.sqrt(dim) * 4
+        X[s:e] = centres[y[s:e]] * spread + noise
+    X[: n // 100] = X[n // 2 : n // 2 + n // 100]
+    return X
+
+
+def neighbours(args: argparse.Namespace) -> dict:
+    """Recall and time of the approximate searches against exact search on sampled queries."""
+    import resource
+
+    import featx
+    from featx.diagnostics.neighbors import faiss_available, knn, unit_rows
+
+    sets = {}
+    for spec in args.data:
+        if spec.startswith("synthetic:"):
+            _, n, K = spec.split(":")
+            sets[spec] = _synthetic(int(n), args.dim, int(K))
+        else:  # a store: its real embeddings
+            sets[spec] = np.asarray(featx.load_features(spec).X, dtype=np.float32)
+    out = []
+    rng = np.random.default_rng(1)
+    for name, X in sets.items():
+        Xn = unit_rows(X - X.mean(axis=0))
+        qs = np.sort(rng.choice(len(Xn), min(1000, len(Xn)), replace=False))
+        S = Xn[qs] @ Xn.T
+        S[np.arange(len(qs)), qs] = -np.inf
+        truth = np.argsort(-S, axis=1, kind="stable")[:, : args.k]
+        for index in args.indexes.split(","):
+            if index == "faiss" and not faiss_available():
+                continue
+            ru0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            idx, _ = knn(Xn, args.k, index=index)
+            secs = time.perf_counter() - t
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+            got = idx[qs]
+            row = {"data": name, "rows": len(Xn), "index": index, "seconds": round(secs, 1)}
+            row["cpu_s"] = round(cpu, 1)
+            for k in sorted({1, 10, args.k}):
+                rec = [len(set(a[:k]) & set(b[:k])) / k for a, b in zip(got, truth, strict=True)]
+                row[f"recall@{k}"] = round(float(np.mean(rec)), 4)
+            row["load_avg"] = round(os.getloadavg()[0], 2)
+            print(json.dumps(row), flush=True)
+            out.append(row)
+    (OUT / "neighbours.json").write_text(json.dumps(out, indent=2))
+    return {"rows": out}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -343,6 +402,16 @@ def main() -> None:
     )
     p = sub.add_parser("duplicates")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.98, 0.99])
+    p = sub.add_parser("neighbours")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["synthetic:100000:100"],
+        help="synthetic:ROWS:CLASSES (the speed run's rows) or store paths (real embeddings)",
+    )
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--indexes", default="ivf,faiss")
     p = sub.add_parser("speed")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=1280)
@@ -357,7 +426,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}[args.cmd](args)
+    cmds = {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}
+    cmds["neighbours"] = neighbours
+    cmds[args.cmd](args)
 
 
 if __name__ == "__main__":
