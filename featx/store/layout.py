@@ -34,10 +34,42 @@ def _h5():
 
 def _strings(ds) -> np.ndarray:
     """A string dataset as an object array of str; raw non-UTF-8 bytes come back as the
-    ``surrogateescape`` str that :func:`os.fsdecode` gives for the same bytes."""
+    ``surrogateescape`` str that :func:`os.fsdecode` gives for the same bytes.
+
+    Fixed-length string datasets (the per-row columns of files written since #21) are read as
+    one byte array and decoded here: a million keys in a fraction of a second, where
+    variable-length strings cost HDF5 a heap lookup each."""
     if not ds.shape[0]:
         return np.empty(0, dtype=object)
+    if ds.dtype.kind == "S":
+        return decode_bytes(ds[()])
     return np.asarray(ds.asstr(errors="surrogateescape")[()], dtype=object)
+
+
+def decode_bytes(raw: np.ndarray) -> np.ndarray:
+    """A fixed-length byte-string array as an object array of str (``surrogateescape``).
+
+    Columns with few distinct values (splits, empty content hashes) decode each value once."""
+    out = np.empty(len(raw), dtype=object)
+    if not len(raw):
+        return out
+    if raw.dtype.itemsize <= 8 or bool((raw == raw[0]).all()):
+        uniq, inv = np.unique(raw, return_inverse=True)
+        if len(uniq) * 16 < len(raw):
+            names = np.empty(len(uniq), dtype=object)
+            names[:] = [b.decode("utf-8", "surrogateescape") for b in uniq.tolist()]
+            out[:] = names[inv.reshape(-1)]
+            return out
+    out[:] = [b.decode("utf-8", "surrogateescape") for b in raw.tolist()]
+    return out
+
+
+def encode_keys(values: Any) -> np.ndarray:
+    """str values as a fixed-length byte array (UTF-8, ``surrogateescape``): the form the
+    per-row string columns are stored in."""
+    raw = [_encode(v) for v in values]
+    width = max(1, max(map(len, raw), default=1))
+    return np.array(raw, dtype=f"S{width}")
 
 
 def _encode(v: Any) -> bytes:
@@ -76,13 +108,28 @@ _GZIP = {"compression": "gzip", "chunks": True}
 _CHECKED = {**_GZIP, "fletcher32": True}
 
 
-def _str_ds(group, name: str, values: Iterable[str]) -> None:
+def _str_ds(group, name: str, values: Iterable[str], *, fixed: bool = False) -> None:
+    """A string dataset with the SHA-256 of its values.
+
+    ``fixed``: fixed-length UTF-8 strings, for the per-row columns (keys, splits, content
+    hashes): read back as one byte array (:func:`_strings`), checked by Fletcher-32 too, and
+    read the same way by plain h5py (``ds.asstr()[()]``). Longer free text (reasons, texts)
+    stays variable-length. Values never contain NUL (paths cannot), which fixed-length strings
+    would drop at the end."""
     h5py = _h5()
     raw = [_encode(v) for v in values]
-    arr = np.empty(len(raw), dtype=object)
-    arr[:] = raw
-    kw = _GZIP if arr.shape[0] > 0 else {}
-    ds = group.create_dataset(name, data=arr, dtype=h5py.string_dtype(), **kw)
+    if fixed:
+        width = max(1, max(map(len, raw), default=1))
+        arr = np.array(raw, dtype=h5py.string_dtype(length=width))
+        n = arr.shape[0]
+        rows = max(1, min(n, (1 << 20) // width))  # ~1 MB chunks: whole-column reads are fast
+        kw = {"compression": "gzip", "chunks": (rows,), "fletcher32": True} if n else {}
+        ds = group.create_dataset(name, data=arr, **kw)
+    else:
+        arr = np.empty(len(raw), dtype=object)
+        arr[:] = raw
+        kw = _GZIP if arr.shape[0] > 0 else {}
+        ds = group.create_dataset(name, data=arr, dtype=h5py.string_dtype(), **kw)
     ds.attrs["featx_sha256"] = _digest_strings(raw)
 
 

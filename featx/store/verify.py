@@ -174,7 +174,8 @@ def _verify_file(p: Path, formats: tuple[str, ...] = (FORMAT,)) -> VerifyReport:
             try:
                 ds = f[name]
                 raw = ds[()]
-                if ds.dtype.kind == "O":
+                if ds.dtype.kind in "OS":  # variable- or fixed-length strings
+                    raw = raw.tolist() if ds.dtype.kind == "S" else raw
                     enc = [b if isinstance(b, bytes) else _encode(b) for b in raw]
                     digest = _digest_strings(enc)
                     values[name] = np.asarray(
@@ -295,7 +296,8 @@ def _verify_segmented(p: Path) -> VerifyReport:
             try:
                 ds = f[name]
                 raw = ds[()]
-                if ds.dtype.kind == "O":
+                if ds.dtype.kind in "OS":
+                    raw = raw.tolist() if ds.dtype.kind == "S" else raw
                     digest = _digest_strings(b if isinstance(b, bytes) else _encode(b) for b in raw)
                 else:
                     digest = _digest_ints(np.asarray(raw))

@@ -222,11 +222,11 @@ class StoreWriter:
                 dtype = self.config.output_dtype(name)
                 out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
                 f.create_dataset(f"{GROUPS}/{name}", data=out)
-            _str_ds(f, "paths", rows.keys)
+            _str_ds(f, "paths", rows.keys, fixed=True)
             g = f.create_group("fingerprint")
             _int_ds(g, "size", rows.size)
             _int_ds(g, "mtime_ns", rows.mtime_ns)
-            _str_ds(g, "sha256", rows.sha256)
+            _str_ds(g, "sha256", rows.sha256, fixed=True)
             fl = f.create_group("failed")
             _str_ds(fl, "paths", rows.failed_keys)
             _str_ds(fl, "reasons", rows.failed_reasons)
@@ -234,7 +234,7 @@ class StoreWriter:
             _int_ds(fl, "mtime_ns", rows.failed_mtime_ns)
             _str_ds(fl, "sha256", rows.failed_sha256)
             _int_ds(f, "labels", np.full(len(rows.keys), -1))
-            _str_ds(f, "split", [""] * len(rows.keys))
+            _str_ds(f, "split", [""] * len(rows.keys), fixed=True)
             _str_ds(f, "classes", [])
         return path
 
@@ -518,14 +518,14 @@ def _copy_rows(
 
 def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
     """The row index, the per-row extras and the failures of a new store file."""
-    _str_ds(f, "paths", keys)
+    _str_ds(f, "paths", keys, fixed=True)
     _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
-    _str_ds(f, "split", [split.get(k, "") for k in keys])
+    _str_ds(f, "split", [split.get(k, "") for k in keys], fixed=True)
     _str_ds(f, "classes", classes)
     g = f.create_group("fingerprint")
     _int_ds(g, "size", [fingerprints[k][0] for k in keys])
     _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
-    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys], fixed=True)
     for name, values in (per_row or {}).items():
         grp, _, leaf = name.rpartition("/")
         where = f.require_group(grp) if grp else f
