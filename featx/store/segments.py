@@ -259,6 +259,48 @@ class CommitPlan:
     dead: list[tuple[int, int]]  # new tombstones (segment, row) (segment mode)
 
 
+@dataclass
+class StoreChange:
+    """What a commit changes, relative to the store the writer opened: what an incremental run
+    knows without looking at every row, so that a commit costs the change, not the store.
+
+    Attributes
+    ----------
+    kept : int ndarray
+        The old rows (positions in the writer's index, key order) that stay exactly as they
+        are: same key, features, label name, split, fingerprint and per-row values.
+    write : dict key -> (where, row)
+        The rows the commit writes: new or re-extracted rows (``where`` a part file) and old
+        rows whose label, split or fingerprint changed (``where`` = ``"store"``, their old
+        position). Every other old row is removed (a tombstone, or left out of a rewrite).
+    labels, split, fingerprints : dicts keyed by key
+        The label (index into ``classes``), split and (size, mtime_ns, sha256) of the rows in
+        ``write`` (more keys are allowed and ignored).
+    failed : dict key -> (reason, size, mtime_ns, sha256, "")
+        Every failure the store records after the commit (usually few).
+    classes, attrs
+        The store's class names and provenance attributes after the commit.
+    per_row : dict name -> (dict key -> value), optional
+        Per-row extras (``text/n_tokens``) for the rows in ``write``; the kept rows keep theirs.
+        A store that carries strings per row (``text/texts``) is rewritten whole and needs them
+        for every row.
+    """
+
+    kept: np.ndarray
+    write: dict[str, tuple[str, int]]
+    labels: Mapping[str, int]
+    split: Mapping[str, str]
+    fingerprints: Mapping[str, tuple[int, int, str]]
+    failed: Mapping[str, tuple[str, int, int, str, str]]
+    classes: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    per_row: Mapping[str, Mapping[str, Any]] | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.kept) + len(self.write)
+
+
 def _unchanged_rows(
     keys: list[str],
     idx: np.ndarray,
@@ -272,7 +314,7 @@ def _unchanged_rows(
 ) -> np.ndarray:
     """For each ``keys[j]`` kept from old row ``idx[j]``: whether everything stored with it
     (label name, split, fingerprint, per-row values) is unchanged, so the row can stay where it
-    is. Vectorized: a commit of a few rows into a store of millions stays well under a second."""
+    is (the whole-state :func:`commit` turned into a :class:`StoreChange`)."""
     if not keys:
         return np.zeros(0, dtype=bool)
     lab, spl, fp = zip(
@@ -294,25 +336,67 @@ def _unchanged_rows(
     return same
 
 
-def plan_commit(
+def change_from_state(
     writer: Any,
     *,
     rows: Mapping[str, tuple[str, int]],
+    failed: Mapping[str, tuple[str, int, int, str, str]],
     labels: Mapping[str, int],
     split: Mapping[str, str],
     classes: tuple[str, ...],
     fingerprints: Mapping[str, tuple[int, int, str]],
-    per_row: Mapping[str, Mapping[str, int]] | None,
-    force_full: bool = False,
-) -> CommitPlan:
-    """Decide between a segment commit and a full rewrite (see the module docstring)."""
+    attrs: Mapping[str, Any],
+    per_row: Mapping[str, Mapping[str, Any]] | None = None,
+) -> StoreChange:
+    """The :class:`StoreChange` that takes the writer's store to the whole new state given
+    (every row's source and metadata): compares every kept row, so it costs the store's size.
+    Incremental runs build the change directly (:func:`featx.extraction`'s plan)."""
+    old = writer.index
+    from_store = [(k, i) for k, (w, i) in rows.items() if w == "store"]
+    keys = [k for k, _ in from_store]
+    idx = np.fromiter((i for _, i in from_store), np.int64, len(from_store))
+    text_rows = _has_strings(per_row)
+    if old is None or text_rows:
+        same = np.zeros(len(keys), dtype=bool)
+    else:
+        same = _unchanged_rows(
+            keys, idx, old, writer.old_per_row or {}, labels, split, classes, fingerprints,
+            per_row,
+        )  # fmt: skip
+    write = {k: v for k, v in rows.items() if v[0] != "store"}
+    write.update((k, rows[k]) for k, ok in zip(keys, same.tolist(), strict=True) if not ok)
+    return StoreChange(
+        kept=np.sort(idx[same]),
+        write=write,
+        labels=labels,
+        split=split,
+        fingerprints=fingerprints,
+        failed=failed,
+        classes=tuple(classes),
+        attrs=attrs,
+        per_row=per_row,
+    )
+
+
+def _has_strings(per_row: Mapping[str, Mapping[str, Any]] | None) -> bool:
+    """Whether any per-row extra holds strings (``text/texts``): such stores are rewritten."""
+    for values in (per_row or {}).values():
+        for v in values.values():
+            if isinstance(v, str):
+                return True
+            break
+    return False
+
+
+def plan_commit(writer: Any, change: StoreChange, *, force_full: bool = False) -> CommitPlan:
+    """Decide between a segment commit and a full rewrite (see the module docstring). Costs the
+    change plus one boolean per stored row."""
     old = writer.index
     if force_full:
         return CommitPlan("full", "compaction asked for", [], [])
-    text_rows = any(
-        isinstance(v, str) for values in (per_row or {}).values() for v in list(values.values())[:1]
-    )
-    if store_groups(writer.config) or text_rows or getattr(writer.config, "outputs", None):
+    if store_groups(writer.config) or _has_strings(change.per_row) or getattr(
+        writer.config, "outputs", None
+    ):
         # segments carry the pooled features and integer per-row values; a store with more
         # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
         # whole, as before
@@ -320,20 +404,12 @@ def plan_commit(
     if old is None or len(old.keys) == 0:
         return CommitPlan("full", "a new store", [], [])
     layout = writer.layout
-    old_per_row = getattr(writer, "old_per_row", {}) or {}
-    from_store = [(k, i) for k, (w, i) in rows.items() if w == "store"]
-    keys = [k for k, _ in from_store]
-    idx = np.fromiter((i for _, i in from_store), np.int64, len(from_store))
-    same = _unchanged_rows(
-        keys, idx, old, old_per_row, labels, split, classes, fingerprints, per_row
-    )
-    kept_old = np.zeros(len(old.keys), dtype=bool)
-    kept_old[idx[same]] = True
-    write = [k for k, (w, _) in rows.items() if w != "store"]
-    write += [k for k, ok in zip(keys, same.tolist(), strict=True) if not ok]
-    n_final = len(rows)
+    n_final = change.n_items
+    write = change.write
     if n_final and len(write) >= FULL_WRITE_SHARE * n_final:
         return CommitPlan("full", f"{len(write)} of {n_final} rows change", [], [])
+    kept_old = np.zeros(len(old.keys), dtype=bool)
+    kept_old[np.asarray(change.kept, dtype=np.int64)] = True
     dead_idx = np.flatnonzero(~kept_old)
     if layout.file_of_row is None:
         files_after = 1 + (1 if write else 0)
@@ -342,7 +418,13 @@ def plan_commit(
     else:
         files_after = len(layout.files) + (1 if write else 0)
         dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
-        dead = [(int(layout.file_of_row[r]), int(layout.row_in_file[r])) for r in dead_idx]
+        dead = list(
+            zip(
+                layout.file_of_row[dead_idx].tolist(),
+                layout.row_in_file[dead_idx].tolist(),
+                strict=True,
+            )
+        )
     n_dead = dead_before + len(dead)
     if n_dead > COMPACT_DEAD_SHARE * (stored + len(write)):
         return CommitPlan(
@@ -443,6 +525,63 @@ def _sources(writer: Any, rows: Mapping[str, tuple[str, int]]) -> dict[str, tupl
     return out
 
 
+def _whole_state(writer: Any, change: StoreChange) -> dict[str, Any]:
+    """The keyword arguments of ``StoreWriter._merge`` for a full rewrite: the kept old rows
+    (their stored label, split, fingerprint and per-row values) plus the change."""
+    old = writer.index
+    classes = tuple(change.classes)
+    kept = np.asarray(change.kept, dtype=np.int64)
+    rows: dict[str, tuple[str, int]] = {}
+    labels: dict[str, int] = {}
+    split: dict[str, str] = {}
+    fps: dict[str, tuple[int, int, str]] = {}
+    per_row: dict[str, dict[str, Any]] = {k: {} for k in (change.per_row or {})}
+    if len(kept):
+        keys = old.keys[kept].tolist()
+        pos = {c: i for i, c in enumerate(classes)}
+        old_names = [*old.classes, ""]
+        lab = [pos.get(old_names[v], -1) for v in old.labels[kept].tolist()]
+        rows.update(zip(keys, (("store", r) for r in kept.tolist()), strict=True))
+        labels.update(zip(keys, lab, strict=True))
+        split.update(zip(keys, old.split[kept].tolist(), strict=True))
+        fps.update(
+            zip(
+                keys,
+                zip(
+                    old.size[kept].tolist(),
+                    old.mtime_ns[kept].tolist(),
+                    old.sha256[kept].tolist(),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+        given = change.per_row or {}
+        for name in per_row:
+            stored = (writer.old_per_row or {}).get(name)
+            vals = given[name]
+            if stored is not None:
+                per_row[name].update(zip(keys, stored[kept].tolist(), strict=True))
+            per_row[name].update((k, vals[k]) for k in keys if k in vals)
+    wkeys = list(change.write)
+    rows.update(change.write)
+    labels.update((k, change.labels.get(k, -1)) for k in wkeys)
+    split.update((k, change.split.get(k, "")) for k in wkeys)
+    fps.update((k, tuple(change.fingerprints[k])) for k in wkeys)
+    for name, vals in (change.per_row or {}).items():
+        per_row[name].update((k, vals[k]) for k in wkeys if k in vals)
+    return {
+        "rows": rows,
+        "failed": dict(change.failed),
+        "labels": labels,
+        "split": split,
+        "classes": classes,
+        "fingerprints": fps,
+        "attrs": dict(change.attrs),
+        "per_row": per_row if change.per_row is not None else None,
+    }
+
+
 def commit(
     writer: Any,
     *,
@@ -456,32 +595,26 @@ def commit(
     per_row: Mapping[str, Mapping[str, int]] | None = None,
     force_full: bool = False,
 ) -> Path:
-    """Commit through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a segment and
-    a new index, or a full rewrite into one file (see :func:`plan_commit`)."""
-    plan = plan_commit(
-        writer,
-        rows=rows,
-        labels=labels,
-        split=split,
-        classes=classes,
-        fingerprints=fingerprints,
-        per_row=per_row,
-        force_full=force_full,
-    )
+    """Commit a whole new state through ``writer`` (every row's source and metadata): turned
+    into a :class:`StoreChange` by comparing every kept row, then :func:`commit_change`."""
+    change = change_from_state(
+        writer, rows=rows, failed=failed, labels=labels, split=split, classes=classes,
+        fingerprints=fingerprints, attrs=attrs, per_row=per_row,
+    )  # fmt: skip
+    return commit_change(writer, change, force_full=force_full)
+
+
+def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False) -> Path:
+    """Commit ``change`` through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a
+    segment with the written rows and a new index (costs the change), or a full rewrite into
+    one file (see :func:`plan_commit`)."""
+    plan = plan_commit(writer, change, force_full=force_full)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:
         writer.layout.close()  # the segments it opened are read again by path
-    kw = dict(
-        failed=dict(failed),
-        labels=dict(labels),
-        split=dict(split),
-        classes=classes,
-        fingerprints=dict(fingerprints),
-        attrs=dict(attrs),
-        per_row=None if per_row is None else {k: dict(v) for k, v in per_row.items()},
-    )
     if plan.mode == "full":
-        writer._merge(rows=_sources(writer, rows), **kw)
+        kw = _whole_state(writer, change)
+        writer._merge(**{**kw, "rows": _sources(writer, kw["rows"])})
         _crash_point("after-full-rename")
         clean_orphans(writer.path)  # the store is one file again: its segments go
         return writer.path
@@ -494,25 +627,39 @@ def commit(
         names = [Path(p).name for p in writer.layout.files]
         n_rows, dead = list(writer.old_n_rows), list(writer.old_dead)
     dead += plan.dead
+    classes = tuple(change.classes)
     if plan.write_keys:
         folder.mkdir(exist_ok=True)
         name = _new_segment_name(folder)
-        src = _sources(writer, {k: rows[k] for k in plan.write_keys})
-        writer._merge(rows=src, **{**kw, "failed": {}}, target=folder / name)
+        wk = plan.write_keys
+        per_row = change.per_row
+        writer._merge(
+            rows=_sources(writer, {k: change.write[k] for k in wk}),
+            failed={},
+            labels={k: change.labels.get(k, -1) for k in wk},
+            split={k: change.split.get(k, "") for k in wk},
+            classes=classes,
+            fingerprints={k: tuple(change.fingerprints[k]) for k in wk},
+            attrs=dict(change.attrs),
+            per_row=None
+            if per_row is None
+            else {n: {k: v[k] for k in wk if k in v} for n, v in per_row.items()},
+            target=folder / name,
+        )
         _crash_point("after-segment-rename")
         names.append(name)
-        n_rows.append(len(plan.write_keys))
+        n_rows.append(len(wk))
     write_index(
         writer,
         names=names,
         n_rows=n_rows,
         dead=dead,
-        n_items=len(rows),
+        n_items=change.n_items,
         classes=classes,
-        failed=failed,
-        attrs=attrs,
-        dim=int(writer.dim or attrs.get("dim") or 0),
-        per_row_names=sorted(per_row or {}),
+        failed=change.failed,
+        attrs=change.attrs,
+        dim=int(writer.dim or change.attrs.get("dim") or 0),
+        per_row_names=sorted(change.per_row or {}),
     )
     _crash_point("after-index-rename")
     writer.discard_parts()

@@ -271,6 +271,15 @@ class StoreWriter:
             force_full=compact,
         )
 
+    def commit_change(self, change: Any, *, compact: bool = False) -> Path:
+        """Commit a :class:`~featx.store.segments.StoreChange` (the rows kept, written and
+        removed): a segment plus a new index, costing the change, when it is small; else (or
+        with ``compact``) one rewritten file."""
+        from featx.store import segments
+
+        self.require_writable()
+        return segments.commit_change(self, change, force_full=compact)
+
     def _merge(
         self,
         *,
