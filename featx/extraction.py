@@ -352,7 +352,7 @@ class _Run:
 
 
 def _extract_locked(run: _Run) -> ExtractResult:
-    with StoreWriter(run.path, run.config) as writer:
+    with StoreWriter(run.path, run.config, progress=run.opts.progress) as writer:
         plan = _plan(run.src, writer)
         todo: list[Item] = plan["todo"]
         rows: dict[str, tuple[str, int]] = plan["rows"]

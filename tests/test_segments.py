@@ -162,3 +162,54 @@ def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
         names = {p.name for p in segment_dir(store).iterdir()}
         assert len(names) == store_info(store)["segments"]
     assert _extract(src, store, tiny_backbone).noop
+
+
+def test_relabelled_rows_are_rewritten_from_their_old_features(tmp_path, tiny_backbone):
+    """A manifest that only relabels a row commits a one-row segment (the row's old features,
+    its new label) and a tombstone; the plan's vectorized key match finds every other row."""
+    from featx.extraction import _positions
+
+    stored = np.array(["a", "b", "d"], dtype=object)
+    assert _positions(stored, ["a", "c", "d", "e"]).tolist() == [0, -1, 2, -1]
+    assert _positions(stored, ["a", "b", "d"]).tolist() == [0, 1, 2]
+
+    imgs = _folder(tmp_path / "imgs")
+    rows = [f"{c}/{i}.png,{c}" for c in ("cat", "dog", "eel") for i in range(4)]
+    manifest = tmp_path / "imgs" / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "s.h5"
+    _extract(manifest, store, tiny_backbone)
+    manifest.write_text("path,label\n" + "\n".join(rows).replace("cat/0.png,cat", "cat/0.png,dog"))
+    r = _extract(manifest, store, tiny_backbone)
+    assert (r.n_new, r.noop) == (0, False)
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    fresh = tmp_path / "fresh.h5"
+    _extract(manifest, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    fs = load_features(store)
+    assert fs.classes[fs.y[list(fs.keys).index("cat/0.png")]] == "dog"
+    assert _extract(manifest, store, tiny_backbone).noop
+    assert imgs.is_dir()
+
+
+def test_readers_racing_a_compaction_read_the_old_or_the_new_store(tmp_path, tiny_backbone):
+    """A reader that opened the index before a compaction removed its segments reopens the
+    index; a matrix opened before it keeps reading the segments it holds open."""
+    from featx.store.read import _open_read, _rows
+
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    write_image(src / "dog" / "new.png", seed=99)
+    _extract(src, store, tiny_backbone)
+    assert store_info(store)["layout"] == "segments"
+    before = load_features(store)
+    lazy = open_features(store)  # holds its segments open
+    f = _open_read(store)  # the old index, open
+    assert compact_store(store)["compacted"] and not segment_dir(store).exists()
+    idx, matrix, _ = _rows(f, store)  # its segments are gone: the new index is read
+    f.close()
+    assert list(idx.keys) == list(before.keys)
+    np.testing.assert_array_equal(np.asarray(matrix), before.X)
+    np.testing.assert_array_equal(np.asarray(lazy.X), before.X)

@@ -234,3 +234,31 @@ def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
     ends = np.concatenate([breaks, [rows.size]])
     pieces = [ds[rows[s] : rows[e - 1] + 1] for s, e in zip(starts, ends, strict=True)]
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _write_attrs(f: Any, config: Any, attrs: Any, created: str, now: str) -> None:
+    """The format, configuration and provenance attributes of a new store file (a single-file
+    store, a segment or a segmented store's index)."""
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["config"] = config.to_json()
+    f.attrs["config_hash"] = config.hash
+    f.attrs["created"] = created
+    f.attrs["updated"] = now
+    for k, v in attrs.items():
+        if isinstance(v, str):
+            v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
+        elif not isinstance(v, int | float | bool):
+            v = _canonical(v)
+        f.attrs[k] = v
+
+
+def _write_failed(f: Any, failed: Any) -> None:
+    """The ``failed`` group: key -> (reason, size, mtime_ns, sha256, ...), in key order."""
+    fkeys = sorted(failed)
+    fl = f.create_group("failed")
+    _str_ds(fl, "paths", fkeys)
+    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])

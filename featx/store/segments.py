@@ -36,7 +36,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,17 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.store.chunks import StoreMatrix
-from featx.store.config import _canonical, store_groups
-from featx.store.layout import FORMAT, _atomic_h5, _digest_attrs, _h5, _int_ds, _str_ds, _strings
+from featx.store.config import store_groups
+from featx.store.layout import (
+    _atomic_h5,
+    _digest_attrs,
+    _h5,
+    _int_ds,
+    _str_ds,
+    _strings,
+    _write_attrs,
+    _write_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -101,6 +110,9 @@ class SegmentedRows:
     dead_row: np.ndarray
     dim: int
     dtype: np.dtype
+    #: The segment files, open since their rows were read: the matrix reads from these, so a
+    #: compaction that removes them after this read does not take them from under a reader.
+    handles: list[Any] = field(default_factory=list)
 
     @property
     def n_dead(self) -> int:
@@ -108,7 +120,7 @@ class SegmentedRows:
 
     def matrix(self, store: str) -> StoreMatrix:
         block = 4096
-        return StoreMatrix(
+        m = StoreMatrix(
             self.files,
             (len(self.file_of_row), self.dim),
             self.dtype,
@@ -117,6 +129,19 @@ class SegmentedRows:
             block_rows=block,
             store=store,
         )
+        m._open.update(enumerate(self.handles))
+        self.handles = []
+        return m
+
+    def close(self) -> None:
+        for h in self.handles:
+            with contextlib.suppress(Exception):
+                h.close()
+        self.handles = []
+
+
+class SegmentMissing(StoreError):
+    """A segment the index names is gone (a reader racing a commit that removed it)."""
 
 
 def _segment_files(f: Any, path: Path) -> tuple[list[Path], np.ndarray]:
@@ -143,13 +168,17 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
     per_row_names = (
         [str(n) for n in _strings(f["segments/per_row"])] if "segments/per_row" in f else []
     )
-    for i, seg in enumerate(files):
-        if not seg.exists():
-            raise StoreError(
-                f"segment {seg.name} of store {path} is missing; the store is damaged: run the "
-                f"same 'featx extract' again after deleting {path} and {segment_dir(path)}"
-            )
-        with h5py.File(seg, "r") as s:
+    handles: list[Any] = []
+    try:
+        for i, seg in enumerate(files):
+            try:
+                s = h5py.File(seg, "r")
+            except FileNotFoundError:
+                raise SegmentMissing(
+                    f"segment {seg.name} of store {path} is missing; the store is damaged: run "
+                    f"the same 'featx extract' again after deleting {path} and {segment_dir(path)}"
+                ) from None
+            handles.append(s)
             n = int(s["paths"].shape[0])
             if n != int(n_rows[i]):
                 raise StoreError(
@@ -173,6 +202,10 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
             for name in per_row_names:
                 vals = s[name][()] if name in s else np.full(n, -1, np.int64)
                 extra.setdefault(name, []).append(vals[live])
+    except BaseException:
+        for h in handles:
+            h.close()
+        raise
 
     def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
         return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
@@ -206,6 +239,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         dead_row=dead_row,
         dim=dim,
         dtype=dtype,
+        handles=handles,
     )
 
 
@@ -394,8 +428,10 @@ def plan_commit(writer: Any, change: StoreChange, *, force_full: bool = False) -
     old = writer.index
     if force_full:
         return CommitPlan("full", "compaction asked for", [], [])
-    if store_groups(writer.config) or _has_strings(change.per_row) or getattr(
-        writer.config, "outputs", None
+    if (
+        store_groups(writer.config)
+        or _has_strings(change.per_row)
+        or getattr(writer.config, "outputs", None)
     ):
         # segments carry the pooled features and integer per-row values; a store with more
         # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
@@ -473,19 +509,9 @@ def write_index(
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     dead_arr = np.array(sorted(set(dead)), dtype=np.int64).reshape(-1, 2)
     with _atomic_h5(writer.path) as f:
-        f.attrs["format"] = FORMAT
+        _write_attrs(f, writer.config, attrs, getattr(writer, "_created", None) or now, now)
         f.attrs["schema_version"] = SEGMENTED_SCHEMA_VERSION
         f.attrs["layout"] = LAYOUT
-        f.attrs["config"] = writer.config.to_json()
-        f.attrs["config_hash"] = writer.config.hash
-        f.attrs["created"] = getattr(writer, "_created", None) or now
-        f.attrs["updated"] = now
-        for k, v in attrs.items():
-            if isinstance(v, str):
-                v = str(v)
-            elif not isinstance(v, int | float | bool):
-                v = _canonical(v)
-            f.attrs[k] = v
         f.attrs["n_items"] = int(n_items)
         f.attrs["n_failed"] = len(failed)
         f.attrs["dim"] = int(dim)
@@ -500,13 +526,7 @@ def write_index(
         _int_ds(d, "segment", dead_arr[:, 0])
         _int_ds(d, "row", dead_arr[:, 1])
         _str_ds(f, "classes", classes)
-        fkeys = sorted(failed)
-        fl = f.create_group("failed")
-        _str_ds(fl, "paths", fkeys)
-        _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-        _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-        _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-        _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+        _write_failed(f, failed)
         f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
 
 

@@ -335,6 +335,7 @@ def _verify_segmented(p: Path) -> VerifyReport:
         if not problems:
             try:
                 sr = read_segmented(f, p)
+                sr.close()
                 keys = list(sr.fields["keys"])
                 n = len(keys)
                 if any(a >= b for a, b in itertools.pairwise(keys)):

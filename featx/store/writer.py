@@ -18,6 +18,7 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
+from featx.progress import progress_bar
 from featx.store.config import (
     GROUPS,
     StoreConfig,
@@ -29,15 +30,15 @@ from featx.store.config import (
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
-    FORMAT,
     PART_FORMAT,
-    SCHEMA_VERSION,
     _atomic_h5,
     _digest_attrs,
     _h5,
     _int_ds,
     _read_rows,
     _str_ds,
+    _write_attrs,
+    _write_failed,
 )
 from featx.store.lock import acquire_lock, release_lock
 from featx.store.read import StoreIndex, _open_read, _read_index, _rows
@@ -76,9 +77,11 @@ class StoreWriter:
         different configuration raise :class:`~featx.errors.StoreError`.
     """
 
-    def __init__(self, path: str | os.PathLike, config: StoreConfig):
+    def __init__(self, path: str | os.PathLike, config: StoreConfig, *, progress: bool = False):
         self.path = Path(path)
         self.config = config
+        #: Show a progress bar (stderr) on commits that copy many rows (a compaction).
+        self.progress = progress
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_fd: int | None = None
@@ -351,8 +354,16 @@ class StoreWriter:
                 datasets = [("features", dim, self.config.dtype)]
                 datasets += [(g, w, self.config.dtype) for g, w in store_groups(self.config)]
                 datasets += store_outputs(self.config)
+                row_bytes = sum(w * np.dtype(t).itemsize for _, w, t in datasets)
+                bar = progress_bar(
+                    total=n * len(datasets),
+                    desc="store: compact" if target is None else "store: segment",
+                    unit="row",
+                    enabled=self.progress and n * row_bytes >= PROGRESS_BYTES,
+                    unit_scale=True,
+                )
                 for ds_name, width, dtype in datasets:
-                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds)
+                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds, bar)
                     spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
                     if ds_name != "features" and spec is not None:  # a cached output's spec
                         ds.attrs["spec"] = _canonical(spec)
@@ -361,6 +372,7 @@ class StoreWriter:
                             ds.attrs["layer"] = str(g["name"])
                             ds.attrs["pool"] = str(g.get("pool") or "")
                             ds.attrs["dim"] = int(g["dim"])
+                bar.close()
                 _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():
@@ -377,18 +389,7 @@ class StoreWriter:
 
     def _write_attrs(self, f: Any, attrs: dict[str, Any], created: str, now: str) -> None:
         """The format, configuration and provenance attributes of a new store file."""
-        f.attrs["format"] = FORMAT
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["config"] = self.config.to_json()
-        f.attrs["config_hash"] = self.config.hash
-        f.attrs["created"] = created
-        f.attrs["updated"] = now
-        for k, v in attrs.items():
-            if isinstance(v, str):
-                v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
-            elif not isinstance(v, int | float | bool):
-                v = _canonical(v)
-            f.attrs[k] = v
+        _write_attrs(f, self.config, attrs, created, now)
 
     def discard_parts(self) -> None:
         if self.parts_dir.is_dir():
@@ -417,7 +418,7 @@ _STRUCTURAL_ATTRS = frozenset(
 )
 
 
-def compact_store(path: str | os.PathLike) -> dict[str, Any]:
+def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
     """Merge a segmented store's segments into one file without its dead rows (``featx compact``).
 
     The same atomic commit as an extraction's (a new file renamed over the index, then the
@@ -441,7 +442,7 @@ def compact_store(path: str | os.PathLike) -> dict[str, Any]:
         n_dead = int(f.attrs.get("n_dead", 0))
         meta = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _STRUCTURAL_ATTRS}
     t0 = time.perf_counter()
-    with StoreWriter(p, config) as w:
+    with StoreWriter(p, config, progress=progress) as w:
         if w.parts_dir.is_dir() and any(w.parts_dir.glob("part-*.h5")):
             raise StoreError(
                 f"{p} has an unfinished extraction ({w.parts_dir.name}); run the same "
@@ -490,8 +491,19 @@ def compact_store(path: str | os.PathLike) -> dict[str, Any]:
 COPY_BYTES = 64 << 20
 
 
+#: Commits that copy at least this many feature bytes show a progress bar (with ``progress``).
+PROGRESS_BYTES = 256 << 20
+
+
 def _copy_rows(
-    f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
+    f: Any,
+    name: str,
+    width: int,
+    dtype: str,
+    wheres: np.ndarray,
+    srcrow: np.ndarray,
+    source_ds: Any,
+    bar: Any = None,
 ) -> Any:
     """Dataset ``name`` of a new store: row i copied from row ``srcrow[i]`` of ``wheres[i]``
     (the old store or a part), in blocks, each source read in row order."""
@@ -522,6 +534,8 @@ def _copy_rows(
             tmp[order] = vals
             block[m] = tmp
         ds[a:b] = block
+        if bar is not None:
+            bar.update(b - a)
     return ds
 
 
@@ -542,10 +556,4 @@ def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
             _str_ds(where, leaf, [values.get(k, "") for k in keys])
         else:
             _int_ds(where, leaf, [values.get(k, -1) for k in keys])
-    fkeys = sorted(failed)
-    fl = f.create_group("failed")
-    _str_ds(fl, "paths", fkeys)
-    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+    _write_failed(f, failed)
