@@ -690,7 +690,7 @@ def _run(
     # Leaving the with-block waits for a part still being written, also when the run fails:
     # a part is then complete on disk (and resumed next time) or was never renamed into place.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
-        parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool)
+        parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool, run.src.classes)
         for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts):
             parts.add(batch)
             n_new += int(batch.indices.size)
@@ -731,9 +731,11 @@ class _Parts:
         failed: dict[str, tuple],
         dim: int,
         pool: Any,
+        classes: tuple[str, ...] = (),
     ) -> None:
         self.todo, self.writer, self.rows, self.failed, self.dim = todo, writer, rows, failed, dim
         self.pool = pool
+        self.classes = tuple(classes)
         self.indices: list[np.ndarray] = []
         self.outputs: dict[str, list[np.ndarray]] = {}
         self.failures: list[tuple[int, str]] = []
@@ -767,6 +769,11 @@ class _Parts:
         if not idx.size and not self.failures:
             return
         outputs = {k: np.concatenate(v) for k, v in self.outputs.items()}
+        # rows in key order, with their labels and splits: a part that can become a segment
+        order = sorted(range(len(idx)), key=lambda j: self.todo[idx[j]].key)
+        if order != list(range(len(idx))):
+            idx = idx[order]
+            outputs = {k: v[order] for k, v in outputs.items()}
         feats = outputs.pop(FEATURES, np.empty((0, self.dim)))
         ok_items = [self.todo[i] for i in idx]
         bad_items = [(self.todo[i], r) for i, r in self.failures]
@@ -782,6 +789,9 @@ class _Parts:
             failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
             failed_sha256=[it.sha256 for it, _ in bad_items],
             outputs=outputs,
+            labels=[it.label for it in ok_items],
+            split=[it.split for it in ok_items],
+            classes=self.classes,
         )
         self.settle()
         self.inflight.append((self.pool.submit(self.writer.write_part, part), ok_items, bad_items))

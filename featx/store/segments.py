@@ -72,6 +72,12 @@ COMPACT_MAX_SEGMENTS = 32
 FULL_WRITE_SHARE = 0.5
 #: Test hook: the name of a step at which to ``os._exit(137)`` (like ``kill -9``), or "".
 CRASH_AT_ENV = "FEATX_TEST_CRASH_AT"
+#: A part file of at least this many rows becomes a segment as it is (a hard link, no copy)
+#: when its rows are in key order and still carry the source's labels, splits and fingerprints;
+#: smaller parts are copied into the commit's segment (fewer, larger segments). Tests lower it
+#: with the environment variable of the same name.
+PART_SEGMENT_MIN_ROWS = 1024
+PART_SEGMENT_MIN_ROWS_ENV = "FEATX_PART_SEGMENT_MIN_ROWS"
 
 
 def _crash_point(step: str) -> None:
@@ -422,74 +428,170 @@ def _has_strings(per_row: Mapping[str, Mapping[str, Any]] | None) -> bool:
     return False
 
 
-def plan_commit(writer: Any, change: StoreChange, *, force_full: bool = False) -> CommitPlan:
-    """Decide between a segment commit and a full rewrite (see the module docstring). Costs the
-    change plus one boolean per stored row."""
-    old = writer.index
-    if force_full:
-        return CommitPlan("full", "compaction asked for", [], [])
-    if (
+@dataclass(frozen=True)
+class PartSegment:
+    """A part file that becomes a segment as it is (see :func:`_part_as_segment`)."""
+
+    path: str
+    n_rows: int
+    dead: np.ndarray  # its rows the commit does not take (tombstones)
+    keys: frozenset[str]  # the keys the commit takes from it
+
+
+def _multi_output(writer: Any, change: StoreChange) -> bool:
+    """Segments carry the pooled features and integer per-row values; a store with more outputs
+    per row (--layers, --cache-activations) or the texts themselves is rewritten whole."""
+    return bool(
         store_groups(writer.config)
         or _has_strings(change.per_row)
         or getattr(writer.config, "outputs", None)
-    ):
-        # segments carry the pooled features and integer per-row values; a store with more
-        # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
-        # whole, as before
+    )
+
+
+def _part_segments(writer: Any, change: StoreChange, room: int) -> list[PartSegment]:
+    """The parts of ``change.write`` that become segments as they are, largest first, at most
+    ``room`` of them."""
+    by_part: dict[str, dict[int, str]] = {}
+    for k, (where, r) in change.write.items():
+        if where != "store":
+            by_part.setdefault(where, {})[int(r)] = k
+    out = []
+    for part, rows_of in sorted(by_part.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if len(out) >= room:
+            break
+        fit = _part_as_segment(part, rows_of, change)
+        if fit is not None:
+            out.append(PartSegment(part, fit[0], fit[1], frozenset(rows_of.values())))
+    return out
+
+
+def plan_commit(
+    writer: Any,
+    change: StoreChange,
+    *,
+    force_full: bool = False,
+    parts: list[PartSegment] | None = None,
+) -> CommitPlan:
+    """Decide between a segment commit and a full rewrite (see the module docstring). Costs the
+    change plus one boolean per stored row. ``parts``: part files that become segments as they
+    are (their rows are not written again)."""
+    old = writer.index
+    parts = parts or []
+    if force_full:
+        return CommitPlan("full", "compaction asked for", [], [])
+    if _multi_output(writer, change):
         return CommitPlan("full", "a multi-output or text-carrying store", [], [])
-    if old is None or len(old.keys) == 0:
-        return CommitPlan("full", "a new store", [], [])
-    layout = writer.layout
     n_final = change.n_items
     write = change.write
-    if n_final and len(write) >= FULL_WRITE_SHARE * n_final:
-        return CommitPlan("full", f"{len(write)} of {n_final} rows change", [], [])
-    kept_old = np.zeros(len(old.keys), dtype=bool)
-    kept_old[np.asarray(change.kept, dtype=np.int64)] = True
-    dead_idx = np.flatnonzero(~kept_old)
-    if layout.file_of_row is None:
-        files_after = 1 + (1 if write else 0)
-        dead_before, stored = 0, len(old.keys)
-        dead = [(0, int(r)) for r in dead_idx]
+    taken = set().union(*(p.keys for p in parts)) if parts else set()
+    n_copy = len(write) - len(taken)
+    if old is None or len(old.keys) == 0:
+        if not parts or n_copy >= FULL_WRITE_SHARE * n_final:
+            return CommitPlan("full", "a new store", [], [])
+    elif n_final and n_copy >= FULL_WRITE_SHARE * n_final:
+        return CommitPlan("full", f"{n_copy} of {n_final} rows change", [], [])
+    layout = writer.layout
+    copy = sorted(k for k in write if k not in taken)
+    n_new_files = len(parts) + (1 if copy else 0)
+    part_dead = sum(len(p.dead) for p in parts)
+    part_rows = sum(p.n_rows for p in parts)
+    if old is None or len(old.keys) == 0:
+        files_after, dead_before, stored, dead = n_new_files, 0, 0, []
     else:
-        files_after = len(layout.files) + (1 if write else 0)
-        dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
-        dead = list(
-            zip(
-                layout.file_of_row[dead_idx].tolist(),
-                layout.row_in_file[dead_idx].tolist(),
-                strict=True,
+        kept_old = np.zeros(len(old.keys), dtype=bool)
+        kept_old[np.asarray(change.kept, dtype=np.int64)] = True
+        dead_idx = np.flatnonzero(~kept_old)
+        if layout.file_of_row is None:
+            files_after = 1 + n_new_files
+            dead_before, stored = 0, len(old.keys)
+            dead = [(0, int(r)) for r in dead_idx]
+        else:
+            files_after = len(layout.files) + n_new_files
+            dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
+            dead = list(
+                zip(
+                    layout.file_of_row[dead_idx].tolist(),
+                    layout.row_in_file[dead_idx].tolist(),
+                    strict=True,
+                )
             )
-        )
-    n_dead = dead_before + len(dead)
-    if n_dead > COMPACT_DEAD_SHARE * (stored + len(write)):
-        return CommitPlan(
-            "full", f"{n_dead} dead rows of {stored + len(write)}: compacting", [], []
-        )
+    n_dead = dead_before + len(dead) + part_dead
+    total = stored + part_rows + len(copy)
+    if n_dead > COMPACT_DEAD_SHARE * total:
+        return CommitPlan("full", f"{n_dead} dead rows of {total}: compacting", [], [])
     if files_after > COMPACT_MAX_SEGMENTS:
         return CommitPlan("full", f"{files_after} segments: compacting", [], [])
-    return CommitPlan("segment", f"{len(write)} rows into a new segment", sorted(write), dead)
+    why = f"{len(copy)} rows into a new segment"
+    if parts:
+        why += f", {len(parts)} part(s) of {part_rows} rows registered as segments"
+    return CommitPlan("segment", why, copy, dead)
+
+
+def _part_min_rows() -> int:
+    return int(os.environ.get(PART_SEGMENT_MIN_ROWS_ENV) or PART_SEGMENT_MIN_ROWS)
+
+
+def _part_as_segment(
+    part: str, rows_of: Mapping[int, str], change: StoreChange
+) -> tuple[int, np.ndarray] | None:
+    """Whether part file ``part`` can become a segment as it is: (its rows, the rows to
+    tombstone there), or None (copy its rows instead). ``rows_of``: row -> key of the rows the
+    commit takes from it. A part written by this featx in key order qualifies when at least half
+    of its rows are taken with the label name, split and fingerprint it holds."""
+    if change.per_row:  # per-row extras (text/n_tokens) are not in parts
+        return None
+    try:
+        with _h5().File(part, "r") as f:
+            if not f.attrs.get("segment_ready") or not f["features"].fletcher32:
+                return None
+            keys = _strings(f["paths"])
+            n = len(keys)
+            if n < _part_min_rows() or 2 * len(rows_of) < n:
+                return None
+            names = np.array([*_strings(f["classes"]), ""], dtype=object)[f["labels"][()]]
+            split = _strings(f["split"])
+            g = f["fingerprint"]
+            size, mtime, sha = g["size"][()], g["mtime_ns"][()], _strings(g["sha256"])
+    except (OSError, KeyError, IndexError):
+        return None
+    classes = [*change.classes, ""]
+    ok = np.zeros(n, dtype=bool)
+    for r, k in rows_of.items():
+        fp = change.fingerprints[k]
+        ok[r] = (
+            keys[r] == k
+            and names[r] == classes[change.labels.get(k, -1)]
+            and split[r] == change.split.get(k, "")
+            and (int(size[r]), int(mtime[r]), str(sha[r])) == (int(fp[0]), int(fp[1]), str(fp[2]))
+        )
+    if 2 * int(ok.sum()) < n:
+        return None
+    return n, np.flatnonzero(~ok)
+
+
+def _link_segment(src: str | os.PathLike, folder: Path) -> str:
+    """Hard-link (copy where links are not possible) ``src`` into ``folder`` as a new segment
+    name, durably; returns the name."""
+    folder.mkdir(exist_ok=True)
+    name = _new_segment_name(folder)
+    tmp = folder / f"{name}.tmp-{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
+    from featx.files import fsync_dir
+
+    fsync_dir(folder)
+    return name
 
 
 def upgrade_to_segment(path: Path) -> str:
     """Make a single-file store's file the first segment without copying: a hard link in
     ``STORE.segments`` (a copy where the filesystem has no links). Returns the segment's name."""
-    folder = segment_dir(path)
-    folder.mkdir(exist_ok=True)
-    name = _new_segment_name(folder)
-    target = folder / name
-    tmp = folder / f"{name}.tmp-{os.getpid()}"
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    from featx.files import fsync_dir
-
-    fsync_dir(folder)
-    return name
+    return _link_segment(path, segment_dir(path))
 
 
 def write_index(
@@ -628,7 +730,16 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
     """Commit ``change`` through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a
     segment with the written rows and a new index (costs the change), or a full rewrite into
     one file (see :func:`plan_commit`)."""
-    plan = plan_commit(writer, change, force_full=force_full)
+    parts: list[PartSegment] = []
+    if not force_full and not _multi_output(writer, change):
+        if writer.index is None or len(writer.index.keys) == 0:
+            used = 0
+        elif writer.layout.file_of_row is None:
+            used = 1  # the single file becomes segment 0
+        else:
+            used = len(writer.layout.files)
+        parts = _part_segments(writer, change, COMPACT_MAX_SEGMENTS - used - 1)
+    plan = plan_commit(writer, change, force_full=force_full, parts=parts)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:
         writer.layout.close()  # the segments it opened are read again by path
@@ -640,7 +751,9 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
         return writer.path
 
     folder = segment_dir(writer.path)
-    if writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
+    if writer.index is None or len(writer.index.keys) == 0:  # a new store made of parts
+        names, n_rows, dead = [], [], []
+    elif writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
         names, n_rows, dead = [upgrade_to_segment(writer.path)], [len(writer.index.keys)], []
         _crash_point("after-upgrade-link")
     else:
@@ -648,10 +761,16 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
         n_rows, dead = list(writer.old_n_rows), list(writer.old_dead)
     dead += plan.dead
     classes = tuple(change.classes)
-    if plan.write_keys:
+    copy = plan.write_keys
+    for part in parts:  # parts that become segments: their rows are not copied again
+        names.append(_link_segment(part.path, folder))
+        _crash_point("after-part-link")
+        n_rows.append(part.n_rows)
+        dead += [(len(names) - 1, int(r)) for r in part.dead]
+    if copy:
         folder.mkdir(exist_ok=True)
         name = _new_segment_name(folder)
-        wk = plan.write_keys
+        wk = copy
         per_row = change.per_row
         writer._merge(
             rows=_sources(writer, {k: change.write[k] for k in wk}),

@@ -15,6 +15,7 @@ from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
+    PART_FORMAT,
     _attr_value,
     _digest_attrs,
     _digest_ints,
@@ -316,7 +317,7 @@ def _verify_segmented(p: Path) -> VerifyReport:
             if not seg.is_file():
                 problems.append(f"segment {name} is missing")
                 continue
-            rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT))
+            rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT, PART_FORMAT))  # parts: #21
             problems += [f"segment {name}: {x}" for x in rep.problems]
             chunks += rep.chunks_read
             nbytes += rep.bytes_read

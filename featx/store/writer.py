@@ -63,6 +63,11 @@ class Rows:
     failed_sha256: list[str]
     #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The rows' labels (indices into ``classes``, -1: none) and splits, when the writer of the
+    #: part knows them: a part in key order with them can become a segment as it is (#21).
+    labels: list[int] | None = None
+    split: list[str] | None = None
+    classes: tuple[str, ...] = ()
 
 
 class StoreWriter:
@@ -217,10 +222,23 @@ class StoreWriter:
             feats = feats.reshape(len(rows.keys), self.dim or 0)
         if feats.shape[0] != len(rows.keys):
             raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
+        n = len(rows.keys)
+        labels = np.full(n, -1) if rows.labels is None else np.asarray(rows.labels, np.int64)
+        split = [""] * n if rows.split is None else list(rows.split)
+        in_order = all(a < b for a, b in zip(rows.keys, rows.keys[1:], strict=False))
+        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         with _atomic_h5(path) as f:
+            # the attributes and layout of a segment, so that a part in key order whose labels
+            # and splits are still the source's becomes a segment without a copy
+            _write_attrs(f, self.config, {}, now, now)
             f.attrs["format"] = PART_FORMAT
-            f.attrs["config_hash"] = self.config.hash
-            f.create_dataset("features", data=feats)
+            f.attrs["n_items"] = n
+            f.attrs["n_failed"] = len(rows.failed_keys)
+            f.attrs["dim"] = int(feats.shape[1])
+            f.attrs["segment_ready"] = bool(in_order and rows.labels is not None)
+            ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
+            if n:
+                ds[...] = feats
             for name, arr in (rows.outputs or {}).items():
                 dtype = self.config.output_dtype(name)
                 out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
@@ -236,9 +254,10 @@ class StoreWriter:
             _int_ds(fl, "size", rows.failed_size)
             _int_ds(fl, "mtime_ns", rows.failed_mtime_ns)
             _str_ds(fl, "sha256", rows.failed_sha256)
-            _int_ds(f, "labels", np.full(len(rows.keys), -1))
-            _str_ds(f, "split", [""] * len(rows.keys), fixed=True)
-            _str_ds(f, "classes", [])
+            _int_ds(f, "labels", labels)
+            _str_ds(f, "split", split, fixed=True)
+            _str_ds(f, "classes", rows.classes)
+            f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
         return path
 
     # -- commit ------------------------------------------------------------------------------------
@@ -491,6 +510,22 @@ def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[st
 COPY_BYTES = 64 << 20
 
 
+def _features_ds(f: Any, name: str, width: int, dtype: str, n: int) -> Any:
+    """An empty (n, width) feature dataset as every store file has it: ~8 MB row chunks,
+    LZF-compressed (without byte-shuffle: measured on dense float features it reads at
+    ~2 GB/s, while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain, BENCHMARKS.md),
+    Fletcher-32 per chunk."""
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * np.dtype(dtype).itemsize)))
+    return f.create_dataset(
+        name,
+        shape=(n, width),
+        dtype=dtype,
+        chunks=(rows_per_chunk, max(width, 1)) if n else None,
+        compression="lzf" if n else None,
+        fletcher32=bool(n),
+    )
+
+
 #: Commits that copy at least this many feature bytes show a progress bar (with ``progress``).
 PROGRESS_BYTES = 256 << 20
 
@@ -509,17 +544,7 @@ def _copy_rows(
     (the old store or a part), in blocks, each source read in row order."""
     n = len(wheres)
     itemsize = np.dtype(dtype).itemsize
-    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
-    # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
-    # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
-    ds = f.create_dataset(
-        name,
-        shape=(n, width),
-        dtype=dtype,
-        chunks=(rows_per_chunk, max(width, 1)) if n else None,
-        compression="lzf" if n else None,
-        fletcher32=bool(n),
-    )
+    ds = _features_ds(f, name, width, dtype, n)
     step = max(1, min(COPY_ROWS, COPY_BYTES // max(1, width * itemsize)))  # wide rows: ~64 MB
     for a in range(0, n, step):
         b = min(n, a + step)
