@@ -671,6 +671,18 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     }
 
 
+#: At most this many rows in a part an engine's worker writes (its memory, a kill's loss).
+PARTS_MAX_ROWS = 16384
+
+
+def plain_store(config: StoreConfig, src: Source) -> bool:
+    """Whether a store holds only the pooled features and plain per-row metadata (no
+    ``--layers`` groups, cached outputs or texts): what parts written by workers can hold."""
+    from featx.store.config import store_groups
+
+    return not store_groups(config) and not config.outputs and src.modality == "image"
+
+
 def _run(
     run: _Run,
     todo: list[Item],
@@ -691,7 +703,13 @@ def _run(
     # a part is then complete on disk (and resumed next time) or was never renamed into place.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
         parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool, run.src.classes)
-        for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts):
+        kw = {}
+        if getattr(run.engine, "writes_parts", False) and plain_store(run.config, run.src):
+            # the engine's workers write the parts themselves (storage the cluster shares):
+            # the driver then writes no feature byte, and its commit links them as segments
+            per_part = min(PARTS_MAX_ROWS, max(opts.checkpoint_every, -(-len(todo) // 12)))
+            kw["sink"] = writer.part_sink(run.src.classes, per_part)
+        for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts, **kw):
             parts.add(batch)
             n_new += int(batch.indices.size)
             n_fail += len(batch.failures)
@@ -744,6 +762,15 @@ class _Parts:
         self.last_flush = time.monotonic()
 
     def add(self, batch: Any) -> None:
+        if batch.parts is not None:  # written by the engine's workers: durable already
+            for i, part, r in zip(
+                batch.indices.tolist(), batch.parts.tolist(), batch.part_rows.tolist(),
+                strict=True,
+            ):  # fmt: skip
+                self.rows[self.todo[i].key] = (str(part), int(r))
+            for i, reason in batch.failures:
+                self.failed[self.todo[i].key] = (reason, *_fp(self.todo[i]))
+            return
         if batch.indices.size:
             self.indices.append(batch.indices)
             for name, arr in batch.outputs.items():

@@ -738,7 +738,9 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
             used = 1  # the single file becomes segment 0
         else:
             used = len(writer.layout.files)
-        parts = _part_segments(writer, change, COMPACT_MAX_SEGMENTS - used - 1)
+        # parts fill at most half of the segments a store may have (the rest of the room is
+        # for later small commits, so that many small parts do not force an early compaction)
+        parts = _part_segments(writer, change, COMPACT_MAX_SEGMENTS // 2 - used - 1)
     plan = plan_commit(writer, change, force_full=force_full, parts=parts)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:

@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -208,57 +208,27 @@ class StoreWriter:
         self.require_writable()
         if not rows.keys and not rows.failed_keys:
             raise ValueError("empty part")
-        self.parts_dir.mkdir(exist_ok=True)
-        cfg_file = self.parts_dir / "config.json"
-        if not cfg_file.exists():
-            atomic_write(cfg_file, self.config.to_json())
+        self._prepare_parts()
         self._n_parts += 1
         path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
         while path.exists():
             self._n_parts += 1
             path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
-        feats = np.asarray(rows.features, dtype=self.config.dtype)
-        if feats.ndim != 2:  # (0,) for a part of failures only: keep the known width
-            feats = feats.reshape(len(rows.keys), self.dim or 0)
-        if feats.shape[0] != len(rows.keys):
-            raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
-        n = len(rows.keys)
-        labels = np.full(n, -1) if rows.labels is None else np.asarray(rows.labels, np.int64)
-        split = [""] * n if rows.split is None else list(rows.split)
-        in_order = all(a < b for a, b in zip(rows.keys, rows.keys[1:], strict=False))
-        now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        with _atomic_h5(path) as f:
-            # the attributes and layout of a segment, so that a part in key order whose labels
-            # and splits are still the source's becomes a segment without a copy
-            _write_attrs(f, self.config, {}, now, now)
-            f.attrs["format"] = PART_FORMAT
-            f.attrs["n_items"] = n
-            f.attrs["n_failed"] = len(rows.failed_keys)
-            f.attrs["dim"] = int(feats.shape[1])
-            f.attrs["segment_ready"] = bool(in_order and rows.labels is not None)
-            ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
-            if n:
-                ds[...] = feats
-            for name, arr in (rows.outputs or {}).items():
-                dtype = self.config.output_dtype(name)
-                out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
-                f.create_dataset(f"{GROUPS}/{name}", data=out)
-            _str_ds(f, "paths", rows.keys, fixed=True)
-            g = f.create_group("fingerprint")
-            _int_ds(g, "size", rows.size)
-            _int_ds(g, "mtime_ns", rows.mtime_ns)
-            _str_ds(g, "sha256", rows.sha256, fixed=True)
-            fl = f.create_group("failed")
-            _str_ds(fl, "paths", rows.failed_keys)
-            _str_ds(fl, "reasons", rows.failed_reasons)
-            _int_ds(fl, "size", rows.failed_size)
-            _int_ds(fl, "mtime_ns", rows.failed_mtime_ns)
-            _str_ds(fl, "sha256", rows.failed_sha256)
-            _int_ds(f, "labels", labels)
-            _str_ds(f, "split", split, fixed=True)
-            _str_ds(f, "classes", rows.classes)
-            f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
-        return path
+        return write_part_file(path, self.config, rows, self.dim)
+
+    def _prepare_parts(self) -> None:
+        self.parts_dir.mkdir(exist_ok=True)
+        cfg_file = self.parts_dir / "config.json"
+        if not cfg_file.exists():
+            atomic_write(cfg_file, self.config.to_json())
+
+    def part_sink(self, classes: tuple[str, ...], rows_per_part: int) -> PartSink:
+        """Where other processes (Ray workers) write this run's parts themselves: a picklable
+        :class:`PartSink` on this store's parts folder (which must be on storage they share)."""
+        self.require_writable()
+        self._prepare_parts()
+        return PartSink(str(self.parts_dir), self.config.to_json(), tuple(classes),
+                        int(rows_per_part), self.dim)  # fmt: skip
 
     # -- commit ------------------------------------------------------------------------------------
     def commit(
@@ -414,6 +384,85 @@ class StoreWriter:
         if self.parts_dir.is_dir():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._n_parts = 0
+
+
+def write_part_file(path: Path, config: StoreConfig, rows: Rows, dim: int | None) -> Path:
+    """Write ``rows`` as the part file ``path``, durably (complete or absent). With the layout
+    and attributes of a segment, so that a part in key order with its labels and splits can
+    become a segment as it is (:mod:`featx.store.segments`)."""
+    feats = np.asarray(rows.features, dtype=config.dtype)
+    if feats.ndim != 2:  # (0,) for a part of failures only: keep the known width
+        feats = feats.reshape(len(rows.keys), dim or 0)
+    if feats.shape[0] != len(rows.keys):
+        raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
+    n = len(rows.keys)
+    labels = np.full(n, -1) if rows.labels is None else np.asarray(rows.labels, np.int64)
+    split = [""] * n if rows.split is None else list(rows.split)
+    in_order = all(a < b for a, b in zip(rows.keys, rows.keys[1:], strict=False))
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    with _atomic_h5(path) as f:
+        _write_attrs(f, config, {}, now, now)
+        f.attrs["format"] = PART_FORMAT
+        f.attrs["n_items"] = n
+        f.attrs["n_failed"] = len(rows.failed_keys)
+        f.attrs["dim"] = int(feats.shape[1])
+        f.attrs["segment_ready"] = bool(in_order and rows.labels is not None)
+        ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
+        if n:
+            ds[...] = feats
+        for name, arr in (rows.outputs or {}).items():
+            dtype = config.output_dtype(name)
+            out = np.asarray(arr, dtype=dtype).reshape(n, -1)
+            f.create_dataset(f"{GROUPS}/{name}", data=out)
+        _str_ds(f, "paths", rows.keys, fixed=True)
+        g = f.create_group("fingerprint")
+        _int_ds(g, "size", rows.size)
+        _int_ds(g, "mtime_ns", rows.mtime_ns)
+        _str_ds(g, "sha256", rows.sha256, fixed=True)
+        _write_failed(
+            f,
+            {
+                k: (r, s, m, h)
+                for k, r, s, m, h in zip(
+                    rows.failed_keys, rows.failed_reasons, rows.failed_size,
+                    rows.failed_mtime_ns, rows.failed_sha256, strict=True,
+                )
+            },
+        )  # fmt: skip
+        _int_ds(f, "labels", labels)
+        _str_ds(f, "split", split, fixed=True)
+        _str_ds(f, "classes", rows.classes)
+        f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
+    return path
+
+
+@dataclass(frozen=True)
+class PartSink:
+    """Where a worker process writes parts of a run itself (``--engine ray``): the store's parts
+    folder (storage the cluster shares), its configuration, the source's classes, and how many
+    rows a part holds. Picklable; :meth:`write` needs no lock (names are unique)."""
+
+    parts_dir: str
+    config_json: str
+    classes: tuple[str, ...]
+    rows_per_part: int
+    dim: int | None = None
+
+    def write(self, rows: Rows) -> str:
+        """Write ``rows`` (its ``labels`` index :attr:`classes`) as a new part; its path."""
+        import uuid
+
+        folder = Path(self.parts_dir)
+        if not folder.is_dir():
+            import socket
+
+            raise StoreError(
+                f"the store's parts folder {folder} is not visible on Ray worker "
+                f"{socket.gethostname()}; put the store (--store) on storage every node shares"
+            )
+        path = folder / f"part-w{uuid.uuid4().hex[:12]}.h5"
+        cfg = StoreConfig.from_json(self.config_json)
+        return str(write_part_file(path, cfg, replace(rows, classes=self.classes), self.dim))
 
 
 #: Attributes a commit writes itself; compaction carries every other attribute over.
