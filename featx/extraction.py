@@ -556,6 +556,20 @@ def _positions(stored: np.ndarray, keys: list[str]) -> np.ndarray:
 
 
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
+    """See :func:`_plan_rows`; without cyclic garbage collections while its million small
+    tuples are made (none of them is garbage)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan_rows(src, writer)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
     """Decide, per item, whether its row comes from a part, the old store, or must be extracted.
 
     Vectorized over the items (a no-op rerun of a million items costs numpy passes, not a
