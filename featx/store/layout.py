@@ -53,7 +53,10 @@ def decode_bytes(raw: np.ndarray) -> np.ndarray:
     out = np.empty(len(raw), dtype=object)
     if not len(raw):
         return out
-    if raw.dtype.itemsize <= 8 or bool((raw == raw[0]).all()):
+    if bool((raw == raw[0]).all()):  # e.g. no content hashes, or no splits
+        out[:] = [raw[0].decode("utf-8", "surrogateescape")] * len(raw)
+        return out
+    if raw.dtype.itemsize <= 8:
         uniq, inv = np.unique(raw, return_inverse=True)
         if len(uniq) * 16 < len(raw):
             names = np.empty(len(uniq), dtype=object)
