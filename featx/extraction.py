@@ -671,6 +671,7 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
         or n_scan_failed > 0
         or tuple(old.classes) != tuple(src.classes)
         or meta_dirty
+        or not _store_complete(src, writer)
     )
     return {
         "rows": rows,
@@ -683,6 +684,13 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
         "kept": np.sort(np.concatenate(kept)).astype(np.int64),
         "restamp": restamp,
     }
+
+
+def _store_complete(src: Source, writer: StoreWriter) -> bool:
+    """Whether the existing store holds every per-row dataset the modality keeps today
+    (``Modality.store_complete``); an incomplete one is committed again (no model pass)."""
+    check = get_modality(src.modality).store_complete
+    return writer.index is None or check is None or bool(check(writer.path))
 
 
 #: At most this many rows in a part an engine's worker writes (its memory, a kill's loss).
