@@ -225,8 +225,7 @@ class StoreWriter:
     def part_sink(self, classes: tuple[str, ...], rows_per_part: int) -> PartSink:
         """Where other processes (Ray workers) write this run's parts themselves: a picklable
         :class:`PartSink` on this store's parts folder (which must be on storage they share)."""
-        self.require_writable()
-        self._prepare_parts()
+        self.require_writable()  # the folder is made by the first part (none: no folder)
         return PartSink(str(self.parts_dir), self.config.to_json(), tuple(classes),
                         int(rows_per_part), self.dim)  # fmt: skip
 
@@ -456,13 +455,16 @@ class PartSink:
         import uuid
 
         folder = Path(self.parts_dir)
-        if not folder.is_dir():
+        if not folder.parent.is_dir():
             import socket
 
             raise StoreError(
-                f"the store's parts folder {folder} is not visible on Ray worker "
+                f"the store's folder {folder.parent} is not visible on Ray worker "
                 f"{socket.gethostname()}; put the store (--store) on storage every node shares"
             )
+        folder.mkdir(exist_ok=True)
+        if not (folder / "config.json").exists():  # as StoreWriter.write_part does
+            atomic_write(folder / "config.json", self.config_json)
         path = folder / f"part-w{uuid.uuid4().hex[:12]}.h5"
         cfg = StoreConfig.from_json(self.config_json)
         return str(write_part_file(path, cfg, replace(rows, classes=self.classes), self.dim))
