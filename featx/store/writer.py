@@ -129,6 +129,8 @@ class StoreWriter:
         self._lock_fd, self._lock_key = acquire_lock(self.lock_path, self.path)
 
     def __exit__(self, *exc) -> None:
+        if self.layout is not None:  # the segment files the index read holds open
+            self.layout.close()
         if self._lock_fd is not None:
             release_lock(self.lock_path, self._lock_fd, self._lock_key)
             self._lock_fd = self._lock_key = None
