@@ -694,7 +694,16 @@ def _store_complete(src: Source, writer: StoreWriter) -> bool:
 
 
 #: At most this many rows in a part an engine's worker writes (its memory, a kill's loss).
-PARTS_MAX_ROWS = 16384
+PARTS_MAX_ROWS = 65536
+
+
+def _rows_per_part(n: int, opts: ExtractOptions) -> int:
+    """Rows per part an engine's worker writes: about ``max(checkpoint_every, n / 12)`` (at
+    most :data:`PARTS_MAX_ROWS`), evened out so the last part is not a small remainder (parts
+    of 1,024 rows or more become segments as they are, :mod:`featx.store.segments`)."""
+    target = min(PARTS_MAX_ROWS, max(opts.checkpoint_every, -(-n // 12)))
+    k = max(1, -(-n // target))
+    return max(1, -(-n // k))
 
 
 def plain_store(config: StoreConfig, src: Source) -> bool:
@@ -729,8 +738,7 @@ def _run(
         if getattr(run.engine, "writes_parts", False) and plain_store(run.config, run.src):
             # the engine's workers write the parts themselves (storage the cluster shares):
             # the driver then writes no feature byte, and its commit links them as segments
-            per_part = min(PARTS_MAX_ROWS, max(opts.checkpoint_every, -(-len(todo) // 12)))
-            kw["sink"] = writer.part_sink(run.src.classes, per_part)
+            kw["sink"] = writer.part_sink(run.src.classes, _rows_per_part(len(todo), opts))
         for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts, **kw):
             parts.add(batch)
             n_new += int(batch.indices.size)
