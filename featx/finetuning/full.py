@@ -26,12 +26,15 @@ import numpy as np
 from featx.errors import FeatxError
 from featx.finetuning.api import (
     FinetuneReport,
+    _fit,
     _head,
     _leaderboard,
     _result,
     _seed_all,
     _split_opts,
     _splits,
+    checkpoint_path,
+    fit_summary,
 )
 from featx.finetuning.data import check_enough
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
@@ -50,10 +53,13 @@ def full_network(cut_model: Any, head: Any) -> Any:
             self.stem = cut_model.prefix
             self.tail = cut_model.tail(head)
 
-        def forward(self, x: Any, mask: Any = None) -> Any:
+        def embed(self, x: Any, mask: Any = None) -> Any:
             if self.tail.kind == "text":
-                return self.tail(self.stem(x, mask), mask)
-            return self.tail(self.stem(x))
+                return self.tail.embed(self.stem(x, mask), mask)
+            return self.tail.embed(self.stem(x))
+
+        def forward(self, x: Any, mask: Any = None) -> Any:
+            return self.tail.head(self.embed(x, mask))
 
     return FullNet()
 
@@ -93,7 +99,13 @@ def finetune_full(
     from featx.finetuning import augment as aug
     from featx.finetuning.cuts import cut_backbone, cut_names
     from featx.finetuning.data import decode_images, read_texts, tokenize_texts
-    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
+    from featx.finetuning.loop import (
+        Data,
+        Task,
+        device_and_precision,
+        predict_logits,
+        remove_checkpoint,
+    )
     from featx.sources import open_source
 
     opts, proto = _split_opts(options, protocol, overrides)
@@ -166,20 +178,16 @@ def finetune_full(
             return aug.images(x, gen), m
 
     label = "finetune:full"
-    fitted = train(
-        net,
-        data,
-        fs.y,
-        split.train,
-        val,
-        opts,
+    task = Task(
         head_params=list(head.parameters()),
         body_params=body,
         seed=proto.seed,
         to_input=to_input,
         augment=augment if opts.augment else None,
         desc=label,
+        checkpoint=checkpoint_path(bundle),
     )
+    fitted, init = _fit(net, data, fs.y, split.train, val, opts, task, (dev, amp))
     t0 = time.perf_counter()
     logits = predict_logits(net, data, split.test, to_input, dev=dev, amp=amp)
     pred_s = time.perf_counter() - t0
@@ -218,6 +226,7 @@ def finetune_full(
             history=fitted.history,
             options=opts.to_dict(),
         )
+    remove_checkpoint(task.checkpoint)
     return FinetuneReport(
         result=result,
         leaderboard=board,
@@ -226,6 +235,7 @@ def finetune_full(
         epochs=fitted.epochs,
         seconds=fitted.seconds,
         bundle=path,
+        extra=fit_summary(fitted, init),
         model=net.eval(),
     )
 
