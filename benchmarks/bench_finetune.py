@@ -35,6 +35,7 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -145,7 +146,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if f"tail{tail}" in args.rows:
             rows.append(_row(lambda t=tail: finetune(acts, options=opts, protocol=proto, tail=t)))
     if "full" in args.rows:
-        rows.append(_row(lambda: finetune_full(source, spec, options=opts, protocol=proto)))
+        full = opts if args.full_epochs is None else replace(opts, epochs=args.full_epochs)
+        rows.append(_row(lambda: finetune_full(source, spec, options=full, protocol=proto)))
     out = {
         "task": args.task,
         "n_items": acts.n,
@@ -203,8 +205,11 @@ def main() -> None:
     ap.add_argument("task", choices=["images", "text"])
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument(
+        "--full-epochs", type=int, help="most epochs of the full row (default --epochs)"
+    )
+    ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", help="head learning rate (default: FinetuneOptions's, auto)")
     ap.add_argument("--tail-lr", help="pretrained blocks' rate (default: FinetuneOptions's)")

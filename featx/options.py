@@ -559,7 +559,7 @@ class FinetuneOptions(_Spec):
         kind=str,
     )
     tail_lr: float | str = option(
-        "auto",
+        "3e-4",
         "AdamW learning rate of the pretrained blocks (discriminative: below the head's); auto: "
         "a range test of the blocks picks it, at most a tenth of the head's.",
         kind=str,
