@@ -340,10 +340,11 @@ def test_a_run_stopped_after_epoch_k_resumes_to_the_uninterrupted_weights(
 def test_lr_auto_runs_range_tests_and_leaves_the_run_as_given_rates_would(acts):
     from featx.finetuning import finetune
 
-    auto = finetune(acts, tail=1, **FAST)
+    auto = finetune(acts, tail=1, lr="auto", tail_lr="auto", **FAST)
     lr, tail_lr = auto.extra["lr"], auto.extra["tail_lr"]
     found = auto.extra["lr_find"]
-    assert found["head"]["lr"] == lr and tail_lr == min(found["blocks"]["lr"], lr / 10)
+    assert found["head"]["lr"] == lr
+    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], lr / 10))
     assert 0 < lr < 10 and 0 < tail_lr < 10 and found["blocks"]["steps"] > 10
     given = finetune(acts, tail=1, lr=lr, tail_lr=tail_lr, **FAST)
     assert given.extra["lr_find"] is None
@@ -364,7 +365,8 @@ def test_head_starts_from_the_linear_probe(acts):
 def test_learning_rates_take_auto_or_a_positive_number():
     from featx.options import FinetuneOptions
 
-    assert FinetuneOptions(lr="0.01").lr == 0.01 and FinetuneOptions().tail_lr == "auto"
+    assert FinetuneOptions(lr="0.01").lr == 0.01 and FinetuneOptions().lr == "auto"
+    assert FinetuneOptions().tail_lr == 3e-4 and FinetuneOptions(tail_lr="AUTO").tail_lr == "auto"
     with pytest.raises(FeatxError, match="lr must be auto or a number > 0"):
         FinetuneOptions(lr="fast")
 
