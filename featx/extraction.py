@@ -570,6 +570,7 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
         or n_removed > 0
         or n_scan_failed > 0
         or _metadata_changed(src, old)
+        or not _store_complete(src, writer)
     )
     return {
         "rows": rows,
@@ -580,6 +581,13 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
         "n_removed": n_removed,
         "dirty": dirty,
     }
+
+
+def _store_complete(src: Source, writer: StoreWriter) -> bool:
+    """Whether the existing store holds every per-row dataset the modality keeps today
+    (``Modality.store_complete``); an incomplete one is committed again (no model pass)."""
+    check = get_modality(src.modality).store_complete
+    return writer.index is None or check is None or bool(check(writer.path))
 
 
 def _metadata_changed(src: Source, old) -> bool:

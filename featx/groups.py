@@ -86,8 +86,8 @@ def _unknown(name: str, valid: list[str]) -> FeatxError:
     if name in TEXT_GROUPS:
         return FeatxError(
             f"feature group {name!r} needs the texts, and this store keeps none: an image store "
-            "has no texts; a text store extracted before featx kept them needs a fresh "
-            "extraction (delete it and run the same 'featx extract' again)"
+            "has no texts; a text store extracted before featx kept them gains them when the "
+            "same 'featx extract' runs again (no re-embedding)"
         )
     return FeatxError(
         f"unknown feature group {name!r}{hint}; this set has: {what}; "

@@ -70,6 +70,11 @@ class Modality:
         attributes, per-row datasets and a count of truncated items, computed at commit.
     stored_truncated : callable, optional
         ``stored_truncated(path) -> int``: the truncated count an up-to-date store recorded.
+    store_complete : callable, optional
+        ``store_complete(path) -> bool``: whether an existing store holds everything the
+        modality keeps per row today (a text store written before featx kept the texts does
+        not). An incomplete store is committed again on the next run, from its own rows and
+        the source: what it lacks is added without running the model.
     remembers_config : bool
         Whether the configuration of a named backbone may be remembered, so an up-to-date
         store is found without building the model (:mod:`featx.backbones.memo`).
@@ -99,6 +104,7 @@ class Modality:
         Callable[[Source, Any, Mapping[str, Any]], tuple[dict, dict | None, int]] | None
     ) = None
     stored_truncated: Callable[[Path], int] | None = None
+    store_complete: Callable[[Path], bool] | None = None
     remembers_config: bool = True
     request_fingerprint: Callable[[Any], dict] | None = None
     file_lists: bool = False

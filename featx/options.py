@@ -273,7 +273,8 @@ class ExtractOptions(_Spec):
         None,
         "More layers from the same forward pass, each a feature group of the store beside the "
         "embedding: stages, last:N (the last N stages or blocks) or module paths, "
-        "comma-separated.",
+        "comma-separated; text encoders: last:N (the last N hidden states), all or "
+        "hidden_states.K, each pooled as the encoder pools.",
         kind=str,
     )
     content_hash: bool = option(

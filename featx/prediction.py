@@ -259,15 +259,47 @@ def _source_features(
 
 
 def _file_features(files: list[str], bb: Any, opts: ExtractOptions) -> _Features:
-    """Embed loose files through the backbone's store of files; a failed file is left out."""
+    """Embed loose files through the backbone's store of files; a failed file is left out.
+
+    ``fs`` is the store's feature set restricted to the files, in their order, keyed by the
+    paths as given (so the stores of a fused bundle join on them), groups kept."""
     from featx.embedder import embed_files
+    from featx.store import load_features
 
     emb = embed_files(files, bb, options=opts, on_error="nan")
     ok = ~np.isnan(emb.X).any(axis=1)
     for p, why in emb.failed.items():
         log.warning("%s: %s", p, why)
     keys = np.asarray(files, dtype=object)[ok]
-    return _Features(keys, emb.X[ok], emb.store, int((~ok).sum()), emb.n_extracted, None, {})
+    stored = load_features(emb.store)
+    at = {k: i for i, k in enumerate(stored.keys)}
+    pick = np.asarray([at[p] for p, good in zip(emb.paths, ok, strict=True) if good], np.int64)
+    fs = replace(
+        stored,
+        X=np.asarray(stored.X[pick]),
+        y=np.asarray(stored.y)[pick],
+        split=None if stored.split is None else np.asarray(stored.split)[pick],
+        keys=keys,
+        texts=None if stored.texts is None else np.asarray(stored.texts)[pick],
+    )
+    return _Features(keys, fs.X, emb.store, int((~ok).sum()), emb.n_extracted, None, {}, fs=fs)
+
+
+def _input_features(
+    source: Any,
+    bb: Any,
+    opts: ExtractOptions,
+    modality: Any,
+    scratch_name: str = "features.h5",
+    **how: Any,
+) -> _Features:
+    """The features of what ``featx predict`` was given, one way for every kind of bundle:
+    one file or a glob pattern (a modality with file lists) goes to the backbone's store of
+    loose files, anything else (folder, manifest, table, dataset) through the source kinds."""
+    files = image_files(source) if modality.file_lists else None
+    if files is None:
+        return _source_features(source, bb, opts, modality, scratch_name, **how)
+    return _file_features(files, bb, opts)
 
 
 def _bundle_backbone(
@@ -360,12 +392,7 @@ def predict(
         from featx.modalities import get_modality, modality_of
 
         bb = _bundle_backbone(b, weights_file, model_dir)
-        modality = get_modality(modality_of(bb))
-        files = image_files(source) if modality.file_lists else None
-        if files is None:
-            got = _source_features(source, bb, opts, modality, **how)
-        else:
-            got = _file_features(files, bb, opts)
+        got = _input_features(source, bb, opts, get_modality(modality_of(bb)), **how)
         b.check_compatible(got.X.shape[1])
     return _write_predictions(b, out, got)
 
@@ -396,7 +423,7 @@ def _grouped_inputs(
         bb = rebuild_backbone(meta, weights_file, model_dir)
         modality = get_modality(modality_of(bb))
         key_columns.add(modality.key_column)
-        got = _source_features(source, bb, opts, modality, scratch_name=f"features-{i}.h5", **how)
+        got = _input_features(source, bb, opts, modality, scratch_name=f"features-{i}.h5", **how)
         sets[str(meta.get("fusion_name") or f"store{i}")] = got.fs
         parts.append(got)
     fs = fuse(sets).features if len(sets) > 1 else next(iter(sets.values()))
@@ -405,7 +432,10 @@ def _grouped_inputs(
     b.check_compatible(v.dim)
     X = v.inputs()
     if isinstance(X, TextRows) and v.texts is None:
-        raise FeatxError("this head needs the texts, and the store keeps none; re-extract it")
+        raise FeatxError(
+            "this head needs the texts, and the store keeps none; run the same 'featx extract' "
+            "again (it adds them without re-embedding)"
+        )
     true = (
         np.array([v.classes[y] if y >= 0 else "" for y in v.y], dtype=object) if v.classes else None
     )

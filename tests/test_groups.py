@@ -191,6 +191,10 @@ def test_cli_fused_compare_fit_predict(tmp_path, image_folder, fake_backbone_fam
     r = run.invoke(cli, ["predict", str(bundle), str(image_folder), "--out", str(out), "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_predicted"] == 12
+    one = image_folder / "dog" / "1.png"  # one loose file: each backbone, joined on its path
+    r = run.invoke(cli, ["predict", str(bundle), str(one), "--out", str(out), "--json", "--force"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == 1 and str(one) in out.read_text()
     # a store that is not there names itself; an unknown group names the valid ones
     r = run.invoke(cli, ["compare", f"{a}+{tmp_path / 'no.h5'}", "--heads", "centroid"])
     assert r.exit_code != 0 and "no.h5" in r.output and "Traceback" not in r.output

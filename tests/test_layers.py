@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -129,5 +130,95 @@ def test_cli_extract_layers_compare_fit_predict_verify(tmp_path, image_folder):
                          str(tmp_path / "p.csv"), "--json"])  # fmt: skip
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["n_predicted"] == 12
+    # loose files (a glob) go the way they go for a plain bundle: the store of loose files
+    r = run.invoke(cli, ["predict", str(bundle), str(image_folder / "*" / "*.png"), "--out",
+                         str(tmp_path / "g.csv"), "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == 6
+    assert (tmp_path / "g.csv").read_text().count(".png") == 6
     r = run.invoke(cli, [*args, "--layers", "layer9"])
     assert r.exit_code != 0 and "did you mean" in r.output and "Traceback" not in r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# text encoders: hidden states of one pass
+
+
+def test_text_layer_shorthands_and_unknown_names_the_closest():
+    from featx.backbones._text import resolve_text_layers
+
+    assert resolve_text_layers("last:4", 6, 6, "m") == [3, 4, 5]  # hidden_states.6 = features
+    assert resolve_text_layers("all", 2, 2, "m") == [0, 1]
+    assert resolve_text_layers("hidden_states.-1,1,last:2", 6, 3, "m") == [6, 1, 5]
+    with pytest.raises(FeatxError, match=r"did you mean hidden_states\.1.*Valid: last:N, all"):
+        resolve_text_layers("hidden_state.1", 6, 6, "m")
+    with pytest.raises(FeatxError, match="only m's own layer"):
+        resolve_text_layers("last:1", 6, 6, "m")
+
+
+def test_text_layers_one_pass_cli_extract_compare_fit_predict(tmp_path):
+    """`featx extract TEXT --layers all`: a group per hidden state, each equal to a separate
+    --layer extraction; info, verify, compare each/all, fit, predict with --model-dir."""
+    import json
+
+    import h5py
+    from click.testing import CliRunner
+    from test_text import TOPICS, make_tiny_bert, write_table
+
+    from featx.backbones import load_backbone
+    from featx.backbones.layers import with_layers
+    from featx.cli import cli
+    from featx.store import load_features, verify_store
+
+    model = make_tiny_bert(tmp_path / "m", st={"pool": "mean", "normalize": True})
+    bb = with_layers(load_backbone(f"hf:{model}"), "all")
+    calls = []
+    bb.model.encoder.transformer.register_forward_hook(lambda *a: calls.append(1))
+    ids = torch.tensor([[2, 11, 12, 3], [2, 13, 3, 0]])
+    with torch.inference_mode():
+        out = bb.model(ids, (ids > 0).long(), torch.zeros_like(ids))
+    assert len(calls) == 1 and sorted(out) == ["features", "hidden_states.0", "hidden_states.1"]
+
+    rows = [
+        {"id": f"t{i}-{j}", "text": t, "label": lab}
+        for i, (lab, ts) in enumerate(TOPICS.items())
+        for j, t in enumerate(ts * 3)
+    ]
+    csv_path = write_table(tmp_path / "t.csv", rows)
+    run = CliRunner()
+    base = ["extract", str(csv_path), "-b", f"hf:{model}", "--device", "cpu", "-q"]
+    store, one = tmp_path / "all.h5", tmp_path / "one.h5"
+    assert run.invoke(cli, [*base, "--store", str(store), "--layers", "all"]).exit_code == 0
+    r = run.invoke(cli, [*base, "--store", str(one), "--layer", "hidden_states.1"])
+    assert r.exit_code == 0, r.output
+    fs = load_features(store)
+    assert [(g.name, g.dim) for g in fs.groups] == [
+        ("features", 32),
+        ("hidden_states.0", 32),
+        ("hidden_states.1", 32),
+    ]
+    g = fs.groups[2]
+    np.testing.assert_allclose(fs.X[:, g.start : g.stop], load_features(one).X, atol=1e-6)
+    assert verify_store(store).ok
+    with h5py.File(store, "r") as f:
+        attrs = dict(f["outputs/hidden_states.0"].attrs)
+    assert (
+        attrs["pool"] == "mean" and bool(attrs["normalize"]) and "attention mask" in attrs["tokens"]
+    )
+    assert "hidden_states.0 (32)" in run.invoke(cli, ["info", str(store)]).output
+    r = run.invoke(cli, ["compare", str(store), "--heads", "centroid", "--layers", "each,all",
+                         "--json", "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    got = {row["store"].rsplit("[", 1)[1][:-1] for row in json.loads(r.stdout)["results"]}
+    assert got == {"features", "hidden_states.0", "hidden_states.1", "tfidf", "all"}
+    bundle = tmp_path / "h.npz"
+    r = run.invoke(cli, ["fit", str(store), "--head", "logreg", "--layers",
+                         "hidden_states.0+features", "--out", str(bundle)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["predict", str(bundle), str(csv_path), "--out", str(tmp_path / "p.csv"),
+                         "--model-dir", str(model), "--device", "cpu", "--json"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["n_predicted"] == len(rows)
+    r = run.invoke(cli, [*base, "--store", str(tmp_path / "x.h5"), "--layers", "hidden_state.1"])
+    assert r.exit_code != 0 and "did you mean hidden_states.1" in r.output
+    assert "Traceback" not in r.output

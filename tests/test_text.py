@@ -394,6 +394,25 @@ def test_extract_store_incremental(tmp_path, tiny_bert):
     assert r4.store != r.store
 
 
+def test_old_text_store_gains_its_texts_on_the_next_run(tmp_path, tickets, tiny_bert):
+    """A store from before featx kept texts: the next run adds them without re-embedding."""
+    import h5py
+
+    from featx.store import load_features, verify_store
+
+    r = _extract(tickets, tiny_bert)
+    before = load_features(r.store)
+    with h5py.File(r.store, "r+") as f:  # what a store written before #19 looks like
+        del f["text/texts"]
+    assert load_features(r.store).texts is None
+    again = _extract(tickets, tiny_bert)
+    assert not again.noop and again.n_new == 0  # committed from its own rows, no model pass
+    fs = load_features(r.store)
+    assert list(fs.texts) == list(before.texts) and verify_store(r.store).ok
+    np.testing.assert_array_equal(fs.X, before.X)
+    assert _extract(tickets, tiny_bert).noop
+
+
 def test_modality_mismatch_is_an_error(tickets, image_folder, tiny_bert):
     from featx.extraction import ExtractOptions, extract
 

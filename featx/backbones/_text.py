@@ -384,6 +384,134 @@ def _encoder_class():
     return TextEncoder
 
 
+def _layers_class():
+    import torch
+    from torch import nn
+
+    class TextLayers(nn.Module):
+        """A text encoder's one pass with several hidden states pooled: named outputs.
+
+        ``{"features": the encoder's embedding, "hidden_states.K": ...}``: the transformer
+        runs once with ``output_hidden_states``; every hidden state is pooled and normalised
+        exactly as the encoder pools its own layer (its pooling over the tokens the attention
+        mask keeps), so a group equals a separate ``--layer hidden_states.K`` extraction.
+        """
+
+        def __init__(self, encoder: nn.Module, indices: list[int]) -> None:
+            super().__init__()
+            self.encoder = encoder
+            self.indices = list(indices)
+
+        def forward(
+            self,
+            input_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            token_type_ids: torch.Tensor | None = None,
+        ) -> dict[str, torch.Tensor]:
+            enc = self.encoder
+            kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+            if token_type_ids is not None:
+                kw["token_type_ids"] = token_type_ids
+            states = enc.transformer(**kw, output_hidden_states=True, return_dict=True)
+            states = states.hidden_states
+            own = len(states) - 1 if enc.layer is None else enc.layer
+            out: dict[str, torch.Tensor] = {}
+            for name, i in (("features", own), *((f"hidden_states.{i}", i) for i in self.indices)):
+                emb = pool_tokens(states[i].float(), attention_mask, enc.pool)
+                if enc.normalize:
+                    emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+                out[name] = emb
+            return out
+
+    return TextLayers
+
+
+#: Layer-spec shorthands of text encoders (``featx extract --layers``).
+TEXT_LAYER_SHORTHANDS = ("last:N", "all", "hidden_states.K")
+#: How a text layer is pooled, as its provenance says (beside ``pool``).
+_TOKENS_NOTE = "over the tokens the attention mask keeps (padding excluded), as the encoder pools"
+
+
+def resolve_text_layers(spec: str, n_layers: int, own: int, where: str) -> list[int]:
+    """Hidden-state indices of a text layer spec (0 = the embedding layer, ``n_layers`` = last).
+
+    ``last:N`` is the last N hidden states, ``all`` every one, ``hidden_states.K`` (or ``K``,
+    negative from the end) one. The encoder's own layer ``own`` is the store's ``features``
+    group already and is not repeated; duplicates are dropped, the order kept.
+
+    Examples
+    --------
+    >>> resolve_text_layers("last:3", 6, 6, "minilm")
+    [4, 5]
+    >>> resolve_text_layers("all", 2, 2, "tiny")
+    [0, 1]
+    """
+    import difflib
+
+    valid = [f"hidden_states.{i}" for i in range(n_layers + 1)]
+    tokens = [t.strip() for t in str(spec).split(",") if t.strip()]
+    if not tokens:
+        raise FeatxError(f"--layers names no layer; use e.g. last:4, all or {valid[-2]}")
+    out: list[int] = []
+    for tok in tokens:
+        low = tok.lower()
+        if low == "all":
+            out += range(n_layers + 1)
+        elif low.startswith("last:"):
+            n = low[5:]
+            if not n.isdigit() or int(n) < 1:
+                raise FeatxError(f"last:N needs a whole number N >= 1; got {tok!r}")
+            out += range(max(0, n_layers + 1 - int(n)), n_layers + 1)
+        elif low in ("features", "last"):
+            out.append(own)
+        else:
+            idx = low[len("hidden_states.") :] if low.startswith("hidden_states.") else low
+            ok = idx.lstrip("-").isdigit() and -(n_layers + 1) <= int(idx) <= n_layers
+            if not ok:
+                close = difflib.get_close_matches(low, valid, n=3, cutoff=0.6)
+                hint = f"; did you mean {', '.join(close)}?" if close else ""
+                raise FeatxError(
+                    f"{where} has no layer {tok!r}{hint} Valid: "
+                    f"{', '.join(TEXT_LAYER_SHORTHANDS[:2])}, or hidden_states.0 (the embedding "
+                    f"layer) to hidden_states.{n_layers} (the last)"
+                )
+            out.append(int(idx) % (n_layers + 1))
+    kept = [i for i in dict.fromkeys(out) if i != own]
+    if not kept:
+        raise FeatxError(
+            f"--layers {spec!r} names only {where}'s own layer (hidden_states.{own}), which the "
+            "store keeps as features anyway; ask for more, e.g. last:4 or all"
+        )
+    return kept
+
+
+def _text_layers(bb: Any, spec: str, pool: str | None) -> tuple[Any, tuple[dict[str, Any], ...]]:
+    """The text family's ``Family.layers``: hidden states of one pass, pooled like the
+    encoder's own embedding (``pool`` other than the encoder's is refused: one pooling per
+    store keeps the groups comparable)."""
+    if pool is not None and _text_pool(pool) != bb.pool:
+        raise FeatxError(
+            f"--layers pools every layer as {bb.name} pools its embedding ({bb.pool}); "
+            "set --pool for the whole store instead"
+        )
+    enc = bb.model
+    n_layers = int(getattr(enc.transformer.config, "num_hidden_layers", 0) or 0)
+    own = n_layers if enc.layer is None else int(enc.layer)
+    idx = resolve_text_layers(spec, n_layers, own, bb.name)
+    model = _layers_class()(enc, idx).eval()
+    records = tuple(
+        {
+            "name": f"hidden_states.{i}",
+            "pool": bb.pool,
+            "dim": int(bb.dim),
+            "normalize": bool(bb.normalize),
+            "tokens": _TOKENS_NOTE,
+        }
+        for i in idx
+    )
+    return model, records
+
+
 def _weights_file(folder: Path) -> Path | None:
     for name in ("model.safetensors", "pytorch_model.bin"):
         if (folder / name).is_file():
@@ -646,6 +774,8 @@ def _register() -> None:
             names=lambda: (DEFAULT_TEXT_BACKBONE, "minilm"),
             load=_load,
             modality="text",
+            layers=_text_layers,
+            layer_shorthands=TEXT_LAYER_SHORTHANDS,
         )
     )
 

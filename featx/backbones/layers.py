@@ -1,46 +1,66 @@
 """A backbone that returns several layers in one pass: ``featx extract --layers``.
 
-:func:`with_layers` wraps a loaded image backbone so that its model returns named outputs
-(``{"features": pooled embedding, "<layer>": pooled layer output, ...}``, the engines' named
-outputs contract) from one forward pass, and its configuration records every layer with its
-pooling and size, so a store of other layers is another store and a bundle can rebuild the same
-outputs. Layer specs: module paths, ``stages``, ``last:N`` (:func:`featx.backbones._features.
-resolve_layers`).
+:func:`with_layers` wraps a loaded backbone, image or text, so that its model returns named
+outputs (``{"features": pooled embedding, "<layer>": pooled layer output, ...}``, the engines'
+named outputs contract) from one forward pass, and its configuration records every layer with
+its pooling and size, so a store of other layers is another store and a bundle can rebuild the
+same outputs.
+
+How a family adds layers is the family's own (``Family.layers`` in
+:mod:`featx.backbones.registry`): image families share forward hooks on module paths
+(``stages``, ``last:N``, module paths; :func:`featx.backbones._features.resolve_layers`); the
+text family pools the encoder's hidden states (``last:N``, ``all``, ``hidden_states.K``; see
+:mod:`featx.backbones._text`). Everything after the model (engines, store, verify, predict) is
+the same for both.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Any
 
-from featx.backbones.registry import Backbone
 from featx.errors import FeatxError
 
 
-@dataclass(frozen=True, eq=False)
-class LayeredBackbone(Backbone):
-    """A :class:`~featx.backbones.registry.Backbone` whose model returns named outputs.
+class LayeredBackbone:
+    """``backbone`` whose model returns named outputs: the embedding and more layers.
 
-    ``layers`` holds ``(name, pool, dim)`` of every extra output, in forward order; the pooled
-    embedding stays ``"features"`` of size ``dim``.
+    Every attribute not set here (``name``, ``dim``, ``preprocess``, ``tokenizer``, ...) is the
+    wrapped backbone's. ``layers`` holds one record per extra output, in forward order
+    (``{"name", "pool", "dim", ...}``); the pooled embedding stays ``"features"`` of size
+    ``dim``.
     """
 
-    layers: tuple[tuple[str, str, int], ...] = ()
+    def __init__(self, backbone: Any, model: Any, layers: tuple[dict[str, Any], ...]) -> None:
+        self._bb = backbone
+        self.model = model
+        self.layers = tuple(dict(r) for r in layers)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_bb":
+            raise AttributeError(name)
+        return getattr(self._bb, name)
+
+    def __repr__(self) -> str:
+        names = ", ".join(r["name"] for r in self.layers)
+        return f"LayeredBackbone({self._bb.name!r}, layers=[{names}])"
 
     def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg["layers"] = [{"name": n, "pool": p, "dim": d} for n, p, d in self.layers]
+        cfg = self._bb.config()
+        cfg["layers"] = [dict(r) for r in self.layers]
         return cfg
 
     def output_attrs(self) -> dict[str, dict[str, Any]]:
         """Provenance of each extra output (attributes of its ``outputs/<name>`` dataset)."""
-        return {n: {"layer": n, "pool": p, "dim": d} for n, p, d in self.layers}
+        out = {}
+        for r in self.layers:
+            attrs = {"layer": r["name"], **{k: v for k, v in r.items() if k != "name"}}
+            out[r["name"]] = attrs
+        return out
 
     @property
     def output_dims(self) -> dict[str, int]:
         """Size of every named output, ``"features"`` first."""
-        return {"features": self.dim, **{n: d for n, _, d in self.layers}}
+        return {"features": int(self._bb.dim), **{r["name"]: int(r["dim"]) for r in self.layers}}
 
 
 def layer_names(spec: Any) -> str:
@@ -50,28 +70,55 @@ def layer_names(spec: Any) -> str:
     return str(spec)
 
 
+def image_layers(bb: Any, spec: str, pool: str | None) -> tuple[Any, tuple[dict[str, Any], ...]]:
+    """The image families' ``Family.layers``: forward hooks on module paths of the feature
+    model, each layer pooled by its rank (:func:`featx.backbones._features.multi_layer_model`)."""
+    from featx.backbones._features import FeatureModel, multi_layer_model
+
+    model = getattr(bb, "model", None)
+    if not isinstance(model, FeatureModel):
+        raise FeatxError(
+            f"--layers applies to backbones loaded by featx; {getattr(bb, 'name', bb)} has no "
+            "feature model to tap"
+        )
+    mm, dims, pools = multi_layer_model(model, spec, bb.preprocess.crop_size, bb.name, pool)
+    return mm, tuple({"name": n, "pool": pools[n], "dim": dims[n]} for n in mm.layers)
+
+
+def _family_layers(bb: Any) -> Any:
+    """The function that adds layers to ``bb``: its family's ``layers``, else the image one."""
+    from featx.backbones.registry import get_family
+
+    try:
+        fam = get_family(str(getattr(bb, "family", "")))
+    except KeyError:
+        fam = None
+    if fam is not None and fam.layers is not None:
+        return fam.layers
+    if getattr(bb, "modality", "image") != "image":
+        raise FeatxError(
+            f"--layers: the {getattr(bb, 'modality', '?')} backbone {getattr(bb, 'name', bb)} "
+            "has no family that adds layers; extract one --layer per store and fuse them (A+B)"
+        )
+    return image_layers
+
+
 def with_layers(bb: Any, spec: str | list[Any], pool: str | None = None) -> LayeredBackbone:
     """``bb`` with the layers of ``spec`` added as named outputs of its one forward pass.
+
+    ``spec`` is a comma-separated layer spec (the family's shorthands and layer names), or the
+    ``layers`` list a store's configuration recorded (a bundle rebuilds the same outputs).
 
     Raises
     ------
     FeatxError
-        A text encoder or another backbone without a feature model, an unknown layer (listing
-        the shorthands and the closest module paths), a layer that never runs.
+        A backbone whose family cannot add layers, an unknown layer (listing the family's
+        shorthands and the closest names), a layer that never runs.
     """
-    from featx.backbones._features import FeatureModel, multi_layer_model
-
     if isinstance(bb, LayeredBackbone):
         raise FeatxError("this backbone already has --layers")
-    model = getattr(bb, "model", None)
-    if getattr(bb, "modality", "image") != "image" or not isinstance(model, FeatureModel):
-        raise FeatxError(
-            f"--layers applies to image backbones loaded by featx; {getattr(bb, 'name', bb)} "
-            "is not one (for a text encoder use --layer hidden_states.N per store)"
-        )
-    names = layer_names(spec)
-    mm, dims, pools = multi_layer_model(model, names, bb.preprocess.crop_size, bb.name, pool)
-    layers = tuple((n, pools[n], dims[n]) for n in mm.layers)
-    fields = {f.name: getattr(bb, f.name) for f in dataclasses.fields(Backbone)}
-    fields["model"] = mm
-    return LayeredBackbone(**fields, layers=layers)
+    model, records = _family_layers(bb)(bb, layer_names(spec), pool)
+    for r in records:
+        if not {"name", "pool", "dim"} <= set(r):
+            raise TypeError(f"a family's layer record needs name, pool and dim: {r!r}")
+    return LayeredBackbone(bb, model, records)

@@ -212,6 +212,15 @@ class Family:
     modality : str, default="image"
         What its backbones take (their ``modality``); a registered :mod:`featx.modalities`
         name.
+    layers : callable, optional
+        ``layers(backbone, spec, pool) -> (model, records)``: the family's way of adding layers
+        to one forward pass (``featx extract --layers``), used by
+        :func:`featx.backbones.layers.with_layers`. ``model`` returns named outputs (a dict
+        holding ``"features"``); ``records`` holds one dict per extra output, with at least
+        ``name``, ``pool`` and ``dim`` (more keys are provenance, written beside the group).
+        None: the image families' shared way (forward hooks on module paths).
+    layer_shorthands : tuple of str, default=("stages", "last:N")
+        The layer-spec shorthands the family understands, as shown in help and errors.
     """
 
     name: str
@@ -223,6 +232,8 @@ class Family:
     listed_by_default: bool = True
     load: Callable[..., Any] | None = None
     modality: str = "image"
+    layers: Callable[..., Any] | None = None
+    layer_shorthands: tuple[str, ...] = ("stages", "last:N")
 
 
 _FAMILIES: dict[str, Family] = {}

@@ -352,6 +352,9 @@ class StoreWriter:
                             ds.attrs["layer"] = str(g["name"])
                             ds.attrs["pool"] = str(g.get("pool") or "")
                             ds.attrs["dim"] = int(g["dim"])
+                            for k, v in g.items():  # more provenance (text: normalize, tokens)
+                                if k not in ("name", "pool", "dim"):
+                                    ds.attrs[k] = v if isinstance(v, bool | int | float) else str(v)
                 _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():

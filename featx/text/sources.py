@@ -622,6 +622,21 @@ def stored_truncated(path: Path) -> int:
     return int((store_info(path).get("text") or {}).get("n_truncated") or 0)
 
 
+def store_complete(path: Path) -> bool:
+    """Whether a text store keeps its texts (``text/texts``; stores before #19 do not).
+
+    Looks at the one dataset, not the index, so a no-op run of a large store stays cheap."""
+    import h5py
+
+    from featx.store.config import TEXTS
+
+    try:
+        with h5py.File(path, "r") as f:
+            return TEXTS in f
+    except OSError:
+        return True  # not readable as HDF5: the store's own checks say what is wrong
+
+
 def _request_fingerprint(spec: Any) -> dict:
     from featx.backbones._text import request_fingerprint
 
@@ -642,6 +657,7 @@ register_modality(
         versions=("transformers", "tokenizers"),
         store_attrs=store_attrs,
         stored_truncated=stored_truncated,
+        store_complete=store_complete,
         remembers_config=False,  # a model folder can change in place: keyed by its files
         request_fingerprint=_request_fingerprint,
         unit="texts",
