@@ -398,15 +398,8 @@ def finetune(
     """
     import torch
 
-    from featx.finetuning import augment as aug
     from featx.finetuning.cuts import TailNet, cut_backbone
-    from featx.finetuning.loop import (
-        Data,
-        Task,
-        device_and_precision,
-        predict_logits,
-        remove_checkpoint,
-    )
+    from featx.finetuning.loop import Data, Task, device_and_precision
 
     opts, proto = _split_opts(options, protocol, overrides)
     store_path = None
@@ -437,81 +430,140 @@ def finetune(
         acts = _run_frozen(list(cm.blocks)[:k], cm.kind, acts, mask, dev)
     net = TailNet(torch.nn.ModuleList(list(cm.blocks)[k:]), cm.post, head, cm.kind)
     full_tail.head = head
-    augment = None
-    if opts.augment and cm.kind == "map":
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return aug.feature_maps(x, gen), m
-
-    elif opts.augment and cm.kind == "text":
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return x, aug.token_dropout(m, gen)
-
-    label = f"finetune:tail={n}"
     task = Task(
         head_params=list(head.parameters()),
         body_params=list(dict.fromkeys(net.tail_parameters())),
         seed=proto.seed,
         to_input=_as_float,
-        augment=augment,
-        desc=label,
+        augment=_tail_augment(cm.kind, opts),
+        desc=f"finetune:tail={n}",
         checkpoint=checkpoint_path(bundle),
     )
     cached = Data(acts, mask)
     fitted, init = _fit(net, cached, data.y, split.train, val, opts, task, (dev, amp))
+    trained = _Trained(
+        net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name)
+    )
+    info = {
+        "mode": "tail",
+        "classes": data.classes,
+        "backbone": data.backbone,
+        "cut": cm.cut,
+        "tail_blocks": n,
+        "head": {"dim": cm.dim, "n_classes": len(data.classes), "dropout": opts.dropout},
+    }
+    return _conclude(
+        trained,
+        opts,
+        proto,
+        params={"tail": n, "cut": cm.cut},
+        heads=heads,
+        features=features,
+        bundle=bundle,
+        bundle_info=info,
+    )
+
+
+@dataclass
+class _Trained:
+    """What :func:`_conclude` turns into a report: the trained ``net`` (``net(x, mask)``), the
+    model the bundle holds, and the run's data, split and settings."""
+
+    net: Any
+    model: Any
+    data: Any
+    fs: Any
+    split: Any
+    task: Any
+    fitted: Any
+    init: dict[str, Any]
+    where: tuple[Any, Any]
+    name: str
+
+
+def _conclude(
+    t: _Trained,
+    opts: FinetuneOptions,
+    proto: EvalProtocol,
+    *,
+    params: dict[str, Any],
+    heads: Sequence[Any],
+    features: Any,
+    bundle: str | os.PathLike | None,
+    bundle_info: Mapping[str, Any],
+) -> FinetuneReport:
+    """Score the test items, build the leaderboard row (next to ``heads`` on ``features``),
+    write the bundle (then drop the checkpoint): the end every fine-tune shares."""
+    from featx.finetuning.loop import predict_logits, remove_checkpoint
+
+    dev, amp = t.where
     t0 = time.perf_counter()
-    logits = predict_logits(net, cached, split.test, _as_float, dev=dev, amp=amp)
+    logits = predict_logits(t.net, t.data, t.split.test, t.task.to_input, dev=dev, amp=amp)
     pred_s = time.perf_counter() - t0
-    name = data.name
-    params = {"tail": n, "cut": cm.cut, "epochs": fitted.epochs, "best_epoch": fitted.best_epoch}
+    f = t.fitted
     solver = (
-        f"AdamW, best epoch {fitted.best_epoch}/{fitted.epochs}, "
-        f"{fitted.seconds_per_epoch:.2f} s/epoch ({fitted.device} {fitted.precision})"
+        f"AdamW, best epoch {f.best_epoch}/{f.epochs}, "
+        f"{f.seconds_per_epoch:.2f} s/epoch ({f.device} {f.precision})"
     )
     result = _result(
-        fs,
-        split,
+        t.fs,
+        t.split,
         logits,
-        label=label,
-        params=params,
-        store=name,
-        fit_seconds=fitted.seconds,
+        label=t.task.desc,
+        params={**params, "epochs": f.epochs, "best_epoch": f.best_epoch},
+        store=t.name,
+        fit_seconds=f.seconds,
         predict_seconds=pred_s,
         solver=solver,
-        n_train=len(split.train),
+        n_train=len(t.split.train),
     )
-    board = _leaderboard(result, heads, features, proto, name)
+    board = _leaderboard(result, heads, features, proto, t.name)
     path = None
     if bundle is not None:
         from featx.finetuning.bundle import save_finetune_bundle
 
-        full_tail.cpu()
+        t.model.cpu()
         path = save_finetune_bundle(
             bundle,
-            full_tail,
-            mode="tail",
-            classes=data.classes,
-            backbone=data.backbone,
-            cut=cm.cut,
-            tail_blocks=n,
-            head={"dim": cm.dim, "n_classes": len(data.classes), "dropout": opts.dropout},
+            t.model,
+            **bundle_info,
             metrics=result.to_dict(details=False),
-            history=fitted.history,
+            history=f.history,
             options=opts.to_dict(),
         )
-    remove_checkpoint(task.checkpoint)
+    remove_checkpoint(t.task.checkpoint)
     return FinetuneReport(
         result=result,
         leaderboard=board,
-        history=fitted.history,
-        best_epoch=fitted.best_epoch,
-        epochs=fitted.epochs,
-        seconds=fitted.seconds,
+        history=f.history,
+        best_epoch=f.best_epoch,
+        epochs=f.epochs,
+        seconds=f.seconds,
         bundle=path,
-        extra=fit_summary(fitted, init),
-        model=full_tail.eval(),
+        extra=fit_summary(f, t.init),
+        model=t.model.eval(),
     )
+
+
+def _tail_augment(kind: str, opts: FinetuneOptions) -> Any:
+    """The activation-space augmentation of a tail (``augment(x, mask, gen)``) or None."""
+    from featx.finetuning import augment as aug
+
+    if not opts.augment:
+        return None
+    if kind == "map":
+
+        def feature_maps(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return aug.feature_maps(x, gen), m
+
+        return feature_maps
+    if kind == "text":
+
+        def token_dropout(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return x, aug.token_dropout(m, gen)
+
+        return token_dropout
+    return None
 
 
 def _run_frozen(blocks: list[Any], kind: str, acts: Any, mask: Any, dev: Any) -> Any:
