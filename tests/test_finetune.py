@@ -529,6 +529,7 @@ def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path)
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "finetune:tail=2" in r.output and "centroid" in r.output
+    assert "learning rates: head" in r.output and "(range test)" in r.output
     out = tmp_path / "preds.csv"
     r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
