@@ -285,7 +285,7 @@ def _fit(
 
     dev, amp = where
     linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
-    fp = fingerprint(opts, task.seed, train_idx, val_idx, tuple(data.x.shape), task.desc)
+    fp = fingerprint(opts, task, train_idx, val_idx, data, y)
     if load_checkpoint(task.checkpoint, fp) is not None:
         fitted = train(net, data, y, train_idx, val_idx, opts, task, (0.0, 0.0, None))
         return fitted, {"head_init": opts.head_init}

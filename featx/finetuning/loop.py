@@ -230,15 +230,16 @@ def _probe(
 # checkpoints
 
 
-def fingerprint(opts: FinetuneOptions, *parts: Any) -> str:
-    """What a checkpoint must match to be resumed: the options (progress aside) and ``parts``
-    (split rows, shapes, the label)."""
+def fingerprint(
+    opts: FinetuneOptions, task: Task, train_idx: Any, val_idx: Any, data: Data, y: Any
+) -> str:
+    """What a checkpoint must match to be resumed: the options (progress aside), the seed, the
+    run's label, the split, the labels, and the data's shape and first and last rows."""
     d = {k: v for k, v in opts.to_dict().items() if k != "progress"}
-    h = hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode())
-    for p in parts:
-        h.update(
-            np.ascontiguousarray(p).tobytes() if isinstance(p, np.ndarray) else repr(p).encode()
-        )
+    h = hashlib.sha256(json.dumps([d, task.seed, task.desc], sort_keys=True, default=str).encode())
+    h.update(repr(tuple(data.x.shape)).encode())
+    for part in (train_idx, val_idx, y, data.x[:2].numpy(), data.x[-2:].numpy()):
+        h.update(np.ascontiguousarray(np.asarray(part)).tobytes())
     return h.hexdigest()
 
 
@@ -312,7 +313,7 @@ def train(
     model.to(dev)
     for p in task.head_params:
         p.requires_grad_(True)
-    fp = fingerprint(opts, task.seed, train_idx, val_idx, tuple(data.x.shape), task.desc)
+    fp = fingerprint(opts, task, train_idx, val_idx, data, y)
     saved = load_checkpoint(task.checkpoint, fp)
     if saved is not None:
         lr, tail_lr, found = saved["lr"], saved["tail_lr"], saved["lr_find"]
