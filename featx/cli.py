@@ -1146,6 +1146,18 @@ def finetune(
         f"\n{report.result.label}: best epoch {report.best_epoch} of {report.epochs}, "
         f"{report.seconds:.1f} s training ({report.seconds_per_epoch:.2f} s/epoch)"
     )
+    x = report.extra
+    if x.get("lr"):
+        how = " (range test)" if (x.get("lr_find") or {}).get("head") else ""
+        echo(
+            f"learning rates: head {x['lr']:.3g}{how}, pretrained blocks {x['tail_lr']:.3g}; "
+            f"head start: {x.get('head_init')}"
+            + (
+                f"; resumed after epoch {x['resumed_from_epoch']}"
+                if x.get("resumed_from_epoch")
+                else ""
+            )
+        )
     if report.bundle is not None:
         echo(f"bundle: {report.bundle} (featx predict {report.bundle} FILES)")
 
