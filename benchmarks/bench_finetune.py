@@ -35,6 +35,7 @@ import os
 import pickle
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,8 +121,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         src = open_source(source, modality="text")
     bb = load_backbone(spec)
     proto = EvalProtocol(seed=0)
+    kw: dict[str, Any] = {"lr": args.lr, "tail_lr": args.tail_lr}
     opts = FinetuneOptions(
-        epochs=args.epochs, patience=args.patience, batch_size=args.batch_size, progress=True
+        epochs=args.epochs,
+        patience=args.patience,
+        batch_size=args.batch_size,
+        progress=True,
+        **{k: v for k, v in kw.items() if v is not None},
     )
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -131,40 +137,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"cache at {acts.cut}: {acts.acts.shape} float16, {size / 1e6:.1f} MB, {cache_s:.1f} s")
     feats = _frozen_features(acts, None, bb)
     board = compare({"frozen": feats}, HEADS, protocol=proto)
-    for r in board.results:
-        rows.append(
-            {"method": f"frozen {r.label}", "accuracy": r.accuracy, "train_s": r.fit_seconds}
-        )
+    if "frozen" in args.rows:
+        for r in board.results:
+            rows.append(
+                {"method": f"frozen {r.label}", "accuracy": r.accuracy, "train_s": r.fit_seconds}
+            )
     for tail in (1, 2):
-        t = time.perf_counter()
-        rep = finetune(acts, options=opts, protocol=proto, tail=tail)
-        rows.append(
-            {
-                "method": rep.result.label,
-                "accuracy": rep.result.accuracy,
-                "train_s": rep.seconds,
-                "wall_s": time.perf_counter() - t,
-                "s_per_epoch": rep.seconds_per_epoch,
-                "epochs": rep.epochs,
-                "best_epoch": rep.best_epoch,
-            }
-        )
-        print(rows[-1], flush=True)
-    if not args.skip_full:
-        t = time.perf_counter()
-        rep = finetune_full(source, spec, options=opts, protocol=proto)
-        rows.append(
-            {
-                "method": rep.result.label,
-                "accuracy": rep.result.accuracy,
-                "train_s": rep.seconds,
-                "wall_s": time.perf_counter() - t,
-                "s_per_epoch": rep.seconds_per_epoch,
-                "epochs": rep.epochs,
-                "best_epoch": rep.best_epoch,
-            }
-        )
-        print(rows[-1], flush=True)
+        if f"tail{tail}" in args.rows:
+            rows.append(_row(lambda t=tail: finetune(acts, options=opts, protocol=proto, tail=t)))
+    if "full" in args.rows:
+        full = opts if args.full_epochs is None else replace(opts, epochs=args.full_epochs)
+        rows.append(_row(lambda: finetune_full(source, spec, options=full, protocol=proto)))
     out = {
         "task": args.task,
         "n_items": acts.n,
@@ -177,17 +160,44 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "load_before": os.getloadavg(),
+        "load_after": os.getloadavg(),
         "rows": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / f"{args.task}.json").write_text(json.dumps(out, indent=1))
-    print("| method | test accuracy % | training s | s / epoch | epochs (best) |")
-    print("| --- | --- | --- | --- | --- |")
+    (OUT / f"{args.task}-{'-'.join(args.rows)}.json").write_text(json.dumps(out, indent=1))
+    print("| method | test accuracy % | training s | CPU s | s / epoch | epochs (best) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         spe = f"{r['s_per_epoch']:.2f}" if "s_per_epoch" in r else ""
         ep = f"{r['epochs']} ({r['best_epoch']})" if "epochs" in r else ""
-        print(f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['train_s']:.1f} | {spe} | {ep} |")
+        cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
+        print(
+            f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['train_s']:.1f} | {cpu} | {spe} "
+            f"| {ep} |"
+        )
     return out
+
+
+def _row(run: Any) -> dict[str, Any]:
+    """One fine-tuning row: accuracy, training seconds (wall and this process's CPU), epochs,
+    the learning rates used."""
+    t, c = time.perf_counter(), time.process_time()
+    rep = run()
+    row = {
+        "method": rep.result.label,
+        "accuracy": rep.result.accuracy,
+        "train_s": rep.seconds,
+        "wall_s": time.perf_counter() - t,
+        "cpu_s": time.process_time() - c,
+        "s_per_epoch": rep.seconds_per_epoch,
+        "epochs": rep.epochs,
+        "best_epoch": rep.best_epoch,
+        **{k: rep.extra.get(k) for k in ("lr", "tail_lr", "lr_find", "setup_seconds")},
+        **{k: rep.extra.get(k) for k in ("probe_l2", "probe_val_accuracy")},
+        "val_accuracy": [round(h["val_accuracy"], 4) for h in rep.history],
+    }
+    print(json.dumps(row, default=str), flush=True)
+    return row
 
 
 def main() -> None:
@@ -195,11 +205,25 @@ def main() -> None:
     ap.add_argument("task", choices=["images", "text"])
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=96)
-    ap.add_argument("--epochs", type=int, default=15)
-    ap.add_argument("--patience", type=int, default=4)
+    ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument(
+        "--full-epochs", type=int, help="most epochs of the full row (default --epochs)"
+    )
+    ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--skip-full", action="store_true")
-    run(ap.parse_args())
+    ap.add_argument("--lr", help="head learning rate (default: FinetuneOptions's, auto)")
+    ap.add_argument("--tail-lr", help="pretrained blocks' rate (default: FinetuneOptions's)")
+    ap.add_argument(
+        "--rows",
+        default="frozen,tail1,tail2,full",
+        help="which rows to run, comma-separated (frozen, tail1, tail2, full)",
+    )
+    ap.add_argument(
+        "--skip-full", action="store_true", help="the same as leaving full out of --rows"
+    )
+    args = ap.parse_args()
+    args.rows = [r for r in args.rows.split(",") if r and not (args.skip_full and r == "full")]
+    run(args)
 
 
 if __name__ == "__main__":

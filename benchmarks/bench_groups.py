@@ -175,6 +175,37 @@ def text(args: argparse.Namespace) -> dict:
     return {"anchor": acc_anchor, "C": C, "rows": rows}
 
 
+def forward_ratio(texts: list[str], layers: str, rounds: int = 3, batch: int = 64) -> dict:
+    """The encoder's forward passes alone, plain vs multi-layer, interleaved batch by batch
+    (the order alternating), so the machine's load falls on both alike: wall and CPU seconds."""
+    import torch
+
+    from featx.backbones import load_backbone
+    from featx.backbones.layers import with_layers
+    from featx.text.engine import _pad
+    from featx.text.tokens import tokenize
+
+    bb = load_backbone("all-minilm-l6-v2")
+    models = {"plain": bb.model, "multi": with_layers(bb, layers).model}
+    tok = bb.tokenizer
+    ids = tokenize(tok, texts, int(bb.preprocess.max_seq_length))
+    order = sorted(range(len(ids)), key=lambda j: -len(ids[j]))
+    type_ids = "token_type_ids" in getattr(tok, "model_input_names", ())
+    pad = tok.pad_token_id or 0
+    spent = {k: [0.0, 0.0] for k in models}
+    with torch.inference_mode():
+        for r in range(rounds):
+            for i, b in enumerate(range(0, len(order), batch)):
+                x, mask, tt = _pad([ids[j] for j in order[b : b + batch]], pad, type_ids)
+                kinds = ["plain", "multi"] if (i + r) % 2 == 0 else ["multi", "plain"]
+                for kind in kinds:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    models[kind](x, mask, tt)
+                    spent[kind][0] += time.perf_counter() - t0
+                    spent[kind][1] += time.process_time() - c0
+    return {k: [v[0] / rounds, v[1] / rounds] for k, v in spent.items()}
+
+
 def fs_groups(store: Path) -> list[str]:
     import featx
 
@@ -191,6 +222,18 @@ def text_layers(args: argparse.Namespace) -> dict:
     from featx.options import ExtractOptions
 
     csv_path = bench_text.write_task("headlines")
+    if args.forward_only:
+        import csv
+
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            texts = [row["text"] for row in csv.DictReader(f)]
+        fr = forward_ratio(texts, args.layers, rounds=args.repeats)
+        print(f"forward passes over {len(texts)} headlines, batch by batch interleaved, mean of "
+              f"{args.repeats} rounds: plain {fr['plain'][0]:.2f} s wall / {fr['plain'][1]:.2f} s "
+              f"CPU, {args.layers} {fr['multi'][0]:.2f} s / {fr['multi'][1]:.2f} s: "
+              f"{fr['multi'][0] / fr['plain'][0]:.3f}x wall, "
+              f"{fr['multi'][1] / fr['plain'][1]:.3f}x CPU")  # fmt: skip
+        return {"forward": fr}
     plain = ExtractOptions(progress=False)
     multi = ExtractOptions(progress=False, layers=args.layers)
     times: dict[str, list[tuple[float, float, float]]] = {"plain": [], "multi": []}
@@ -273,6 +316,9 @@ def main() -> None:
     tl.add_argument("--repeats", type=int, default=3)
     tl.add_argument("--heads", default="logreg,svm,linear-svm")
     tl.add_argument("--timing-only", action="store_true", help="skip the heads")
+    tl.add_argument(
+        "--forward-only", action="store_true", help="only the encoder's passes, batch-interleaved"
+    )
     p.add_argument("--json", help="also write the record to this file")
     args = p.parse_args()
     record = {"images": images, "text": text, "text-layers": text_layers}[args.cmd](args)

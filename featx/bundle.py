@@ -438,21 +438,40 @@ def save_bundle(
         "metrics": json.loads(json.dumps(dict(metrics or {}), default=_json_default)),
         "estimator": enc(estimator),
     }
-    members: dict[str, bytes] = {}
-    for ref, arr in enc.arrays.items():
-        buf = io.BytesIO()
-        np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
-        members[ref] = buf.getvalue()
+    members = {ref: npy_bytes(arr) for ref, arr in enc.arrays.items()}
     payload["arrays"] = {ref: hashlib.sha256(b).hexdigest() for ref, b in members.items()}
-    text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=False).encode()
     path = Path(path)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as z:
-        z.writestr(_JSON, text, compress_type=zipfile.ZIP_DEFLATED)
-        z.writestr(_SUM, hashlib.sha256(text).hexdigest() + "\n")
-        for ref, data in members.items():
-            z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
+    write_safe_zip(path, (_JSON, _SUM), payload, members, allow_nan=False)
     logger.info("saved head bundle %s (%d classes, dim %d)", path, len(classes), dim)
     return path
+
+
+def npy_bytes(arr: Any) -> bytes:
+    """``arr`` as the bytes of a ``.npy`` file, never pickled."""
+    buf = io.BytesIO()
+    np.lib.format.write_array(buf, np.asarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def write_safe_zip(
+    path: Path,
+    names: tuple[str, str],
+    payload: Mapping[str, Any],
+    members: Mapping[str, bytes],
+    *,
+    allow_nan: bool = False,
+) -> None:
+    """The one writer of featx's safe bundles (head bundles here, fine-tuned bundles in
+    :mod:`featx.finetuning.bundle`): ``payload`` as JSON (``names[0]``, deflated), its SHA-256
+    (``names[1]``), then ``members`` (``.npy`` bytes, stored; the payload lists their SHA-256s),
+    written atomically (a temporary file, then ``os.replace``)."""
+    json_name, sum_name = names
+    text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=allow_nan).encode()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as z:
+        z.writestr(json_name, text, compress_type=zipfile.ZIP_DEFLATED)
+        z.writestr(sum_name, hashlib.sha256(text).hexdigest() + "\n")
+        for ref, data in members.items():
+            z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
 
 
 def _json_default(o: Any) -> Any:

@@ -621,7 +621,8 @@ def verify(store: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def compact(store: str, as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def compact(store: str, as_json: bool, quiet: bool) -> None:
     """Merge a segmented STORE into one file, dropping its dead rows.
 
     Incremental runs add small changes as segments; a run compacts by itself once dead rows or
@@ -633,7 +634,7 @@ def compact(store: str, as_json: bool) -> None:
     """
     from featx.store import compact_store
 
-    out = compact_store(store)
+    out = compact_store(store, progress=not quiet)
     if as_json:
         _print_json(out)
     elif out["compacted"]:
@@ -1145,6 +1146,18 @@ def finetune(
         f"\n{report.result.label}: best epoch {report.best_epoch} of {report.epochs}, "
         f"{report.seconds:.1f} s training ({report.seconds_per_epoch:.2f} s/epoch)"
     )
+    x = report.extra
+    if x.get("lr"):
+        how = " (range test)" if (x.get("lr_find") or {}).get("head") else ""
+        echo(
+            f"learning rates: head {x['lr']:.3g}{how}, pretrained blocks {x['tail_lr']:.3g}; "
+            f"head start: {x.get('head_init')}"
+            + (
+                f"; resumed after epoch {x['resumed_from_epoch']}"
+                if x.get("resumed_from_epoch")
+                else ""
+            )
+        )
     if report.bundle is not None:
         echo(f"bundle: {report.bundle} (featx predict {report.bundle} FILES)")
 

@@ -31,6 +31,8 @@ featx.errors.FeatxError: unknown key 'folds' in [protocol]; valid keys: class_we
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -82,6 +84,8 @@ NEIGHBOR_INDEXES: tuple[str, ...] = ("auto", "exact", "ivf", "faiss")
 DIAGNOSE_EXACT_MAX = 20_000
 #: The 2-D map of ``featx diagnose``: umap (when umap-learn is installed), t-SNE, PCA or none.
 MAP_METHODS: tuple[str, ...] = ("auto", "umap", "tsne", "pca", "none")
+#: How ``featx finetune`` starts its new head (see :class:`FinetuneOptions`).
+HEAD_INITS: tuple[str, ...] = ("probe", "zero", "random")
 #: Help text of every ``--device`` option.
 DEVICE_HELP = "auto, cpu, cuda[:N] or mps."
 
@@ -481,6 +485,54 @@ class BackboneSpec(_Spec):
             normalize=config.get("normalize"),
         )
 
+    @classmethod
+    def from_recorded(
+        cls,
+        config: Mapping[str, Any],
+        *,
+        weights_file: str | os.PathLike | None = None,
+        model_dir: str | os.PathLike | None = None,
+    ) -> BackboneSpec:
+        """:meth:`from_config` under the rule for backbones a bundle records (a bundle is a file
+        anyone can write): a registered name is loaded as recorded; a local model folder only
+        when the user passes it as ``model_dir`` (``--model-dir``; it replaces the recorded
+        path), a local weights file only as ``weights_file`` (``--weights-file``). The caller
+        checks that what it loads hashes to what was recorded.
+
+        >>> BackboneSpec.from_recorded({"name": "hf:/models/bert"}).name
+        Traceback (most recent call last):
+        ...
+        featx.errors.FeatxError: the bundle's backbone is the local model folder 'hf:/models/bert'; featx loads a model folder a bundle names only when you pass it: add --model-dir FOLDER (the folder the head was trained with)
+        >>> BackboneSpec.from_recorded({"name": "hf:/models/bert"}, model_dir="/data/bert").name
+        'hf:/data/bert'
+        """  # noqa: E501
+        spec = cls.from_config(config)
+        name = str(config["name"]).strip()
+        names_folder = name.lower().startswith(("hf:", "st:")) or os.path.isabs(name)
+        names_folder = names_folder or os.path.isdir(name)
+        if names_folder and model_dir is None:
+            raise FeatxError(
+                f"the bundle's backbone is the local model folder {config['name']!r}; featx "
+                "loads a model folder a bundle names only when you pass it: add --model-dir "
+                "FOLDER (the folder the head was trained with)"
+            )
+        if model_dir is not None:
+            if not names_folder:
+                raise FeatxError(
+                    f"the bundle's backbone is {config['name']!r}, not a model folder; drop "
+                    "--model-dir"
+                )
+            spec = dataclasses.replace(spec, name="hf:" + os.fspath(model_dir))
+        if str(spec.weights).startswith("file:") and weights_file is None:
+            raise FeatxError(
+                f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
+                "pass it again with --weights-file"
+            )
+        if weights_file is not None:
+            # the file brings the weights; the default id only picks the preprocessing
+            spec = dataclasses.replace(spec, weights=None, weights_file=os.fspath(weights_file))
+        return spec
+
 
 @dataclass(frozen=True)
 class FinetuneOptions(_Spec):
@@ -501,16 +553,33 @@ class FinetuneOptions(_Spec):
     )
     epochs: int = option(30, "Most epochs (early stopping usually ends sooner).", min=1)
     batch_size: int = option(64, "Items per training step.", min=2)
-    lr: float = option(1e-3, "AdamW learning rate of the new head.", min=0, min_open=True)
-    tail_lr: float = option(
-        1e-4,
-        "AdamW learning rate of the pretrained blocks (discriminative: below the head's).",
-        min=0,
-        min_open=True,
+    lr: float | str = option(
+        "auto",
+        "AdamW learning rate of the new head; auto: a learning-rate range test on the training "
+        "items picks it.",
+        kind=str,
+    )
+    tail_lr: float | str = option(
+        "3e-4",
+        "AdamW learning rate of the pretrained blocks (discriminative: below the head's); auto: "
+        "a range test of the blocks picks it, at most a tenth of the head's.",
+        kind=str,
+    )
+    head_init: str = option(
+        "probe",
+        "The new head's start: probe (the linear probe on the pretrained embedding), zero or "
+        "random.",
+        choices=HEAD_INITS,
+    )
+    label_smoothing: float = option(
+        0.0, "Label smoothing of the cross-entropy.", min=0, max=1, max_open=True
     )
     weight_decay: float = option(0.01, "AdamW weight decay.", min=0)
     warmup_epochs: int = option(
-        1, "Epochs that train the new head alone, the pretrained blocks frozen.", min=0
+        0,
+        "Epochs that train the new head alone, the pretrained blocks frozen (rarely needed with "
+        "--head-init probe, which starts the head trained).",
+        min=0,
     )
     patience: int = option(
         5, "Stop after this many epochs without a better validation accuracy.", min=1
@@ -537,7 +606,23 @@ class FinetuneOptions(_Spec):
     progress: bool = option(False, "Show a progress bar on stderr.", flag="", toml=False)
 
     def __post_init__(self) -> None:
+        for name in ("lr", "tail_lr"):
+            object.__setattr__(self, name, _rate(getattr(self, name), name))
         _check(self)
+
+
+def _rate(v: Any, name: str) -> float | str:
+    """A learning rate: ``auto`` or a positive number (also given as a string, as the CLI
+    does)."""
+    if isinstance(v, str) and v.strip().lower() == "auto":
+        return "auto"
+    try:
+        r = float(v) if not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        r = math.nan
+    if not r > 0 or math.isinf(r):
+        raise FeatxError(f"FinetuneOptions.{name} must be auto or a number > 0; got {v!r}")
+    return r
 
 
 @dataclass(frozen=True)

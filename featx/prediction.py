@@ -58,12 +58,6 @@ class PredictResult:
         return d
 
 
-def _local_model_folder(name: str) -> bool:
-    """Whether a recorded backbone name points into the file system (not a registered name)."""
-    n = name.strip()
-    return n.lower().startswith(("hf:", "st:")) or os.path.isabs(n) or os.path.isdir(n)
-
-
 def rebuild_backbone(
     store_meta: Mapping[str, Any],
     weights_file: str | os.PathLike | None = None,
@@ -86,28 +80,7 @@ def rebuild_backbone(
     cfg = (store_meta.get("config") or {}).get("backbone")
     if not isinstance(cfg, dict) or not isinstance(cfg.get("name"), str):
         raise FeatxError("the bundle does not record its backbone; refit it with this featx")
-    spec = BackboneSpec.from_config(cfg)
-    names_folder = _local_model_folder(cfg["name"])
-    if names_folder and model_dir is None:
-        raise FeatxError(
-            f"the bundle's backbone is the local model folder {cfg['name']!r}; featx loads a "
-            "model folder a bundle names only when you pass it: add --model-dir FOLDER (the "
-            "folder the head was trained with)"
-        )
-    if model_dir is not None:
-        if not names_folder:
-            raise FeatxError(
-                f"the bundle's backbone is {cfg['name']!r}, not a model folder; drop --model-dir"
-            )
-        spec = replace(spec, name="hf:" + os.fspath(model_dir))
-    if str(spec.weights).startswith("file:") and weights_file is None:
-        raise FeatxError(
-            f"the bundle's backbone used a local weights file ({str(spec.weights)[5:]}); "
-            "pass it again with --weights-file"
-        )
-    if weights_file is not None:
-        # the file brings the weights; the default id only picks the preprocessing
-        spec = replace(spec, weights=None, weights_file=os.fspath(weights_file))
+    spec = BackboneSpec.from_recorded(cfg, weights_file=weights_file, model_dir=model_dir)
     crop = spec.image_size
     bb = load_backbone(replace(spec, image_size=None))
     if crop and bb.preprocess.crop_size != crop:
@@ -409,7 +382,9 @@ def predict(
     opts = options or ExtractOptions()
     how = {"root": root, "download": download, "text": text}
     if is_finetune_bundle(bundle):  # featx finetune's: frozen prefix, then the tuned tail
-        return _predict_finetuned(bundle, source, out, opts, **how)
+        return _predict_finetuned(
+            bundle, source, out, opts, weights_file=weights_file, model_dir=model_dir, **how
+        )
     b = load_bundle(bundle, trust=trust)
     if b.store_meta.get("feature_groups") or b.store_meta.get("fused"):
         got = _grouped_inputs(b, source, opts, weights_file, model_dir=model_dir, **how)
@@ -501,13 +476,14 @@ def _predict_finetuned(
     opts: ExtractOptions,
     **how: Any,
 ) -> PredictResult:
-    """Predict with a bundle of ``featx finetune`` (decoded items, no store) and write the CSV."""
+    """Predict with a bundle of ``featx finetune`` (decoded items, no store; on
+    ``opts.device``) and write the CSV."""
     from featx.finetuning.predict import predict_rows
     from featx.modalities import get_modality
 
     rows = predict_rows(
         bundle, source, allow_outside_root=opts.allow_outside_root, batch_size=opts.batch_size,
-        **how,
+        device=opts.device, **how,
     )  # fmt: skip
     got = _Features(
         keys=rows.keys,

@@ -220,6 +220,22 @@ def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path)
     assert ft.predict(files[:1])[0] in acts.classes
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+def test_predict_of_a_finetuned_bundle_honours_device(acts, colours, tmp_path):
+    from click.testing import CliRunner
+
+    from featx.cli import cli
+    from featx.finetuning import finetune, load_finetuned
+
+    bundle = finetune(acts, tail=1, bundle=tmp_path / "tuned.npz", **FAST).bundle
+    assert str(load_finetuned(bundle, device="cpu").device) == "cpu"
+    out = tmp_path / "p.csv"
+    r = CliRunner().invoke(
+        cli, ["predict", str(bundle), str(colours), "--out", str(out), "--device", "cuda"]
+    )
+    assert r.exit_code != 0 and "cuda" in r.output.lower() and not out.exists()
+
+
 def test_bundle_loads_without_pickle_and_catches_damage(acts, tmp_path, monkeypatch):
     from featx.finetuning import finetune, load_finetuned
 
@@ -290,6 +306,71 @@ def test_a_killed_run_can_be_rerun_cleanly(colours, acts, tmp_path):
     assert not list(tmp_path.glob("tuned.npz.tmp-*"))
 
 
+def test_a_run_stopped_after_epoch_k_resumes_to_the_uninterrupted_weights(
+    acts, tmp_path, monkeypatch
+):
+    from featx.finetuning import finetune, loop
+    from featx.finetuning.bundle import read_finetune_bundle
+
+    kw = dict(tail=1, epochs=4, patience=100, batch_size=8, heads=())
+    whole = finetune(acts, bundle=tmp_path / "whole.npz", **kw)
+    real, saves = loop._save_checkpoint, []
+
+    def save_then_die(path, state):
+        real(path, state)
+        saves.append(state["epoch"])
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # killed right after epoch 2's checkpoint
+
+    monkeypatch.setattr(loop, "_save_checkpoint", save_then_die)
+    bundle = tmp_path / "tuned.npz"
+    with pytest.raises(KeyboardInterrupt):
+        finetune(acts, bundle=bundle, **kw)
+    monkeypatch.undo()
+    ckpt = tmp_path / "tuned.npz.ckpt"
+    assert ckpt.is_file() and not bundle.exists()
+    rep = finetune(acts, bundle=bundle, **kw)
+    assert rep.extra["resumed_from_epoch"] == 2 and len(rep.history) == 4
+    assert not ckpt.exists()  # removed once the bundle is written
+    a, b = read_finetune_bundle(whole.bundle).state, read_finetune_bundle(rep.bundle).state
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert rep.extra["lr"] == whole.extra["lr"]
+
+
+def test_lr_auto_runs_range_tests_and_leaves_the_run_as_given_rates_would(acts):
+    from featx.finetuning import finetune
+
+    auto = finetune(acts, tail=1, lr="auto", tail_lr="auto", **FAST)
+    lr, tail_lr = auto.extra["lr"], auto.extra["tail_lr"]
+    found = auto.extra["lr_find"]
+    assert found["head"]["lr"] == lr
+    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], lr / 10))
+    assert 0 < lr < 10 and 0 < tail_lr < 10 and found["blocks"]["steps"] > 10
+    given = finetune(acts, tail=1, lr=lr, tail_lr=tail_lr, **FAST)
+    assert given.extra["lr_find"] is None
+    a, b = auto.model.state_dict(), given.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_head_starts_from_the_linear_probe(acts):
+    from featx.finetuning import finetune
+
+    rep = finetune(acts, tail=1, lr=1e-9, tail_lr=1e-9, epochs=1, batch_size=8, heads=())
+    assert rep.extra["head_init"] == "probe" and rep.extra["probe_val_accuracy"] > 0.5
+    zero = finetune(acts, tail=1, lr=1e-9, tail_lr=1e-9, epochs=1, batch_size=8,
+                    head_init="zero", heads=())  # fmt: skip
+    assert zero.history[0]["val_accuracy"] < rep.history[0]["val_accuracy"]
+
+
+def test_learning_rates_take_auto_or_a_positive_number():
+    from featx.options import FinetuneOptions
+
+    assert FinetuneOptions(lr="0.01").lr == 0.01 and FinetuneOptions().lr == "auto"
+    assert FinetuneOptions().tail_lr == 3e-4 and FinetuneOptions(tail_lr="AUTO").tail_lr == "auto"
+    with pytest.raises(FeatxError, match="lr must be auto or a number > 0"):
+        FinetuneOptions(lr="fast")
+
+
 # ---------------------------------------------------------------------------------------------
 # the full reference
 
@@ -346,7 +427,9 @@ def test_text_tail_trains_and_predicts(tiny_bert, tmp_path):
     assert acts.mask is not None and acts.acts.shape[:2] == acts.mask.shape
     rep = finetune(acts, bundle=tmp_path / "t.npz", warmup_epochs=0, **FAST)
     assert rep.result.label == "finetune:tail=2"
-    ft = load_finetuned(rep.bundle)
+    with pytest.raises(FeatxError, match="local model folder.*add --model-dir"):
+        load_finetuned(rep.bundle)  # a bundle never makes featx load a folder by itself
+    ft = load_finetuned(rep.bundle, model_dir=tiny_bert)
     texts, _, _ = read_texts(src)  # the order of the activations
     with torch.no_grad():
         trained = rep.model(torch.from_numpy(acts.acts).float(), torch.from_numpy(acts.mask).long())
@@ -446,6 +529,7 @@ def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path)
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "finetune:tail=2" in r.output and "centroid" in r.output
+    assert "learning rates: head" in r.output and "(range test)" in r.output
     out = tmp_path / "preds.csv"
     r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])
     assert r.exit_code == 0, r.output
@@ -484,7 +568,10 @@ def test_text_store_with_cached_hidden_states_finetunes_and_predicts(tiny_bert, 
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     out = tmp_path / "p.csv"
-    r = runner.invoke(cli, ["predict", str(bundle), str(table), "--out", str(out), "-q"])
+    predict = ["predict", str(bundle), str(table), "--out", str(out), "-q"]
+    r = runner.invoke(cli, predict)
+    assert r.exit_code != 0 and "--model-dir" in r.output
+    r = runner.invoke(cli, [*predict, "--model-dir", str(tiny_bert), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     got = list(csv.DictReader(out.open()))
     assert len(got) == len(rows) and got[0]["predicted"] in TOPICS

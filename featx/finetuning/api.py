@@ -39,7 +39,8 @@ class FinetuneReport:
         frozen.
     best_epoch, epochs : int
     seconds : float
-        Training time (all epochs, validation included).
+        Training time: all epochs (validation included), the learning-rate range test and the
+        linear probe of the head's start.
     bundle : Path or None
         The fine-tuned bundle, when one was written.
     model : torch.nn.Module
@@ -59,6 +60,10 @@ class FinetuneReport:
 
     @property
     def seconds_per_epoch(self) -> float:
+        """Seconds of one epoch (training and validation; the range test and the probe, which
+        ``seconds`` includes, aside)."""
+        if self.history:
+            return sum(float(h["seconds"]) for h in self.history) / len(self.history)
         return self.seconds / max(1, self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
@@ -208,19 +213,32 @@ def _leaderboard(
     )
 
 
-def backbone_from_config(cfg: Mapping[str, Any]) -> Any:
-    """Load the backbone a store or bundle records, with its default (pooled) embedding, and
-    check that its weights are the recorded ones."""
+def backbone_from_config(
+    cfg: Mapping[str, Any],
+    *,
+    bundle: bool = False,
+    weights_file: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+) -> Any:
+    """Load the backbone a store (or, ``bundle=True``, a fine-tuned bundle) records, with its
+    default (pooled) embedding, and check that its weights are the recorded ones.
+
+    A bundle's backbone follows the rule of every bundle
+    (:meth:`~featx.options.BackboneSpec.from_recorded`): a local model folder or weights file
+    is loaded only when passed as ``model_dir`` / ``weights_file``."""
     from featx.backbones import load_backbone
 
     if not isinstance(cfg, Mapping) or "name" not in cfg:
         raise FeatxError("the store does not record its backbone; re-extract it")
-    spec = BackboneSpec.from_config(cfg)
-    if str(spec.weights).startswith("file:"):
-        raise FeatxError(
-            "the backbone was loaded from a local weights file; fine-tuning rebuilds it from "
-            "named weights only"
-        )
+    if bundle:
+        spec = BackboneSpec.from_recorded(cfg, weights_file=weights_file, model_dir=model_dir)
+    else:
+        spec = BackboneSpec.from_config(cfg)
+        if str(spec.weights).startswith("file:"):
+            raise FeatxError(
+                "the backbone was loaded from a local weights file; fine-tuning rebuilds it "
+                "from named weights only"
+            )
     if cfg.get("family") == "text":
         spec = dataclasses.replace(spec, layer=None)
     else:
@@ -232,6 +250,99 @@ def backbone_from_config(cfg: Mapping[str, Any]) -> Any:
             "computed with; re-extract with these weights"
         )
     return bb
+
+
+def _as_float(x: Any) -> Any:
+    return x.float()
+
+
+def checkpoint_path(bundle: str | os.PathLike | None) -> Path | None:
+    """The per-epoch checkpoint of a run that writes ``bundle``: next to it, ``<bundle>.ckpt``
+    (no bundle: no checkpoint)."""
+    if bundle is None:
+        return None
+    b = Path(bundle)
+    return b.with_name(b.name + ".ckpt")
+
+
+def _fit(
+    net: Any,
+    data: Any,
+    y: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray,
+    opts: FinetuneOptions,
+    task: Any,
+    where: tuple[Any, Any],
+) -> tuple[Any, dict[str, Any]]:
+    """Pick the learning rates (``opts.lr``, ``opts.tail_lr``), initialise ``net``'s head
+    (``opts.head_init``), then train: (Fitted, what the head's start and the range tests did).
+    A resumed run skips the first two (its checkpoint has them)."""
+    import torch
+
+    from featx.finetuning import lrfind
+    from featx.finetuning.loop import fingerprint, init_head, load_checkpoint, predict_logits, train
+
+    dev, amp = where
+    linear = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    fp = fingerprint(opts, task, train_idx, val_idx, data, y)
+    if load_checkpoint(task.checkpoint, fp) is not None:
+        fitted = train(net, data, y, train_idx, val_idx, opts, task, (0.0, 0.0, None))
+        return fitted, {"head_init": opts.head_init}
+    t0 = time.perf_counter()
+    net.to(dev)
+    y_t = torch.as_tensor(np.asarray(y), dtype=torch.long)
+    ys = (y_t[train_idx], y_t[val_idx])
+    emb = None
+    if opts.lr == "auto" or opts.head_init == "probe":
+        emb = tuple(
+            predict_logits(net, data, rows, task.to_input, dev=dev, amp=amp, fn=net.embed)
+            for rows in (train_idx, val_idx)
+        )
+    kw = {
+        "batch_size": opts.batch_size,
+        "weight_decay": opts.weight_decay,
+        "label_smoothing": opts.label_smoothing,
+    }
+    found: dict[str, Any] = {}
+    lr = opts.lr
+    if lr == "auto":
+        assert emb is not None
+        found["head"] = lrfind.head_lr(emb[0], ys[0], linear.out_features, seed=task.seed, **kw)
+        lr = found["head"]["lr"]
+    init = init_head(linear, opts.head_init, emb, ys)
+    tail_lr = opts.tail_lr
+    if tail_lr == "auto":
+        tail_lr = 0.0
+        if task.body_params:
+            found["blocks"] = lrfind.blocks_lr(
+                net, data, y, train_idx, task, dev=dev, amp=amp, **kw
+            )
+            tail_lr = min(found["blocks"]["lr"], lrfind.BLOCKS_CAP * float(lr))
+    setup_s = time.perf_counter() - t0
+    fitted = train(
+        net, data, y, train_idx, val_idx, opts, task, (float(lr), float(tail_lr), found or None)
+    )
+    fitted.seconds += setup_s  # the range tests and the probe are part of the training time
+    init["setup_seconds"] = setup_s
+    return fitted, init
+
+
+def fit_summary(fitted: Any, init: Mapping[str, Any]) -> dict[str, Any]:
+    """The report's extra keys: the learning rates used, the range test, the head's start."""
+    found = fitted.lr_find
+    return {
+        "lr": fitted.lr,
+        "tail_lr": fitted.tail_lr,
+        "lr_find": None
+        if found is None
+        else {
+            part: {k: v[k] for k in ("lr", "lr_min", "lr_steep", "steps", "seconds")}
+            for part, v in found.items()
+        },
+        "resumed_from_epoch": fitted.resumed_from,
+        **dict(init),
+    }
 
 
 def _seed_all(seed: int) -> None:
@@ -287,9 +398,8 @@ def finetune(
     """
     import torch
 
-    from featx.finetuning import augment as aug
     from featx.finetuning.cuts import TailNet, cut_backbone
-    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
+    from featx.finetuning.loop import Data, Task, device_and_precision
 
     opts, proto = _split_opts(options, protocol, overrides)
     store_path = None
@@ -308,6 +418,9 @@ def finetune(
     n = cm.n_tail if opts.tail is None else int(opts.tail)
     full_tail = cm.tail(None, train_blocks=n)  # checks n against the cache
     k = full_tail.frozen_blocks
+    features = None
+    if heads:  # the pretrained embedding, before training changes the tail's blocks in place
+        features = _frozen_features(data, store_path, bb)
     _seed_all(proto.seed)
     head = _head(cm.dim, len(data.classes), opts.dropout, proto.seed)
     dev, prec, amp = device_and_precision(opts)
@@ -317,88 +430,140 @@ def finetune(
         acts = _run_frozen(list(cm.blocks)[:k], cm.kind, acts, mask, dev)
     net = TailNet(torch.nn.ModuleList(list(cm.blocks)[k:]), cm.post, head, cm.kind)
     full_tail.head = head
-    body = list(dict.fromkeys(net.tail_parameters()))
-    augment = None
-    if opts.augment and cm.kind == "map":
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return aug.feature_maps(x, gen), m
-
-    elif opts.augment and cm.kind == "text":
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return x, aug.token_dropout(m, gen)
-
-    label = f"finetune:tail={n}"
-    fitted = train(
-        net,
-        Data(acts, mask),
-        data.y,
-        split.train,
-        val,
-        opts,
+    task = Task(
         head_params=list(head.parameters()),
-        body_params=body,
+        body_params=list(dict.fromkeys(net.tail_parameters())),
         seed=proto.seed,
-        to_input=lambda x: x.float(),
-        augment=augment,
-        desc=label,
+        to_input=_as_float,
+        augment=_tail_augment(cm.kind, opts),
+        desc=f"finetune:tail={n}",
+        checkpoint=checkpoint_path(bundle),
     )
+    cached = Data(acts, mask)
+    fitted, init = _fit(net, cached, data.y, split.train, val, opts, task, (dev, amp))
+    trained = _Trained(
+        net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name)
+    )
+    info = {
+        "mode": "tail",
+        "classes": data.classes,
+        "backbone": data.backbone,
+        "cut": cm.cut,
+        "tail_blocks": n,
+        "head": {"dim": cm.dim, "n_classes": len(data.classes), "dropout": opts.dropout},
+    }
+    return _conclude(
+        trained,
+        opts,
+        proto,
+        params={"tail": n, "cut": cm.cut},
+        heads=heads,
+        features=features,
+        bundle=bundle,
+        bundle_info=info,
+    )
+
+
+@dataclass
+class _Trained:
+    """What :func:`_conclude` turns into a report: the trained ``net`` (``net(x, mask)``), the
+    model the bundle holds, and the run's data, split and settings."""
+
+    net: Any
+    model: Any
+    data: Any
+    fs: Any
+    split: Any
+    task: Any
+    fitted: Any
+    init: dict[str, Any]
+    where: tuple[Any, Any]
+    name: str
+
+
+def _conclude(
+    t: _Trained,
+    opts: FinetuneOptions,
+    proto: EvalProtocol,
+    *,
+    params: dict[str, Any],
+    heads: Sequence[Any],
+    features: Any,
+    bundle: str | os.PathLike | None,
+    bundle_info: Mapping[str, Any],
+) -> FinetuneReport:
+    """Score the test items, build the leaderboard row (next to ``heads`` on ``features``),
+    write the bundle (then drop the checkpoint): the end every fine-tune shares."""
+    from featx.finetuning.loop import predict_logits, remove_checkpoint
+
+    dev, amp = t.where
     t0 = time.perf_counter()
-    logits = predict_logits(
-        net, Data(acts, mask), split.test, lambda x: x.float(), dev=dev, amp=amp
-    )
+    logits = predict_logits(t.net, t.data, t.split.test, t.task.to_input, dev=dev, amp=amp)
     pred_s = time.perf_counter() - t0
-    name = data.name
-    params = {"tail": n, "cut": cm.cut, "epochs": fitted.epochs, "best_epoch": fitted.best_epoch}
+    f = t.fitted
     solver = (
-        f"AdamW, best epoch {fitted.best_epoch}/{fitted.epochs}, "
-        f"{fitted.seconds_per_epoch:.2f} s/epoch ({fitted.device} {fitted.precision})"
+        f"AdamW, best epoch {f.best_epoch}/{f.epochs}, "
+        f"{f.seconds_per_epoch:.2f} s/epoch ({f.device} {f.precision})"
     )
     result = _result(
-        fs,
-        split,
+        t.fs,
+        t.split,
         logits,
-        label=label,
-        params=params,
-        store=name,
-        fit_seconds=fitted.seconds,
+        label=t.task.desc,
+        params={**params, "epochs": f.epochs, "best_epoch": f.best_epoch},
+        store=t.name,
+        fit_seconds=f.seconds,
         predict_seconds=pred_s,
         solver=solver,
-        n_train=len(split.train),
+        n_train=len(t.split.train),
     )
-    features = None
-    if heads:
-        features = _frozen_features(data, store_path, bb)
-    board = _leaderboard(result, heads, features, proto, name)
+    board = _leaderboard(result, heads, features, proto, t.name)
     path = None
     if bundle is not None:
         from featx.finetuning.bundle import save_finetune_bundle
 
-        full_tail.cpu()
+        t.model.cpu()
         path = save_finetune_bundle(
             bundle,
-            full_tail,
-            mode="tail",
-            classes=data.classes,
-            backbone=data.backbone,
-            cut=cm.cut,
-            tail_blocks=n,
-            head={"dim": cm.dim, "n_classes": len(data.classes), "dropout": opts.dropout},
+            t.model,
+            **bundle_info,
             metrics=result.to_dict(details=False),
-            history=fitted.history,
+            history=f.history,
             options=opts.to_dict(),
         )
+    remove_checkpoint(t.task.checkpoint)
     return FinetuneReport(
         result=result,
         leaderboard=board,
-        history=fitted.history,
-        best_epoch=fitted.best_epoch,
-        epochs=fitted.epochs,
-        seconds=fitted.seconds,
+        history=f.history,
+        best_epoch=f.best_epoch,
+        epochs=f.epochs,
+        seconds=f.seconds,
         bundle=path,
-        model=full_tail.eval(),
+        extra=fit_summary(f, t.init),
+        model=t.model.eval(),
     )
+
+
+def _tail_augment(kind: str, opts: FinetuneOptions) -> Any:
+    """The activation-space augmentation of a tail (``augment(x, mask, gen)``) or None."""
+    from featx.finetuning import augment as aug
+
+    if not opts.augment:
+        return None
+    if kind == "map":
+
+        def feature_maps(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return aug.feature_maps(x, gen), m
+
+        return feature_maps
+    if kind == "text":
+
+        def token_dropout(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return x, aug.token_dropout(m, gen)
+
+        return token_dropout
+    return None
 
 
 def _run_frozen(blocks: list[Any], kind: str, acts: Any, mask: Any, dev: Any) -> Any:

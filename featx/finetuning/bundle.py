@@ -20,7 +20,6 @@ Imports torch at module level: import it lazily.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import os
@@ -35,8 +34,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from featx.bundle import npy_bytes, write_safe_zip
 from featx.errors import FeatxError
-from featx.files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -93,11 +92,8 @@ def save_finetune_bundle(
         key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
         ref = by_storage.get(key) if t.numel() else None
         if ref is None:
-            arr = _to_numpy(t)
-            buf = io.BytesIO()
-            np.lib.format.write_array(buf, arr, allow_pickle=False)
             ref = f"arrays/{len(members)}.npy"
-            members[ref] = buf.getvalue()
+            members[ref] = npy_bytes(_to_numpy(t))
             if t.numel():
                 by_storage[key] = ref
         weights[name] = {
@@ -123,14 +119,9 @@ def save_finetune_bundle(
         "options": json.loads(json.dumps(dict(options or {}), default=str)),
         "weights": weights,
     }
-    text = json.dumps(payload, indent=1, sort_keys=True, allow_nan=True).encode()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as f, zipfile.ZipFile(f, "w") as z:
-        z.writestr(JSON_NAME, text, compress_type=zipfile.ZIP_DEFLATED)
-        z.writestr(SUM_NAME, hashlib.sha256(text).hexdigest() + "\n")
-        for ref, data in members.items():
-            z.writestr(ref, data, compress_type=zipfile.ZIP_STORED)
+    write_safe_zip(path, (JSON_NAME, SUM_NAME), payload, members, allow_nan=True)
     logger.info("saved fine-tuned bundle %s (%s, %d tensors)", path, mode, len(weights))
     return path
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,12 +25,14 @@ import numpy as np
 from featx.errors import FeatxError
 from featx.finetuning.api import (
     FinetuneReport,
+    _conclude,
+    _fit,
     _head,
-    _leaderboard,
-    _result,
     _seed_all,
     _split_opts,
     _splits,
+    _Trained,
+    checkpoint_path,
 )
 from featx.finetuning.data import check_enough
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
@@ -50,10 +51,13 @@ def full_network(cut_model: Any, head: Any) -> Any:
             self.stem = cut_model.prefix
             self.tail = cut_model.tail(head)
 
-        def forward(self, x: Any, mask: Any = None) -> Any:
+        def embed(self, x: Any, mask: Any = None) -> Any:
             if self.tail.kind == "text":
-                return self.tail(self.stem(x, mask), mask)
-            return self.tail(self.stem(x))
+                return self.tail.embed(self.stem(x, mask), mask)
+            return self.tail.embed(self.stem(x))
+
+        def forward(self, x: Any, mask: Any = None) -> Any:
+            return self.tail.head(self.embed(x, mask))
 
     return FullNet()
 
@@ -89,33 +93,116 @@ def finetune_full(
         ``result.label`` is ``finetune:full``.
     """
     from featx.backbones import load_backbone
-    from featx.features import FeatureSet
-    from featx.finetuning import augment as aug
     from featx.finetuning.cuts import cut_backbone, cut_names
-    from featx.finetuning.data import decode_images, read_texts, tokenize_texts
-    from featx.finetuning.loop import Data, device_and_precision, predict_logits, train
-    from featx.sources import open_source
+    from featx.finetuning.loop import (
+        Task,
+        device_and_precision,
+    )
 
     opts, proto = _split_opts(options, protocol, overrides)
-    spec = backbone if isinstance(backbone, BackboneSpec) else BackboneSpec(name=backbone)
-    src = source
-    if isinstance(source, str | os.PathLike):
-        from featx.backbones._text import is_text_name
-        from featx.options import DEFAULT_BACKBONE, DEFAULT_TEXT_BACKBONE
-
-        modality = "text" if spec.name is not None and is_text_name(spec.name) else None
-        src = open_source(source, text=text, modality=modality)
-        if spec.name is None:
-            is_text = type(src).__name__ == "TextSource"
-            spec = BackboneSpec.resolve(
-                spec, name=DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
-            )
+    src, spec = _open(source, backbone, text)
     check_enough(np.array([it.label for it in src.items]), src.classes)
     bb = load_backbone(spec)
     names = cut_names(bb)
     cm = cut_backbone(bb, names[0])
     is_text = cm.kind == "text"
+    data, fs = _decoded(src, bb, cm)
+    name = str(getattr(src, "name", "source"))
+    split, val = _splits(fs, proto, opts)
+    features = None
+    if heads:  # the frozen backbone's embedding, before training changes it
+        features = _pretrained_features(bb, data, is_text, fs)
+    _seed_all(proto.seed)
+    head = _head(cm.dim, len(src.classes), opts.dropout, proto.seed)
+    net = full_network(cm, head)
+    net.requires_grad_(True)
+    head_ids = {id(p) for p in head.parameters()}
+    body = [p for p in net.parameters() if id(p) not in head_ids]
+    dev, _prec, amp = device_and_precision(opts)
+    to_input, augment = _full_io(bb, is_text)
+    task = Task(
+        head_params=list(head.parameters()),
+        body_params=body,
+        seed=proto.seed,
+        to_input=to_input,
+        augment=augment if opts.augment else None,
+        desc="finetune:full",
+        checkpoint=checkpoint_path(bundle),
+    )
+    fitted, init = _fit(net, data, fs.y, split.train, val, opts, task, (dev, amp))
+    trained = _Trained(net, net, data, fs, split, task, fitted, init, (dev, amp), name)
+    info = {
+        "mode": "full",
+        "classes": src.classes,
+        "backbone": bb.config(),
+        "cut": cm.cut,
+        "tail_blocks": cm.n_tail,
+        "head": {"dim": cm.dim, "n_classes": len(src.classes), "dropout": opts.dropout},
+    }
+    return _conclude(
+        trained,
+        opts,
+        proto,
+        params={"tail": "all"},
+        heads=heads,
+        features=features,
+        bundle=bundle,
+        bundle_info=info,
+    )
+
+
+def _open(source: Any, backbone: str | BackboneSpec | None, text: Any) -> tuple[Any, Any]:
+    """(the source opened, the backbone spec; default: the default image or text backbone)."""
+    from featx.sources import open_source
+
+    spec = backbone if isinstance(backbone, BackboneSpec) else BackboneSpec(name=backbone)
+    if not isinstance(source, str | os.PathLike):
+        return source, spec
+    from featx.backbones._text import is_text_name
+    from featx.options import DEFAULT_BACKBONE, DEFAULT_TEXT_BACKBONE
+
+    modality = "text" if spec.name is not None and is_text_name(spec.name) else None
+    src = open_source(source, text=text, modality=modality)
+    if spec.name is None:
+        is_text = type(src).__name__ == "TextSource"
+        spec = BackboneSpec.resolve(
+            spec, name=DEFAULT_TEXT_BACKBONE if is_text else DEFAULT_BACKBONE
+        )
+    return src, spec
+
+
+def _full_io(bb: Any, is_text: bool) -> tuple[Any, Any]:
+    """(to_input, augment) of full fine-tuning: token ids as they are with token dropout, or
+    uint8 images normalized, with a random resized crop and a flip."""
+    from featx.finetuning import augment as aug
+
     if is_text:
+
+        def ids(x: Any) -> Any:
+            return x
+
+        def token_dropout(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+            return x, aug.token_dropout(m, gen)
+
+        return ids, token_dropout
+    pre = bb.preprocess
+
+    def normalize(x: Any) -> Any:
+        return pre.normalize(x)
+
+    def crop_flip(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
+        return aug.images(x, gen), m
+
+    return normalize, crop_flip
+
+
+def _decoded(src: Any, bb: Any, cm: Any) -> tuple[Any, Any]:
+    """(Data of every readable item, a FeatureSet of their labels, splits and keys)."""
+    from featx.features import FeatureSet
+    from featx.finetuning.data import decode_images, read_texts, tokenize_texts
+    from featx.finetuning.loop import Data
+
+    if cm.kind == "text":
         texts, ok, failed = read_texts(src)
         ids, mask, _tt = tokenize_texts(bb, texts)
         data = Data(ids, mask)
@@ -128,7 +215,6 @@ def finetune_full(
     y = np.array([it.label for it in items], dtype=np.int64)
     check_enough(y, src.classes)
     splits = np.array([it.split for it in items], dtype=object)
-    name = str(getattr(src, "name", "source"))
     fs = FeatureSet(
         X=np.zeros((len(items), 1), np.float32),
         y=y,
@@ -137,97 +223,7 @@ def finetune_full(
         keys=np.array([it.key for it in items], dtype=object),
         meta={},
     )
-    split, val = _splits(fs, proto, opts)
-    features = None
-    if heads:  # the frozen backbone's embedding, before training changes it
-        features = _pretrained_features(bb, data, is_text, fs)
-    _seed_all(proto.seed)
-    head = _head(cm.dim, len(src.classes), opts.dropout, proto.seed)
-    net = full_network(cm, head)
-    net.requires_grad_(True)
-    head_ids = {id(p) for p in head.parameters()}
-    body = [p for p in net.parameters() if id(p) not in head_ids]
-    dev, prec, amp = device_and_precision(opts)
-    if is_text:
-
-        def to_input(x: Any) -> Any:
-            return x
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return x, aug.token_dropout(m, gen)
-
-    else:
-        pre = bb.preprocess
-
-        def to_input(x: Any) -> Any:
-            return pre.normalize(x)
-
-        def augment(x: Any, m: Any, gen: Any) -> tuple[Any, Any]:
-            return aug.images(x, gen), m
-
-    label = "finetune:full"
-    fitted = train(
-        net,
-        data,
-        fs.y,
-        split.train,
-        val,
-        opts,
-        head_params=list(head.parameters()),
-        body_params=body,
-        seed=proto.seed,
-        to_input=to_input,
-        augment=augment if opts.augment else None,
-        desc=label,
-    )
-    t0 = time.perf_counter()
-    logits = predict_logits(net, data, split.test, to_input, dev=dev, amp=amp)
-    pred_s = time.perf_counter() - t0
-    solver = (
-        f"AdamW, best epoch {fitted.best_epoch}/{fitted.epochs}, "
-        f"{fitted.seconds_per_epoch:.2f} s/epoch ({fitted.device} {fitted.precision})"
-    )
-    result = _result(
-        fs,
-        split,
-        logits,
-        label=label,
-        params={"tail": "all", "epochs": fitted.epochs, "best_epoch": fitted.best_epoch},
-        store=name,
-        fit_seconds=fitted.seconds,
-        predict_seconds=pred_s,
-        solver=solver,
-        n_train=len(split.train),
-    )
-    board = _leaderboard(result, heads, features, proto, name)
-    path = None
-    if bundle is not None:
-        from featx.finetuning.bundle import save_finetune_bundle
-
-        net.cpu()
-        path = save_finetune_bundle(
-            bundle,
-            net,
-            mode="full",
-            classes=src.classes,
-            backbone=bb.config(),
-            cut=cm.cut,
-            tail_blocks=cm.n_tail,
-            head={"dim": cm.dim, "n_classes": len(src.classes), "dropout": opts.dropout},
-            metrics=result.to_dict(details=False),
-            history=fitted.history,
-            options=opts.to_dict(),
-        )
-    return FinetuneReport(
-        result=result,
-        leaderboard=board,
-        history=fitted.history,
-        best_epoch=fitted.best_epoch,
-        epochs=fitted.epochs,
-        seconds=fitted.seconds,
-        bundle=path,
-        model=net.eval(),
-    )
+    return data, fs
 
 
 def _pretrained_features(bb: Any, data: Any, is_text: bool, fs: Any) -> Any:

@@ -36,6 +36,8 @@ class Finetuned:
     mode : {"tail", "full"}
     kind : {"map", "tokens", "text"}
     meta : FinetuneBundleFile
+    device : torch.device
+        Where ``net`` and ``prefix`` run (inputs move there, logits come back to the CPU).
     """
 
     classes: tuple[str, ...]
@@ -45,6 +47,7 @@ class Finetuned:
     mode: str
     kind: str
     meta: Any
+    device: Any = "cpu"
 
     @property
     def path(self) -> Path:
@@ -55,31 +58,33 @@ class Finetuned:
         import torch
 
         with torch.no_grad():
-            a = torch.as_tensor(np.asarray(acts)).float()
-            m = None if mask is None else torch.as_tensor(np.asarray(mask)).long()
-            return self.net.eval()(a, m)
+            a = torch.as_tensor(np.asarray(acts)).float().to(self.device)
+            m = None if mask is None else torch.as_tensor(np.asarray(mask)).long().to(self.device)
+            return self.net.eval()(a, m).cpu()
 
     def _logits_images(self, batch_uint8: Any) -> Any:
         import torch
 
-        x = self.backbone.preprocess.normalize(batch_uint8)
+        x = self.backbone.preprocess.normalize(batch_uint8.to(self.device))
         with torch.no_grad():
             if self.mode == "full":
-                return self.net(x, None)
+                return self.net(x, None).cpu()
             a = self.prefix(x).half().float()
-            return self.net(a, None)
+            return self.net(a, None).cpu()
 
     def _logits_texts(self, texts: Sequence[str]) -> Any:
         import torch
 
         from featx.finetuning.data import tokenize_texts
 
-        ids, mask, tt = tokenize_texts(self.backbone, texts)
+        ids, mask, tt = (
+            None if t is None else t.to(self.device) for t in tokenize_texts(self.backbone, texts)
+        )
         with torch.no_grad():
             if self.mode == "full":
-                return self.net(ids, mask)
+                return self.net(ids, mask).cpu()
             a = self.prefix(ids, mask, tt).half().float()
-            return self.net(a, mask)
+            return self.net(a, mask).cpu()
 
     def predict_proba(self, inputs: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (n, K) for image paths / PIL images, or texts (text backbones)."""
@@ -106,18 +111,33 @@ class Finetuned:
         return [self.classes[i] for i in self.predict_proba(inputs).argmax(1)]
 
 
-def load_finetuned(path: str | os.PathLike) -> Finetuned:
+def load_finetuned(
+    path: str | os.PathLike,
+    *,
+    device: str = "cpu",
+    weights_file: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+) -> Finetuned:
     """Load a bundle written by :func:`featx.finetuning.finetune` (``--bundle``) or
-    :func:`~featx.finetuning.finetune_full`; nothing in the file is executed (no pickle)."""
+    :func:`~featx.finetuning.finetune_full`; nothing in the file is executed (no pickle).
+
+    ``device`` (auto, cpu, cuda[:N], mps) is where it predicts. Its backbone is rebuilt as
+    every bundle's is (:meth:`featx.options.BackboneSpec.from_recorded`): a local model folder
+    or weights file only when passed again as ``model_dir`` / ``weights_file``, and its weights
+    must hash to the recorded ones."""
     from torch import nn
 
+    from featx.engine import resolve_device
     from featx.finetuning.api import backbone_from_config
     from featx.finetuning.bundle import load_state, read_finetune_bundle
     from featx.finetuning.cuts import cut_backbone
     from featx.finetuning.full import full_network
 
+    dev = resolve_device(device)
     meta = read_finetune_bundle(path)
-    bb = backbone_from_config(meta.backbone)
+    bb = backbone_from_config(
+        meta.backbone, bundle=True, weights_file=weights_file, model_dir=model_dir
+    )
     cm = cut_backbone(bb, meta.cut)
     if cm.cut != meta.cut:
         raise FeatxError(f"{meta.path}: {bb.name} has no cut {meta.cut}")
@@ -132,7 +152,9 @@ def load_finetuned(path: str | os.PathLike) -> Finetuned:
         net = cm.tail(head, train_blocks=meta.tail_blocks)
         prefix = cm.prefix
     load_state(net, meta.state, meta.path)
-    net.eval()
+    net.to(dev).eval()
+    if prefix is not None:
+        prefix.to(dev).eval()
     if len(meta.classes) != int(h["n_classes"]):
         raise FeatxError(
             f"{meta.path} names {len(meta.classes)} classes for a {h['n_classes']}-way head"
@@ -145,6 +167,7 @@ def load_finetuned(path: str | os.PathLike) -> Finetuned:
         mode=meta.mode,
         kind=cm.kind,
         meta=meta,
+        device=dev,
     )
 
 
@@ -193,13 +216,19 @@ def predict_rows(
     text: Any = None,
     allow_outside_root: bool = False,
     batch_size: int = 64,
+    device: str = "cpu",
+    weights_file: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
 ) -> PredictRows:
     """Predict every image or text of ``source`` with a fine-tuned bundle (no store: the items
-    are decoded and run through the frozen prefix and the tuned tail directly)."""
+    are decoded and run through the frozen prefix and the tuned tail directly, on ``device``;
+    ``weights_file`` / ``model_dir`` as for :func:`load_finetuned`)."""
     from featx.finetuning.data import decode_images, read_texts
     from featx.sources import open_source
 
-    ft = bundle if isinstance(bundle, Finetuned) else load_finetuned(bundle)
+    ft = bundle
+    if not isinstance(bundle, Finetuned):
+        ft = load_finetuned(bundle, device=device, weights_file=weights_file, model_dir=model_dir)
     is_text = ft.kind == "text"
     files = None if is_text else _file_list(os.fspath(source))
     columns: dict[str, dict[str, Any]] = {}
