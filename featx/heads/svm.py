@@ -118,12 +118,15 @@ class _TorchSweep:
         track = _SweepTracker(len(Cs), patience)
         best: dict[str, Any] = {}
         for i, C in enumerate(Cs):
+            cg0 = self.n_cg
             state, it, _ = self._solve(prob, state, float(C))
             Zv = torch.addmm(state.b, Xv, state.W.T).double().cpu().numpy()
             score = selection_score(yv, _scores_to_pred(Zv), self.K, self.cw)
             if track.add(i, score, _hinge_val_loss(Zv, yv)):
                 best = {"C": float(C), "W": state.W.clone(), "b": state.b.clone(), "Zv": Zv}
-            logger.debug("C=%-10.4g val=%.4f newton=%d", C, score, it)
+            logger.debug(
+                "C=%-10.4g val=%.4f newton=%d cg=%d", C, score, it, self.n_cg - cg0
+            )
             if track.stop:
                 break
         best["scores"] = track.scores
@@ -172,7 +175,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         A fixed ``C``: no sweep (the validation split still calibrates the probabilities).
     val_size : float, default=0.2
         Share of each class held out to choose ``C`` and calibrate the probabilities.
-    patience : int or None, default=3
+    patience : int or None, default=2
         Stop the sweep (from small to large ``C``) after this many values without a better
         validation score; None sweeps every value.
     max_iter : int, default=50
@@ -238,7 +241,7 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         Cs: Any = None,
         C: float | None = None,
         val_size: float = 0.2,
-        patience: int | None = 3,
+        patience: int | None = 2,
         max_iter: int = 50,
         tol: float = 1e-4,
         class_weight: dict | str | None = None,
@@ -266,8 +269,8 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
             if Cs.size == 0 or not np.all(np.isfinite(Cs)) or np.any(Cs <= 0):
                 raise ValueError("LinearSVM: Cs must be a non-empty list of positive numbers")
             return np.unique(Cs)
-        Xt = np.asarray(X[rows], dtype=np.float64)
-        m = float(((Xt - Xt.mean(axis=0)) ** 2).sum(axis=1).mean()) or 1.0
+        # the mean squared norm of the centred rows is the sum of the column variances
+        m = float(np.var(X[rows], axis=0, dtype=np.float64).sum()) or 1.0
         return np.asarray(LINEAR_REL_CS) / m
 
     @_fit_context(prefer_skip_nested_validation=True)
@@ -547,7 +550,7 @@ class RBFSVM(ClassifierMixin, BaseEstimator):
         exact_max_n: int = EXACT_MAX_N,
         rank: int | None = None,
         val_size: float = 0.2,
-        patience: int | None = 3,
+        patience: int | None = 2,
         max_iter: int = 50,
         tol: float = 1e-4,
         class_weight: dict | str | None = None,
