@@ -76,6 +76,24 @@ def test_newton_solution_is_the_exact_minimum_and_matches_liblinear(n_classes, C
     assert svm.coef_.shape == (1 if K == 2 else K, X.shape[1])
 
 
+def test_hessian_products_read_only_rows_inside_some_margin():
+    import torch
+
+    from featx.heads._hinge import _active_rows
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(50, 6, generator=g, dtype=torch.float64)
+    act = torch.rand(3, 50, generator=g) < 0.2
+    act[:, :20] = False  # 20 rows outside every class's margin
+    A = act.to(X.dtype)
+    Xa, XaT, Aa = _active_rows(X, X.T.contiguous(), A, act)
+    assert Xa.shape[0] == int(act.any(dim=0).sum()) <= 30
+    D = torch.randn(3, 6, generator=g, dtype=X.dtype)
+    torch.testing.assert_close(((D @ XaT) * Aa) @ Xa, ((D @ X.T) * A) @ X)
+    dense = torch.ones(3, 50, dtype=torch.bool)
+    assert _active_rows(X, X.T, dense.to(X.dtype), dense)[0] is X  # nothing to drop: no copy
+
+
 def test_float32_solution_agrees_with_float64():
     X, y = _problem(3, n=300, d=40)
     a = LinearSVM(C=0.05, device="cpu", random_state=0).fit(X, y)

@@ -124,9 +124,7 @@ class _TorchSweep:
             score = selection_score(yv, _scores_to_pred(Zv), self.K, self.cw)
             if track.add(i, score, _hinge_val_loss(Zv, yv)):
                 best = {"C": float(C), "W": state.W.clone(), "b": state.b.clone(), "Zv": Zv}
-            logger.debug(
-                "C=%-10.4g val=%.4f newton=%d cg=%d", C, score, it, self.n_cg - cg0
-            )
+            logger.debug("C=%-10.4g val=%.4f newton=%d cg=%d", C, score, it, self.n_cg - cg0)
             if track.stop:
                 break
         best["scores"] = track.scores
