@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -97,11 +99,18 @@ def main() -> None:
         print(json.dumps({"first run": json.loads(out.stdout)}), flush=True)
     for rep in range(2):
         t0 = time.perf_counter()
-        out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-        wall = time.perf_counter() - t0
-        res = json.loads(out.stdout)
+        with tempfile.TemporaryFile() as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
+            _, status, usage = os.wait4(proc.pid, 0)  # the child's own CPU time and memory
+            wall = time.perf_counter() - t0
+            out.seek(0)
+            res = json.loads(out.read())
         print(json.dumps({"rows": args.rows, "repeat": rep + 1, "noop": res["noop"],
-                          "wall_s": round(wall, 2), "featx_seconds": round(res["seconds"], 2)}),
+                          "wall_s": round(wall, 2), "featx_seconds": round(res["seconds"], 2),
+                          "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+                          "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2),
+                          "peak_rss_mb": round(usage.ru_maxrss / 1024),
+                          "load": os.getloadavg()[0]}),
               flush=True)  # fmt: skip
 
 

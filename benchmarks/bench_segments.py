@@ -25,7 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from featx.store import Rows, StoreConfig, StoreWriter, store_info
+from featx.store import Rows, StoreChange, StoreConfig, StoreWriter, store_info
+
+MODES = {"change": "segment (change)", "state": "segment (whole-state commit)",
+         "full": "full rewrite"}  # fmt: skip
 
 
 def _config(dim: int) -> StoreConfig:
@@ -64,37 +67,55 @@ def build(path: Path, n: int, dim: int, n_classes: int = 10, seed: int = 0) -> f
     return time.perf_counter() - t0
 
 
-def change(path: Path, n_new: int, dim: int, *, compact: bool) -> dict[str, float]:
-    """Add n_new rows as an incremental run does; seconds of each store step."""
+def change(path: Path, n_new: int, dim: int, *, mode: str) -> dict[str, float]:
+    """Add n_new rows as an incremental run does; seconds (wall and CPU) of each store step.
+
+    ``mode``: ``"change"`` (what ``featx extract`` does since #21: a StoreChange naming the kept
+    and the new rows), ``"state"`` (the whole-state commit: every row's dicts, compared), or
+    ``"full"`` (a full rewrite, what every commit was before segments)."""
     rng = np.random.default_rng(1)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     with StoreWriter(path, _config(dim)) as w:
-        t_open = time.perf_counter() - t0
+        t_open, c_open = time.perf_counter() - t0, time.process_time() - c0
         idx = w.index
         keys = [f"new{i:08d}" for i in range(n_new)]
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         part = w.write_part(_rows(keys, rng.normal(size=(n_new, dim)).astype(np.float16)))
-        t_part = time.perf_counter() - t1
-        old = [str(k) for k in idx.keys]
-        rows = {k: ("store", i) for i, k in enumerate(old)}
-        rows.update({k: (str(part), i) for i, k in enumerate(keys)})
-        labels = {k: int(v) for k, v in zip(old, idx.labels, strict=True)}
-        labels.update({k: 0 for k in keys})
-        fps = {k: (1, 1, "") for k in rows}
-        t2 = time.perf_counter()
-        w.commit(
-            rows=rows,
-            failed={},
-            labels=labels,
-            split={},
-            classes=idx.classes,
-            fingerprints=fps,
-            attrs={"dim": dim, "backbone": "synthetic"},
-            compact=compact,
-        )
-        t_commit = time.perf_counter() - t2
-    total = time.perf_counter() - t0
-    return {"open": t_open, "part": t_part, "commit": t_commit, "store_total": total}
+        t_part, c_part = time.perf_counter() - t1, time.process_time() - c1
+        t2, c2 = time.perf_counter(), time.process_time()
+        if mode == "change":
+            w.commit_change(
+                StoreChange(
+                    kept=np.arange(len(idx.keys)),
+                    write={k: (str(part), i) for i, k in enumerate(keys)},
+                    labels={k: 0 for k in keys},
+                    split={},
+                    fingerprints={k: (1, 1, "") for k in keys},
+                    failed={},
+                    classes=idx.classes,
+                    attrs={"dim": dim, "backbone": "synthetic"},
+                )
+            )
+        else:
+            old = [str(k) for k in idx.keys]
+            rows = {k: ("store", i) for i, k in enumerate(old)}
+            rows.update({k: (str(part), i) for i, k in enumerate(keys)})
+            labels = {k: int(v) for k, v in zip(old, idx.labels, strict=True)}
+            labels.update({k: 0 for k in keys})
+            w.commit(
+                rows=rows,
+                failed={},
+                labels=labels,
+                split={},
+                classes=idx.classes,
+                fingerprints={k: (1, 1, "") for k in rows},
+                attrs={"dim": dim, "backbone": "synthetic"},
+                compact=mode == "full",
+            )
+        t_commit, c_commit = time.perf_counter() - t2, time.process_time() - c2
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return {"open": t_open, "part": t_part, "commit": t_commit, "store_total": total,
+            "open_cpu": c_open, "part_cpu": c_part, "commit_cpu": c_commit, "cpu": cpu}  # fmt: skip
 
 
 def noop(path: Path, dim: int) -> float:
@@ -119,6 +140,8 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=1280)
     ap.add_argument("--dir", default="/tmp/segbench")
     ap.add_argument("--keep", action="store_true", help="keep the base stores")
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--repeat-segmented", action="store_true")
     args = ap.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,17 +153,26 @@ def main() -> None:
             print(json.dumps({"rows": n, "build_s": round(s, 1)}), flush=True)
         work = folder / f"work-{n}.h5"
         for label, n_new in (("+1 row", 1), ("+1 %", max(1, n // 100))):
-            for mode, compact in (("segment", False), ("full rewrite", True)):
+            for mode in args.modes:
                 _copy(base, work)
-                t = change(work, n_new, args.dim, compact=compact)
+                t = change(work, n_new, args.dim, mode=mode)
                 info = store_info(work)
-                rec = {"rows": n, "change": label, "mode": mode,
-                       **{k: round(v, 3) for k, v in t.items()},
+                rec = {"rows": n, "change": label, "mode": MODES[mode],
+                       **{k: round(v, 3) for k, v in t.items()}, "load": os.getloadavg()[0],
                        "layout": info["layout"], "segments": info["segments"]}  # fmt: skip
                 print(json.dumps(rec), flush=True)
                 table.append(rec)
+            if args.repeat_segmented:  # the same change on a store already segmented
+                _copy(base, work)
+                change(work, 1, args.dim, mode="change")
+                t = change(work, n_new, args.dim, mode="change")
+                rec = {"rows": n, "change": label, "mode": "change, 2nd segment",
+                       **{k: round(v, 3) for k, v in t.items()},
+                       "load": os.getloadavg()[0]}  # fmt: skip
+                print(json.dumps(rec), flush=True)
+                table.append(rec)
         _copy(base, work)
-        change(work, 1, args.dim, compact=False)  # a segmented store
+        change(work, 1, args.dim, mode="change")  # a segmented store
         t = noop(work, args.dim)
         rec = {"rows": n, "change": "no-op (index read)", "mode": "segmented", "store_total": t}
         print(json.dumps(rec), flush=True)
@@ -149,12 +181,14 @@ def main() -> None:
         shutil.rmtree(work.with_name(work.name + ".segments"), ignore_errors=True)
         if not args.keep:
             base.unlink()
-    print("\n| rows | change | commit as | open (index) s | part s | commit s | store total s |")
-    print("| ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    print("\n| rows | change | commit as | open (index) s | part s | commit s | store total s "
+          "| store CPU s | load |")  # fmt: skip
+    print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in table:
         print(
             f"| {r['rows']:,} | {r['change']} | {r['mode']} | {r.get('open', '')} | "
-            f"{r.get('part', '')} | {r.get('commit', '')} | {round(r['store_total'], 3)} |"
+            f"{r.get('part', '')} | {r.get('commit', '')} | {round(r['store_total'], 3)} | "
+            f"{r.get('cpu', '')} | {r.get('load', '')} |"
         )
 
 

@@ -45,6 +45,8 @@ def run(store: str, head: str, max_memory: str | None, extra: list[str]) -> dict
         "fit_seconds": round(res["fit_seconds"], 1),
         "wall_seconds": round(wall, 1),
         "peak_rss_mb": round(usage.ru_maxrss / 1024),
+        "cpu_seconds": round(usage.ru_utime + usage.ru_stime, 1),
+        "load": os.getloadavg()[0],
         "solver": res.get("solver", ""),
     }
 

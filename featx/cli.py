@@ -621,7 +621,8 @@ def verify(store: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def compact(store: str, as_json: bool) -> None:
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def compact(store: str, as_json: bool, quiet: bool) -> None:
     """Merge a segmented STORE into one file, dropping its dead rows.
 
     Incremental runs add small changes as segments; a run compacts by itself once dead rows or
@@ -633,7 +634,7 @@ def compact(store: str, as_json: bool) -> None:
     """
     from featx.store import compact_store
 
-    out = compact_store(store)
+    out = compact_store(store, progress=not quiet)
     if as_json:
         _print_json(out)
     elif out["compacted"]:

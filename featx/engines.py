@@ -71,11 +71,19 @@ class Batch:
         :data:`FEATURES` (float32, (b, D)), also when ``b`` is 0.
     failures : list of (int, str)
         Positions of the items that failed, with a one-line reason each.
+    parts : ndarray of str, optional
+        When the engine's workers wrote the rows themselves (an engine given a
+        :class:`~featx.store.writer.PartSink`): the part file of each of ``indices``, durable
+        already; ``outputs`` then holds no rows and the failures are in those parts too.
+    part_rows : ndarray of int64, optional
+        The row of each of ``indices`` in its part file.
     """
 
     indices: np.ndarray
     outputs: Mapping[str, np.ndarray] = field(repr=False)
     failures: list[tuple[int, str]]
+    parts: np.ndarray | None = None
+    part_rows: np.ndarray | None = None
 
     @property
     def features(self) -> np.ndarray:

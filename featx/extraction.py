@@ -15,6 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ from featx.modalities import (
     open_source,
 )
 from featx.options import DEFAULT_WEIGHTS, BackboneSpec, ExtractOptions, TextFormat
-from featx.store import Rows, StoreConfig, StoreWriter, default_store_path
+from featx.store import Rows, StoreChange, StoreConfig, StoreWriter, default_store_path
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +352,7 @@ class _Run:
 
 
 def _extract_locked(run: _Run) -> ExtractResult:
-    with StoreWriter(run.path, run.config) as writer:
+    with StoreWriter(run.path, run.config, progress=run.opts.progress) as writer:
         plan = _plan(run.src, writer)
         todo: list[Item] = plan["todo"]
         rows: dict[str, tuple[str, int]] = plan["rows"]
@@ -377,7 +378,7 @@ def _extract_locked(run: _Run) -> ExtractResult:
             n_new_failed += n_run_failed
         t_extract = time.perf_counter() - t_extract
         t_commit = time.perf_counter()
-        n_truncated = _commit(run, writer, rows, failed)
+        n_truncated = _commit(run, writer, rows, failed, plan)
         t_commit_s = time.perf_counter() - t_commit
     return run.result(
         n_items=len(rows), n_new=n_new, n_resumed=plan["n_resumed"], n_removed=plan["n_removed"],
@@ -402,10 +403,15 @@ def _say_size(bb: Any, n: int) -> None:
 
 
 def _commit(
-    run: _Run, writer: StoreWriter, rows: dict[str, tuple[str, int]], failed: dict[str, tuple]
+    run: _Run,
+    writer: StoreWriter,
+    rows: dict[str, tuple[str, int]],
+    failed: dict[str, tuple],
+    plan: dict[str, Any],
 ) -> int:
-    """Commit the store with the source's labels, splits and fingerprints and the backbone's
-    provenance; returns how many texts were truncated (0 for images)."""
+    """Commit the change (the plan's kept and restamped old rows, the parts' new rows) with
+    the source's labels, splits and fingerprints and the backbone's provenance; returns how
+    many texts were truncated (0 for images)."""
     src, bb = run.src, run.bb
     attrs = {
         "backbone": bb.name,
@@ -420,15 +426,21 @@ def _commit(
     }
     extra, per_row, n_truncated = modality_attrs(src, bb, rows)
     attrs.update(extra)
-    writer.commit(
-        rows=rows,
-        failed=failed,
-        labels={it.key: it.label for it in src.items},
-        split={it.key: it.split for it in src.items},
-        classes=src.classes,
-        fingerprints={it.key: _fp(it) for it in src.items},
-        attrs=attrs,
-        per_row=per_row,
+    write = {k: v for k, v in rows.items() if v[0] != "store"}
+    write.update(plan["restamp"])
+    meta = [it for it in src.items if it.key in write]
+    writer.commit_change(
+        StoreChange(
+            kept=plan["kept"],
+            write=write,
+            labels={it.key: it.label for it in meta},
+            split={it.key: it.split for it in meta},
+            fingerprints={it.key: _fp(it) for it in meta},
+            failed=failed,
+            classes=src.classes,
+            attrs=attrs,
+            per_row=per_row,
+        )
     )
     return n_truncated
 
@@ -523,25 +535,109 @@ def _failed_records(idx: Any) -> dict[str, tuple]:
     }
 
 
+def _positions(stored: np.ndarray, keys: list[str]) -> np.ndarray:
+    """For each of ``keys``: its row in ``stored`` (a store's keys), or -1. Both are unique;
+    one merge of the two sorted runs (numpy's stable sort is a timsort), no dict of the
+    store's keys: a million rows in a fraction of a second."""
+    n, m = len(keys), len(stored)
+    cand = np.empty(n, dtype=object)
+    cand[:] = keys
+    if n == m and bool((stored == cand).all()):  # the usual rerun: the same keys
+        return np.arange(n, dtype=np.int64)
+    merged = np.concatenate([np.asarray(stored, dtype=object), cand])
+    order = np.argsort(merged, kind="stable")  # a stored key sorts before the same source key
+    s = merged[order]
+    i = np.flatnonzero(s[1:] == s[:-1])
+    a, b = order[i], order[i + 1]
+    ok = (a < m) & (b >= m)
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[b[ok] - m] = a[ok]
+    return pos
+
+
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
-    """Decide, per item, whether its row comes from a part, the old store, or must be extracted."""
+    """See :func:`_plan_rows`; without cyclic garbage collections while its million small
+    tuples are made (none of them is garbage)."""
+    import gc
+
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        return _plan_rows(src, writer)
+    finally:
+        if was:
+            gc.enable()
+
+
+def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
+    """Decide, per item, whether its row comes from a part, the old store, or must be extracted.
+
+    Vectorized over the items (a no-op rerun of a million items costs numpy passes, not a
+    Python dict per stored row); only items that are new, changed, failed or in a part of an
+    interrupted run go through the per-item rules. Besides ``rows`` (key -> (where, row)) it
+    returns ``kept`` (old rows that stay exactly as stored) and ``restamp`` (old rows kept
+    whose label, split or fingerprint changed): with the parts' rows, the store's change
+    (:class:`featx.store.StoreChange`).
+    """
     part_rows: dict[str, tuple[str, int, tuple]] = {}
     part_failed: dict[str, tuple] = {}
     for part, idx in writer.iter_part_index():
         for r, k in enumerate(idx.keys):
             part_rows[k] = (str(part), r, _row_fingerprint(idx, r))
         part_failed.update(_failed_records(idx))
-    old_rows: dict[str, tuple[int, tuple]] = {}
-    old_failed: dict[str, tuple] = {}
     old = writer.index
+    items = src.items
+    n = len(items)
+    keys = [it.key for it in items]
+    old_failed: dict[str, tuple] = {}
+    has_old = old is not None and len(old.keys) > 0
+    pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
     if old is not None:
-        old_rows = {k: (r, _row_fingerprint(old, r)) for r, k in enumerate(old.keys)}
         old_failed = _failed_records(old)
-    rows: dict[str, tuple[str, int]] = {}
+    matched = pos >= 0
+    err = np.fromiter((bool(it.error) for it in items), bool, n)
+    same_fp = np.zeros(n, dtype=bool)
+    same_meta = np.zeros(n, dtype=bool)
+    meta_dirty = False
+    if has_old:
+        r = np.where(matched, pos, 0)
+        size = np.fromiter((it.size for it in items), np.int64, n)
+        mtime = np.fromiter((it.mtime_ns for it in items), np.int64, n)
+        sha = np.empty(n, dtype=object)
+        sha[:] = [it.sha256 for it in items]
+        split = np.empty(n, dtype=object)
+        split[:] = [it.split for it in items]
+        label = np.fromiter((it.label for it in items), np.int64, n)
+        osha, osize, omtime = old.sha256[r], old.size[r], old.mtime_ns[r]
+        both = (sha != "") & (osha != "")
+        same_fp = matched & np.where(both, sha == osha, (size == osize) & (mtime == omtime))
+        new_names = np.array([*src.classes, ""], dtype=object)[label]
+        old_names = np.array([*old.classes, ""], dtype=object)[old.labels[r]]
+        same_split = split == old.split[r]
+        # exactly as stored (else the row is written again with its old features)
+        same_meta = (
+            same_fp & (new_names == old_names) & same_split & (size == osize)
+            & (mtime == omtime) & (sha == osha)
+        )  # fmt: skip
+        # what makes a rerun not a no-op (labels, splits, a new content hash or time)
+        changed = (label != old.labels[r]) | ~same_split | (mtime != omtime)
+        changed |= (sha != "") & (sha != osha)
+        meta_dirty = bool((changed & matched).any())
+    fast = same_fp & ~err
+    if part_rows or part_failed:  # a part's row wins over the store's: the per-item rules
+        fast &= np.fromiter((k not in part_rows and k not in part_failed for k in keys), bool, n)
+    fi = np.flatnonzero(fast)
+    rows: dict[str, tuple[str, int]] = dict(
+        zip([keys[i] for i in fi.tolist()], zip(repeat("store"), pos[fi].tolist()), strict=True)
+    )
+    keep = fast & same_meta
+    kept = [pos[keep]]
+    restamp = {keys[i]: rows[keys[i]] for i in np.flatnonzero(fast & ~same_meta).tolist()}
     failed: dict[str, tuple] = {}
     todo: list[Item] = []
     n_resumed = n_scan_failed = 0
-    for it in src.items:
+    for i in np.flatnonzero(~fast).tolist():
+        it = items[i]
         k = it.key
         if it.error:  # the scan could not read it (broken link, loop, no permission)
             failed[k] = (it.error, *_fp(it))
@@ -554,22 +650,27 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
         elif k in part_failed and _same(part_failed[k][1:], it):
             failed[k] = (part_failed[k][0], *_fp(it))
             n_resumed += 1
-        elif k in old_rows and _same(old_rows[k][1], it):
-            rows[k] = ("store", old_rows[k][0])
+        elif same_fp[i]:
+            rows[k] = ("store", int(pos[i]))
+            if same_meta[i]:
+                kept.append(pos[i : i + 1])
+            else:
+                restamp[k] = rows[k]
         elif k in old_failed and _same(old_failed[k][1:], it):
             failed[k] = (old_failed[k][0], *_fp(it))
         else:
             todo.append(it)
-    current = {it.key for it in src.items}
-    n_removed = sum(1 for k in old_rows if k not in current) + sum(
-        1 for k in old_failed if k not in current
-    )
+    n_removed = (len(old.keys) - int(matched.sum())) if has_old else 0
+    if old_failed:
+        current = set(keys)
+        n_removed += sum(1 for k in old_failed if k not in current)
     dirty = (
         old is None
         or n_resumed > 0
         or n_removed > 0
         or n_scan_failed > 0
-        or _metadata_changed(src, old)
+        or tuple(old.classes) != tuple(src.classes)
+        or meta_dirty
         or not _store_complete(src, writer)
     )
     return {
@@ -580,6 +681,8 @@ def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
         "n_resumed": n_resumed,
         "n_removed": n_removed,
         "dirty": dirty,
+        "kept": np.sort(np.concatenate(kept)).astype(np.int64),
+        "restamp": restamp,
     }
 
 
@@ -590,23 +693,25 @@ def _store_complete(src: Source, writer: StoreWriter) -> bool:
     return writer.index is None or check is None or bool(check(writer.path))
 
 
-def _metadata_changed(src: Source, old) -> bool:
-    """Labels, splits, class names or fingerprints (e.g. a new content hash) differ."""
-    if tuple(old.classes) != tuple(src.classes):
-        return True
-    pos = {k: r for r, k in enumerate(old.keys)}
-    for it in src.items:
-        r = pos.get(it.key)
-        if r is None:
-            continue
-        if (
-            int(old.labels[r]) != it.label
-            or old.split[r] != it.split
-            or (it.sha256 and old.sha256[r] != it.sha256)
-            or int(old.mtime_ns[r]) != it.mtime_ns
-        ):
-            return True
-    return False
+#: At most this many rows in a part an engine's worker writes (its memory, a kill's loss).
+PARTS_MAX_ROWS = 65536
+
+
+def _rows_per_part(n: int, opts: ExtractOptions) -> int:
+    """Rows per part an engine's worker writes: about ``max(checkpoint_every, n / 12)`` (at
+    most :data:`PARTS_MAX_ROWS`), evened out so the last part is not a small remainder (parts
+    of 1,024 rows or more become segments as they are, :mod:`featx.store.segments`)."""
+    target = min(PARTS_MAX_ROWS, max(opts.checkpoint_every, -(-n // 12)))
+    k = max(1, -(-n // target))
+    return max(1, -(-n // k))
+
+
+def plain_store(config: StoreConfig, src: Source) -> bool:
+    """Whether a store holds only the pooled features and plain per-row metadata (no
+    ``--layers`` groups, cached outputs or texts): what parts written by workers can hold."""
+    from featx.store.config import store_groups
+
+    return not store_groups(config) and not config.outputs and src.modality == "image"
 
 
 def _run(
@@ -628,8 +733,13 @@ def _run(
     # Leaving the with-block waits for a part still being written, also when the run fails:
     # a part is then complete on disk (and resumed next time) or was never renamed into place.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-part") as pool:
-        parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool)
-        for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts):
+        parts = _Parts(todo, writer, rows, failed, int(run.bb.dim), pool, run.src.classes)
+        kw = {}
+        if getattr(run.engine, "writes_parts", False) and plain_store(run.config, run.src):
+            # the engine's workers write the parts themselves (storage the cluster shares):
+            # the driver then writes no feature byte, and its commit links them as segments
+            kw["sink"] = writer.part_sink(run.src.classes, _rows_per_part(len(todo), opts))
+        for batch in run.engine.iter_batches(run.bb, todo, run.src.reader(), opts, **kw):
             parts.add(batch)
             n_new += int(batch.indices.size)
             n_fail += len(batch.failures)
@@ -669,9 +779,11 @@ class _Parts:
         failed: dict[str, tuple],
         dim: int,
         pool: Any,
+        classes: tuple[str, ...] = (),
     ) -> None:
         self.todo, self.writer, self.rows, self.failed, self.dim = todo, writer, rows, failed, dim
         self.pool = pool
+        self.classes = tuple(classes)
         self.indices: list[np.ndarray] = []
         self.outputs: dict[str, list[np.ndarray]] = {}
         self.failures: list[tuple[int, str]] = []
@@ -680,6 +792,15 @@ class _Parts:
         self.last_flush = time.monotonic()
 
     def add(self, batch: Any) -> None:
+        if batch.parts is not None:  # written by the engine's workers: durable already
+            for i, part, r in zip(
+                batch.indices.tolist(), batch.parts.tolist(), batch.part_rows.tolist(),
+                strict=True,
+            ):  # fmt: skip
+                self.rows[self.todo[i].key] = (str(part), int(r))
+            for i, reason in batch.failures:
+                self.failed[self.todo[i].key] = (reason, *_fp(self.todo[i]))
+            return
         if batch.indices.size:
             self.indices.append(batch.indices)
             for name, arr in batch.outputs.items():
@@ -705,6 +826,11 @@ class _Parts:
         if not idx.size and not self.failures:
             return
         outputs = {k: np.concatenate(v) for k, v in self.outputs.items()}
+        # rows in key order, with their labels and splits: a part that can become a segment
+        order = sorted(range(len(idx)), key=lambda j: self.todo[idx[j]].key)
+        if order != list(range(len(idx))):
+            idx = idx[order]
+            outputs = {k: v[order] for k, v in outputs.items()}
         feats = outputs.pop(FEATURES, np.empty((0, self.dim)))
         ok_items = [self.todo[i] for i in idx]
         bad_items = [(self.todo[i], r) for i, r in self.failures]
@@ -720,6 +846,9 @@ class _Parts:
             failed_mtime_ns=[it.mtime_ns for it, _ in bad_items],
             failed_sha256=[it.sha256 for it, _ in bad_items],
             outputs=outputs,
+            labels=[it.label for it in ok_items],
+            split=[it.split for it in ok_items],
+            classes=self.classes,
         )
         self.settle()
         self.inflight.append((self.pool.submit(self.writer.write_part, part), ok_items, bad_items))

@@ -136,10 +136,12 @@ def test_interrupted_ray_run_resumes_from_its_parts(
     with pytest.raises(KeyboardInterrupt):
         _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
     assert not distributed.exists()
-    assert len(list((tmp_path / "ray.h5.parts").glob("part-*.h5"))) == 2
+    # the workers wrote parts of 4 rows themselves; those already durable are resumed
+    n_parts = len(list((tmp_path / "ray.h5.parts").glob("part-*.h5")))
+    assert n_parts >= 2
     monkeypatch.setattr(engine, "iter_batches", real)
     r = _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
-    assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
+    assert (r.n_resumed, r.n_new, r.n_items) == (4 * n_parts, 12 - 4 * n_parts, 12)
     local = tmp_path / "local.h5"
     _local(image_folder, tiny_backbone, local)
     assert_same_store(local, distributed)
@@ -313,3 +315,26 @@ def test_ray_engine_caches_the_same_activations(ray_runtime, image_folder, tmp_p
     a, b = read_output(local, "activations"), read_output(distributed, "activations")
     assert a.shape == b.shape and a.shape[0] == 12
     np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=1e-2)
+
+
+def test_ray_workers_write_the_parts_and_the_driver_only_links_them(
+    ray_runtime, image_folder, tiny_backbone, tmp_path, monkeypatch
+):
+    """With --engine ray the workers write the part files (storage the cluster shares) and the
+    driver's commit links them in as segments: it writes no feature byte itself (#21)."""
+    import h5py
+
+    from featx.store.segments import PART_SEGMENT_MIN_ROWS_ENV, segment_dir
+
+    monkeypatch.setenv(PART_SEGMENT_MIN_ROWS_ENV, "1")
+    distributed = tmp_path / "ray.h5"
+    r = _ray(image_folder, tiny_backbone, distributed, checkpoint_every=4)
+    assert (r.n_new, r.n_items) == (12, 12)
+    info = store_info(distributed)
+    assert (info["layout"], info["segments"]) == ("segments", 3)
+    for seg in segment_dir(distributed).iterdir():
+        with h5py.File(seg, "r") as f:  # each one a worker's part, linked without a copy
+            assert f.attrs["format"] == "featx-store-part" and f.attrs["n_items"] == 4
+    local = tmp_path / "local.h5"
+    _local(image_folder, tiny_backbone, local)
+    assert_same_store(local, distributed)

@@ -15,7 +15,7 @@ from helpers import write_image
 
 from featx.options import ExtractOptions
 from featx.store import compact_store, load_features, open_features, store_info, verify_store
-from featx.store.segments import CRASH_AT_ENV, segment_dir
+from featx.store.segments import CRASH_AT_ENV, PART_SEGMENT_MIN_ROWS_ENV, segment_dir
 
 OPTS = ExtractOptions(batch_size=4, workers=0, checkpoint_every=4)
 TESTS = Path(__file__).parent
@@ -116,7 +116,7 @@ def test_many_dead_rows_compact_by_themselves(tmp_path, tiny_backbone):
 def _run_killed(src: Path, store: Path, step: str) -> None:
     cmd = [sys.executable, "-c", DRIVER, "extract", str(src), "--store", str(store), "-b",
            "tiny", "--workers", "0", "--batch-size", "4", "-q", "--json"]  # fmt: skip
-    env = {**os.environ, CRASH_AT_ENV: step}
+    env = {**os.environ, CRASH_AT_ENV: step}  # (with the test's FEATX_PART_SEGMENT_MIN_ROWS)
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 137, (step, proc.returncode, proc.stderr[-2000:])
 
@@ -128,14 +128,17 @@ def _run_killed(src: Path, store: Path, step: str) -> None:
         ("segment-write", "add"),  # inside the new segment's temporary file
         ("after-segment-rename", "add"),  # the segment complete, the index not renamed
         ("after-index-rename", "add"),  # committed, parts and orphans not yet removed
+        ("after-part-link", "add"),  # a part linked as a segment, the index not renamed
         ("full-write", "remove"),  # inside the compaction's temporary file
         ("after-full-rename", "remove"),  # compacted, the segments not yet removed
     ],
 )
 def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
-    tmp_path, fake_backbone_family, step, change
+    tmp_path, fake_backbone_family, step, change, monkeypatch
 ):
     tiny_backbone = "tiny"  # the same backbone in this process and in the killed one
+    if step == "after-part-link":  # parts of any size become segments as they are
+        monkeypatch.setenv(PART_SEGMENT_MIN_ROWS_ENV, "1")
     src = _folder(tmp_path / "imgs")
     store = tmp_path / "s.h5"
     _extract(src, store, tiny_backbone)
@@ -161,4 +164,82 @@ def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
     if segment_dir(store).exists():  # nothing left that the index does not name
         names = {p.name for p in segment_dir(store).iterdir()}
         assert len(names) == store_info(store)["segments"]
+    assert _extract(src, store, tiny_backbone).noop
+
+
+def test_relabelled_rows_are_rewritten_from_their_old_features(tmp_path, tiny_backbone):
+    """A manifest that only relabels a row commits a one-row segment (the row's old features,
+    its new label) and a tombstone; the plan's vectorized key match finds every other row."""
+    from featx.extraction import _positions
+
+    stored = np.array(["a", "b", "d"], dtype=object)
+    assert _positions(stored, ["a", "c", "d", "e"]).tolist() == [0, -1, 2, -1]
+    assert _positions(stored, ["a", "b", "d"]).tolist() == [0, 1, 2]
+
+    imgs = _folder(tmp_path / "imgs")
+    rows = [f"{c}/{i}.png,{c}" for c in ("cat", "dog", "eel") for i in range(4)]
+    manifest = tmp_path / "imgs" / "m.csv"
+    manifest.write_text("path,label\n" + "\n".join(rows) + "\n")
+    store = tmp_path / "s.h5"
+    _extract(manifest, store, tiny_backbone)
+    manifest.write_text("path,label\n" + "\n".join(rows).replace("cat/0.png,cat", "cat/0.png,dog"))
+    r = _extract(manifest, store, tiny_backbone)
+    assert (r.n_new, r.noop) == (0, False)
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    fresh = tmp_path / "fresh.h5"
+    _extract(manifest, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    fs = load_features(store)
+    assert fs.classes[fs.y[list(fs.keys).index("cat/0.png")]] == "dog"
+    assert _extract(manifest, store, tiny_backbone).noop
+    assert imgs.is_dir()
+
+
+def test_readers_racing_a_compaction_read_the_old_or_the_new_store(tmp_path, tiny_backbone):
+    """A reader that opened the index before a compaction removed its segments reopens the
+    index; a matrix opened before it keeps reading the segments it holds open."""
+    from featx.store.read import _open_read, _rows
+
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    write_image(src / "dog" / "new.png", seed=99)
+    _extract(src, store, tiny_backbone)
+    assert store_info(store)["layout"] == "segments"
+    before = load_features(store)
+    lazy = open_features(store)  # holds its segments open
+    f = _open_read(store)  # the old index, open
+    assert compact_store(store)["compacted"] and not segment_dir(store).exists()
+    idx, matrix, _ = _rows(f, store)  # its segments are gone: the new index is read
+    f.close()
+    assert list(idx.keys) == list(before.keys)
+    np.testing.assert_array_equal(np.asarray(matrix), before.X)
+    np.testing.assert_array_equal(np.asarray(lazy.X), before.X)
+
+
+def test_parts_become_segments_without_a_copy(tmp_path, tiny_backbone, monkeypatch):
+    """Parts in key order that still carry the source's labels are linked in as segments: the
+    features are written once (a new store made of its parts, then +1 row as a part)."""
+    import h5py
+
+    monkeypatch.setenv(PART_SEGMENT_MIN_ROWS_ENV, "1")
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)  # 12 rows in parts of 4: three segments, no copy
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 3, 0)
+    write_image(src / "dog" / "new.png", seed=99)
+    (src / "cat" / "1.png").unlink()
+    _extract(src, store, tiny_backbone)
+    info = store_info(store)
+    assert (info["segments"], info["dead_rows"], info["n_items"]) == (4, 1, 12)
+    for seg in segment_dir(store).iterdir():
+        with h5py.File(seg, "r") as f:
+            assert f.attrs["format"] == "featx-store-part"  # linked, never rewritten
+    monkeypatch.delenv(PART_SEGMENT_MIN_ROWS_ENV)
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    assert verify_store(store).ok
     assert _extract(src, store, tiny_backbone).noop

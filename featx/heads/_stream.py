@@ -153,8 +153,9 @@ def logistic_terms(
     if W.shape[0] == 1:
         z = Z[:, 0]
         yf = y.astype(np.float64)
-        li = np.logaddexp(0.0, z) - yf * z
-        dZ = (1.0 / (1.0 + np.exp(-z)) - yf)[:, None]
+        yf = yf.astype(z.dtype)
+        li = np.logaddexp(z.dtype.type(0), z) - yf * z
+        dZ = (1 / (1 + np.exp(-z)) - yf)[:, None]
     else:
         m = Z.max(axis=1, keepdims=True)
         E = np.exp(Z - m)
@@ -165,7 +166,7 @@ def logistic_terms(
     if sw is not None:
         li = li * sw
         dZ *= sw[:, None]
-    return float(li.sum()), dZ.T @ X, dZ.sum(axis=0)
+    return float(li.sum(dtype=np.float64)), dZ.T @ X, dZ.sum(axis=0, dtype=np.float64)
 
 
 def squared_hinge_terms(
@@ -178,13 +179,14 @@ def squared_hinge_terms(
     else:
         T = -np.ones_like(Z)
         T[np.arange(len(y)), y] = 1.0
-    M = np.maximum(0.0, 1.0 - T * Z)
+    T = T.astype(Z.dtype, copy=False)
+    M = np.maximum(0, 1 - T * Z)
     li = (M * M).sum(axis=1)
-    dZ = -2.0 * T * M
+    dZ = -2 * T * M
     if sw is not None:
         li = li * sw
         dZ *= sw[:, None]
-    return float(li.sum()), dZ.T @ X, dZ.sum(axis=0)
+    return float(li.sum(dtype=np.float64)), dZ.T @ X, dZ.sum(axis=0, dtype=np.float64)
 
 
 def streamed_lbfgs(
@@ -214,34 +216,41 @@ def streamed_lbfgs(
         S += float(len(ye) if weights is None else weights[ye].sum())
     passes = [0]
 
-    def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
-        W = theta[: k * d].reshape(k, d)
-        b = theta[k * d :]
-        total, gW, gb = 0.0, np.zeros((k, d)), np.zeros(k)
-        for X, y in stream.blocks():
-            ye = y_enc_of(y)
-            sw = None if weights is None else weights[ye]
-            li, dW, db = terms(X.astype(np.float64), ye, W, b, sw)
-            total += li
-            gW += dW
-            gb += db
-        passes[0] += 1
-        value = total / S + float((W * W).sum()) / (2 * C * S)
-        grad = np.concatenate([(gW / S + W / (C * S)).ravel(), gb / S])
-        return value, grad
+    def objective(dtype: Any) -> Callable[[np.ndarray], tuple[float, np.ndarray]]:
+        def f(theta: np.ndarray) -> tuple[float, np.ndarray]:
+            W = theta[: k * d].reshape(k, d)
+            b = theta[k * d :]
+            Wt, bt = W.astype(dtype), b.astype(dtype)
+            total, gW, gb = 0.0, np.zeros((k, d)), np.zeros(k)
+            for X, y in stream.blocks():
+                ye = y_enc_of(y)
+                sw = None if weights is None else weights[ye].astype(dtype)
+                li, dW, db = terms(np.asarray(X, dtype=dtype), ye, Wt, bt, sw)
+                total += li
+                gW += dW
+                gb += db
+            passes[0] += 1
+            value = total / S + float((W * W).sum()) / (2 * C * S)
+            grad = np.concatenate([(gW / S + W / (C * S)).ravel(), gb / S])
+            return value, grad
 
-    theta0 = np.concatenate([np.asarray(W0, np.float64).ravel(), np.asarray(b0, np.float64)])
-    res = minimize(
-        f,
-        theta0,
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": int(max_iter), "gtol": float(tol), "ftol": 1e-12, "maxcor": 10},
-    )
-    theta = res.x
+        return f
+
+    opts = {"maxiter": int(max_iter), "gtol": float(tol), "ftol": 1e-12, "maxcor": 10}
+    theta = np.concatenate([np.asarray(W0, np.float64).ravel(), np.asarray(b0, np.float64)])
+    # First in float32, as the blocks are read: half the time of float64 and no float64 copy
+    # of each block (sums still in float64). Near the optimum float32 rounding can stop the
+    # line search early: the float64 objective then finishes from there, in a few passes.
+    nit = 0
+    for dtype in (np.float32, np.float64):
+        res = minimize(objective(dtype), theta, jac=True, method="L-BFGS-B", options=opts)
+        theta, nit = res.x, nit + int(res.nit)
+        converged = bool(res.success) or float(np.abs(res.jac).max()) <= tol
+        if converged or nit >= max_iter:
+            break
+        opts["maxiter"] = max(1, int(max_iter) - nit)
     W, b = theta[: k * d].reshape(k, d), theta[k * d :]
-    converged = bool(res.success) or float(np.abs(res.jac).max()) <= tol
-    return W, b, int(res.nit), passes[0], converged
+    return W, b, nit, passes[0], converged
 
 
 def encoder(classes: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:

@@ -64,6 +64,7 @@ from featx.store.read import (
     read_output,
     store_info,
 )
+from featx.store.segments import StoreChange
 from featx.store.verify import VerifyReport, verify_store
 from featx.store.writer import Rows, StoreWriter, compact_store
 
@@ -76,6 +77,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "Rows",
     "StoreConfig",
+    "StoreChange",
     "StoreIndex",
     "StoreMatrix",
     "StoreWriter",

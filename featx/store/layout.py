@@ -34,10 +34,45 @@ def _h5():
 
 def _strings(ds) -> np.ndarray:
     """A string dataset as an object array of str; raw non-UTF-8 bytes come back as the
-    ``surrogateescape`` str that :func:`os.fsdecode` gives for the same bytes."""
+    ``surrogateescape`` str that :func:`os.fsdecode` gives for the same bytes.
+
+    Fixed-length string datasets (the per-row columns of files written since #21) are read as
+    one byte array and decoded here: a million keys in a fraction of a second, where
+    variable-length strings cost HDF5 a heap lookup each."""
     if not ds.shape[0]:
         return np.empty(0, dtype=object)
+    if ds.dtype.kind == "S":
+        return decode_bytes(ds[()])
     return np.asarray(ds.asstr(errors="surrogateescape")[()], dtype=object)
+
+
+def decode_bytes(raw: np.ndarray) -> np.ndarray:
+    """A fixed-length byte-string array as an object array of str (``surrogateescape``).
+
+    Columns with few distinct values (splits, empty content hashes) decode each value once."""
+    out = np.empty(len(raw), dtype=object)
+    if not len(raw):
+        return out
+    if bool((raw == raw[0]).all()):  # e.g. no content hashes, or no splits
+        out[:] = [raw[0].decode("utf-8", "surrogateescape")] * len(raw)
+        return out
+    if raw.dtype.itemsize <= 8:
+        uniq, inv = np.unique(raw, return_inverse=True)
+        if len(uniq) * 16 < len(raw):
+            names = np.empty(len(uniq), dtype=object)
+            names[:] = [b.decode("utf-8", "surrogateescape") for b in uniq.tolist()]
+            out[:] = names[inv.reshape(-1)]
+            return out
+    out[:] = [b.decode("utf-8", "surrogateescape") for b in raw.tolist()]
+    return out
+
+
+def encode_keys(values: Any) -> np.ndarray:
+    """str values as a fixed-length byte array (UTF-8, ``surrogateescape``): the form the
+    per-row string columns are stored in."""
+    raw = [_encode(v) for v in values]
+    width = max(1, max(map(len, raw), default=1))
+    return np.array(raw, dtype=f"S{width}")
 
 
 def _encode(v: Any) -> bytes:
@@ -76,13 +111,28 @@ _GZIP = {"compression": "gzip", "chunks": True}
 _CHECKED = {**_GZIP, "fletcher32": True}
 
 
-def _str_ds(group, name: str, values: Iterable[str]) -> None:
+def _str_ds(group, name: str, values: Iterable[str], *, fixed: bool = False) -> None:
+    """A string dataset with the SHA-256 of its values.
+
+    ``fixed``: fixed-length UTF-8 strings, for the per-row columns (keys, splits, content
+    hashes): read back as one byte array (:func:`_strings`), checked by Fletcher-32 too, and
+    read the same way by plain h5py (``ds.asstr()[()]``). Longer free text (reasons, texts)
+    stays variable-length. Values never contain NUL (paths cannot), which fixed-length strings
+    would drop at the end."""
     h5py = _h5()
     raw = [_encode(v) for v in values]
-    arr = np.empty(len(raw), dtype=object)
-    arr[:] = raw
-    kw = _GZIP if arr.shape[0] > 0 else {}
-    ds = group.create_dataset(name, data=arr, dtype=h5py.string_dtype(), **kw)
+    if fixed:
+        width = max(1, max(map(len, raw), default=1))
+        arr = np.array(raw, dtype=h5py.string_dtype(length=width))
+        n = arr.shape[0]
+        rows = max(1, min(n, (1 << 20) // width))  # ~1 MB chunks: whole-column reads are fast
+        kw = {"compression": "gzip", "chunks": (rows,), "fletcher32": True} if n else {}
+        ds = group.create_dataset(name, data=arr, **kw)
+    else:
+        arr = np.empty(len(raw), dtype=object)
+        arr[:] = raw
+        kw = _GZIP if arr.shape[0] > 0 else {}
+        ds = group.create_dataset(name, data=arr, dtype=h5py.string_dtype(), **kw)
     ds.attrs["featx_sha256"] = _digest_strings(raw)
 
 
@@ -187,3 +237,31 @@ def _read_rows(ds, rows: np.ndarray) -> np.ndarray:
     ends = np.concatenate([breaks, [rows.size]])
     pieces = [ds[rows[s] : rows[e - 1] + 1] for s, e in zip(starts, ends, strict=True)]
     return pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+
+
+def _write_attrs(f: Any, config: Any, attrs: Any, created: str, now: str) -> None:
+    """The format, configuration and provenance attributes of a new store file (a single-file
+    store, a segment or a segmented store's index)."""
+    f.attrs["format"] = FORMAT
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    f.attrs["config"] = config.to_json()
+    f.attrs["config_hash"] = config.hash
+    f.attrs["created"] = created
+    f.attrs["updated"] = now
+    for k, v in attrs.items():
+        if isinstance(v, str):
+            v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
+        elif not isinstance(v, int | float | bool):
+            v = _canonical(v)
+        f.attrs[k] = v
+
+
+def _write_failed(f: Any, failed: Any) -> None:
+    """The ``failed`` group: key -> (reason, size, mtime_ns, sha256, ...), in key order."""
+    fkeys = sorted(failed)
+    fl = f.create_group("failed")
+    _str_ds(fl, "paths", fkeys)
+    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
+    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
+    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
+    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])

@@ -18,7 +18,12 @@ from featx.features import FeatureGroup, FeatureSet
 from featx.store.chunks import StoreMatrix
 from featx.store.config import TEXTS, StoreConfig, store_groups
 from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _digest_attrs, _h5, _strings
-from featx.store.segments import SEGMENTED_SCHEMA_VERSION, is_segmented, read_segmented
+from featx.store.segments import (
+    SEGMENTED_SCHEMA_VERSION,
+    SegmentMissing,
+    is_segmented,
+    read_segmented,
+)
 
 
 def _open_read(path: str | os.PathLike):
@@ -105,7 +110,9 @@ class StoreIndex:
 
 def _read_index(f) -> StoreIndex:
     if is_segmented(f):
-        return StoreIndex(**read_segmented(f, f.filename).fields)
+        idx, matrix, _ = _rows(f, Path(f.filename))
+        matrix.close()
+        return idx
     g = f["fingerprint"]
     fl = f["failed"]
     return StoreIndex(
@@ -244,11 +251,31 @@ def _shape(f) -> tuple[int, int]:
     return tuple(int(v) for v in f["features"].shape) if "features" in f else (0, 0)
 
 
+#: How many newer indexes a reader tries when a segment vanished under it (each is a commit).
+_REOPEN_TRIES = 5
+
+
 def _rows(f, path: Path) -> tuple[StoreIndex, StoreMatrix, dict[str, np.ndarray]]:
     """(row index, the features as a StoreMatrix, per-row extras such as ``text/n_tokens``)
     of an open store, single-file or segmented."""
     if is_segmented(f):
-        sr = read_segmented(f, path)
+        try:
+            sr = read_segmented(f, path)
+        except SegmentMissing:
+            # a commit or compaction renamed a new index over the store and removed segments
+            # since ``f`` was opened: read the store as it is now (#21)
+            names = [str(n) for n in _strings(f["segments/names"])]
+            for _ in range(_REOPEN_TRIES):
+                with _open_read(path) as now:
+                    if is_segmented(now) and names == [
+                        str(n) for n in _strings(now["segments/names"])
+                    ]:
+                        break  # the same index: the segment is really gone
+                    try:
+                        return _rows(now, path)
+                    except SegmentMissing:
+                        continue
+            raise
         return StoreIndex(**sr.fields), sr.matrix(str(path)), sr.per_row
     ds = f["features"]
     block = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])

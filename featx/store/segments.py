@@ -36,7 +36,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,8 +44,17 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.store.chunks import StoreMatrix
-from featx.store.config import _canonical, store_groups
-from featx.store.layout import FORMAT, _atomic_h5, _digest_attrs, _h5, _int_ds, _str_ds, _strings
+from featx.store.config import store_groups
+from featx.store.layout import (
+    _atomic_h5,
+    _digest_attrs,
+    _h5,
+    _int_ds,
+    _str_ds,
+    _strings,
+    _write_attrs,
+    _write_failed,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +72,12 @@ COMPACT_MAX_SEGMENTS = 32
 FULL_WRITE_SHARE = 0.5
 #: Test hook: the name of a step at which to ``os._exit(137)`` (like ``kill -9``), or "".
 CRASH_AT_ENV = "FEATX_TEST_CRASH_AT"
+#: A part file of at least this many rows becomes a segment as it is (a hard link, no copy)
+#: when its rows are in key order and still carry the source's labels, splits and fingerprints;
+#: smaller parts are copied into the commit's segment (fewer, larger segments). Tests lower it
+#: with the environment variable of the same name.
+PART_SEGMENT_MIN_ROWS = 1024
+PART_SEGMENT_MIN_ROWS_ENV = "FEATX_PART_SEGMENT_MIN_ROWS"
 
 
 def _crash_point(step: str) -> None:
@@ -101,6 +116,9 @@ class SegmentedRows:
     dead_row: np.ndarray
     dim: int
     dtype: np.dtype
+    #: The segment files, open since their rows were read: the matrix reads from these, so a
+    #: compaction that removes them after this read does not take them from under a reader.
+    handles: list[Any] = field(default_factory=list)
 
     @property
     def n_dead(self) -> int:
@@ -108,7 +126,7 @@ class SegmentedRows:
 
     def matrix(self, store: str) -> StoreMatrix:
         block = 4096
-        return StoreMatrix(
+        m = StoreMatrix(
             self.files,
             (len(self.file_of_row), self.dim),
             self.dtype,
@@ -117,6 +135,19 @@ class SegmentedRows:
             block_rows=block,
             store=store,
         )
+        m._open.update(enumerate(self.handles))
+        self.handles = []
+        return m
+
+    def close(self) -> None:
+        for h in self.handles:
+            with contextlib.suppress(Exception):
+                h.close()
+        self.handles = []
+
+
+class SegmentMissing(StoreError):
+    """A segment the index names is gone (a reader racing a commit that removed it)."""
 
 
 def _segment_files(f: Any, path: Path) -> tuple[list[Path], np.ndarray]:
@@ -143,13 +174,17 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
     per_row_names = (
         [str(n) for n in _strings(f["segments/per_row"])] if "segments/per_row" in f else []
     )
-    for i, seg in enumerate(files):
-        if not seg.exists():
-            raise StoreError(
-                f"segment {seg.name} of store {path} is missing; the store is damaged: run the "
-                f"same 'featx extract' again after deleting {path} and {segment_dir(path)}"
-            )
-        with h5py.File(seg, "r") as s:
+    handles: list[Any] = []
+    try:
+        for i, seg in enumerate(files):
+            try:
+                s = h5py.File(seg, "r")
+            except FileNotFoundError:
+                raise SegmentMissing(
+                    f"segment {seg.name} of store {path} is missing; the store is damaged: run "
+                    f"the same 'featx extract' again after deleting {path} and {segment_dir(path)}"
+                ) from None
+            handles.append(s)
             n = int(s["paths"].shape[0])
             if n != int(n_rows[i]):
                 raise StoreError(
@@ -173,6 +208,10 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
             for name in per_row_names:
                 vals = s[name][()] if name in s else np.full(n, -1, np.int64)
                 extra.setdefault(name, []).append(vals[live])
+    except BaseException:
+        for h in handles:
+            h.close()
+        raise
 
     def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
         return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
@@ -206,6 +245,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         dead_row=dead_row,
         dim=dim,
         dtype=dtype,
+        handles=handles,
     )
 
 
@@ -259,6 +299,48 @@ class CommitPlan:
     dead: list[tuple[int, int]]  # new tombstones (segment, row) (segment mode)
 
 
+@dataclass
+class StoreChange:
+    """What a commit changes, relative to the store the writer opened: what an incremental run
+    knows without looking at every row, so that a commit costs the change, not the store.
+
+    Attributes
+    ----------
+    kept : int ndarray
+        The old rows (positions in the writer's index, key order) that stay exactly as they
+        are: same key, features, label name, split, fingerprint and per-row values.
+    write : dict key -> (where, row)
+        The rows the commit writes: new or re-extracted rows (``where`` a part file) and old
+        rows whose label, split or fingerprint changed (``where`` = ``"store"``, their old
+        position). Every other old row is removed (a tombstone, or left out of a rewrite).
+    labels, split, fingerprints : dicts keyed by key
+        The label (index into ``classes``), split and (size, mtime_ns, sha256) of the rows in
+        ``write`` (more keys are allowed and ignored).
+    failed : dict key -> (reason, size, mtime_ns, sha256, "")
+        Every failure the store records after the commit (usually few).
+    classes, attrs
+        The store's class names and provenance attributes after the commit.
+    per_row : dict name -> (dict key -> value), optional
+        Per-row extras (``text/n_tokens``) for the rows in ``write``; the kept rows keep theirs.
+        A store that carries strings per row (``text/texts``) is rewritten whole and needs them
+        for every row.
+    """
+
+    kept: np.ndarray
+    write: dict[str, tuple[str, int]]
+    labels: Mapping[str, int]
+    split: Mapping[str, str]
+    fingerprints: Mapping[str, tuple[int, int, str]]
+    failed: Mapping[str, tuple[str, int, int, str, str]]
+    classes: tuple[str, ...]
+    attrs: Mapping[str, Any]
+    per_row: Mapping[str, Mapping[str, Any]] | None = None
+
+    @property
+    def n_items(self) -> int:
+        return len(self.kept) + len(self.write)
+
+
 def _unchanged_rows(
     keys: list[str],
     idx: np.ndarray,
@@ -272,7 +354,7 @@ def _unchanged_rows(
 ) -> np.ndarray:
     """For each ``keys[j]`` kept from old row ``idx[j]``: whether everything stored with it
     (label name, split, fingerprint, per-row values) is unchanged, so the row can stay where it
-    is. Vectorized: a commit of a few rows into a store of millions stays well under a second."""
+    is (the whole-state :func:`commit` turned into a :class:`StoreChange`)."""
     if not keys:
         return np.zeros(0, dtype=bool)
     lab, spl, fp = zip(
@@ -294,84 +376,222 @@ def _unchanged_rows(
     return same
 
 
-def plan_commit(
+def change_from_state(
     writer: Any,
     *,
     rows: Mapping[str, tuple[str, int]],
+    failed: Mapping[str, tuple[str, int, int, str, str]],
     labels: Mapping[str, int],
     split: Mapping[str, str],
     classes: tuple[str, ...],
     fingerprints: Mapping[str, tuple[int, int, str]],
-    per_row: Mapping[str, Mapping[str, int]] | None,
-    force_full: bool = False,
-) -> CommitPlan:
-    """Decide between a segment commit and a full rewrite (see the module docstring)."""
+    attrs: Mapping[str, Any],
+    per_row: Mapping[str, Mapping[str, Any]] | None = None,
+) -> StoreChange:
+    """The :class:`StoreChange` that takes the writer's store to the whole new state given
+    (every row's source and metadata): compares every kept row, so it costs the store's size.
+    Incremental runs build the change directly (:func:`featx.extraction`'s plan)."""
     old = writer.index
-    if force_full:
-        return CommitPlan("full", "compaction asked for", [], [])
-    text_rows = any(
-        isinstance(v, str) for values in (per_row or {}).values() for v in list(values.values())[:1]
-    )
-    if store_groups(writer.config) or text_rows or getattr(writer.config, "outputs", None):
-        # segments carry the pooled features and integer per-row values; a store with more
-        # outputs per row (--layers, --cache-activations) or the texts themselves is rewritten
-        # whole, as before
-        return CommitPlan("full", "a multi-output or text-carrying store", [], [])
-    if old is None or len(old.keys) == 0:
-        return CommitPlan("full", "a new store", [], [])
-    layout = writer.layout
-    old_per_row = getattr(writer, "old_per_row", {}) or {}
     from_store = [(k, i) for k, (w, i) in rows.items() if w == "store"]
     keys = [k for k, _ in from_store]
     idx = np.fromiter((i for _, i in from_store), np.int64, len(from_store))
-    same = _unchanged_rows(
-        keys, idx, old, old_per_row, labels, split, classes, fingerprints, per_row
-    )
-    kept_old = np.zeros(len(old.keys), dtype=bool)
-    kept_old[idx[same]] = True
-    write = [k for k, (w, _) in rows.items() if w != "store"]
-    write += [k for k, ok in zip(keys, same.tolist(), strict=True) if not ok]
-    n_final = len(rows)
-    if n_final and len(write) >= FULL_WRITE_SHARE * n_final:
-        return CommitPlan("full", f"{len(write)} of {n_final} rows change", [], [])
-    dead_idx = np.flatnonzero(~kept_old)
-    if layout.file_of_row is None:
-        files_after = 1 + (1 if write else 0)
-        dead_before, stored = 0, len(old.keys)
-        dead = [(0, int(r)) for r in dead_idx]
+    text_rows = _has_strings(per_row)
+    if old is None or text_rows:
+        same = np.zeros(len(keys), dtype=bool)
     else:
-        files_after = len(layout.files) + (1 if write else 0)
-        dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
-        dead = [(int(layout.file_of_row[r]), int(layout.row_in_file[r])) for r in dead_idx]
-    n_dead = dead_before + len(dead)
-    if n_dead > COMPACT_DEAD_SHARE * (stored + len(write)):
-        return CommitPlan(
-            "full", f"{n_dead} dead rows of {stored + len(write)}: compacting", [], []
-        )
+        same = _unchanged_rows(
+            keys, idx, old, writer.old_per_row or {}, labels, split, classes, fingerprints,
+            per_row,
+        )  # fmt: skip
+    write = {k: v for k, v in rows.items() if v[0] != "store"}
+    write.update((k, rows[k]) for k, ok in zip(keys, same.tolist(), strict=True) if not ok)
+    return StoreChange(
+        kept=np.sort(idx[same]),
+        write=write,
+        labels=labels,
+        split=split,
+        fingerprints=fingerprints,
+        failed=failed,
+        classes=tuple(classes),
+        attrs=attrs,
+        per_row=per_row,
+    )
+
+
+def _has_strings(per_row: Mapping[str, Mapping[str, Any]] | None) -> bool:
+    """Whether any per-row extra holds strings (``text/texts``): such stores are rewritten."""
+    for values in (per_row or {}).values():
+        for v in values.values():
+            if isinstance(v, str):
+                return True
+            break
+    return False
+
+
+@dataclass(frozen=True)
+class PartSegment:
+    """A part file that becomes a segment as it is (see :func:`_part_as_segment`)."""
+
+    path: str
+    n_rows: int
+    dead: np.ndarray  # its rows the commit does not take (tombstones)
+    keys: frozenset[str]  # the keys the commit takes from it
+
+
+def _multi_output(writer: Any, change: StoreChange) -> bool:
+    """Segments carry the pooled features and integer per-row values; a store with more outputs
+    per row (--layers, --cache-activations) or the texts themselves is rewritten whole."""
+    return bool(
+        store_groups(writer.config)
+        or _has_strings(change.per_row)
+        or getattr(writer.config, "outputs", None)
+    )
+
+
+def _part_segments(writer: Any, change: StoreChange, room: int) -> list[PartSegment]:
+    """The parts of ``change.write`` that become segments as they are, largest first, at most
+    ``room`` of them."""
+    by_part: dict[str, dict[int, str]] = {}
+    for k, (where, r) in change.write.items():
+        if where != "store":
+            by_part.setdefault(where, {})[int(r)] = k
+    out = []
+    for part, rows_of in sorted(by_part.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        if len(out) >= room:
+            break
+        fit = _part_as_segment(part, rows_of, change)
+        if fit is not None:
+            out.append(PartSegment(part, fit[0], fit[1], frozenset(rows_of.values())))
+    return out
+
+
+def plan_commit(
+    writer: Any,
+    change: StoreChange,
+    *,
+    force_full: bool = False,
+    parts: list[PartSegment] | None = None,
+) -> CommitPlan:
+    """Decide between a segment commit and a full rewrite (see the module docstring). Costs the
+    change plus one boolean per stored row. ``parts``: part files that become segments as they
+    are (their rows are not written again)."""
+    old = writer.index
+    parts = parts or []
+    if force_full:
+        return CommitPlan("full", "compaction asked for", [], [])
+    if _multi_output(writer, change):
+        return CommitPlan("full", "a multi-output or text-carrying store", [], [])
+    n_final = change.n_items
+    write = change.write
+    taken = set().union(*(p.keys for p in parts)) if parts else set()
+    n_copy = len(write) - len(taken)
+    if old is None or len(old.keys) == 0:
+        if not parts or n_copy >= FULL_WRITE_SHARE * n_final:
+            return CommitPlan("full", "a new store", [], [])
+    elif n_final and n_copy >= FULL_WRITE_SHARE * n_final:
+        return CommitPlan("full", f"{n_copy} of {n_final} rows change", [], [])
+    layout = writer.layout
+    copy = sorted(k for k in write if k not in taken)
+    n_new_files = len(parts) + (1 if copy else 0)
+    part_dead = sum(len(p.dead) for p in parts)
+    part_rows = sum(p.n_rows for p in parts)
+    if old is None or len(old.keys) == 0:
+        files_after, dead_before, stored, dead = n_new_files, 0, 0, []
+    else:
+        kept_old = np.zeros(len(old.keys), dtype=bool)
+        kept_old[np.asarray(change.kept, dtype=np.int64)] = True
+        dead_idx = np.flatnonzero(~kept_old)
+        if layout.file_of_row is None:
+            files_after = 1 + n_new_files
+            dead_before, stored = 0, len(old.keys)
+            dead = [(0, int(r)) for r in dead_idx]
+        else:
+            files_after = len(layout.files) + n_new_files
+            dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
+            dead = list(
+                zip(
+                    layout.file_of_row[dead_idx].tolist(),
+                    layout.row_in_file[dead_idx].tolist(),
+                    strict=True,
+                )
+            )
+    n_dead = dead_before + len(dead) + part_dead
+    total = stored + part_rows + len(copy)
+    if n_dead > COMPACT_DEAD_SHARE * total:
+        return CommitPlan("full", f"{n_dead} dead rows of {total}: compacting", [], [])
     if files_after > COMPACT_MAX_SEGMENTS:
         return CommitPlan("full", f"{files_after} segments: compacting", [], [])
-    return CommitPlan("segment", f"{len(write)} rows into a new segment", sorted(write), dead)
+    why = f"{len(copy)} rows into a new segment"
+    if parts:
+        why += f", {len(parts)} part(s) of {part_rows} rows registered as segments"
+    return CommitPlan("segment", why, copy, dead)
+
+
+def _part_min_rows() -> int:
+    return int(os.environ.get(PART_SEGMENT_MIN_ROWS_ENV) or PART_SEGMENT_MIN_ROWS)
+
+
+def _part_as_segment(
+    part: str, rows_of: Mapping[int, str], change: StoreChange
+) -> tuple[int, np.ndarray] | None:
+    """Whether part file ``part`` can become a segment as it is: (its rows, the rows to
+    tombstone there), or None (copy its rows instead). ``rows_of``: row -> key of the rows the
+    commit takes from it. A part written by this featx in key order qualifies when at least half
+    of its rows are taken with the label name, split and fingerprint it holds."""
+    if change.per_row:  # per-row extras (text/n_tokens) are not in parts
+        return None
+    try:
+        with _h5().File(part, "r") as f:
+            if not f.attrs.get("segment_ready") or not f["features"].fletcher32:
+                return None
+            keys = _strings(f["paths"])
+            n = len(keys)
+            if n < _part_min_rows() or 2 * len(rows_of) < n:
+                return None
+            names = np.array([*_strings(f["classes"]), ""], dtype=object)[f["labels"][()]]
+            split = _strings(f["split"])
+            g = f["fingerprint"]
+            size, mtime, sha = g["size"][()], g["mtime_ns"][()], _strings(g["sha256"])
+    except (OSError, KeyError, IndexError):
+        return None
+    classes = [*change.classes, ""]
+    ok = np.zeros(n, dtype=bool)
+    for r, k in rows_of.items():
+        fp = change.fingerprints[k]
+        ok[r] = (
+            keys[r] == k
+            and names[r] == classes[change.labels.get(k, -1)]
+            and split[r] == change.split.get(k, "")
+            and (int(size[r]), int(mtime[r]), str(sha[r])) == (int(fp[0]), int(fp[1]), str(fp[2]))
+        )
+    if 2 * int(ok.sum()) < n:
+        return None
+    return n, np.flatnonzero(~ok)
+
+
+def _link_segment(src: str | os.PathLike, folder: Path) -> str:
+    """Hard-link (copy where links are not possible) ``src`` into ``folder`` as a new segment
+    name, durably; returns the name."""
+    folder.mkdir(exist_ok=True)
+    name = _new_segment_name(folder)
+    tmp = folder / f"{name}.tmp-{os.getpid()}"
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    os.replace(tmp, folder / name)
+    from featx.files import fsync_dir
+
+    fsync_dir(folder)
+    return name
 
 
 def upgrade_to_segment(path: Path) -> str:
     """Make a single-file store's file the first segment without copying: a hard link in
     ``STORE.segments`` (a copy where the filesystem has no links). Returns the segment's name."""
-    folder = segment_dir(path)
-    folder.mkdir(exist_ok=True)
-    name = _new_segment_name(folder)
-    target = folder / name
-    tmp = folder / f"{name}.tmp-{os.getpid()}"
-    try:
-        os.link(path, tmp)
-    except OSError:
-        shutil.copyfile(path, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    from featx.files import fsync_dir
-
-    fsync_dir(folder)
-    return name
+    return _link_segment(path, segment_dir(path))
 
 
 def write_index(
@@ -391,19 +611,9 @@ def write_index(
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
     dead_arr = np.array(sorted(set(dead)), dtype=np.int64).reshape(-1, 2)
     with _atomic_h5(writer.path) as f:
-        f.attrs["format"] = FORMAT
+        _write_attrs(f, writer.config, attrs, getattr(writer, "_created", None) or now, now)
         f.attrs["schema_version"] = SEGMENTED_SCHEMA_VERSION
         f.attrs["layout"] = LAYOUT
-        f.attrs["config"] = writer.config.to_json()
-        f.attrs["config_hash"] = writer.config.hash
-        f.attrs["created"] = getattr(writer, "_created", None) or now
-        f.attrs["updated"] = now
-        for k, v in attrs.items():
-            if isinstance(v, str):
-                v = str(v)
-            elif not isinstance(v, int | float | bool):
-                v = _canonical(v)
-            f.attrs[k] = v
         f.attrs["n_items"] = int(n_items)
         f.attrs["n_failed"] = len(failed)
         f.attrs["dim"] = int(dim)
@@ -418,13 +628,7 @@ def write_index(
         _int_ds(d, "segment", dead_arr[:, 0])
         _int_ds(d, "row", dead_arr[:, 1])
         _str_ds(f, "classes", classes)
-        fkeys = sorted(failed)
-        fl = f.create_group("failed")
-        _str_ds(fl, "paths", fkeys)
-        _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-        _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-        _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-        _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+        _write_failed(f, failed)
         f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
 
 
@@ -443,6 +647,63 @@ def _sources(writer: Any, rows: Mapping[str, tuple[str, int]]) -> dict[str, tupl
     return out
 
 
+def _whole_state(writer: Any, change: StoreChange) -> dict[str, Any]:
+    """The keyword arguments of ``StoreWriter._merge`` for a full rewrite: the kept old rows
+    (their stored label, split, fingerprint and per-row values) plus the change."""
+    old = writer.index
+    classes = tuple(change.classes)
+    kept = np.asarray(change.kept, dtype=np.int64)
+    rows: dict[str, tuple[str, int]] = {}
+    labels: dict[str, int] = {}
+    split: dict[str, str] = {}
+    fps: dict[str, tuple[int, int, str]] = {}
+    per_row: dict[str, dict[str, Any]] = {k: {} for k in (change.per_row or {})}
+    if len(kept):
+        keys = old.keys[kept].tolist()
+        pos = {c: i for i, c in enumerate(classes)}
+        old_names = [*old.classes, ""]
+        lab = [pos.get(old_names[v], -1) for v in old.labels[kept].tolist()]
+        rows.update(zip(keys, (("store", r) for r in kept.tolist()), strict=True))
+        labels.update(zip(keys, lab, strict=True))
+        split.update(zip(keys, old.split[kept].tolist(), strict=True))
+        fps.update(
+            zip(
+                keys,
+                zip(
+                    old.size[kept].tolist(),
+                    old.mtime_ns[kept].tolist(),
+                    old.sha256[kept].tolist(),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+        given = change.per_row or {}
+        for name in per_row:
+            stored = (writer.old_per_row or {}).get(name)
+            vals = given[name]
+            if stored is not None:
+                per_row[name].update(zip(keys, stored[kept].tolist(), strict=True))
+            per_row[name].update((k, vals[k]) for k in keys if k in vals)
+    wkeys = list(change.write)
+    rows.update(change.write)
+    labels.update((k, change.labels.get(k, -1)) for k in wkeys)
+    split.update((k, change.split.get(k, "")) for k in wkeys)
+    fps.update((k, tuple(change.fingerprints[k])) for k in wkeys)
+    for name, vals in (change.per_row or {}).items():
+        per_row[name].update((k, vals[k]) for k in wkeys if k in vals)
+    return {
+        "rows": rows,
+        "failed": dict(change.failed),
+        "labels": labels,
+        "split": split,
+        "classes": classes,
+        "fingerprints": fps,
+        "attrs": dict(change.attrs),
+        "per_row": per_row if change.per_row is not None else None,
+    }
+
+
 def commit(
     writer: Any,
     *,
@@ -456,63 +717,90 @@ def commit(
     per_row: Mapping[str, Mapping[str, int]] | None = None,
     force_full: bool = False,
 ) -> Path:
-    """Commit through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a segment and
-    a new index, or a full rewrite into one file (see :func:`plan_commit`)."""
-    plan = plan_commit(
-        writer,
-        rows=rows,
-        labels=labels,
-        split=split,
-        classes=classes,
-        fingerprints=fingerprints,
-        per_row=per_row,
-        force_full=force_full,
-    )
+    """Commit a whole new state through ``writer`` (every row's source and metadata): turned
+    into a :class:`StoreChange` by comparing every kept row, then :func:`commit_change`."""
+    change = change_from_state(
+        writer, rows=rows, failed=failed, labels=labels, split=split, classes=classes,
+        fingerprints=fingerprints, attrs=attrs, per_row=per_row,
+    )  # fmt: skip
+    return commit_change(writer, change, force_full=force_full)
+
+
+def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False) -> Path:
+    """Commit ``change`` through ``writer`` (a locked :class:`~featx.store.StoreWriter`): a
+    segment with the written rows and a new index (costs the change), or a full rewrite into
+    one file (see :func:`plan_commit`)."""
+    parts: list[PartSegment] = []
+    if not force_full and not _multi_output(writer, change):
+        if writer.index is None or len(writer.index.keys) == 0:
+            used = 0
+        elif writer.layout.file_of_row is None:
+            used = 1  # the single file becomes segment 0
+        else:
+            used = len(writer.layout.files)
+        # parts fill at most half of the segments a store may have (the rest of the room is
+        # for later small commits, so that many small parts do not force an early compaction)
+        parts = _part_segments(writer, change, COMPACT_MAX_SEGMENTS // 2 - used - 1)
+    plan = plan_commit(writer, change, force_full=force_full, parts=parts)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:
         writer.layout.close()  # the segments it opened are read again by path
-    kw = dict(
-        failed=dict(failed),
-        labels=dict(labels),
-        split=dict(split),
-        classes=classes,
-        fingerprints=dict(fingerprints),
-        attrs=dict(attrs),
-        per_row=None if per_row is None else {k: dict(v) for k, v in per_row.items()},
-    )
     if plan.mode == "full":
-        writer._merge(rows=_sources(writer, rows), **kw)
+        kw = _whole_state(writer, change)
+        writer._merge(**{**kw, "rows": _sources(writer, kw["rows"])})
         _crash_point("after-full-rename")
         clean_orphans(writer.path)  # the store is one file again: its segments go
         return writer.path
 
     folder = segment_dir(writer.path)
-    if writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
+    if writer.index is None or len(writer.index.keys) == 0:  # a new store made of parts
+        names, n_rows, dead = [], [], []
+    elif writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
         names, n_rows, dead = [upgrade_to_segment(writer.path)], [len(writer.index.keys)], []
         _crash_point("after-upgrade-link")
     else:
         names = [Path(p).name for p in writer.layout.files]
         n_rows, dead = list(writer.old_n_rows), list(writer.old_dead)
     dead += plan.dead
-    if plan.write_keys:
+    classes = tuple(change.classes)
+    copy = plan.write_keys
+    for part in parts:  # parts that become segments: their rows are not copied again
+        names.append(_link_segment(part.path, folder))
+        _crash_point("after-part-link")
+        n_rows.append(part.n_rows)
+        dead += [(len(names) - 1, int(r)) for r in part.dead]
+    if copy:
         folder.mkdir(exist_ok=True)
         name = _new_segment_name(folder)
-        src = _sources(writer, {k: rows[k] for k in plan.write_keys})
-        writer._merge(rows=src, **{**kw, "failed": {}}, target=folder / name)
+        wk = copy
+        per_row = change.per_row
+        writer._merge(
+            rows=_sources(writer, {k: change.write[k] for k in wk}),
+            failed={},
+            labels={k: change.labels.get(k, -1) for k in wk},
+            split={k: change.split.get(k, "") for k in wk},
+            classes=classes,
+            fingerprints={k: tuple(change.fingerprints[k]) for k in wk},
+            attrs=dict(change.attrs),
+            per_row=None
+            if per_row is None
+            else {n: {k: v[k] for k in wk if k in v} for n, v in per_row.items()},
+            target=folder / name,
+        )
         _crash_point("after-segment-rename")
         names.append(name)
-        n_rows.append(len(plan.write_keys))
+        n_rows.append(len(wk))
     write_index(
         writer,
         names=names,
         n_rows=n_rows,
         dead=dead,
-        n_items=len(rows),
+        n_items=change.n_items,
         classes=classes,
-        failed=failed,
-        attrs=attrs,
-        dim=int(writer.dim or attrs.get("dim") or 0),
-        per_row_names=sorted(per_row or {}),
+        failed=change.failed,
+        attrs=change.attrs,
+        dim=int(writer.dim or change.attrs.get("dim") or 0),
+        per_row_names=sorted(change.per_row or {}),
     )
     _crash_point("after-index-rename")
     writer.discard_parts()

@@ -15,6 +15,7 @@ from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
+    PART_FORMAT,
     _attr_value,
     _digest_attrs,
     _digest_ints,
@@ -174,7 +175,8 @@ def _verify_file(p: Path, formats: tuple[str, ...] = (FORMAT,)) -> VerifyReport:
             try:
                 ds = f[name]
                 raw = ds[()]
-                if ds.dtype.kind == "O":
+                if ds.dtype.kind in "OS":  # variable- or fixed-length strings
+                    raw = raw.tolist() if ds.dtype.kind == "S" else raw
                     enc = [b if isinstance(b, bytes) else _encode(b) for b in raw]
                     digest = _digest_strings(enc)
                     values[name] = np.asarray(
@@ -295,7 +297,8 @@ def _verify_segmented(p: Path) -> VerifyReport:
             try:
                 ds = f[name]
                 raw = ds[()]
-                if ds.dtype.kind == "O":
+                if ds.dtype.kind in "OS":
+                    raw = raw.tolist() if ds.dtype.kind == "S" else raw
                     digest = _digest_strings(b if isinstance(b, bytes) else _encode(b) for b in raw)
                 else:
                     digest = _digest_ints(np.asarray(raw))
@@ -314,7 +317,7 @@ def _verify_segmented(p: Path) -> VerifyReport:
             if not seg.is_file():
                 problems.append(f"segment {name} is missing")
                 continue
-            rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT))
+            rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT, PART_FORMAT))  # parts: #21
             problems += [f"segment {name}: {x}" for x in rep.problems]
             chunks += rep.chunks_read
             nbytes += rep.bytes_read
@@ -333,6 +336,7 @@ def _verify_segmented(p: Path) -> VerifyReport:
         if not problems:
             try:
                 sr = read_segmented(f, p)
+                sr.close()
                 keys = list(sr.fields["keys"])
                 n = len(keys)
                 if any(a >= b for a, b in itertools.pairwise(keys)):

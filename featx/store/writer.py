@@ -10,7 +10,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 
 from featx.errors import StoreError, StoreReadOnlyError
 from featx.files import atomic_write
+from featx.progress import progress_bar
 from featx.store.config import (
     GROUPS,
     StoreConfig,
@@ -29,15 +30,15 @@ from featx.store.config import (
 from featx.store.layout import (
     CHUNK_BYTES,
     COPY_ROWS,
-    FORMAT,
     PART_FORMAT,
-    SCHEMA_VERSION,
     _atomic_h5,
     _digest_attrs,
     _h5,
     _int_ds,
     _read_rows,
     _str_ds,
+    _write_attrs,
+    _write_failed,
 )
 from featx.store.lock import acquire_lock, release_lock
 from featx.store.read import StoreIndex, _open_read, _read_index, _rows
@@ -62,6 +63,11 @@ class Rows:
     failed_sha256: list[str]
     #: Extra named outputs of the pass (``--layers``): name -> (n, d_name), rows as ``keys``.
     outputs: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The rows' labels (indices into ``classes``, -1: none) and splits, when the writer of the
+    #: part knows them: a part in key order with them can become a segment as it is (#21).
+    labels: list[int] | None = None
+    split: list[str] | None = None
+    classes: tuple[str, ...] = ()
 
 
 class StoreWriter:
@@ -76,9 +82,11 @@ class StoreWriter:
         different configuration raise :class:`~featx.errors.StoreError`.
     """
 
-    def __init__(self, path: str | os.PathLike, config: StoreConfig):
+    def __init__(self, path: str | os.PathLike, config: StoreConfig, *, progress: bool = False):
         self.path = Path(path)
         self.config = config
+        #: Show a progress bar (stderr) on commits that copy many rows (a compaction).
+        self.progress = progress
         self.parts_dir = self.path.with_name(self.path.name + ".parts")
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock_fd: int | None = None
@@ -121,6 +129,8 @@ class StoreWriter:
         self._lock_fd, self._lock_key = acquire_lock(self.lock_path, self.path)
 
     def __exit__(self, *exc) -> None:
+        if self.layout is not None:  # the segment files the index read holds open
+            self.layout.close()
         if self._lock_fd is not None:
             release_lock(self.lock_path, self._lock_fd, self._lock_key)
             self._lock_fd = self._lock_key = None
@@ -200,43 +210,26 @@ class StoreWriter:
         self.require_writable()
         if not rows.keys and not rows.failed_keys:
             raise ValueError("empty part")
-        self.parts_dir.mkdir(exist_ok=True)
-        cfg_file = self.parts_dir / "config.json"
-        if not cfg_file.exists():
-            atomic_write(cfg_file, self.config.to_json())
+        self._prepare_parts()
         self._n_parts += 1
         path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
         while path.exists():
             self._n_parts += 1
             path = self.parts_dir / f"part-{self._n_parts:06d}.h5"
-        feats = np.asarray(rows.features, dtype=self.config.dtype)
-        if feats.ndim != 2:  # (0,) for a part of failures only: keep the known width
-            feats = feats.reshape(len(rows.keys), self.dim or 0)
-        if feats.shape[0] != len(rows.keys):
-            raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
-        with _atomic_h5(path) as f:
-            f.attrs["format"] = PART_FORMAT
-            f.attrs["config_hash"] = self.config.hash
-            f.create_dataset("features", data=feats)
-            for name, arr in (rows.outputs or {}).items():
-                dtype = self.config.output_dtype(name)
-                out = np.asarray(arr, dtype=dtype).reshape(len(rows.keys), -1)
-                f.create_dataset(f"{GROUPS}/{name}", data=out)
-            _str_ds(f, "paths", rows.keys)
-            g = f.create_group("fingerprint")
-            _int_ds(g, "size", rows.size)
-            _int_ds(g, "mtime_ns", rows.mtime_ns)
-            _str_ds(g, "sha256", rows.sha256)
-            fl = f.create_group("failed")
-            _str_ds(fl, "paths", rows.failed_keys)
-            _str_ds(fl, "reasons", rows.failed_reasons)
-            _int_ds(fl, "size", rows.failed_size)
-            _int_ds(fl, "mtime_ns", rows.failed_mtime_ns)
-            _str_ds(fl, "sha256", rows.failed_sha256)
-            _int_ds(f, "labels", np.full(len(rows.keys), -1))
-            _str_ds(f, "split", [""] * len(rows.keys))
-            _str_ds(f, "classes", [])
-        return path
+        return write_part_file(path, self.config, rows, self.dim)
+
+    def _prepare_parts(self) -> None:
+        self.parts_dir.mkdir(exist_ok=True)
+        cfg_file = self.parts_dir / "config.json"
+        if not cfg_file.exists():
+            atomic_write(cfg_file, self.config.to_json())
+
+    def part_sink(self, classes: tuple[str, ...], rows_per_part: int) -> PartSink:
+        """Where other processes (Ray workers) write this run's parts themselves: a picklable
+        :class:`PartSink` on this store's parts folder (which must be on storage they share)."""
+        self.require_writable()  # the folder is made by the first part (none: no folder)
+        return PartSink(str(self.parts_dir), self.config.to_json(), tuple(classes),
+                        int(rows_per_part), self.dim)  # fmt: skip
 
     # -- commit ------------------------------------------------------------------------------------
     def commit(
@@ -270,6 +263,15 @@ class StoreWriter:
             per_row=per_row,
             force_full=compact,
         )
+
+    def commit_change(self, change: Any, *, compact: bool = False) -> Path:
+        """Commit a :class:`~featx.store.segments.StoreChange` (the rows kept, written and
+        removed): a segment plus a new index, costing the change, when it is small; else (or
+        with ``compact``) one rewritten file."""
+        from featx.store import segments
+
+        self.require_writable()
+        return segments.commit_change(self, change, force_full=compact)
 
     def _merge(
         self,
@@ -342,8 +344,16 @@ class StoreWriter:
                 datasets = [("features", dim, self.config.dtype)]
                 datasets += [(g, w, self.config.dtype) for g, w in store_groups(self.config)]
                 datasets += store_outputs(self.config)
+                row_bytes = sum(w * np.dtype(t).itemsize for _, w, t in datasets)
+                bar = progress_bar(
+                    total=n * len(datasets),
+                    desc="store: compact" if target is None else "store: segment",
+                    unit="row",
+                    enabled=self.progress and n * row_bytes >= PROGRESS_BYTES,
+                    unit_scale=True,
+                )
                 for ds_name, width, dtype in datasets:
-                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds)
+                    ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds, bar)
                     spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
                     if ds_name != "features" and spec is not None:  # a cached output's spec
                         ds.attrs["spec"] = _canonical(spec)
@@ -355,6 +365,7 @@ class StoreWriter:
                             for k, v in g.items():  # more provenance (text: normalize, tokens)
                                 if k not in ("name", "pool", "dim"):
                                     ds.attrs[k] = v if isinstance(v, bool | int | float) else str(v)
+                bar.close()
                 _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():
@@ -371,23 +382,94 @@ class StoreWriter:
 
     def _write_attrs(self, f: Any, attrs: dict[str, Any], created: str, now: str) -> None:
         """The format, configuration and provenance attributes of a new store file."""
-        f.attrs["format"] = FORMAT
-        f.attrs["schema_version"] = SCHEMA_VERSION
-        f.attrs["config"] = self.config.to_json()
-        f.attrs["config_hash"] = self.config.hash
-        f.attrs["created"] = created
-        f.attrs["updated"] = now
-        for k, v in attrs.items():
-            if isinstance(v, str):
-                v = str(v)  # str subclasses (torch's TorchVersion) confuse h5py
-            elif not isinstance(v, int | float | bool):
-                v = _canonical(v)
-            f.attrs[k] = v
+        _write_attrs(f, self.config, attrs, created, now)
 
     def discard_parts(self) -> None:
         if self.parts_dir.is_dir():
             shutil.rmtree(self.parts_dir, ignore_errors=True)
         self._n_parts = 0
+
+
+def write_part_file(path: Path, config: StoreConfig, rows: Rows, dim: int | None) -> Path:
+    """Write ``rows`` as the part file ``path``, durably (complete or absent). With the layout
+    and attributes of a segment, so that a part in key order with its labels and splits can
+    become a segment as it is (:mod:`featx.store.segments`)."""
+    feats = np.asarray(rows.features, dtype=config.dtype)
+    if feats.ndim != 2:  # (0,) for a part of failures only: keep the known width
+        feats = feats.reshape(len(rows.keys), dim or 0)
+    if feats.shape[0] != len(rows.keys):
+        raise ValueError(f"{feats.shape[0]} feature rows for {len(rows.keys)} keys")
+    n = len(rows.keys)
+    labels = np.full(n, -1) if rows.labels is None else np.asarray(rows.labels, np.int64)
+    split = [""] * n if rows.split is None else list(rows.split)
+    in_order = all(a < b for a, b in zip(rows.keys, rows.keys[1:], strict=False))
+    now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
+    with _atomic_h5(path) as f:
+        _write_attrs(f, config, {}, now, now)
+        f.attrs["format"] = PART_FORMAT
+        f.attrs["n_items"] = n
+        f.attrs["n_failed"] = len(rows.failed_keys)
+        f.attrs["dim"] = int(feats.shape[1])
+        f.attrs["segment_ready"] = bool(in_order and rows.labels is not None)
+        ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
+        if n:
+            ds[...] = feats
+        for name, arr in (rows.outputs or {}).items():
+            dtype = config.output_dtype(name)
+            out = np.asarray(arr, dtype=dtype).reshape(n, -1)
+            f.create_dataset(f"{GROUPS}/{name}", data=out)
+        _str_ds(f, "paths", rows.keys, fixed=True)
+        g = f.create_group("fingerprint")
+        _int_ds(g, "size", rows.size)
+        _int_ds(g, "mtime_ns", rows.mtime_ns)
+        _str_ds(g, "sha256", rows.sha256, fixed=True)
+        _write_failed(
+            f,
+            {
+                k: (r, s, m, h)
+                for k, r, s, m, h in zip(
+                    rows.failed_keys, rows.failed_reasons, rows.failed_size,
+                    rows.failed_mtime_ns, rows.failed_sha256, strict=True,
+                )
+            },
+        )  # fmt: skip
+        _int_ds(f, "labels", labels)
+        _str_ds(f, "split", split, fixed=True)
+        _str_ds(f, "classes", rows.classes)
+        f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
+    return path
+
+
+@dataclass(frozen=True)
+class PartSink:
+    """Where a worker process writes parts of a run itself (``--engine ray``): the store's parts
+    folder (storage the cluster shares), its configuration, the source's classes, and how many
+    rows a part holds. Picklable; :meth:`write` needs no lock (names are unique)."""
+
+    parts_dir: str
+    config_json: str
+    classes: tuple[str, ...]
+    rows_per_part: int
+    dim: int | None = None
+
+    def write(self, rows: Rows) -> str:
+        """Write ``rows`` (its ``labels`` index :attr:`classes`) as a new part; its path."""
+        import uuid
+
+        folder = Path(self.parts_dir)
+        if not folder.parent.is_dir():
+            import socket
+
+            raise StoreError(
+                f"the store's folder {folder.parent} is not visible on Ray worker "
+                f"{socket.gethostname()}; put the store (--store) on storage every node shares"
+            )
+        folder.mkdir(exist_ok=True)
+        if not (folder / "config.json").exists():  # as StoreWriter.write_part does
+            atomic_write(folder / "config.json", self.config_json)
+        path = folder / f"part-w{uuid.uuid4().hex[:12]}.h5"
+        cfg = StoreConfig.from_json(self.config_json)
+        return str(write_part_file(path, cfg, replace(rows, classes=self.classes), self.dim))
 
 
 #: Attributes a commit writes itself; compaction carries every other attribute over.
@@ -411,7 +493,7 @@ _STRUCTURAL_ATTRS = frozenset(
 )
 
 
-def compact_store(path: str | os.PathLike) -> dict[str, Any]:
+def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[str, Any]:
     """Merge a segmented store's segments into one file without its dead rows (``featx compact``).
 
     The same atomic commit as an extraction's (a new file renamed over the index, then the
@@ -435,7 +517,7 @@ def compact_store(path: str | os.PathLike) -> dict[str, Any]:
         n_dead = int(f.attrs.get("n_dead", 0))
         meta = {k: _attr_value(v) for k, v in f.attrs.items() if k not in _STRUCTURAL_ATTRS}
     t0 = time.perf_counter()
-    with StoreWriter(p, config) as w:
+    with StoreWriter(p, config, progress=progress) as w:
         if w.parts_dir.is_dir() and any(w.parts_dir.glob("part-*.h5")):
             raise StoreError(
                 f"{p} has an unfinished extraction ({w.parts_dir.name}); run the same "
@@ -484,17 +566,13 @@ def compact_store(path: str | os.PathLike) -> dict[str, Any]:
 COPY_BYTES = 64 << 20
 
 
-def _copy_rows(
-    f: Any, name: str, width: int, dtype: str, wheres: np.ndarray, srcrow: np.ndarray, source_ds
-) -> Any:
-    """Dataset ``name`` of a new store: row i copied from row ``srcrow[i]`` of ``wheres[i]``
-    (the old store or a part), in blocks, each source read in row order."""
-    n = len(wheres)
-    itemsize = np.dtype(dtype).itemsize
-    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * itemsize)))
-    # LZF without byte-shuffle: measured on dense float features it reads at ~2 GB/s,
-    # while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain (BENCHMARKS.md).
-    ds = f.create_dataset(
+def _features_ds(f: Any, name: str, width: int, dtype: str, n: int) -> Any:
+    """An empty (n, width) feature dataset as every store file has it: ~8 MB row chunks,
+    LZF-compressed (without byte-shuffle: measured on dense float features it reads at
+    ~2 GB/s, while shuffle cut reads to ~0.35 GB/s for a 1.09x size gain, BENCHMARKS.md),
+    Fletcher-32 per chunk."""
+    rows_per_chunk = max(1, min(n, CHUNK_BYTES // max(1, width * np.dtype(dtype).itemsize)))
+    return f.create_dataset(
         name,
         shape=(n, width),
         dtype=dtype,
@@ -502,6 +580,27 @@ def _copy_rows(
         compression="lzf" if n else None,
         fletcher32=bool(n),
     )
+
+
+#: Commits that copy at least this many feature bytes show a progress bar (with ``progress``).
+PROGRESS_BYTES = 256 << 20
+
+
+def _copy_rows(
+    f: Any,
+    name: str,
+    width: int,
+    dtype: str,
+    wheres: np.ndarray,
+    srcrow: np.ndarray,
+    source_ds: Any,
+    bar: Any = None,
+) -> Any:
+    """Dataset ``name`` of a new store: row i copied from row ``srcrow[i]`` of ``wheres[i]``
+    (the old store or a part), in blocks, each source read in row order."""
+    n = len(wheres)
+    itemsize = np.dtype(dtype).itemsize
+    ds = _features_ds(f, name, width, dtype, n)
     step = max(1, min(COPY_ROWS, COPY_BYTES // max(1, width * itemsize)))  # wide rows: ~64 MB
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -516,19 +615,21 @@ def _copy_rows(
             tmp[order] = vals
             block[m] = tmp
         ds[a:b] = block
+        if bar is not None:
+            bar.update(b - a)
     return ds
 
 
 def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
     """The row index, the per-row extras and the failures of a new store file."""
-    _str_ds(f, "paths", keys)
+    _str_ds(f, "paths", keys, fixed=True)
     _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
-    _str_ds(f, "split", [split.get(k, "") for k in keys])
+    _str_ds(f, "split", [split.get(k, "") for k in keys], fixed=True)
     _str_ds(f, "classes", classes)
     g = f.create_group("fingerprint")
     _int_ds(g, "size", [fingerprints[k][0] for k in keys])
     _int_ds(g, "mtime_ns", [fingerprints[k][1] for k in keys])
-    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys])
+    _str_ds(g, "sha256", [fingerprints[k][2] for k in keys], fixed=True)
     for name, values in (per_row or {}).items():
         grp, _, leaf = name.rpartition("/")
         where = f.require_group(grp) if grp else f
@@ -536,10 +637,4 @@ def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
             _str_ds(where, leaf, [values.get(k, "") for k in keys])
         else:
             _int_ds(where, leaf, [values.get(k, -1) for k in keys])
-    fkeys = sorted(failed)
-    fl = f.create_group("failed")
-    _str_ds(fl, "paths", fkeys)
-    _str_ds(fl, "reasons", [failed[k][0] for k in fkeys])
-    _int_ds(fl, "size", [failed[k][1] for k in fkeys])
-    _int_ds(fl, "mtime_ns", [failed[k][2] for k in fkeys])
-    _str_ds(fl, "sha256", [failed[k][3] for k in fkeys])
+    _write_failed(f, failed)
