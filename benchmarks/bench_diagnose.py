@@ -12,6 +12,8 @@ authors for research), the headlines embedded with the bundled all-MiniLM-L6-v2.
               issues and cleanlab's ``find_label_issues`` on the *same* probabilities
               (cleanlab: Apache-2.0, ``pip install cleanlab``, used here only).
 ``duplicates`` recall of the planted cross-split copies and the threshold calibration table.
+``neighbours`` recall@1/10/50 and time of the approximate searches (ivf, faiss) against exact
+              search on 1,000 sampled queries, on synthetic rows or a store's real embeddings.
 ``speed``     time and peak memory of ``featx.diagnose`` on synthetic 100k x 1280 rows (each
               configuration in its own process, peak RSS from ``getrusage``).
 
@@ -119,8 +121,8 @@ def labels(args: argparse.Namespace) -> dict:
 
     import featx
     from featx.diagnostics.checks import confident_learning
-    from featx.diagnostics.core import _VOTE_NEIGHBOURS, _oof_probabilities, neighbour_vote
     from featx.diagnostics.neighbors import knn, unit_rows
+    from featx.diagnostics.oof import VOTE_NEIGHBOURS, neighbour_vote, oof_probabilities
 
     fs0 = featx.load_features(_store())
     orig = np.array([not str(k).startswith("dup_") for k in fs0.keys])
@@ -129,7 +131,7 @@ def labels(args: argparse.Namespace) -> dict:
     )
     K = len(fs0.classes)
     # the neighbour graph diagnose searches (centred cosine), for the leave-one-out knn vote
-    nb, nb_sim = knn(unit_rows(fs0.X - fs0.X.mean(axis=0)), _VOTE_NEIGHBOURS)
+    nb, nb_sim = knn(unit_rows(fs0.X - fs0.X.mean(axis=0)), VOTE_NEIGHBOURS)
     rows_out = []
     for rate in (0.05, 0.10):
         for seed in range(args.seeds):
@@ -151,7 +153,7 @@ def labels(args: argparse.Namespace) -> dict:
                 vote = None
                 if args.graph_knn and "knn" in head.split(","):
                     vote, _ = neighbour_vote(nb, nb_sim, y, np.arange(n), K)
-                P = _oof_probabilities(fs, np.arange(n), opts, opts.folds, _Bar(), vote=vote)
+                P = oof_probabilities(fs.X, np.arange(n), y, K, opts, opts.folds, _Bar(), vote=vote)
                 tag = head.replace(",", "+") + ("_graph" if vote is not None else "")
                 np.save(OUT / f"oof_{rate}_{seed}_{tag}.npy", P)
                 t_oof = time.perf_counter() - t
@@ -258,7 +260,10 @@ import numpy as np
 import featx
 from featx.features import FeatureSet
 n, dim, K = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-head, index = sys.argv[4], sys.argv[5]
+head, index, threads = sys.argv[4], sys.argv[5], sys.argv[6]
+if threads != "auto":  # a fixed thread count instead of the load policy (for comparisons)
+    from featx.heads import _torch
+    _torch.busy_elsewhere = lambda *a, **k: float(_torch.usable_cpus() - int(threads))
 rng = np.random.default_rng(0)
 centres = rng.normal(size=(K, dim)).astype(np.float32)
 y = rng.integers(0, K, n)
@@ -272,14 +277,19 @@ split = np.where(rng.random(n) < 0.8, "train", "test")
 keys = np.array([f"r{i:07d}" for i in range(n)])
 classes = tuple(f"c{i}" for i in range(K))
 fs = FeatureSet(X=X, y=y.astype(np.int64), classes=classes, split=split, keys=keys)
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
+base = ru0.ru_maxrss
 t = time.perf_counter()
 d = featx.diagnose(fs, head=head, index=index, map="none")
 secs = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ru = resource.getrusage(resource.RUSAGE_SELF)
+cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+peak = ru.ru_maxrss
 s = d.summary()
 print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.index,
-    "seconds": round(secs, 1), "stages": s["seconds"], "peak_rss_gb": round(peak / 2**20, 2),
+    "threads": threads,
+    "seconds": round(secs, 1), "cpu_s": round(cpu, 1), "stages": s["seconds"],
+    "peak_rss_gb": round(peak / 2**20, 2),
     "data_gb": round(X.nbytes / 2**30, 2), "rss_before_gb": round(base / 2**20, 2),
     "leaked": s["leaked_items"], "planted_leaks_min": int((split[: n // 100] == "test").sum()),
     "label_issues": s["label_issues"], "outliers": s["outliers"]}))
@@ -288,27 +298,92 @@ print(json.dumps({"n": n, "dim": dim, "classes": K, "head": head, "index": d.ind
 
 def speed(args: argparse.Namespace) -> dict:
     out = []
-    for head in args.heads.split(","):
+    runs = [
+        (head, index, threads)
+        for _ in range(args.repeats)
+        for head in args.heads.split(";")
+        for index in args.indexes.split(",")
+        for threads in args.threads.split(",")
+    ]
+    for head, index, threads in runs:
+        cmd = [
+            sys.executable,
+            "-c",
+            _SPEED_CHILD,
+            str(args.n),
+            str(args.dim),
+            str(args.classes),
+            head,
+            index,
+            threads,
+        ]
+        load0 = os.getloadavg()[0]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        if r.returncode:
+            print(r.stderr[-2000:], file=sys.stderr)
+            continue
+        row = json.loads(r.stdout.strip().splitlines()[-1])
+        row["load_avg_before_after"] = [round(load0, 2), round(os.getloadavg()[0], 2)]
+        print(json.dumps(row), flush=True)
+        out.append(row)
+    (OUT / f"speed_{args.n}.json").write_text(json.dumps(out, indent=2))
+    return {"rows": out}
+
+
+def _synthetic(n: int, dim: int, K: int, spread: float = 0.35) -> np.ndarray:
+    """The speed run's rows: K class centres plus isotropic noise, 1 % exact copies."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(K, dim)).astype(np.float32)
+    y = rng.integers(0, K, n)
+    X = np.empty((n, dim), np.float32)
+    for s in range(0, n, 10000):
+        e = min(n, s + 10000)
+        noise = rng.normal(size=(e - s, dim)).astype(np.float32) / np.sqrt(dim) * 4
+        X[s:e] = centres[y[s:e]] * spread + noise
+    X[: n // 100] = X[n // 2 : n // 2 + n // 100]
+    return X
+
+
+def neighbours(args: argparse.Namespace) -> dict:
+    """Recall and time of the approximate searches against exact search on sampled queries."""
+    import resource
+
+    import featx
+    from featx.diagnostics.neighbors import faiss_available, knn, unit_rows
+
+    sets = {}
+    for spec in args.data:
+        if spec.startswith("synthetic:"):
+            _, n, K = spec.split(":")
+            sets[spec] = _synthetic(int(n), args.dim, int(K))
+        else:  # a store: its real embeddings
+            sets[spec] = np.asarray(featx.load_features(spec).X, dtype=np.float32)
+    out = []
+    rng = np.random.default_rng(1)
+    for name, X in sets.items():
+        Xn = unit_rows(X - X.mean(axis=0))
+        qs = np.sort(rng.choice(len(Xn), min(1000, len(Xn)), replace=False))
+        S = Xn[qs] @ Xn.T
+        S[np.arange(len(qs)), qs] = -np.inf
+        truth = np.argsort(-S, axis=1, kind="stable")[:, : args.k]
         for index in args.indexes.split(","):
-            cmd = [
-                sys.executable,
-                "-c",
-                _SPEED_CHILD,
-                str(args.n),
-                str(args.dim),
-                str(args.classes),
-                head,
-                index,
-            ]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-            if r.returncode:
-                print(r.stderr[-2000:], file=sys.stderr)
+            if index == "faiss" and not faiss_available():
                 continue
-            row = json.loads(r.stdout.strip().splitlines()[-1])
-            row["load_avg"] = os.getloadavg()[0]
+            ru0, t = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+            idx, _ = knn(Xn, args.k, index=index)
+            secs = time.perf_counter() - t
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            cpu = ru.ru_utime + ru.ru_stime - ru0.ru_utime - ru0.ru_stime
+            got = idx[qs]
+            row = {"data": name, "rows": len(Xn), "index": index, "seconds": round(secs, 1)}
+            row["cpu_s"] = round(cpu, 1)
+            for k in sorted({1, 10, args.k}):
+                rec = [len(set(a[:k]) & set(b[:k])) / k for a, b in zip(got, truth, strict=True)]
+                row[f"recall@{k}"] = round(float(np.mean(rec)), 4)
+            row["load_avg"] = round(os.getloadavg()[0], 2)
             print(json.dumps(row), flush=True)
             out.append(row)
-    (OUT / f"speed_{args.n}.json").write_text(json.dumps(out, indent=2))
+    (OUT / "neighbours.json").write_text(json.dumps(out, indent=2))
     return {"rows": out}
 
 
@@ -327,15 +402,33 @@ def main() -> None:
     )
     p = sub.add_parser("duplicates")
     p.add_argument("--thresholds", type=float, nargs="+", default=[0.9, 0.95, 0.97, 0.98, 0.99])
+    p = sub.add_parser("neighbours")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["synthetic:100000:100"],
+        help="synthetic:ROWS:CLASSES (the speed run's rows) or store paths (real embeddings)",
+    )
+    p.add_argument("--dim", type=int, default=1280)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--indexes", default="ivf,faiss")
     p = sub.add_parser("speed")
     p.add_argument("--n", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=1280)
     p.add_argument("--classes", type=int, default=100)
-    p.add_argument("--heads", default="ridge")
-    p.add_argument("--indexes", default="auto")
+    p.add_argument("--heads", default="ridge,knn", help="';'-separated --head values")
+    p.add_argument("--indexes", default="auto", help="','-separated")
+    p.add_argument(
+        "--threads",
+        default="auto",
+        help="','-separated: auto (the load policy) or a fixed count; alternated per repeat",
+    )
+    p.add_argument("--repeats", type=int, default=1)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}[args.cmd](args)
+    cmds = {"prepare": prepare, "labels": labels, "duplicates": duplicates, "speed": speed}
+    cmds["neighbours"] = neighbours
+    cmds[args.cmd](args)
 
 
 if __name__ == "__main__":

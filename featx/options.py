@@ -78,8 +78,8 @@ DEFAULT_REFIT = "all"
 #: (a plugin may register more).
 ENGINES: tuple[str, ...] = ("local", "ray")
 #: Nearest-neighbour search of ``featx diagnose``: exact below ``DIAGNOSE_EXACT_MAX`` rows (auto),
-#: else an approximate index from the optional extra ``featx[ann]`` (faiss-cpu) when installed.
-NEIGHBOR_INDEXES: tuple[str, ...] = ("auto", "exact", "faiss")
+#: else featx's inverted file (``ivf``, matrix products); faiss-cpu (``featx[ann]``) on request.
+NEIGHBOR_INDEXES: tuple[str, ...] = ("auto", "exact", "ivf", "faiss")
 #: Rows up to which ``index="auto"`` searches exactly (blocked matrix products).
 DIAGNOSE_EXACT_MAX = 20_000
 #: The 2-D map of ``featx diagnose``: umap (when umap-learn is installed), t-SNE, PCA or none.
@@ -689,8 +689,9 @@ class DiagnoseOptions(_Spec):
     folds: int = option(5, "Stratified folds of the out-of-fold probabilities.", min=2)
     index: str = option(
         "auto",
-        f"Neighbour search: exact, faiss (pip install 'featx[ann]'), or auto: exact up to "
-        f"{DIAGNOSE_EXACT_MAX} rows, faiss above when installed.",
+        f"Neighbour search: exact, ivf (approximate: an inverted file searched by matrix "
+        f"products), faiss (pip install 'featx[ann]'), or auto: exact up to "
+        f"{DIAGNOSE_EXACT_MAX} rows, ivf above.",
         choices=NEIGHBOR_INDEXES,
     )
     map: str = option(

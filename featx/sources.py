@@ -590,6 +590,13 @@ def _scan_torchvision(name: str, root: str | None, download: bool) -> Source:
     )
 
 
+def _open_torchvision(spec: str, req: SourceRequest) -> Source:
+    """``torchvision:NAME``, or ``torchvision:NAME@ROOT`` as a store records it (so a recorded
+    source opens again as it was written; ``--root`` wins over the recorded root)."""
+    name, _, root = spec.split(":", 1)[1].partition("@")
+    return _scan_torchvision(name, req.root or root or None, req.download)
+
+
 def _targets(ds: Any):
     for attr in ("targets", "labels", "_labels", "y"):
         t = getattr(ds, attr, None)
@@ -637,7 +644,7 @@ register_source_kind(
     SourceKind(
         "torchvision",
         claims=lambda s, req: s.startswith("torchvision:"),
-        open=lambda s, req: _scan_torchvision(s.split(":", 1)[1], req.root, req.download),
+        open=lambda s, req: _open_torchvision(s, req),
     )
 )
 register_source_kind(SourceKind("uri", claims=lambda s, req: is_uri(s), open=_open_uri))

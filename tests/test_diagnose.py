@@ -81,11 +81,46 @@ def test_faiss_index_agrees_with_exact_search():
     assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ie, ia, strict=True)]) > 0.9
 
 
-def test_duplicate_groups_are_transitive_and_need_the_threshold():
-    idx = np.array([[1, 2], [2, 0], [1, 0], [0, 1]])
-    sim = np.array([[0.99, 0.5], [0.995, 0.99], [0.995, 0.5], [0.3, 0.2]], dtype=np.float32)
-    assert duplicate_groups(idx, sim, 0.98) == [[0, 1, 2]]
-    assert duplicate_groups(idx, sim, 0.999) == []
+def test_ivf_index_agrees_with_exact_search():
+    """The built-in inverted file: copies found, similarities exact, neighbours nearly all."""
+    rng = np.random.default_rng(5)
+    centres = rng.normal(size=(20, 32))
+    X = unit_rows(centres[rng.integers(0, 20, 2500)] * 2 + rng.normal(size=(2500, 32)))
+    X[1000:1010] = X[:10]
+    ie, _ = knn(X, 5, index="exact")
+    ia, sa = knn(X, 5, index="ivf")
+    assert (ia[:10, 0] == np.arange(1000, 1010)).all() and (sa[:10, 0] > 0.9999).all()
+    np.testing.assert_allclose(sa, np.take_along_axis(X @ X.T, ia, axis=1), atol=1e-5)
+    assert (ia != np.arange(2500)[:, None]).all()  # never its own neighbour
+    assert np.mean([len(set(a) & set(b)) / 5 for a, b in zip(ie, ia, strict=True)]) > 0.9
+    assert resolve_index("auto", 30_000) == "ivf" and resolve_index("ivf", 2000) == "exact"
+
+
+def _angles(deg):
+    """Unit vectors in the plane at these angles (cosine of two = cos of their difference)."""
+    t = np.radians(np.asarray(deg, dtype=np.float64))
+    return np.column_stack([np.cos(t), np.sin(t)]).astype(np.float32)
+
+
+def test_duplicate_groups_need_every_pair_above_the_threshold():
+    """A chain 0 - 12 - 30 degrees (cos 0.978 and 0.951 between neighbours, 0.866 end to end) at
+    threshold 0.94: chaining the links would give one group of three; a group means every two
+    members are near-duplicates, so 30 stays out. A close trio (0, 3, 6) is one group."""
+    X = _angles([0, 12, 30, 90, 93, 96, 180])
+    idx, sim = knn(X, 2)
+    assert duplicate_groups(X, idx, sim, 0.94) == [[0, 1], [3, 4, 5]]
+    assert duplicate_groups(X, idx, sim, 0.9999) == []
+
+
+def test_a_tight_cluster_is_not_one_duplicate_group():
+    """80 items spread along an arc, each within the threshold of its neighbours only: the
+    groups stay small and every member of a group is similar to every other."""
+    X = _angles(np.linspace(0, 40, 80))
+    idx, sim = knn(X, 10)
+    groups = duplicate_groups(X, idx, sim, 0.999)  # about 2.6 degrees
+    assert groups and max(len(g) for g in groups) <= 6
+    for g in groups:
+        assert (X[g] @ X[g].T).min() >= 0.999 - 1e-6
 
 
 def test_confident_learning_finds_confident_flips_only():
@@ -119,6 +154,30 @@ def test_confident_learning_agrees_with_cleanlab():
         assert (ours != theirs).sum() <= 1  # a count rounded the other way at an exact .5
         same += bool((ours == theirs).all())
     assert same >= 38
+
+
+@pytest.mark.parametrize("K, offset", [(2, 50.0), (4, 0.0)])
+def test_ridge_oof_is_the_ridge_head_per_fold(K, offset):
+    """diagnose's ridge from fold statistics: the head's alpha (leave-one-out on the first
+    fold) and, in every fold, the head's decision values and probabilities at that alpha on the
+    held-out rows (a large common offset and a constant column included)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from featx.diagnostics.oof import ridge_oof
+    from featx.heads import make_head
+
+    rng = np.random.default_rng(K)
+    y = rng.integers(0, K, 240)
+    X = (rng.normal(size=(K, 12))[y] + 2 * rng.normal(size=(240, 12)) + offset).astype(np.float32)
+    X[:, 3] = 7.0
+    folds = list(StratifiedKFold(4, shuffle=True, random_state=0).split(X, y))
+    P, alpha, scores = ridge_oof(X, y, folds)
+    assert alpha == make_head("ridge").fit(X[folds[0][0]], y[folds[0][0]])[-1].alpha_
+    for tr, te in folds:
+        head = make_head("ridge", {"alpha": alpha}).fit(X[tr], y[tr])
+        ref = head.decision_function(X[te])
+        np.testing.assert_allclose(scores[te].reshape(ref.shape), ref, rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(P[te], head.predict_proba(X[te]), atol=1e-4)
 
 
 def test_robust_z_ignores_the_outliers_it_scores():
@@ -395,6 +454,11 @@ def test_cli_diagnose_report_and_cleaned_compare(image_store, tmp_path):
     )
     assert r.exit_code == 0, r.output
     assert "without 1 leaked test item(s)" in r.output and "without leaked" in r.output
+    # the change table is aligned text like the leaderboards, not raw Markdown
+    lines = r.output.splitlines()
+    top = next(i for i, ln in enumerate(lines) if ln.startswith("store") and "change" in ln)
+    assert "|" not in "".join(lines[top : top + 3])
+    assert len(lines[top + 2]) == len(lines[top])  # numbers right-aligned under the header
 
 
 def test_extract_with_a_manifest_stores_the_cleaned_source(image_store, tmp_path):
@@ -435,6 +499,42 @@ def test_pipeline_diagnose_step(image_store, tmp_path):
     toml.write_text(toml.read_text().replace("folds = 3", "fold = 3"))
     r = CliRunner().invoke(cli, ["run", str(toml), "-q"])
     assert r.exit_code == 1 and "unknown key 'fold' in [diagnose]" in r.output
+
+
+def test_torchvision_store_report_shows_thumbnails(tmp_path, fake_backbone_family):
+    """A torchvision source (a tiny MNIST planted in a temporary root, one test image a copy of
+    a training image): the report reopens the dataset from the root the store recorded."""
+    pytest.importorskip("torchvision")
+    raw = tmp_path / "mnist" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(8, 28, 28), dtype=np.uint8)
+    test = rng.integers(0, 256, size=(3, 28, 28), dtype=np.uint8)
+    test[0] = train[2]
+    for prefix, imgs in (("train", train), ("t10k", test)):
+        labels = np.arange(len(imgs), dtype=np.uint8) % 2
+        labels[0] = 0 if prefix == "t10k" else labels[0]
+        hdr = np.array([0x0803, len(imgs), 28, 28], dtype=">i4").tobytes()
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(hdr + imgs.tobytes())
+        hdr = np.array([0x0801, len(imgs)], dtype=">i4").tobytes()
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(hdr + labels.tobytes())
+    store, rep = tmp_path / "m.h5", tmp_path / "rep"
+    runner = CliRunner()
+    r = runner.invoke(
+        cli,
+        ["extract", "torchvision:MNIST", "--root", str(tmp_path / "mnist"), "-b", "tiny"]
+        + ["--store", str(store), "--workers", "0", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        cli,
+        ["diagnose", str(store), "--report", str(rep), "--head", "centroid", "--map", "none"]
+        + ["--folds", "2", "--duplicate-threshold", "0.9999", "-q"],
+    )
+    assert r.exit_code == 0, r.output
+    page = (rep / "report.html").read_text()
+    assert "could not be opened" not in page and "keys only" not in page
+    assert 'alt="test/0000000" src="data:image/png;base64,' in page
 
 
 def test_cli_one_class_store_is_a_one_line_error(tmp_path, fake_backbone_family):

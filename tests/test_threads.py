@@ -79,3 +79,28 @@ def test_cpu_threads_lowers_and_restores(monkeypatch):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_cpu_threads_for_load_limits_blas_and_torch(monkeypatch):
+    """diagnose's policy: BLAS and torch both drop to the free cores, and both come back."""
+    torch = pytest.importorskip("torch")
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    blas_before = blas_threads()
+    try:
+        monkeypatch.setattr(_torch, "usable_cpus", lambda: 2)
+        monkeypatch.setattr(_torch, "busy_elsewhere", lambda: 1.0)
+        with _torch.cpu_threads_for_load() as n:
+            assert n == 1 and torch.get_num_threads() == 1
+            assert set(blas_threads()) == {1}
+        assert torch.get_num_threads() == 2 and blas_threads() == blas_before
+        monkeypatch.setattr(_torch, "busy_elsewhere", lambda: 0.0)
+        with _torch.cpu_threads_for_load() as n:
+            assert n == 2 and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -4,8 +4,9 @@ label issues, k-th-neighbour outliers and class overlap.
 Examples
 --------
 >>> import numpy as np
->>> idx = np.array([[1], [0], [0]]); sim = np.array([[0.999], [0.999], [0.2]], np.float32)
->>> duplicate_groups(idx, sim, 0.99)
+>>> X = np.array([[1, 0], [0.9995, 0.0316], [0, 1]], np.float32)
+>>> idx = np.array([[1], [0], [0]]); sim = np.array([[0.9995], [0.9995], [0.0]], np.float32)
+>>> duplicate_groups(X, idx, sim, 0.99)
 [[0, 1]]
 >>> robust_z(np.array([1.0, 1.1, 0.9, 1.0, 5.0])).round(1).tolist()
 [0.0, 0.7, -0.7, 0.0, 27.0]
@@ -28,32 +29,41 @@ __all__ = [
 # ---------------------------------------------------------------------------------------------
 
 
-def duplicate_groups(idx: np.ndarray, sim: np.ndarray, threshold: float) -> list[list[int]]:
-    """Connected components of the graph "j is among i's neighbours with similarity >= threshold".
+def duplicate_groups(
+    X: np.ndarray, idx: np.ndarray, sim: np.ndarray, threshold: float
+) -> list[list[int]]:
+    """Groups of near-duplicates: every two members of a group have similarity >= ``threshold``.
+
+    Candidate links are "j is among i's neighbours (``idx``/``sim``) with similarity >=
+    threshold", taken strongest first (ties by row); a link joins two groups only if every
+    member of one is that similar to every member of the other (complete linkage, checked on
+    the unit rows ``X``). Merely chaining the links (connected components) would put a whole
+    tight cluster into one group, each item a near-duplicate only of its neighbours.
 
     Returns groups of at least two rows, each sorted, ordered by their first row.
     """
-    n = idx.shape[0]
-    parent = np.arange(n)
-
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:  # path compression
-            parent[a], a = root, parent[a]
-        return root
-
     rows, cols = np.nonzero((sim >= threshold) & (idx >= 0))
-    for i, j in zip(rows.tolist(), idx[rows, cols].tolist(), strict=True):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
     if len(rows) == 0:
         return []
+    a, b = rows, idx[rows, cols]
+    w = sim[rows, cols].astype(np.float64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((hi, lo, -w))
+    group: dict[int, int] = {}  # row -> group id (the group's first row)
     members: dict[int, list[int]] = {}
-    for i in np.unique(np.concatenate([rows, idx[rows, cols]])).tolist():
-        members.setdefault(find(i), []).append(i)
+    for i, j in zip(lo[order].tolist(), hi[order].tolist(), strict=True):
+        gi, gj = group.get(i, i), group.get(j, j)
+        if gi == gj:
+            continue
+        mi, mj = members.get(gi, [i]), members.get(gj, [j])
+        if len(mi) * len(mj) > 1 and float((X[mi] @ X[mj].T).min()) < threshold:
+            continue
+        keep, drop = min(gi, gj), max(gi, gj)
+        merged = mi + mj
+        members[keep] = merged
+        members.pop(drop, None)
+        for r in merged:
+            group[r] = keep
     return sorted((sorted(g) for g in members.values() if len(g) > 1), key=lambda g: g[0])
 
 

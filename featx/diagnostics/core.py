@@ -49,7 +49,8 @@ from featx.diagnostics.checks import (
     neighbour_overlap,
     robust_z,
 )
-from featx.diagnostics.neighbors import knn, resolve_index, unit_rows
+from featx.diagnostics.neighbors import knn, resolve_index
+from featx.diagnostics.oof import VOTE_NEIGHBOURS, head_names, neighbour_vote, oof_probabilities
 from featx.errors import FeatxError
 from featx.features import FeatureSet
 from featx.options import DiagnoseOptions, EvalProtocol
@@ -61,12 +62,6 @@ EXACT_SIMILARITY = 0.99999
 #: Neighbours kept per item for duplicate groups (a bigger group is still found: it is
 #: connected through its members' lists).
 _DUP_NEIGHBOURS = 10
-#: Neighbours searched per item when ``knn`` is among the label-check heads: its out-of-sample
-#: vote comes from this graph (leave-one-out), k chosen among ``_VOTE_KS``.
-_VOTE_NEIGHBOURS = 50
-_VOTE_KS = (1, 3, 5, 10, 20, 50)
-#: Sharpness of the neighbour votes (the ``knn`` head's: DINO's value).
-_VOTE_TEMPERATURE = 0.07
 #: Order in which a duplicate group keeps one member: the training copy first.
 _KEEP_ORDER = {"train": 0, "val": 1, "": 2, "test": 3}
 
@@ -91,7 +86,9 @@ class DuplicateGroup:
     keys, labels, splits : tuple of str
         Per member; label ``""`` for unlabelled items, split ``""`` without one.
     min_similarity : float
-        The smallest similarity of the links that join the group (its weakest link).
+        The smallest similarity between two members (every pair is at least this similar:
+        groups are joined by complete linkage, see
+        :func:`~featx.diagnostics.checks.duplicate_groups`).
     exact : bool
         Every link is an exact copy (similarity >= 0.99999).
     leak : bool
@@ -322,98 +319,9 @@ def _is_leak(splits: Sequence[str]) -> bool:
     return ("test" in s and bool(s & {"train", "val"})) or ({"train", "val"} <= s)
 
 
-def head_names(opts: DiagnoseOptions) -> list[str]:
-    """The heads of ``opts.head`` (``"ridge,knn"`` -> ``["ridge", "knn"]``), checked by name."""
-    from featx.heads import list_heads
-
-    names = [h.strip() for h in str(opts.head).split(",") if h.strip()]
-    known = set(list_heads())
-    for h in names:
-        if h not in known:
-            raise FeatxError(
-                f"unknown head {h!r} in --head; choose from {', '.join(sorted(known))}"
-            )
-    if not names:
-        raise FeatxError("--head names no head; e.g. --head ridge,knn")
-    return names
-
-
-def neighbour_vote(
-    nb: np.ndarray, sim: np.ndarray, y: np.ndarray, rows: np.ndarray, K: int
-) -> tuple[np.ndarray, int]:
-    """Leave-one-out class probabilities of ``rows`` from the neighbour graph: the
-    similarity-weighted vote (``exp((cos - 1) / 0.07)``, as the ``knn`` head weighs) of each
-    item's k nearest other items among ``rows``, k chosen among 1..50 by leave-one-out accuracy
-    against the given labels.
-
-    ``nb`` / ``sim``: neighbours (row indices of the feature set, -1 for none) of every row.
-    """
-    inside = np.zeros(len(y), dtype=bool)
-    inside[rows] = True
-    idx = nb[rows]
-    ok = (idx >= 0) & inside[np.maximum(idx, 0)]
-    lab = np.where(ok, y[np.maximum(idx, 0)], 0)
-    w_all = np.where(ok, np.exp((sim[rows].astype(np.float64) - 1.0) / _VOTE_TEMPERATURE), 0.0)
-    best: tuple[float, int, np.ndarray] | None = None
-    m = len(rows)
-    for k in _VOTE_KS:
-        if k > idx.shape[1]:
-            break
-        P = np.zeros((m, K))
-        np.add.at(P, (np.repeat(np.arange(m), k), lab[:, :k].ravel()), w_all[:, :k].ravel())
-        tot = P.sum(axis=1, keepdims=True)
-        P = np.divide(P, tot, out=np.full_like(P, 1.0 / K), where=tot > 0)
-        acc = float((P.argmax(axis=1) == y[rows]).mean())
-        if best is None or acc > best[0] + 1e-12:
-            best = (acc, k, P)
-    assert best is not None
-    return best[2], best[1]
-
-
-def _oof_probabilities(
-    fs: FeatureSet,
-    rows: np.ndarray,
-    opts: DiagnoseOptions,
-    folds: int,
-    bar: Any,
-    vote: np.ndarray | None = None,
-) -> np.ndarray:
-    """Out-of-fold class probabilities of ``rows`` (K columns, the store's classes): the mean of
-    the heads named in ``opts.head`` (comma-separated), each fitted on the same folds. ``knn``
-    is the leave-one-out neighbour vote ``vote`` (:func:`neighbour_vote`) when given: the same
-    estimate as fitting the head per fold, from the neighbour search already done."""
-    from sklearn.model_selection import StratifiedKFold
-
-    from featx.heads import make_head
-
-    K = len(fs.classes)
-    y = fs.y[rows]
-    X = fs.X[rows]
-    heads = head_names(opts)
-    P = np.zeros((len(rows), K), dtype=np.float64)
-    if vote is not None and "knn" in heads:
-        P += vote / len(heads)
-    fitted = [h for h in heads if not (vote is not None and h == "knn")]
-    skf = StratifiedKFold(n_splits=folds, shuffle=True, random_state=opts.seed)
-    for tr, te in skf.split(np.zeros(len(rows)), y):
-        for name in fitted:
-            est = make_head(name, random_state=opts.seed)
-            if not hasattr(est, "predict_proba"):
-                raise FeatxError(
-                    f"head {name!r} gives no probabilities; use e.g. --head ridge,knn or logreg"
-                )
-            est.fit(X[tr], y[tr])
-            proba = np.asarray(est.predict_proba(X[te]), dtype=np.float64)
-            cols = np.asarray(est.classes_, dtype=np.int64)
-            P[np.ix_(te, cols)] += proba / len(heads)
-            bar.update(1)
-    P = np.clip(P, 0.0, None)
-    s = P.sum(axis=1, keepdims=True)
-    return np.divide(P, s, out=np.full_like(P, 1.0 / K), where=s > 0)
-
-
 def _duplicates(
     good: np.ndarray,
+    Xn: np.ndarray,
     nb_local: np.ndarray,
     nb_sim: np.ndarray,
     split: Sequence[str],
@@ -421,20 +329,15 @@ def _duplicates(
     label_of: Sequence[str],
     opts: DiagnoseOptions,
 ) -> tuple[list[DuplicateGroup], list[Flag]]:
-    """Duplicate groups and a flag (leak or duplicate, action exclude) per member not kept."""
-    k_all = nb_local.shape[1]
+    """Duplicate groups and a flag (leak or duplicate, action exclude) per member not kept.
+
+    ``Xn``: the unit rows of ``good`` that ``nb_local`` / ``nb_sim`` index."""
     groups: list[DuplicateGroup] = []
     flags: list[Flag] = []
-    for g_local in duplicate_groups(nb_local, nb_sim, opts.duplicate_threshold):
+    for g_local in duplicate_groups(Xn, nb_local, nb_sim, opts.duplicate_threshold):
         rows = good[np.asarray(g_local)]
-        in_g = set(g_local)
-        link = [
-            float(nb_sim[a, c])
-            for a in g_local
-            for c in range(k_all)
-            if nb_local[a, c] in in_g and nb_sim[a, c] >= opts.duplicate_threshold
-        ]
-        min_sim = min(link) if link else 1.0
+        S = Xn[g_local] @ Xn[g_local].T
+        min_sim = float(S[np.triu_indices(len(g_local), 1)].min())
         sp = tuple(split[r] for r in rows)
         keep = int(min(rows, key=lambda r: (_KEEP_ORDER.get(split[r], 2), keys[r])))
         grp = DuplicateGroup(
@@ -470,6 +373,15 @@ def _duplicates(
     return groups, flags
 
 
+def _centred_unit_rows(X: np.ndarray, good: np.ndarray) -> np.ndarray:
+    """Unit rows of ``X[good]`` less their mean: the space every similarity is taken in."""
+    Xg = np.asarray(X[good], dtype=np.float32)  # a copy: centred and scaled in place
+    Xg -= Xg.mean(axis=0, dtype=np.float64).astype(np.float32)
+    norms = np.linalg.norm(Xg, axis=1, keepdims=True)
+    Xg /= np.where(norms > 0, norms, 1.0)
+    return Xg
+
+
 def leaked_keys(
     fs: FeatureSet,
     *,
@@ -484,11 +396,294 @@ def leaked_keys(
     good = np.flatnonzero(np.isfinite(fs.X).all(axis=1))
     if len(good) < 2:
         return []
-    Xn = unit_rows(fs.X[good] - fs.X[good].mean(axis=0, dtype=np.float64).astype(np.float32))
+    Xn = _centred_unit_rows(fs.X, good)
     nb_local, nb_sim = knn(Xn, _DUP_NEIGHBOURS, index=resolve_index(opts.index, len(good)))
     keys = [str(k) for k in np.asarray(fs.keys).tolist()]
-    _, flags = _duplicates(good, nb_local, nb_sim, split, keys, [""] * fs.n, opts)
+    _, flags = _duplicates(good, Xn, nb_local, nb_sim, split, keys, [""] * fs.n, opts)
     return sorted(f.key for f in flags if f.problem == "leak" and f.split == "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# the steps of diagnose
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """What the steps of :func:`diagnose` share: the inputs, read once, and what each adds."""
+
+    fs: FeatureSet
+    opts: DiagnoseOptions
+    progress: bool
+    y: np.ndarray  # labels per row (-1: none)
+    labeled: np.ndarray  # rows with a label
+    present: np.ndarray  # classes with a labelled row
+    good: np.ndarray  # rows with finite features
+    keys: list[str]
+    label_of: list[str]  # class name per row ("" unlabelled)
+    split_arr: np.ndarray
+    split: list[str]
+    notes: list[str] = field(default_factory=list)
+    seconds: dict[str, float] = field(default_factory=dict)
+    flags: list[Flag] = field(default_factory=list)
+    # the neighbour graph (_neighbours)
+    Xn: np.ndarray | None = None  # centred unit rows of good
+    index: str = "exact"
+    nb_local: np.ndarray | None = None  # per row of good, into good
+    nb_sim: np.ndarray | None = None
+    nb: np.ndarray | None = None  # per row of fs, into fs (-1: none)
+
+
+def _start(fs: FeatureSet, opts: DiagnoseOptions, progress: bool, protocol: Any) -> _Run:
+    """Check the feature set, read labels, keys and the split once; notes for what is skipped."""
+    n = fs.n
+    if n < 2:
+        raise FeatxError(f"the store has {n} item(s); diagnose needs at least 2")
+    if fs.dim == 0:
+        raise FeatxError("the feature set has no dense features to compare items by")
+    y = np.asarray(fs.y, dtype=np.int64)
+    labeled = np.flatnonzero(y >= 0)
+    present = np.unique(y[labeled])
+    if len(labeled) and len(present) < 2:
+        raise FeatxError(
+            f"all {len(labeled)} labeled items are of one class ({fs.classes[present[0]]!r}); "
+            "label checks need at least 2 classes (remove the labels to check only duplicates "
+            "and outliers)"
+        )
+    notes: list[str] = []
+    finite = np.isfinite(fs.X).all(axis=1)
+    if not finite.all():
+        notes.append(
+            f"{int((~finite).sum())} items with NaN or inf features were left out of every check"
+        )
+    names = np.array([*fs.classes, ""], dtype=object)  # names[-1] == "" for unlabelled
+    split_arr, split_from = effective_split(fs, protocol)
+    if split_from == "no split":
+        notes.append("no split: duplicate groups are reported, leakage needs a split")
+    elif fs.split is None:
+        notes.append(f"the store has no split; leakage is judged on {split_from}")
+    return _Run(
+        fs=fs,
+        opts=opts,
+        progress=progress,
+        y=y,
+        labeled=labeled,
+        present=present,
+        good=np.flatnonzero(finite),
+        keys=[str(k) for k in np.asarray(fs.keys).tolist()],
+        label_of=[str(v) for v in names[np.where(y >= 0, y, -1)].tolist()],
+        split_arr=split_arr,
+        split=[str(v) for v in split_arr.tolist()],
+        notes=notes,
+    )
+
+
+def _neighbours(run: _Run) -> None:
+    """One neighbour search over the centred unit rows: enough neighbours for the duplicates,
+    the outlier distance and (when ``knn`` is a label head) the leave-one-out vote."""
+    from featx.progress import progress_bar
+
+    t0 = time.perf_counter()
+    opts, good = run.opts, run.good
+    run.Xn = _centred_unit_rows(run.fs.X, good)
+    run.index = resolve_index(opts.index, len(good))
+    vote_wanted = len(run.labeled) > 0 and "knn" in head_names(opts)
+    k_all = max(opts.neighbors, _DUP_NEIGHBOURS, VOTE_NEIGHBOURS if vote_wanted else 0)
+    with progress_bar(total=len(good), desc="neighbours", unit="item", enabled=run.progress) as bar:
+        run.nb_local, run.nb_sim = knn(run.Xn, k_all, index=run.index, tick=bar.update)
+    nb = np.full((run.fs.n, k_all), -1, dtype=np.int64)
+    nb[good] = np.where(run.nb_local >= 0, good[np.maximum(run.nb_local, 0)], -1)
+    run.nb = nb
+    run.seconds["neighbours"] = time.perf_counter() - t0
+
+
+def _outlier_scores(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The k-th neighbour distance and its robust z-score, overall and within each class."""
+    t0 = time.perf_counter()
+    opts, good, y, n = run.opts, run.good, run.y, run.fs.n
+    assert run.nb_sim is not None and run.Xn is not None
+    kth = np.full(n, np.nan)
+    kcol = min(opts.neighbors, run.nb_sim.shape[1]) - 1
+    kth[good] = 1.0 - run.nb_sim[:, kcol].astype(np.float64)
+    kth[good[~np.isfinite(run.nb_sim[:, kcol])]] = np.nan
+    out_z = np.full(n, np.nan)
+    out_z[good] = robust_z(kth[good])
+    cls_z = np.full(n, np.nan)
+    good_lab = good[y[good] >= 0]
+    for c in run.present:
+        rows_c = good_lab[y[good_lab] == c]
+        if len(rows_c) < 3:
+            continue
+        kc = min(opts.neighbors, len(rows_c) - 1)
+        _, sc = knn(
+            run.Xn[np.searchsorted(good, rows_c)],
+            kc,
+            index=resolve_index(opts.index, len(rows_c)),
+        )
+        cls_z[rows_c] = robust_z(1.0 - sc[:, kc - 1].astype(np.float64))
+    run.seconds["outliers"] = time.perf_counter() - t0
+    return kth, out_z, cls_z
+
+
+@dataclass
+class _Labels:
+    quality: np.ndarray | None = None
+    suggested: np.ndarray | None = None
+    joint: np.ndarray | None = None
+    confusion: np.ndarray | None = None
+    folds: int = 0
+
+
+def _label_checks(run: _Run) -> _Labels:
+    """Out-of-fold probabilities, then confident learning; a ``label`` flag per issue."""
+    out = _Labels()
+    fs, opts, y = run.fs, run.opts, run.y
+    if len(run.labeled) == 0:
+        run.notes.append(
+            "the store has no labels: label errors and class overlap need labels (class "
+            "folders or a label column); duplicates and outliers were checked"
+        )
+        return out
+    lab_rows = np.intersect1d(run.labeled, run.good)
+    counts = np.bincount(y[lab_rows], minlength=len(fs.classes))
+    small = [c for c in run.present if counts[c] < 2]
+    if small:
+        run.notes.append(
+            f"{len(small)} class(es) with fewer than 2 items (e.g. {fs.classes[small[0]]!r}) "
+            "were left out of the label checks"
+        )
+        lab_rows = lab_rows[counts[y[lab_rows]] >= 2]
+    in_check = np.unique(y[lab_rows])
+    if len(in_check) < 2:
+        run.notes.append("label checks skipped: fewer than 2 classes with 2 or more items")
+        return out
+    out.folds = int(min(opts.folds, counts[in_check].min()))
+    if out.folds < opts.folds:
+        run.notes.append(
+            f"{out.folds} folds instead of {opts.folds}: the smallest class has {out.folds} items"
+        )
+    P = _probabilities(run, lab_rows, out.folds)
+    # confident learning over the classes present in the check
+    K = len(fs.classes)
+    Pc = P[:, in_check]
+    Pc = Pc / np.maximum(Pc.sum(axis=1, keepdims=True), 1e-12)
+    remap = np.full(K, -1, dtype=np.int64)
+    remap[in_check] = np.arange(len(in_check))
+    yc = remap[y[lab_rows]]
+    issue, joint_c, _ = confident_learning(Pc, yc)
+    out.joint = np.zeros((K, K))
+    out.joint[np.ix_(in_check, in_check)] = joint_c
+    out.quality = np.full(fs.n, np.nan)
+    out.suggested = np.full(fs.n, -1, dtype=np.int64)
+    out.quality[lab_rows] = Pc[np.arange(len(lab_rows)), yc]
+    out.suggested[lab_rows] = in_check[Pc.argmax(axis=1)]
+    out.confusion = np.zeros((K, K))
+    np.add.at(out.confusion, (y[lab_rows], out.suggested[lab_rows]), 1.0)
+    for i in np.flatnonzero(issue):
+        r = int(lab_rows[i])
+        s = int(out.suggested[r])
+        run.flags.append(
+            Flag(
+                row=r,
+                key=run.keys[r],
+                problem="label",
+                score=1.0 - float(out.quality[r]),
+                label=run.label_of[r],
+                suggested=str(fs.classes[s]),
+                split=run.split[r],
+                action="relabel",
+                detail=f"p(given) {out.quality[r]:.3f}, p(suggested) {P[i, s]:.3f}",
+            )
+        )
+    return out
+
+
+def _probabilities(run: _Run, lab_rows: np.ndarray, folds: int) -> np.ndarray:
+    """Out-of-fold probabilities of ``lab_rows`` from the label heads (knn: the graph's vote)."""
+    from featx.progress import progress_bar
+
+    fs, opts, y, n = run.fs, run.opts, run.y, run.fs.n
+    assert run.nb is not None and run.nb_sim is not None
+    vote = None
+    if "knn" in head_names(opts):
+        nb_sim_full = np.full((n, run.nb.shape[1]), -np.inf, dtype=np.float32)
+        nb_sim_full[run.good] = run.nb_sim
+        vote, vote_k = neighbour_vote(run.nb, nb_sim_full, y, lab_rows, len(fs.classes))
+        log.info("knn: leave-one-out vote of the %d nearest neighbours", vote_k)
+    n_fits = len([h for h in head_names(opts) if not (vote is not None and h == "knn")])
+    with progress_bar(
+        total=max(1, folds * n_fits), desc=f"{opts.head} folds", unit="fit", enabled=run.progress
+    ) as bar:
+        return oof_probabilities(
+            fs.X, lab_rows, y[lab_rows], len(fs.classes), opts, folds, bar, vote=vote
+        )
+
+
+def _outlier_flags(run: _Run, kth: np.ndarray, out_z: np.ndarray, cls_z: np.ndarray) -> None:
+    """Outlier flags, after the label issues: an item far from its class but flagged as a label
+    error is reported once, as a label error."""
+    opts = run.opts
+    label_flagged = {f.row for f in run.flags if f.problem == "label"}
+    out_rows = set()
+    for r in np.flatnonzero(out_z >= opts.outlier_z).tolist():
+        out_rows.add(r)
+        run.flags.append(
+            Flag(
+                row=r,
+                key=run.keys[r],
+                problem="outlier",
+                score=float(out_z[r]),
+                label=run.label_of[r],
+                suggested="",
+                split=run.split[r],
+                action="exclude",
+                detail=f"k-th neighbour distance {kth[r]:.3f} (k={opts.neighbors})",
+            )
+        )
+    for r in np.flatnonzero(cls_z >= opts.outlier_z).tolist():
+        if r in out_rows or r in label_flagged:
+            continue
+        run.flags.append(
+            Flag(
+                row=r,
+                key=run.keys[r],
+                problem="class_outlier",
+                score=float(cls_z[r]),
+                label=run.label_of[r],
+                suggested="",
+                split=run.split[r],
+                action="review",
+                detail="far from the other items of its class",
+            )
+        )
+
+
+def _class_overlap(run: _Run, confusion: np.ndarray | None) -> list[dict[str, Any]]:
+    """Class pairs that share neighbourhoods or out-of-fold confusions, most first."""
+    fs, present = run.fs, run.present
+    overlap: list[dict[str, Any]] = []
+    if not (len(run.labeled) and len(present) >= 2):
+        return overlap
+    assert run.nb is not None
+    share = neighbour_overlap(run.nb, run.y, len(fs.classes))
+    for ai, a in enumerate(present):
+        for b in present[ai + 1 :]:
+            s = (share[a, b] + share[b, a]) / 2
+            conf = 0.0
+            if confusion is not None:
+                tot = confusion[a].sum() + confusion[b].sum()
+                conf = (confusion[a, b] + confusion[b, a]) / tot if tot else 0.0
+            if s > 0 or conf > 0:
+                overlap.append(
+                    {
+                        "a": fs.classes[a],
+                        "b": fs.classes[b],
+                        "neighbour_share": round(float(s), 4),
+                        "confused": round(float(conf), 4),
+                    }
+                )
+    overlap.sort(key=lambda o: (-(o["neighbour_share"] + o["confused"]), o["a"], o["b"]))
+    return overlap
 
 
 # ---------------------------------------------------------------------------------------------
@@ -530,8 +725,6 @@ def diagnose(
     FeatxError
         An empty store, or labels of only one class (label checks need two).
     """
-    from featx.progress import progress_bar
-
     opts = DiagnoseOptions.resolve(options, overrides)
     head_names(opts)  # an unknown head fails now, not after the neighbour search
     store = ""
@@ -540,236 +733,57 @@ def diagnose(
 
         store = str(features)
         features = load_features(features)
-    fs = features
-    notes: list[str] = []
-    seconds: dict[str, float] = {}
-    n = fs.n
-    if n < 2:
-        raise FeatxError(f"the store has {n} item(s); diagnose needs at least 2")
-    if fs.dim == 0:
-        raise FeatxError("the feature set has no dense features to compare items by")
-    y = np.asarray(fs.y, dtype=np.int64)
-    labeled = np.flatnonzero(y >= 0)
-    present = np.unique(y[labeled])
-    if len(labeled) and len(present) < 2:
-        raise FeatxError(
-            f"all {len(labeled)} labeled items are of one class ({fs.classes[present[0]]!r}); "
-            "label checks need at least 2 classes (remove the labels to check only duplicates "
-            "and outliers)"
-        )
-    finite = np.isfinite(fs.X).all(axis=1)
-    if not finite.all():
-        notes.append(
-            f"{int((~finite).sum())} items with NaN or inf features were left out of every check"
-        )
-    good = np.flatnonzero(finite)
-    keys = [str(k) for k in np.asarray(fs.keys).tolist()]
-    names = np.array([*fs.classes, ""], dtype=object)  # names[-1] == "" for unlabelled
-    label_of = [str(v) for v in names[np.where(y >= 0, y, -1)].tolist()]
-    split_arr, split_from = effective_split(fs, protocol)
-    split = [str(v) for v in split_arr.tolist()]
-    if split_from == "no split":
-        notes.append("no split: duplicate groups are reported, leakage needs a split")
-    elif fs.split is None:
-        notes.append(f"the store has no split; leakage is judged on {split_from}")
+    from featx.heads._torch import cpu_threads_for_load
 
+    with cpu_threads_for_load() as threads:
+        result = _diagnose(features, opts, progress, protocol, store)
+        log.info("diagnose used %d CPU thread(s)", threads)
+    if report is not None:
+        t0 = time.perf_counter()
+        result.write_report(report)
+        result.seconds["report"] = time.perf_counter() - t0
+    return result
+
+
+def _diagnose(
+    features: FeatureSet, opts: DiagnoseOptions, progress: bool, protocol: Any, store: str
+) -> Diagnosis:
+    """The steps of :func:`diagnose`, in order."""
+    run = _start(features, opts, progress, protocol)
+    _neighbours(run)
     t0 = time.perf_counter()
-    centre = fs.X[good].mean(axis=0, dtype=np.float64).astype(np.float32)
-    Xn = unit_rows(fs.X[good] - centre)
-    index = resolve_index(opts.index, len(good))
-    vote_wanted = len(labeled) > 0 and "knn" in head_names(opts)
-    k_all = max(opts.neighbors, _DUP_NEIGHBOURS, _VOTE_NEIGHBOURS if vote_wanted else 0)
-    with progress_bar(total=len(good), desc="neighbours", unit="item", enabled=progress) as bar:
-        nb_local, nb_sim = knn(Xn, k_all, index=index, tick=bar.update)
-    nb = np.full((n, k_all), -1, dtype=np.int64)  # per row of fs (-1: none, or a NaN row)
-    nb[good] = np.where(nb_local >= 0, good[np.maximum(nb_local, 0)], -1)
-    seconds["neighbours"] = time.perf_counter() - t0
-
-    # -- duplicates and leakage ----------------------------------------------------------------
+    assert run.Xn is not None and run.nb_local is not None and run.nb_sim is not None
+    groups, run.flags = _duplicates(
+        run.good, run.Xn, run.nb_local, run.nb_sim, run.split, run.keys, run.label_of, opts
+    )
+    run.seconds["duplicates"] = time.perf_counter() - t0
+    kth, out_z, cls_z = _outlier_scores(run)
     t0 = time.perf_counter()
-    groups, flags = _duplicates(good, nb_local, nb_sim, split, keys, label_of, opts)
-    seconds["duplicates"] = time.perf_counter() - t0
-
-    # -- outliers ------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    kth = np.full(n, np.nan)
-    kcol = min(opts.neighbors, k_all) - 1
-    kth[good] = 1.0 - nb_sim[:, kcol].astype(np.float64)
-    kth[good[~np.isfinite(nb_sim[:, kcol])]] = np.nan
-    out_z = np.full(n, np.nan)
-    out_z[good] = robust_z(kth[good])
-    cls_z = np.full(n, np.nan)
-    good_lab = good[y[good] >= 0]
-    for c in present:
-        rows_c = good_lab[y[good_lab] == c]
-        if len(rows_c) < 3:
-            continue
-        kc = min(opts.neighbors, len(rows_c) - 1)
-        ic, sc = knn(
-            Xn[np.searchsorted(good, rows_c)], kc, index=resolve_index(opts.index, len(rows_c))
-        )
-        d = 1.0 - sc[:, kc - 1].astype(np.float64)
-        cls_z[rows_c] = robust_z(d)
-    seconds["outliers"] = time.perf_counter() - t0
-
-    # -- label issues --------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    quality = suggested = joint = None
-    folds = 0
-    confusion = None
-    if len(labeled) == 0:
-        notes.append(
-            "the store has no labels: label errors and class overlap need labels (class "
-            "folders or a label column); duplicates and outliers were checked"
-        )
-    else:
-        lab_rows = np.intersect1d(labeled, good)
-        counts = np.bincount(y[lab_rows], minlength=len(fs.classes))
-        small = [c for c in present if counts[c] < 2]
-        if small:
-            notes.append(
-                f"{len(small)} class(es) with fewer than 2 items (e.g. {fs.classes[small[0]]!r}) "
-                "were left out of the label checks"
-            )
-            lab_rows = lab_rows[counts[y[lab_rows]] >= 2]
-        in_check = np.unique(y[lab_rows])
-        if len(in_check) < 2:
-            notes.append("label checks skipped: fewer than 2 classes with 2 or more items")
-        else:
-            folds = int(min(opts.folds, counts[in_check].min()))
-            if folds < opts.folds:
-                notes.append(
-                    f"{folds} folds instead of {opts.folds}: the smallest class has {folds} items"
-                )
-            vote = None
-            if vote_wanted:
-                nb_sim_full = np.full((n, k_all), -np.inf, dtype=np.float32)
-                nb_sim_full[good] = nb_sim
-                vote, vote_k = neighbour_vote(nb, nb_sim_full, y, lab_rows, len(fs.classes))
-                log.info("knn: leave-one-out vote of the %d nearest neighbours", vote_k)
-            n_fits = len([h for h in head_names(opts) if not (vote is not None and h == "knn")])
-            with progress_bar(
-                total=max(1, folds * n_fits),
-                desc=f"{opts.head} folds",
-                unit="fit",
-                enabled=progress,
-            ) as bar:
-                P = _oof_probabilities(fs, lab_rows, opts, folds, bar, vote=vote)
-            # confident learning over the classes present in the check
-            Pc = P[:, in_check]
-            Pc = Pc / np.maximum(Pc.sum(axis=1, keepdims=True), 1e-12)
-            remap = np.full(len(fs.classes), -1, dtype=np.int64)
-            remap[in_check] = np.arange(len(in_check))
-            yc = remap[y[lab_rows]]
-            issue, joint_c, _ = confident_learning(Pc, yc)
-            joint = np.zeros((len(fs.classes), len(fs.classes)))
-            joint[np.ix_(in_check, in_check)] = joint_c
-            quality = np.full(n, np.nan)
-            suggested = np.full(n, -1, dtype=np.int64)
-            quality[lab_rows] = Pc[np.arange(len(lab_rows)), yc]
-            suggested[lab_rows] = in_check[Pc.argmax(axis=1)]
-            confusion = np.zeros((len(fs.classes), len(fs.classes)))
-            np.add.at(confusion, (y[lab_rows], suggested[lab_rows]), 1.0)
-            for r in lab_rows[issue]:
-                flags.append(
-                    Flag(
-                        row=int(r),
-                        key=keys[r],
-                        problem="label",
-                        score=1.0 - float(quality[r]),
-                        label=label_of[r],
-                        suggested=str(fs.classes[suggested[r]]),
-                        split=split[r],
-                        action="relabel",
-                        detail=f"p(given) {quality[r]:.3f}, "
-                        f"p(suggested) {P[np.searchsorted(lab_rows, r), suggested[r]]:.3f}",
-                    )
-                )
-    seconds["labels"] = time.perf_counter() - t0
-
-    # -- outlier flags (after label issues: an item far from its class but flagged as a label
-    #    error is reported once, as a label error) -------------------------------------------
-    label_flagged = {f.row for f in flags if f.problem == "label"}
-    for r in np.flatnonzero(out_z >= opts.outlier_z):
-        flags.append(
-            Flag(
-                row=int(r),
-                key=keys[r],
-                problem="outlier",
-                score=float(out_z[r]),
-                label=label_of[r],
-                suggested="",
-                split=split[r],
-                action="exclude",
-                detail=f"k-th neighbour distance {kth[r]:.3f} (k={opts.neighbors})",
-            )
-        )
-    out_rows = {f.row for f in flags if f.problem == "outlier"}
-    for r in np.flatnonzero(cls_z >= opts.outlier_z):
-        if int(r) in out_rows or int(r) in label_flagged:
-            continue
-        flags.append(
-            Flag(
-                row=int(r),
-                key=keys[r],
-                problem="class_outlier",
-                score=float(cls_z[r]),
-                label=label_of[r],
-                suggested="",
-                split=split[r],
-                action="review",
-                detail="far from the other items of its class",
-            )
-        )
-
-    # -- class overlap -------------------------------------------------------------------------
-    overlap: list[dict[str, Any]] = []
-    if len(labeled) and len(present) >= 2:
-        share = neighbour_overlap(nb, y, len(fs.classes))
-        for ai, a in enumerate(present):
-            for b in present[ai + 1 :]:
-                s = (share[a, b] + share[b, a]) / 2
-                conf = 0.0
-                if confusion is not None:
-                    tot = confusion[a].sum() + confusion[b].sum()
-                    conf = (confusion[a, b] + confusion[b, a]) / tot if tot else 0.0
-                if s > 0 or conf > 0:
-                    overlap.append(
-                        {
-                            "a": fs.classes[a],
-                            "b": fs.classes[b],
-                            "neighbour_share": round(float(s), 4),
-                            "confused": round(float(conf), 4),
-                        }
-                    )
-        overlap.sort(key=lambda o: (-(o["neighbour_share"] + o["confused"]), o["a"], o["b"]))
-
+    labels = _label_checks(run)
+    run.seconds["labels"] = time.perf_counter() - t0
+    _outlier_flags(run, kth, out_z, cls_z)
+    overlap = _class_overlap(run, labels.confusion)
     order = {"leak": 0, "duplicate": 1, "label": 2, "outlier": 3, "class_outlier": 4}
-    flags.sort(key=lambda f: (order[f.problem], -f.score, f.key))
-    nn_sim = np.full(n, np.nan)
-    nn_sim[good] = nb_sim[:, 0]
-    result = Diagnosis(
-        fs=fs,
+    run.flags.sort(key=lambda f: (order[f.problem], -f.score, f.key))
+    nn_sim = np.full(run.fs.n, np.nan)
+    nn_sim[run.good] = run.nb_sim[:, 0]
+    return Diagnosis(
+        fs=run.fs,
         options=opts,
         duplicates=groups,
-        flags=flags,
-        label_quality=quality,
-        suggested=suggested,
+        flags=run.flags,
+        label_quality=labels.quality,
+        suggested=labels.suggested,
         outlier_score=out_z,
         class_outlier_score=cls_z,
         kth_distance=kth,
         nn_similarity=nn_sim,
         overlap=overlap,
-        joint=joint,
-        split=split_arr,
-        index=index,
-        folds=folds,
-        seconds=seconds,
-        notes=notes,
+        joint=labels.joint,
+        split=run.split_arr,
+        index=run.index,
+        folds=labels.folds,
+        seconds=run.seconds,
+        notes=run.notes,
         store=store,
     )
-    if report is not None:
-        t0 = time.perf_counter()
-        result.write_report(report)
-        seconds["report"] = time.perf_counter() - t0
-    return result

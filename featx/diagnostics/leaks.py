@@ -36,22 +36,39 @@ class LeakRescore:
     board: Leaderboard
     leaked: list[str]
 
-    def delta_table(self, before: Leaderboard) -> str:
-        """Markdown: accuracy of each (store, head) with and without the leaked test items."""
+    def delta_rows(self, before: Leaderboard) -> list[tuple[str, str, str, str, str]]:
+        """Per (store, head): accuracy with and without the leaked test items, and the change."""
         after = {(r.store, r.label): r for r in self.board.results}
-        lines = [
-            "| store | head | accuracy | without leaked | change |",
-            "| --- | --- | --- | --- | --- |",
-        ]
+        rows = []
         for r in before.results:
             a = after.get((r.store, r.label))
-            if a is None:
-                continue
-            lines.append(
-                f"| {r.store} | {r.label} | {100 * r.accuracy:.2f}% | {100 * a.accuracy:.2f}% | "
-                f"{100 * (a.accuracy - r.accuracy):+.2f} |"
-            )
-        return "\n".join(lines)
+            if a is not None:
+                rows.append(
+                    (
+                        r.store,
+                        r.label,
+                        f"{100 * r.accuracy:.2f}",
+                        f"{100 * a.accuracy:.2f}",
+                        f"{100 * (a.accuracy - r.accuracy):+.2f}",
+                    )
+                )
+        return rows
+
+    def delta_table(self, before: Leaderboard, *, markdown: bool = False) -> str:
+        """Accuracy (%) of each (store, head) with and without the leaked test items: aligned
+        text for the terminal, or a Markdown table (``markdown=True``) for files."""
+        headers = ("store", "head", "accuracy %", "without leaked %", "change")
+        rows = self.delta_rows(before)
+        if markdown:
+            lines = [
+                "| " + " | ".join(headers) + " |",
+                "| " + " | ".join("---" for _ in headers) + " |",
+            ]
+            lines += ["| " + " | ".join(r) + " |" for r in rows]
+            return "\n".join(lines)
+        from featx.console import render_table
+
+        return render_table(headers, rows, align="llrrr")
 
 
 def without_leaked(fs: FeatureSet, protocol: EvalProtocol, keys: Sequence[str]) -> FeatureSet:

@@ -171,3 +171,35 @@ def cpu_threads(device: torch.device, work: float) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def cpu_threads_for_load() -> Iterator[int]:
+    """Inside the block, numpy's BLAS and torch use only the cores other processes leave free
+    right now (:func:`busy_elsewhere`; at least one, never more than torch's setting), and both
+    are restored afterwards. Yields the thread count.
+
+    For long CPU work that mixes BLAS calls, LAPACK and torch ops (``featx diagnose``, every
+    head's fit and prediction in ``featx.protocol``; torch's count only when torch is already
+    imported, else a torch head's :func:`cpu_threads` decides): with a core taken by another
+    process, two BLAS threads meet at every call's barrier while one is
+    descheduled, and the other spins. Measured on the 2-core machine at load ~9 (BENCHMARKS.md,
+    "diagnose"): the ridge out-of-fold pass of 50,000 x 1280 rows took 24 CPU-s with two
+    OpenBLAS threads and 8 with one (a 1280 x 1280 Cholesky factorization: 1.4 vs 0.06 CPU-s).
+    """
+    import sys
+
+    from threadpoolctl import threadpool_limits
+
+    torch = sys.modules.get("torch")  # not imported for it: a torch head's own cpu_threads
+    before = torch.get_num_threads() if torch is not None else usable_cpus()  # decides then
+    want = threads_for(float("inf"), before, busy_elsewhere(), usable_cpus())
+    logger.debug("CPU threads (BLAS and torch): %d (torch had %d)", want, before)
+    with threadpool_limits(limits=want, user_api="blas"):
+        if torch is not None and want != before:
+            torch.set_num_threads(want)
+        try:
+            yield want
+        finally:
+            if torch is not None and want != before:
+                torch.set_num_threads(before)

@@ -173,16 +173,29 @@ def _run(
 
     Features left on disk (``fs.X`` a RowMatrix) are fitted in memory when the training rows fit
     ``max_memory`` (:func:`featx.memory.memory_budget`), else from disk block by block
-    (:mod:`featx.heads._stream`); test rows are then predicted block by block.
+    (:mod:`featx.heads._stream`); test rows are then predicted block by block. BLAS (and torch,
+    when imported) use only the cores other processes leave free
+    (:func:`featx.heads._torch.cpu_threads_for_load`).
     """
-    X, y, K = fs.inputs(), fs.y, len(fs.classes)
-    ytr = y[split.train]
+    ytr = fs.y[split.train]
     if len(np.unique(ytr)) < 2:
         raise FeatxError(
             f"the training items of {split.name} are all of class {fs.classes[ytr[0]]!r}; "
             "a classifier needs at least 2 classes"
         )
     _check_fit_size(est, len(split.train), fs.dim)
+    from featx.heads._torch import cpu_threads_for_load
+
+    with cpu_threads_for_load():
+        return _fit_predict(est, fs, split, max_memory)
+
+
+def _fit_predict(
+    est: Any, fs: FeatureSet, split: Split, max_memory: Any
+) -> tuple[Any, Metrics, np.ndarray]:
+    """:func:`_run`'s fit and evaluation, inside its thread limit."""
+    X, y, K = fs.inputs(), fs.y, len(fs.classes)
+    ytr = y[split.train]
     yte = y[split.test]
     raw_proba = raw_dec = None
     if isinstance(X, RowMatrix):

@@ -546,7 +546,11 @@ def _part_as_segment(
                 return None
             keys = _strings(f["paths"])
             n = len(keys)
-            if n < _part_min_rows() or 2 * len(rows_of) < n:
+            # a part a worker wrote for this run (--engine ray) is linked whatever its size
+            # (Ray Data cuts batches at block boundaries: a small one is a remainder, not a
+            # checkpoint); the room for parts still bounds how many become segments
+            least = 1 if f.attrs.get("worker_part") else _part_min_rows()
+            if n < least or 2 * len(rows_of) < n:
                 return None
             names = np.array([*_strings(f["classes"]), ""], dtype=object)[f["labels"][()]]
             split = _strings(f["split"])

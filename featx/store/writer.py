@@ -390,7 +390,9 @@ class StoreWriter:
         self._n_parts = 0
 
 
-def write_part_file(path: Path, config: StoreConfig, rows: Rows, dim: int | None) -> Path:
+def write_part_file(
+    path: Path, config: StoreConfig, rows: Rows, dim: int | None, *, worker: bool = False
+) -> Path:
     """Write ``rows`` as the part file ``path``, durably (complete or absent). With the layout
     and attributes of a segment, so that a part in key order with its labels and splits can
     become a segment as it is (:mod:`featx.store.segments`)."""
@@ -411,6 +413,7 @@ def write_part_file(path: Path, config: StoreConfig, rows: Rows, dim: int | None
         f.attrs["n_failed"] = len(rows.failed_keys)
         f.attrs["dim"] = int(feats.shape[1])
         f.attrs["segment_ready"] = bool(in_order and rows.labels is not None)
+        f.attrs["worker_part"] = bool(worker)  # written by an engine's worker (PartSink)
         ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
         if n:
             ds[...] = feats
@@ -469,7 +472,8 @@ class PartSink:
             atomic_write(folder / "config.json", self.config_json)
         path = folder / f"part-w{uuid.uuid4().hex[:12]}.h5"
         cfg = StoreConfig.from_json(self.config_json)
-        return str(write_part_file(path, cfg, replace(rows, classes=self.classes), self.dim))
+        rows = replace(rows, classes=self.classes)
+        return str(write_part_file(path, cfg, rows, self.dim, worker=True))
 
 
 #: Attributes a commit writes itself; compaction carries every other attribute over.
