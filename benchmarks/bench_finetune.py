@@ -15,11 +15,19 @@ Every row uses the same test items: the protocol's split of the source (images: 
 seed 0; text: the CSV's split column). Fine-tunes carve 15 % of their training items for early
 stopping; frozen heads fit on all training items (with their own internal sweeps).
 
-Usage::
+Every fine-tune uses FinetuneOptions' defaults (the probe start, ``--lr auto``, the blocks at
+3e-4, at most ``--epochs`` 30 with ``--patience`` 5) unless ``--lr`` / ``--tail-lr`` are given;
+``--full-epochs`` caps the full row alone. Each row reports training seconds (wall, range test
+and probe included), this process's CPU seconds and seconds per epoch.
 
-    python benchmarks/bench_finetune.py images --per-class 200 --image-size 96
-    python benchmarks/bench_finetune.py text
-    python benchmarks/bench_finetune.py images --skip-full   # frozen + tail rows only
+Usage (BENCHMARKS.md's rows)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py images --per-class 150 --image-size 64 \
+        --rows frozen,tail1,tail2
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py images --per-class 150 --image-size 64 \
+        --rows full --full-epochs 8
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --full-epochs 8
 
 The Animal Shape arrays ship as pickles inside the wheel; they are read with an unpickler that
 only rebuilds numpy arrays (it refuses any other class).

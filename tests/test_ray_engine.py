@@ -300,6 +300,23 @@ def test_non_utf8_names_through_the_ray_engine(ray_runtime, tiny_backbone, tmp_p
     assert_same_store(local, distributed)
 
 
+def test_ray_engine_caches_the_same_activations(ray_runtime, image_folder, tmp_path):
+    """--cache-activations through Ray actors: the wrapped backbone ships to them and the
+    store's activations and features equal the local engine's (#20)."""
+    from featx.backbones import load_backbone
+    from featx.store import read_output
+
+    bb = load_backbone("resnet18", weights="none", image_size=32)
+    local, distributed = tmp_path / "local.h5", tmp_path / "ray.h5"
+    _local(image_folder, bb, local, cache_activations="-2")
+    r = _ray(image_folder, bb, distributed, cache_activations="-2")
+    assert r.engine == "ray" and r.n_new == 12
+    assert_same_store(local, distributed)
+    a, b = read_output(local, "activations"), read_output(distributed, "activations")
+    assert a.shape == b.shape and a.shape[0] == 12
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=1e-2)
+
+
 def test_ray_workers_write_the_parts_and_the_driver_only_links_them(
     ray_runtime, image_folder, tiny_backbone, tmp_path
 ):

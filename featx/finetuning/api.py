@@ -399,16 +399,10 @@ def finetune(
     import torch
 
     from featx.finetuning.cuts import TailNet, cut_backbone
-    from featx.finetuning.loop import Data, Task, device_and_precision
+    from featx.finetuning.loop import Task, device_and_precision
 
     opts, proto = _split_opts(options, protocol, overrides)
-    store_path = None
-    if not isinstance(data, ActivationSet):
-        from featx.finetuning.store import read_activations
-
-        store_path = data
-        data = read_activations(data)
-    check_enough(data.y, data.classes)
+    data, store_path = _activations(data)
     fs = data.feature_set()
     split, val = _splits(fs, proto, opts)
     bb = backbone_from_config(data.backbone)
@@ -423,11 +417,8 @@ def finetune(
         features = _frozen_features(data, store_path, bb)
     _seed_all(proto.seed)
     head = _head(cm.dim, len(data.classes), opts.dropout, proto.seed)
-    dev, prec, amp = device_and_precision(opts)
-    acts = torch.from_numpy(np.ascontiguousarray(data.acts))
-    mask = None if data.mask is None else torch.from_numpy(data.mask.astype(np.int64))
-    if k:  # blocks before the trained ones: run once, frozen, over the whole cache
-        acts = _run_frozen(list(cm.blocks)[:k], cm.kind, acts, mask, dev)
+    dev, _prec, amp = device_and_precision(opts)
+    cached = _cached(data, list(cm.blocks)[:k], cm.kind, dev)
     net = TailNet(torch.nn.ModuleList(list(cm.blocks)[k:]), cm.post, head, cm.kind)
     full_tail.head = head
     task = Task(
@@ -439,7 +430,6 @@ def finetune(
         desc=f"finetune:tail={n}",
         checkpoint=checkpoint_path(bundle),
     )
-    cached = Data(acts, mask)
     fitted, init = _fit(net, cached, data.y, split.train, val, opts, task, (dev, amp))
     trained = _Trained(
         net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name)
@@ -564,6 +554,33 @@ def _tail_augment(kind: str, opts: FinetuneOptions) -> Any:
 
         return token_dropout
     return None
+
+
+def _activations(data: ActivationSet | str | os.PathLike) -> tuple[ActivationSet, Any]:
+    """(the cached activations, read from the store when given a path; the store path or
+    None), with enough labelled items (FeatxError otherwise)."""
+    store_path = None
+    if not isinstance(data, ActivationSet):
+        from featx.finetuning.store import read_activations
+
+        store_path = data
+        data = read_activations(data)
+    check_enough(data.y, data.classes)
+    return data, store_path
+
+
+def _cached(data: ActivationSet, frozen: list[Any], kind: str, dev: Any) -> Any:
+    """The training inputs (:class:`~featx.finetuning.loop.Data`): the cache as tensors, run
+    once through ``frozen`` blocks (those before the trained ones) when there are any."""
+    import torch
+
+    from featx.finetuning.loop import Data
+
+    acts = torch.from_numpy(np.ascontiguousarray(data.acts))
+    mask = None if data.mask is None else torch.from_numpy(data.mask.astype(np.int64))
+    if frozen:
+        acts = _run_frozen(frozen, kind, acts, mask, dev)
+    return Data(acts, mask)
 
 
 def _run_frozen(blocks: list[Any], kind: str, acts: Any, mask: Any, dev: Any) -> Any:

@@ -325,14 +325,8 @@ def train(
     optim = torch.optim.AdamW(groups, weight_decay=opts.weight_decay)
     gen = torch.Generator().manual_seed(int(task.seed))
     torch.manual_seed(int(task.seed))  # dropout inside the model
-    st = _State()
+    st = _State() if saved is None else _restore(saved, model, optim, gen, dev)
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        optim.load_state_dict(saved["optim"])
-        gen.set_state(saved["gen"])
-        torch.set_rng_state(saved["rng"])
-        st = _State(**{k: saved[k] for k in _State.__dataclass_fields__})
-        st.best_key = None if st.best_key is None else tuple(st.best_key)
         logger.info("%s: resuming after epoch %d (%s)", task.desc, st.epoch, task.checkpoint)
     resumed_from = st.epoch
     bar = progress_bar(
@@ -348,17 +342,8 @@ def train(
             )
             bar.update(1)
             if task.checkpoint is not None:
-                state = {k: getattr(st, k) for k in _State.__dataclass_fields__}
-                state.update(
-                    fingerprint=fp,
-                    lr=lr,
-                    tail_lr=tail_lr,
-                    lr_find=found,
-                    model=model.state_dict(),
-                    optim=optim.state_dict(),
-                    gen=gen.get_state(),
-                    rng=torch.get_rng_state(),
-                )
+                state = _snapshot(st, model, optim, gen, dev)
+                state.update(fingerprint=fp, lr=lr, tail_lr=tail_lr, lr_find=found)
                 _save_checkpoint(Path(task.checkpoint), state)
     finally:
         bar.close()
@@ -379,6 +364,36 @@ def train(
         lr_find=found,
         resumed_from=resumed_from,
     )
+
+
+def _snapshot(
+    st: _State, model: nn.Module, optim: Any, gen: torch.Generator, dev: torch.device
+) -> dict[str, Any]:
+    """The loop's state after an epoch, with every random state a resumed run needs."""
+    state = {k: getattr(st, k) for k in _State.__dataclass_fields__}
+    state.update(
+        model=model.state_dict(),
+        optim=optim.state_dict(),
+        gen=gen.get_state(),
+        rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None,
+    )
+    return state
+
+
+def _restore(
+    saved: dict[str, Any], model: nn.Module, optim: Any, gen: torch.Generator, dev: torch.device
+) -> _State:
+    """Put a checkpoint's weights, optimizer and random states back; its loop state."""
+    model.load_state_dict(saved["model"])
+    optim.load_state_dict(saved["optim"])
+    gen.set_state(saved["gen"])
+    torch.set_rng_state(saved["rng"])
+    if dev.type == "cuda" and saved.get("cuda_rng") is not None:
+        torch.cuda.set_rng_state(saved["cuda_rng"], dev)
+    st = _State(**{k: saved[k] for k in _State.__dataclass_fields__})
+    st.best_key = None if st.best_key is None else tuple(st.best_key)
+    return st
 
 
 def _epoch(
