@@ -273,6 +273,51 @@ def sample_in_memory(est: Any, stream: RowStream, copies: float, seed: Any) -> n
 # ---------------------------------------------------------------------------------------------
 
 
+def fit_linear_stream(
+    est: Any, stream: RowStream, terms: Callable[..., Any], name: str, max_iter: int
+) -> Any:
+    """The streamed fit of a linear head (``LinearProbe``, ``LinearSVM``): ``C`` swept by the
+    head's own :meth:`fit` on a stratified sample that fits the stream's memory budget, then the
+    head's objective (``terms``: :func:`logistic_terms` or :func:`squared_hinge_terms`) on every
+    row by :func:`streamed_lbfgs` with that ``C``, warm-started from the sample's solution.
+    Sets ``coef_``, ``intercept_``, ``n_iter_`` and ``solver_``; warns if it did not converge."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from featx.heads._weights import class_weight_vector, encode_class_weight
+
+    classes = np.unique(stream.y)
+    pos = sample_in_memory(est, stream, 8.0, est.random_state)  # the sweep copies it
+    Xs, ys = stream.take(pos)
+    est.fit(Xs, ys)
+    if len(pos) == stream.n:
+        return est
+    if len(est.classes_) != len(classes):
+        raise ValueError(f"{name}: the in-memory sample lacks a class of the stream")
+    enc = encoder(est.classes_)
+    cw = encode_class_weight(est.class_weight, est.classes_)
+    w = class_weight_vector(enc(stream.y), len(classes), cw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # exp overflow of far-off rows
+        W, b, nit, passes, ok = streamed_lbfgs(
+            stream, terms, enc, est.coef_, est.intercept_, est.C_, w, max_iter, est.tol
+        )
+    est.coef_, est.intercept_, est.n_iter_ = W, b, nit
+    est.solver_ = (
+        f"streamed lbfgs from disk: {passes} passes over {stream.n} rows "
+        f"(C from a {len(pos)}-row sample)"
+    )
+    if not ok:
+        warnings.warn(
+            f"{name} (streamed) did not converge in max_iter={max_iter} iterations at C={est.C_:g}",
+            ConvergenceWarning,
+            stacklevel=3,
+        )
+    logger.info("%s: %s", name, est.solver_)
+    return est
+
+
 def block_rows_for(matrix: RowMatrix, budget: int) -> int:
     """Rows per block: a 1/16 of the budget as float32, between 256 and 65,536 rows."""
     d = max(1, int(matrix.shape[1]))

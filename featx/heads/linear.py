@@ -229,46 +229,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         streamed L-BFGS (one pass over the blocks per evaluation of the exact objective),
         warm-started from the sample's solution. ``solver_`` says so.
         """
-        from featx.heads._stream import (
-            encoder,
-            logistic_terms,
-            sample_in_memory,
-            streamed_lbfgs,
-        )
-        from featx.heads._weights import class_weight_vector
+        from featx.heads._stream import fit_linear_stream, logistic_terms
 
-        classes = np.unique(stream.y)
-        pos = sample_in_memory(self, stream, 8.0, self.random_state)  # the sweep copies it
-        Xs, ys = stream.take(pos)
-        self.fit(Xs, ys)
-        if len(pos) == stream.n:
-            return self
-        if len(self.classes_) != len(classes):
-            raise ValueError("LinearProbe: the in-memory sample lacks a class of the stream")
-        enc = encoder(self.classes_)
-        y_all = enc(stream.y)
-        cw = encode_class_weight(self.class_weight, self.classes_)
-        w = class_weight_vector(y_all, len(classes), cw)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            W, b, nit, passes, ok = streamed_lbfgs(
-                stream, logistic_terms, enc, self.coef_, self.intercept_, self.C_, w,
-                self.max_iter, self.tol,
-            )  # fmt: skip
-        self.coef_, self.intercept_, self.n_iter_ = W, b, nit
-        self.solver_ = (
-            f"streamed lbfgs from disk: {passes} passes over {stream.n} rows "
-            f"(C from a {len(pos)}-row sample)"
-        )
-        if not ok:
-            warnings.warn(
-                f"LinearProbe (streamed) did not converge in max_iter={self.max_iter} "
-                f"iterations at C={self.C_:g}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        logger.info("linear probe: %s", self.solver_)
-        return self
+        return fit_linear_stream(self, stream, logistic_terms, "LinearProbe", self.max_iter)
 
     def _grid(self) -> np.ndarray:
         if self.C is not None:

@@ -395,42 +395,11 @@ class LinearSVM(ClassifierMixin, BaseEstimator):
         on every row with that ``C`` by a streamed L-BFGS on the same objective (squared hinge,
         one-vs-rest, bias unpenalized), warm-started from the sample's solution.
         """
-        from featx.heads._stream import (
-            encoder,
-            sample_in_memory,
-            squared_hinge_terms,
-            streamed_lbfgs,
-        )
-        from featx.heads._weights import class_weight_vector
+        from featx.heads._stream import fit_linear_stream, squared_hinge_terms
 
-        classes = np.unique(stream.y)
-        pos = sample_in_memory(self, stream, 8.0, self.random_state)  # the sweep copies it
-        Xs, ys = stream.take(pos)
-        self.fit(Xs, ys)
-        if len(pos) == stream.n:
-            return self
-        if len(self.classes_) != len(classes):
-            raise ValueError("LinearSVM: the in-memory sample lacks a class of the stream")
-        enc = encoder(self.classes_)
-        cw = encode_class_weight(self.class_weight, self.classes_)
-        w = class_weight_vector(enc(stream.y), len(classes), cw)
-        W, b, nit, passes, ok = streamed_lbfgs(
-            stream, squared_hinge_terms, enc, self.coef_, self.intercept_, self.C_, w,
-            max(self.max_iter, 200), self.tol,
-        )  # fmt: skip
-        self.coef_, self.intercept_, self.n_iter_ = W, b, nit
-        self.solver_ = (
-            f"streamed lbfgs from disk: {passes} passes over {stream.n} rows "
-            f"(C from a {len(pos)}-row sample)"
+        return fit_linear_stream(
+            self, stream, squared_hinge_terms, "LinearSVM", max(self.max_iter, 200)
         )
-        if not ok:
-            warnings.warn(
-                f"LinearSVM (streamed) did not converge at C={self.C_:g}",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        logger.info("linear SVM: %s", self.solver_)
-        return self
 
     def decision_function(self, X: Any) -> np.ndarray:
         """Scores: shape (n,) for two classes (positive: ``classes_[1]``), else (n, n_classes)."""
