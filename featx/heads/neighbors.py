@@ -115,6 +115,31 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.random_state = random_state
 
+    def _choose_k(self, y_enc: np.ndarray, K: int, cw: Any, search: Any) -> int:
+        """The k of ``self.ks`` that scores best on a stratified validation split (the first
+        when ``ks`` holds one value); ``search(val, train, kmax)`` returns the (indices,
+        similarities) of each validation row's ``kmax`` nearest training rows. Sets
+        ``val_scores_``."""
+        ks = self._ks()
+        self.val_scores_: dict[int, float] | None = None
+        k = ks[0]
+        if len(ks) > 1:
+            train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
+            if len(val):
+                cls_w = class_weight_vector(y_enc[train], K, cw)
+                kmax = min(max(ks), len(train))
+                idx, sim = search(val, train, kmax)
+                self.val_scores_ = {}
+                best = -np.inf
+                for kk in ks:
+                    kk_eff = min(kk, kmax)
+                    P = self._vote(idx[:, :kk_eff], sim[:, :kk_eff], y_enc[train], K, cls_w)
+                    score = selection_score(y_enc[val], P.argmax(axis=1), K, cw)
+                    self.val_scores_[int(kk)] = score
+                    if score > best + 1e-12:
+                        best, k = score, kk
+        return k
+
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X: Any, y: Any) -> CosineKNNClassifier:
         """Store the L2-normalized samples; choose k on a validation split unless fixed."""
@@ -125,24 +150,7 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         K = len(self.classes_)
         cw = encode_class_weight(self.class_weight, self.classes_)
         Xn = _l2_normalize(X.astype(np.float32))
-        ks = self._ks()
-        self.val_scores_: dict[int, float] | None = None
-        k = ks[0]
-        if len(ks) > 1:
-            train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
-            if len(val):
-                cls_w = class_weight_vector(y_enc[train], K, cw)
-                kmax = min(max(ks), len(train))
-                idx, sim = _topk(Xn[val], Xn[train], kmax)
-                self.val_scores_ = {}
-                best = -np.inf
-                for kk in ks:
-                    kk_eff = min(kk, kmax)
-                    P = self._vote(idx[:, :kk_eff], sim[:, :kk_eff], y_enc[train], K, cls_w)
-                    score = selection_score(y_enc[val], P.argmax(axis=1), K, cw)
-                    self.val_scores_[int(kk)] = score
-                    if score > best + 1e-12:
-                        best, k = score, kk
+        k = self._choose_k(y_enc, K, cw, lambda val, train, kmax: _topk(Xn[val], Xn[train], kmax))
         self.X_fit_ = Xn
         self.y_fit_ = y_enc
         self.class_vote_weights_ = class_weight_vector(y_enc, K, cw)
@@ -160,24 +168,10 @@ class CosineKNNClassifier(ClassifierMixin, BaseEstimator):
         K = len(self.classes_)
         cw = encode_class_weight(self.class_weight, self.classes_)
         self.n_features_in_ = int(stream.dim)
-        ks = self._ks()
-        self.val_scores_ = None
-        k = ks[0]
-        if len(ks) > 1:
-            train, val = stratified_holdout(y_enc, self.val_size, self.random_state)
-            if len(val):
-                cls_w = class_weight_vector(y_enc[train], K, cw)
-                kmax = min(max(ks), len(train))
-                idx, sim = _search_stream(stream.subset(val), stream.subset(train), kmax)
-                self.val_scores_ = {}
-                best = -np.inf
-                for kk in ks:
-                    kk_eff = min(kk, kmax)
-                    P = self._vote(idx[:, :kk_eff], sim[:, :kk_eff], y_enc[train], K, cls_w)
-                    score = selection_score(y_enc[val], P.argmax(axis=1), K, cw)
-                    self.val_scores_[int(kk)] = score
-                    if score > best + 1e-12:
-                        best, k = score, kk
+        k = self._choose_k(
+            y_enc, K, cw,
+            lambda val, train, kmax: _search_stream(stream.subset(val), stream.subset(train), kmax),
+        )  # fmt: skip
         self.X_fit_ = None
         self.fit_stream_ = stream
         self.y_fit_ = y_enc
