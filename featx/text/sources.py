@@ -625,16 +625,16 @@ def stored_truncated(path: Path) -> int:
 def store_complete(path: Path) -> bool:
     """Whether a text store keeps its texts (``text/texts``; stores before #19 do not).
 
-    Looks at the one dataset, not the index, so a no-op run of a large store stays cheap."""
-    import h5py
-
+    Looks at which per-row datasets the store lists (a segmented store's index names them),
+    not at any row, so a no-op run of a large store stays cheap."""
+    from featx.errors import StoreError
+    from featx.store import stored_per_row
     from featx.store.config import TEXTS
 
     try:
-        with h5py.File(path, "r") as f:
-            return TEXTS in f
-    except OSError:
-        return True  # not readable as HDF5: the store's own checks say what is wrong
+        return TEXTS in stored_per_row(path)
+    except StoreError:
+        return True  # not readable as a store: the store's own checks say what is wrong
 
 
 def _request_fingerprint(spec: Any) -> dict:
