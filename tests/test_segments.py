@@ -233,6 +233,15 @@ def _same_export(a: Path, b: Path, tmp_path: Path) -> None:
         np.testing.assert_array_equal(ea[name], eb[name])
 
 
+def _doc_reader():
+    """docs/store.md's plain-h5py ``read_store``, executed as written there."""
+    text = (TESTS.parent / "docs" / "store.md").read_text()
+    block = next(b for b in text.split("```python")[1:] if "def read_store" in b)
+    ns: dict = {}
+    exec(block.split("```")[0], ns)
+    return ns["read_store"]
+
+
 def _newest_segment(store: Path) -> Path:
     return max(segment_dir(store).iterdir(), key=lambda p: int(p.name.split("-")[1]))
 
@@ -267,6 +276,9 @@ def test_text_stores_grow_by_segments_with_their_texts(tmp_path, tiny_bert):
     _extract(table, fresh, tiny_bert)
     _same_rows(store, fresh)
     assert store_info(store)["text"] == store_info(fresh)["text"]  # token counts, truncation
+    plain = _doc_reader()(str(store))  # docs/store.md's plain-h5py reader
+    assert list(plain["texts"]) == list(load_features(fresh).texts)
+    assert list(plain["keys"]) == list(load_features(fresh).keys)
     assert verify_store(store).ok
     copy = tmp_path / "copy" / "s.h5"  # verify: a segment that lost its texts is damage
     shutil.copytree(segment_dir(store), segment_dir(copy))
@@ -306,6 +318,9 @@ def test_multi_layer_stores_grow_by_segments_with_every_output(tmp_path, fake_ba
     _same_rows(store, fresh)
     assert [g.name for g in load_features(store).groups] == ["features", "0"]
     np.testing.assert_allclose(read_output(store, "0"), read_output(fresh, "0"), rtol=1e-6)
+    plain = _doc_reader()(str(store))  # docs/store.md's plain-h5py reader
+    np.testing.assert_allclose(plain["0"], read_output(fresh, "0"), rtol=1e-6)
+    np.testing.assert_allclose(plain["features"], load_features(fresh).X[:, :8], rtol=1e-6)
     assert verify_store(store).ok
     _same_export(store, fresh, tmp_path)
     assert _extract(src, store, "tiny", LAYERS_OPTS).noop

@@ -5,8 +5,10 @@ is a small index file at the store's path plus immutable segment files in ``STOR
 
 - a **segment** (``seg-NNNNNN-XXXXXX.h5``, format ``featx-segment``) holds rows exactly as a
   single-file store does (``features``, ``paths``, ``labels`` with its own ``classes``,
-  ``split``, ``fingerprint/*``, ``text/n_tokens``), sorted by key; it is written to a temporary
-  name, fsynced and renamed, so it is complete or absent, and never changed afterwards;
+  ``split``, ``fingerprint/*``, every ``outputs/<name>`` of a ``--layers`` or cached-activations
+  store, a text store's ``text/n_tokens`` and ``text/texts``), sorted by key; it is written to a
+  temporary name, fsynced and renamed, so it is complete or absent, and never changed
+  afterwards;
 - the **index** (the store path; ``layout = "segments"``) lists the segments and their row
   counts, the *tombstones* (``dead/segment``, ``dead/row``: rows removed or replaced since their
   segment was written), the store's ``classes``, the failure records and the provenance
@@ -329,9 +331,10 @@ class StoreChange:
     classes, attrs
         The store's class names and provenance attributes after the commit.
     per_row : dict name -> (dict key -> value), optional
-        Per-row extras (``text/n_tokens``) for the rows in ``write``; the kept rows keep theirs.
-        A store that carries strings per row (``text/texts``) is rewritten whole and needs them
-        for every row.
+        Per-row values (``text/n_tokens``, ``text/texts``) for the rows in ``write`` (more keys
+        are allowed); the kept rows keep theirs, and so does a rewritten old row without one.
+        A name the store does not carry yet must have a value for every row: the commit then
+        rewrites the store (:func:`_gains_per_row`).
     """
 
     kept: np.ndarray
