@@ -405,3 +405,35 @@ def test_parts_become_segments_without_a_copy(tmp_path, tiny_backbone, monkeypat
     _same_rows(store, fresh)
     assert verify_store(store).ok
     assert _extract(src, store, tiny_backbone).noop
+
+
+def test_whole_state_commits_compare_the_texts_of_kept_rows(tmp_path):
+    """StoreWriter.commit (every row's state) on a text-carrying store: a kept row whose text
+    changed is written again into the segment, the others stay where they are."""
+    from featx.store import Rows, StoreConfig, StoreWriter
+
+    keys = [f"k{i:03d}" for i in range(20)]
+    texts = {k: f"text {k}" for k in keys}
+    cfg = StoreConfig(source={"synthetic": "t"}, backbone={"dim": 4})
+    X = np.arange(80, dtype=np.float32).reshape(20, 4)
+
+    def commit(rows, texts):
+        w.commit(
+            rows=rows, failed={}, labels={}, split={}, classes=(),
+            fingerprints={k: (1, 1, "") for k in rows}, attrs={"dim": 4},
+            per_row={"text/texts": texts, "text/n_tokens": {k: len(v) for k, v in texts.items()}},
+        )  # fmt: skip
+
+    store = tmp_path / "s.h5"
+    with StoreWriter(store, cfg) as w:
+        part = w.write_part(Rows(keys, X, [1] * 20, [1] * 20, [""] * 20, [], [], [], [], []))
+        commit({k: (str(part), i) for i, k in enumerate(keys)}, texts)
+    texts = {**texts, "k003": "an edited text"}
+    with StoreWriter(store, cfg) as w:
+        commit({k: ("store", i) for i, k in enumerate(keys)}, texts)
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    fs = load_features(store)
+    assert list(fs.texts) == [texts[k] for k in keys]
+    np.testing.assert_array_equal(fs.X, X)
+    assert verify_store(store).ok

@@ -385,12 +385,10 @@ def _unchanged_rows(
         have = stored(name)
         if have is None:  # the store gains this dataset: every row is written with it
             return np.zeros(len(keys), dtype=bool)
-        if have.dtype == object:  # strings (texts): a row without a value keeps its own
-            new = np.array([values.get(k, s) for k, s in zip(keys, have[idx], strict=True)],
-                           dtype=object)  # fmt: skip
-        else:
-            new = np.fromiter((values.get(k, -1) for k in keys), np.int64, len(keys))
-        same &= new == have[idx]
+        old_vals = have[idx]  # a row without a value keeps its own (StoreWriter._merge)
+        new = np.empty(len(keys), dtype=old_vals.dtype)
+        new[:] = [values.get(k, v) for k, v in zip(keys, old_vals.tolist(), strict=True)]
+        same &= new == old_vals
     return same
 
 
