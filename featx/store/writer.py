@@ -21,6 +21,7 @@ from featx.files import atomic_write
 from featx.progress import progress_bar
 from featx.store.config import (
     GROUPS,
+    TEXTS,
     StoreConfig,
     _canonical,
     config_difference,
@@ -655,6 +656,7 @@ def _per_row_column(
             stored[where] = f[name]
     first = next(iter(values.values()), None) if values else None
     strings = isinstance(first, str) or any(ds.dtype.kind in "OS" for ds in stored.values())
+    strings = strings or name == TEXTS  # (a store of no rows still keeps texts as strings)
     col = np.full(n, "" if strings else -1, dtype=object if strings else np.int64)
     if given.any():
         gi = np.flatnonzero(given)
