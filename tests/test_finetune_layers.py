@@ -112,6 +112,10 @@ def test_image_store_with_layers_and_activations(ftnet, tmp_path):
     r = run.invoke(cli, ["fit", str(both), "--head", "centroid", "--layers", "2+features",
                          "--out", str(tmp_path / "h.npz")])  # fmt: skip
     assert r.exit_code == 0, r.output
+    r = run.invoke(cli, ["predict", str(tmp_path / "h.npz"), str(src / "c1"), "--out",
+                         str(tmp_path / "p.csv"), "-q"])  # fmt: skip
+    assert r.exit_code == 0, r.output  # the bundle rebuilds the layers, not the activations
+    assert len((tmp_path / "p.csv").read_text().splitlines()) == 1 + 6
 
 
 def test_text_store_with_layers_and_activations(tmp_path):
