@@ -74,6 +74,10 @@ def register_cutter(family: str, cutter: Callable[[nn.Module, Any], Blocks]) -> 
     ``cutter(net, backbone)`` gets the backbone's network (classifier removed; for text the
     ``TextEncoder``) and the backbone, and returns :class:`Blocks`, or raises FeatxError for an
     architecture it does not know. Raises ValueError when the family already has a cutter.
+
+    The blocks must be modules of ``net`` (or wrappers whose first submodule is one and receives
+    the block's input): ``--cache-activations`` taps the input of the cut's block in the
+    network's own forward pass (:func:`cut_point`).
     """
     if family in _CUTTERS:
         raise ValueError(f"backbone family {family!r} already has a cutter")
