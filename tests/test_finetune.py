@@ -174,7 +174,7 @@ def test_training_lowers_the_loss_and_reports_a_leaderboard_row(acts):
     ft = next(r for r in rep.leaderboard.results if r.label == "finetune:tail=2")
     frozen = next(r for r in rep.leaderboard.results if r.label == "centroid")
     assert ft.n_test == frozen.n_test == rep.result.n_test > 0  # the heads' split
-    assert 1 <= rep.best_epoch <= rep.epochs
+    assert 0 <= rep.best_epoch <= rep.epochs  # 0: the start (the probe) stayed the best
     assert rep.to_dict()["seconds_per_epoch"] > 0
 
 
@@ -343,8 +343,8 @@ def test_lr_auto_runs_range_tests_and_leaves_the_run_as_given_rates_would(acts):
     auto = finetune(acts, tail=1, lr="auto", tail_lr="auto", **FAST)
     lr, tail_lr = auto.extra["lr"], auto.extra["tail_lr"]
     found = auto.extra["lr_find"]
-    assert found["head"]["lr"] == lr
-    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], lr / 10))
+    assert lr == pytest.approx(found["head"]["lr"] / 10)  # the probe start: a tenth
+    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], found["head"]["lr"] / 10))
     assert 0 < lr < 10 and 0 < tail_lr < 10 and found["blocks"]["steps"] > 10
     given = finetune(acts, tail=1, lr=lr, tail_lr=tail_lr, **FAST)
     assert given.extra["lr_find"] is None
@@ -360,6 +360,40 @@ def test_head_starts_from_the_linear_probe(acts):
     zero = finetune(acts, tail=1, lr=1e-9, tail_lr=1e-9, epochs=1, batch_size=8,
                     head_init="zero", heads=())  # fmt: skip
     assert zero.history[0]["val_accuracy"] < rep.history[0]["val_accuracy"]
+
+
+def test_the_untrained_start_is_a_candidate_for_the_best_epoch(acts):
+    from featx.finetuning import finetune
+
+    # rates that wreck every trained epoch: the run ends at its start, the linear probe
+    rep = finetune(acts, tail=1, lr=1e4, tail_lr=1e3, epochs=2, patience=5, batch_size=8,
+                   heads=())  # fmt: skip
+    assert rep.best_epoch == 0 and len(rep.history) == 2
+    assert rep.extra["start_val_accuracy"] == pytest.approx(rep.extra["probe_val_accuracy"])
+    assert rep.extra["probe_val_loss"] < min(h["val_loss"] for h in rep.history)
+
+
+def test_tuned_heads_are_rows_chosen_on_the_validation_items(acts):
+    from featx.finetuning import finetune
+    from featx.finetuning.api import _splits
+    from featx.heads import make_head
+    from featx.options import EvalProtocol, FinetuneOptions
+
+    rep = finetune(acts, tail=1, tuned_heads="knn, centroid", **FAST)
+    labels = {r.label for r in rep.leaderboard.results}
+    assert {"finetune:tail=1+knn", "finetune:tail=1+centroid", "finetune:tail=1"} <= labels
+    info = rep.extra["tuned_heads"]
+    assert info["chosen"] == max(info["val_accuracy"], key=lambda k: info["val_accuracy"][k])
+    # a tuned head's validation accuracy: fitted on the fine-tune's training rows, scored on
+    # its validation rows, on the tuned embedding (never on the test items)
+    split, val = _splits(acts.feature_set(), EvalProtocol(), FinetuneOptions())
+    with torch.no_grad():
+        emb = rep.model.embed(torch.from_numpy(acts.acts).float()).numpy()
+    head = make_head("centroid").fit(emb[split.train], acts.y[split.train])
+    expect = float((head.predict(emb[val]) == acts.y[val]).mean())
+    assert info["val_accuracy"]["finetune:tail=1+centroid"] == pytest.approx(expect)
+    row = next(r for r in rep.leaderboard.results if r.label.endswith("+centroid"))
+    assert row.n_test == rep.result.n_test and row.fit_seconds > rep.result.fit_seconds
 
 
 def test_learning_rates_take_auto_or_a_positive_number():
