@@ -220,6 +220,28 @@ def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path)
     assert ft.predict(files[:1])[0] in acts.classes
 
 
+def test_a_bundle_with_tuned_heads_predicts_with_the_chosen_one(acts, colours, tmp_path):
+    from featx.finetuning import finetune, load_finetuned
+
+    rep = finetune(acts, tail=1, tuned_heads="centroid", bundle=tmp_path / "t.npz", **FAST)
+    assert rep.extra["tuned_heads"]["chosen"] == "finetune:tail=1+centroid"
+    ft = load_finetuned(rep.bundle)
+    assert ft.tuned_head is not None and ft.tuned_head.classes == acts.classes
+    files = [str(colours / k) for k in acts.keys]
+    with torch.no_grad():
+        emb = rep.model.embed(torch.from_numpy(acts.acts).float()).numpy()
+    np.testing.assert_allclose(
+        ft.predict_proba(files), ft.tuned_head.predict_proba(emb), rtol=1e-4, atol=1e-6
+    )
+    # the bundled head is the row's: the same accuracy on the protocol's test items
+    from featx.protocol import make_splits
+
+    test = make_splits(acts.feature_set())[0].test
+    row = next(r for r in rep.leaderboard.results if r.label.endswith("+centroid"))
+    names = np.asarray(acts.classes)[acts.y[test]]
+    assert row.accuracy == pytest.approx((ft.tuned_head.predict(emb[test]) == names).mean())
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
 def test_predict_of_a_finetuned_bundle_honours_device(acts, colours, tmp_path):
     from click.testing import CliRunner

@@ -18,7 +18,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.finetuning.data import ActivationSet, check_enough
-from featx.finetuning.tuned import parse_heads, tuned_rows
+from featx.finetuning.tuned import chosen_head_bundle, parse_heads, tuned_rows
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -520,10 +520,13 @@ def _conclude(
     )
     extra = fit_summary(f, t.init)
     tuned: list[Any] = []
+    tuned_head = None
     if parse_heads(opts.tuned_heads) and t.val is not None:
-        tuned, extra["tuned_heads"] = tuned_rows(
-            t, parse_heads(opts.tuned_heads), proto, t.val, result
-        )
+        tuned, info, emb = tuned_rows(t, parse_heads(opts.tuned_heads), proto, t.val, result)
+        extra["tuned_heads"] = info
+        if bundle is not None and info["chosen_head"] is not None:
+            blob = chosen_head_bundle(emb, t, t.val, info["chosen_head"], proto, info["chosen"])
+            tuned_head = (info["chosen"], blob)
     board = _leaderboard(result, heads, features, proto, t.name, tuned)
     path = None
     if bundle is not None:
@@ -537,6 +540,7 @@ def _conclude(
             metrics=result.to_dict(details=False),
             history=f.history,
             options=opts.to_dict(),
+            tuned_head=tuned_head,
         )
     remove_checkpoint(t.task.checkpoint)
     return FinetuneReport(

@@ -55,15 +55,15 @@ def own_val_accuracy(fitted: Any) -> float | None:
 
 
 def tuned_rows(
-    t: Any, heads: Sequence[Any], proto: Any, val: np.ndarray, own: Any
-) -> tuple[list[Any], dict[str, Any]]:
+    t: Any, heads: Sequence[str], proto: Any, val: np.ndarray, own: Any
+) -> tuple[list[Any], dict[str, Any], np.ndarray]:
     """Rows ``<own.label>+<head>`` for each of ``heads`` on ``t``'s tuned embedding, and what
     chose among them (see the module docstring).
 
     ``t`` is the trained run (:class:`featx.finetuning.api._Trained`), ``val`` its validation
     rows, ``own`` the network's own result row. Each row's ``fit_seconds`` is the fine-tune's
     training time plus the embedding and this head's fits; its params record the head's
-    validation accuracy.
+    validation accuracy. Also returns the tuned embedding (every row).
     """
     from featx.comparison import compare
     from featx.features import FeatureSet
@@ -102,10 +102,32 @@ def tuned_rows(
         "val_accuracy": scores,
         "own_val_accuracy": own_val_accuracy(t.fitted),
         "chosen": chosen,
+        "chosen_head": next((r.head for r in rows if r.label == chosen), None),
         "embed_seconds": emb_s,
         "failures": failures,
     }
-    return rows, info
+    return rows, info, emb
+
+
+def chosen_head_bundle(
+    emb: np.ndarray, t: Any, val: np.ndarray, name: str, proto: Any, label: str
+) -> bytes:
+    """The head ``name`` fitted as its row was (the protocol's training items: the fine-tune's
+    training and validation rows), as the bytes of a safe head bundle
+    (:func:`featx.bundle.save_bundle`) for the fine-tuned bundle."""
+    import tempfile
+    from pathlib import Path
+
+    from featx.bundle import save_bundle
+    from featx.heads import make_head
+
+    rows = np.union1d(t.split.train, val)
+    fs = t.fs
+    est = make_head(name, None, proto.preprocess, proto.class_weight, random_state=proto.seed)
+    est.fit(emb[rows], np.asarray(fs.y)[rows])
+    with tempfile.TemporaryDirectory(prefix="featx-tuned-") as d:
+        meta = {"dim": int(emb.shape[1]), "tuned": label}
+        return save_bundle(Path(d) / "head.npz", est, fs.classes, meta).read_bytes()
 
 
 def _store_split(proto: Any) -> Any:
