@@ -15,7 +15,13 @@ from helpers import write_image
 
 from featx.options import ExtractOptions
 from featx.store import compact_store, load_features, open_features, store_info, verify_store
-from featx.store.segments import CRASH_AT_ENV, PART_SEGMENT_MIN_ROWS_ENV, segment_dir
+from featx.store.segments import (
+    CRASH_AT_ENV,
+    MERGE_TIERS_ENV,
+    PART_SEGMENT_MIN_ROWS_ENV,
+    choose_merges,
+    segment_dir,
+)
 
 OPTS = ExtractOptions(batch_size=4, workers=0, checkpoint_every=4)
 TESTS = Path(__file__).parent
@@ -129,6 +135,8 @@ def _run_killed(src: Path, store: Path, step: str) -> None:
         ("after-segment-rename", "add"),  # the segment complete, the index not renamed
         ("after-index-rename", "add"),  # committed, parts and orphans not yet removed
         ("after-part-link", "add"),  # a part linked as a segment, the index not renamed
+        ("segment-write", "merge"),  # inside a segment that merges two small ones
+        ("after-index-rename", "merge"),  # merged, the merged segments not yet removed
         ("full-write", "remove"),  # inside the compaction's temporary file
         ("after-full-rename", "remove"),  # compacted, the segments not yet removed
     ],
@@ -142,7 +150,14 @@ def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
     src = _folder(tmp_path / "imgs")
     store = tmp_path / "s.h5"
     _extract(src, store, tiny_backbone)
-    if change == "remove":  # make it segmented, then remove enough rows to compact
+    if change == "merge":  # a big segment and two small ones: the next commit merges these
+        monkeypatch.setenv(MERGE_TIERS_ENV, "2,2")
+        for name in ("new", "new2"):
+            write_image(src / "dog" / f"{name}.png", seed=len(name))
+            _extract(src, store, tiny_backbone)
+        assert store_info(store)["segments"] == 3
+        write_image(src / "eel" / "new.png", seed=98)
+    elif change == "remove":  # make it segmented, then remove enough rows to compact
         write_image(src / "dog" / "new.png", seed=99)
         _extract(src, store, tiny_backbone)
         assert store_info(store)["layout"] == "segments"
@@ -154,7 +169,9 @@ def test_kill_9_at_each_step_then_rerun_equals_an_uninterrupted_run(
     _run_killed(src, store, step)
     load_features(store)  # whatever the kill left is a readable store
     r = _extract(src, store, tiny_backbone)  # the rerun
-    assert r.n_items == (9 if change == "remove" else 14)
+    assert r.n_items == {"remove": 9, "add": 14, "merge": 15}[change]
+    if change == "merge":
+        assert store_info(store)["segments"] == 2  # the big one, and the merged small ones
     fresh = tmp_path / "fresh.h5"
     _extract(src, fresh, tiny_backbone)
     _same_rows(store, fresh)
@@ -243,3 +260,45 @@ def test_parts_become_segments_without_a_copy(tmp_path, tiny_backbone, monkeypat
     _same_rows(store, fresh)
     assert verify_store(store).ok
     assert _extract(src, store, tiny_backbone).noop
+
+
+def test_tiered_merges_leave_big_segments_alone_and_cost_the_change():
+    """The merge policy on row counts: nightly +1 % on a 1M-row store for 300 nights rewrites
+    each added row a few times (not the store), leaves the big segment alone until the store
+    has grown by much more than itself, and keeps the segment count bounded; a segment with
+    many dead rows is merged; parts fill a tier's room."""
+    floor, k = 6553, 16  # 16 MB of 1280-d float16 rows
+    live, written, most, big_until = [1_000_000], 0, 0, None
+    for night in range(300):
+        mp = choose_merges(live, [0] * len(live), 10_000, floor=floor, per_tier=k)
+        written += mp.rows
+        if 0 in mp.merge and big_until is None:
+            big_until = night
+        live = [v for i, v in enumerate(live) if i not in mp.merge] + [mp.rows]
+        most = max(most, len(live))
+    assert big_until is not None and big_until > 200  # merged once 2.7M rows were added
+    assert written <= 4 * 300 * 10_000 and most <= 2 * k  # ~3 writes per added row
+    assert choose_merges([1000, 100], [400, 0], 1, floor=1, per_tier=k).merge == {0}
+    mp = choose_merges([1000], [0], 0, [(50, 0)] * 20, floor=10, per_tier=k)
+    assert len(mp.link) == k - 1 and mp.rows == 5 * 50  # the rest is copied
+
+
+def test_minor_merge_rewrites_only_the_small_segments(tmp_path, tiny_backbone, monkeypatch):
+    monkeypatch.setenv(MERGE_TIERS_ENV, "2,2")  # tiers of 2 segments; 12 rows: a big one
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, tiny_backbone)
+    base = os.stat(store).st_ino
+    for i in range(3):
+        write_image(src / "dog" / f"new{i}.png", seed=90 + i)
+        _extract(src, store, tiny_backbone)
+    (src / "cat" / "0.png").unlink()  # a tombstone in the big segment: it stays
+    _extract(src, store, tiny_backbone)
+    info = store_info(store)
+    assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    inodes = {os.stat(p).st_ino for p in segment_dir(store).iterdir()}
+    assert base in inodes and len(inodes) == 2  # the big segment untouched, the rest merged
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, tiny_backbone)
+    _same_rows(store, fresh)
+    assert verify_store(store).ok

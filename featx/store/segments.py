@@ -13,11 +13,14 @@ is a small index file at the store's path plus immutable segment files in ``STOR
   attributes. It is small and is replaced by an atomic rename, which is the commit.
 
 A commit whose change is small (see :func:`plan_commit`) writes one segment with the new and
-changed rows and a new index. Removing a row is a tombstone. When the dead rows or the segments
-pass a threshold, or the change is a large share of the store, the commit is a full rewrite into
-a single file (schema 1) instead: compaction (also ``featx compact``). A single-file store is
-upgraded on its first small commit: its file is hard-linked (copied where links are not
-possible) into ``STORE.segments/`` as the first segment, without copying its rows.
+changed rows and a new index. Removing a row is a tombstone. A tiered merge policy
+(:func:`choose_merges`) keeps the segments few without touching the big ones: the commit's one
+new segment also takes the live rows of the segments with many dead rows and of a size tier that
+is full (minor compaction), so a row is rewritten about once per tier it climbs. When the rows a
+commit would write are a large share of the store, it is a full rewrite into a single file
+(schema 1) instead: compaction (also ``featx compact``). A single-file store is upgraded on its
+first small commit: its file is hard-linked (copied where links are not possible) into
+``STORE.segments/`` as the first segment, without copying its rows.
 
 Kills: a segment without an index naming it, or segments an index no longer names, are removed
 by the next writer (under the lock); a temporary file is removed as for a single-file store. So a
@@ -36,7 +39,7 @@ import os
 import secrets
 import shutil
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +67,24 @@ LAYOUT = "segments"
 SEGMENTED_SCHEMA_VERSION = 2
 #: The ``format`` attribute of a segment file.
 SEGMENT_FORMAT = "featx-segment"
-#: Compact (rewrite into one file) when more than this share of the stored rows is dead ...
+#: The merge policy (tiered, as Lucene's TieredMergePolicy or an LSM tree's size tiers): a
+#: segment with more than this share of its rows dead is merged into the commit's new segment
+#: (its live rows rewritten: at most 3 rows per dead row, so the cost stays the change's) ...
 COMPACT_DEAD_SHARE = 0.25
-#: ... or when a commit would make more segments than this ...
-COMPACT_MAX_SEGMENTS = 32
-#: ... or when the rows a commit writes are at least this share of the store's rows.
+#: ... segments are grouped in tiers by live rows (tier t: below ``floor * K**(t+1)`` rows,
+#: ``K`` = this), and a tier that would hold more than ``K`` segments is merged with every
+#: smaller tier into the new segment (which then lands a tier higher): each row is rewritten
+#: about once per tier it climbs, so a commit costs its change times a small log factor,
+#: amortized, and big segments are left alone until enough others of their size exist ...
+SEGMENTS_PER_TIER = 16
+#: ... segments smaller than this many feature bytes count as this size (the lowest tier);
+#: fewer tiny segments, at the price of rewriting up to ~this much per small commit, amortized
+MERGE_FLOOR_BYTES = 16 << 20
+#: Tests: "K,FLOOR_ROWS" overrides :data:`SEGMENTS_PER_TIER` and the floor (in rows).
+MERGE_TIERS_ENV = "FEATX_MERGE_TIERS"
+#: When the rows a commit writes (its change plus the segments it merges) are at least this
+#: share of the store's rows, it rewrites the whole store into one file instead (so does
+#: ``featx compact``); dead rows that dominate the store end up here too.
 FULL_WRITE_SHARE = 0.5
 #: Test hook: the name of a step at which to ``os._exit(137)`` (like ``kill -9``), or "".
 CRASH_AT_ENV = "FEATX_TEST_CRASH_AT"
@@ -295,8 +311,107 @@ class CommitPlan:
 
     mode: str
     why: str
-    write_keys: list[str]  # rows the new segment holds (segment mode)
-    dead: list[tuple[int, int]]  # new tombstones (segment, row) (segment mode)
+    write_keys: list[str]  # rows of the change the new segment holds (segment mode)
+    dead: list[tuple[int, int]]  # new tombstones (segment, row) in segments that stay
+    #: Segments of the store (index in the old index) merged into the new segment ...
+    merge: tuple[int, ...] = ()
+    #: ... and the old rows (positions in the writer's index) they still hold, kept as stored.
+    merged_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: Parts that become segments as they are (the others' rows are copied).
+    parts: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
+class MergePlan:
+    """What the tiered merge policy (:func:`choose_merges`) decided for one commit."""
+
+    merge: frozenset[int]  # existing segments merged into the commit's new segment
+    link: tuple[int, ...]  # candidate parts that become segments as they are
+    rows: int  # live rows of the new segment (the change's own, copied parts, merged)
+
+
+def merge_tiers() -> tuple[int, int | None]:
+    """(segments per tier, floor in rows or None for :data:`MERGE_FLOOR_BYTES`)."""
+    env = os.environ.get(MERGE_TIERS_ENV)
+    if env:
+        k, floor = env.split(",")
+        return max(2, int(k)), max(1, int(floor))
+    return SEGMENTS_PER_TIER, None
+
+
+def tier_of(rows: int, floor: int, per_tier: int) -> int:
+    """The size tier of a segment of ``rows`` live rows: 0 below ``floor * per_tier``, then one
+    more per factor ``per_tier``."""
+    t, limit = 0, floor * per_tier
+    while max(rows, floor) >= limit:
+        t, limit = t + 1, limit * per_tier
+    return t
+
+
+def choose_merges(
+    live: list[int],
+    dead: list[int],
+    new_rows: int,
+    parts: list[tuple[int, int]] = (),  # type: ignore[assignment]
+    *,
+    floor: int,
+    per_tier: int = SEGMENTS_PER_TIER,
+) -> MergePlan:
+    """The tiered merge policy: which segments a commit merges into its one new segment.
+
+    Parameters
+    ----------
+    live, dead : lists of int
+        Per segment of the store: live rows and dead rows (after this commit's tombstones).
+    new_rows : int
+        Rows the commit writes anyway (new, re-extracted, relabelled).
+    parts : list of (live, dead)
+        Part files that could become segments as they are (no copy).
+    floor, per_tier : int
+        Rows below which a segment counts as ``floor`` rows, and segments a tier may hold.
+
+    Rules, in order: a segment (or part) with more than :data:`COMPACT_DEAD_SHARE` of its rows
+    dead is merged (its live rows are rewritten); a part becomes a segment while its tier has
+    room for it and the new segment (``per_tier - 1``), else its rows are copied into the new
+    segment; when the new segment lands in a tier that already holds ``per_tier`` segments, that
+    tier and every smaller one are merged into it, and again where the bigger result lands.
+
+    Examples
+    --------
+    >>> choose_merges([1000, 5, 5], [0, 0, 0], 5, floor=4, per_tier=2).merge  # 3 small: merge
+    frozenset({1, 2})
+    >>> sorted(choose_merges([1000, 5], [0, 0], 5, floor=4, per_tier=2).merge)
+    []
+    """
+    n = len(live)
+    merge = {i for i in range(n) if dead[i] > COMPACT_DEAD_SHARE * (live[i] + dead[i])}
+    tiers = [tier_of(v, floor, per_tier) for v in live]
+    count: dict[int, int] = {}
+    for i in range(n):
+        if i not in merge:
+            count[tiers[i]] = count.get(tiers[i], 0) + 1
+    link, copied = [], 0
+    for j in sorted(range(len(parts)), key=lambda j: -parts[j][0]):
+        p_live, p_dead = parts[j]
+        t = tier_of(p_live, floor, per_tier)
+        if p_dead <= COMPACT_DEAD_SHARE * (p_live + p_dead) and count.get(t, 0) < per_tier - 1:
+            link.append(j)
+            count[t] = count.get(t, 0) + 1
+        else:
+            copied += p_live
+    rows = new_rows + copied + sum(live[i] for i in merge)
+    while rows or merge:
+        t = tier_of(rows, floor, per_tier)
+        if count.get(t, 0) < per_tier:
+            break
+        more = [i for i in range(n) if i not in merge and tiers[i] <= t]
+        merge.update(more)
+        rows += sum(live[i] for i in more)
+        for i in more:
+            count[tiers[i]] -= 1
+        if count.get(t, 0) >= per_tier:  # linked parts fill it: they stay (rare)
+            break
+    return MergePlan(frozenset(merge), tuple(sorted(link)), int(rows))
 
 
 @dataclass
@@ -448,21 +563,26 @@ def _multi_output(writer: Any, change: StoreChange) -> bool:
     )
 
 
-def _part_segments(writer: Any, change: StoreChange, room: int) -> list[PartSegment]:
-    """The parts of ``change.write`` that become segments as they are, largest first, at most
-    ``room`` of them."""
+def _part_segments(writer: Any, change: StoreChange) -> list[PartSegment]:
+    """The parts of ``change.write`` that could become segments as they are, largest first
+    (:func:`plan_commit` decides how many do)."""
     by_part: dict[str, dict[int, str]] = {}
     for k, (where, r) in change.write.items():
         if where != "store":
             by_part.setdefault(where, {})[int(r)] = k
     out = []
     for part, rows_of in sorted(by_part.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        if len(out) >= room:
-            break
         fit = _part_as_segment(part, rows_of, change)
         if fit is not None:
             out.append(PartSegment(part, fit[0], fit[1], frozenset(rows_of.values())))
     return out
+
+
+def _floor_rows(writer: Any, change: StoreChange, floor: int | None) -> int:
+    if floor is not None:
+        return floor
+    dim = int(writer.dim or change.attrs.get("dim") or 1)
+    return max(1, MERGE_FLOOR_BYTES // max(1, dim * np.dtype(writer.config.dtype).itemsize))
 
 
 def plan_commit(
@@ -472,9 +592,10 @@ def plan_commit(
     force_full: bool = False,
     parts: list[PartSegment] | None = None,
 ) -> CommitPlan:
-    """Decide between a segment commit and a full rewrite (see the module docstring). Costs the
-    change plus one boolean per stored row. ``parts``: part files that become segments as they
-    are (their rows are not written again)."""
+    """Decide between a segment commit (which segments it merges, which parts it links) and a
+    full rewrite, by the tiered merge policy (:func:`choose_merges`, the module docstring).
+    Costs the change plus one boolean per stored row. ``parts``: part files that could become
+    segments as they are (their rows are not written again)."""
     old = writer.index
     parts = parts or []
     if force_full:
@@ -483,48 +604,76 @@ def plan_commit(
         return CommitPlan("full", "a multi-output or text-carrying store", [], [])
     n_final = change.n_items
     write = change.write
-    taken = set().union(*(p.keys for p in parts)) if parts else set()
-    n_copy = len(write) - len(taken)
-    if old is None or len(old.keys) == 0:
-        if not parts or n_copy >= FULL_WRITE_SHARE * n_final:
-            return CommitPlan("full", "a new store", [], [])
-    elif n_final and n_copy >= FULL_WRITE_SHARE * n_final:
-        return CommitPlan("full", f"{n_copy} of {n_final} rows change", [], [])
     layout = writer.layout
-    copy = sorted(k for k in write if k not in taken)
-    n_new_files = len(parts) + (1 if copy else 0)
-    part_dead = sum(len(p.dead) for p in parts)
-    part_rows = sum(p.n_rows for p in parts)
-    if old is None or len(old.keys) == 0:
-        files_after, dead_before, stored, dead = n_new_files, 0, 0, []
+    empty = old is None or len(old.keys) == 0
+    # the store's segments after this commit's tombstones: rows, dead rows, where each old row is
+    if empty:
+        n_rows = np.zeros(0, dtype=np.int64)
+        seg_dead = np.zeros(0, dtype=np.int64)
+        file_of_row = np.zeros(0, dtype=np.int64)
+        dead_idx = np.zeros(0, dtype=np.int64)
     else:
         kept_old = np.zeros(len(old.keys), dtype=bool)
         kept_old[np.asarray(change.kept, dtype=np.int64)] = True
         dead_idx = np.flatnonzero(~kept_old)
-        if layout.file_of_row is None:
-            files_after = 1 + n_new_files
-            dead_before, stored = 0, len(old.keys)
-            dead = [(0, int(r)) for r in dead_idx]
+        if layout.file_of_row is None:  # a single file: it would be segment 0
+            n_rows = np.array([len(old.keys)], dtype=np.int64)
+            file_of_row = np.zeros(len(old.keys), dtype=np.int64)
+            seg_dead = np.zeros(1, dtype=np.int64)
         else:
-            files_after = len(layout.files) + n_new_files
-            dead_before, stored = len(writer.old_dead), int(sum(writer.old_n_rows))
-            dead = list(
-                zip(
-                    layout.file_of_row[dead_idx].tolist(),
-                    layout.row_in_file[dead_idx].tolist(),
-                    strict=True,
-                )
+            n_rows = np.asarray(writer.old_n_rows, dtype=np.int64)
+            file_of_row = np.asarray(layout.file_of_row, dtype=np.int64)
+            seg_dead = np.bincount(
+                np.asarray([s for s, _ in writer.old_dead], dtype=np.int64), minlength=len(n_rows)
             )
-    n_dead = dead_before + len(dead) + part_dead
-    total = stored + part_rows + len(copy)
-    if n_dead > COMPACT_DEAD_SHARE * total:
-        return CommitPlan("full", f"{n_dead} dead rows of {total}: compacting", [], [])
-    if files_after > COMPACT_MAX_SEGMENTS:
-        return CommitPlan("full", f"{files_after} segments: compacting", [], [])
+        seg_dead = seg_dead + np.bincount(file_of_row[dead_idx], minlength=len(n_rows))
+    taken_any = set().union(*(p.keys for p in parts)) if parts else set()
+    per_tier, floor = merge_tiers()
+    mp = choose_merges(
+        (n_rows - seg_dead).tolist(),
+        seg_dead.tolist(),
+        sum(1 for k in write if k not in taken_any),
+        [(p.n_rows - len(p.dead), len(p.dead)) for p in parts],
+        floor=_floor_rows(writer, change, floor),
+        per_tier=per_tier,
+    )
+    linked = tuple(parts[j] for j in mp.link)
+    taken = set().union(*(p.keys for p in linked)) if linked else set()
+    copy = sorted(k for k in write if k not in taken)
+    merge = tuple(sorted(mp.merge))
+    if merge:
+        in_merge = np.zeros(len(n_rows), dtype=bool)
+        in_merge[list(merge)] = True
+        kept = np.asarray(change.kept, dtype=np.int64)
+        merged_rows = kept[in_merge[file_of_row[kept]]]
+        dead_idx = dead_idx[~in_merge[file_of_row[dead_idx]]]
+    else:
+        merged_rows = np.zeros(0, dtype=np.int64)
+    n_written = len(copy) + len(merged_rows)
+    if empty:
+        if not linked or n_written >= FULL_WRITE_SHARE * n_final:
+            return CommitPlan("full", "a new store", [], [])
+    elif n_final and n_written >= FULL_WRITE_SHARE * n_final:
+        why = f"{n_written} of {n_final} rows to write"
+        if merge:
+            why += f" ({len(merged_rows)} of them to merge {len(merge)} segment(s))"
+        return CommitPlan("full", why + ": compacting into one file", [], [])
+    if empty or layout.file_of_row is None:
+        dead = [(0, int(r)) for r in dead_idx]
+    else:
+        dead = list(
+            zip(
+                file_of_row[dead_idx].tolist(),
+                np.asarray(layout.row_in_file, dtype=np.int64)[dead_idx].tolist(),
+                strict=True,
+            )
+        )
     why = f"{len(copy)} rows into a new segment"
-    if parts:
-        why += f", {len(parts)} part(s) of {part_rows} rows registered as segments"
-    return CommitPlan("segment", why, copy, dead)
+    if merge:
+        why += f", merging {len(merge)} segment(s) of {len(merged_rows)} live rows into it"
+    if linked:
+        why += f", {len(linked)} part(s) of {sum(p.n_rows for p in linked)} rows as segments"
+    return CommitPlan("segment", why, copy, dead, merge, merged_rows, linked)
 
 
 def _part_min_rows() -> int:
@@ -736,15 +885,7 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
     one file (see :func:`plan_commit`)."""
     parts: list[PartSegment] = []
     if not force_full and not _multi_output(writer, change):
-        if writer.index is None or len(writer.index.keys) == 0:
-            used = 0
-        elif writer.layout.file_of_row is None:
-            used = 1  # the single file becomes segment 0
-        else:
-            used = len(writer.layout.files)
-        # parts fill at most half of the segments a store may have (the rest of the room is
-        # for later small commits, so that many small parts do not force an early compaction)
-        parts = _part_segments(writer, change, COMPACT_MAX_SEGMENTS // 2 - used - 1)
+        parts = _part_segments(writer, change)  # the policy decides which become segments
     plan = plan_commit(writer, change, force_full=force_full, parts=parts)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:
@@ -757,43 +898,51 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
         return writer.path
 
     folder = segment_dir(writer.path)
+    merge = set(plan.merge)
     if writer.index is None or len(writer.index.keys) == 0:  # a new store made of parts
         names, n_rows, dead = [], [], []
     elif writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
-        names, n_rows, dead = [upgrade_to_segment(writer.path)], [len(writer.index.keys)], []
-        _crash_point("after-upgrade-link")
+        if merge:  # ... unless it is merged (its live rows rewritten into the new segment)
+            names, n_rows, dead = [], [], []
+        else:
+            names, n_rows = [upgrade_to_segment(writer.path)], [len(writer.index.keys)]
+            dead = []
+            _crash_point("after-upgrade-link")
     else:
         names = [Path(p).name for p in writer.layout.files]
         n_rows, dead = list(writer.old_n_rows), list(writer.old_dead)
     dead += plan.dead
-    classes = tuple(change.classes)
-    copy = plan.write_keys
-    for part in parts:  # parts that become segments: their rows are not copied again
+    if merge and names:  # merged segments leave the index (the next writer removes them)
+        stay = [i for i in range(len(names)) if i not in merge]
+        new_pos = {old: new for new, old in enumerate(stay)}
+        names, n_rows = [names[i] for i in stay], [n_rows[i] for i in stay]
+        dead = [(new_pos[s], r) for s, r in dead if s in new_pos]
+    for part in plan.parts:  # parts that become segments: their rows are not copied again
         names.append(_link_segment(part.path, folder))
         _crash_point("after-part-link")
         n_rows.append(part.n_rows)
         dead += [(len(names) - 1, int(r)) for r in part.dead]
-    if copy:
+    if plan.write_keys or len(plan.merged_rows):
+        # one new segment: the change's rows, the rows of parts not linked, and the live rows
+        # of the merged segments (kept as stored)
         folder.mkdir(exist_ok=True)
         name = _new_segment_name(folder)
-        wk = copy
-        per_row = change.per_row
+        out = _whole_state(
+            writer,
+            replace(
+                change,
+                kept=plan.merged_rows,
+                write={k: change.write[k] for k in plan.write_keys},
+            ),
+        )
         writer._merge(
-            rows=_sources(writer, {k: change.write[k] for k in wk}),
-            failed={},
-            labels={k: change.labels.get(k, -1) for k in wk},
-            split={k: change.split.get(k, "") for k in wk},
-            classes=classes,
-            fingerprints={k: tuple(change.fingerprints[k]) for k in wk},
-            attrs=dict(change.attrs),
-            per_row=None
-            if per_row is None
-            else {n: {k: v[k] for k in wk if k in v} for n, v in per_row.items()},
+            **{**out, "rows": _sources(writer, out["rows"]), "failed": {}},
             target=folder / name,
         )
         _crash_point("after-segment-rename")
         names.append(name)
-        n_rows.append(len(wk))
+        n_rows.append(len(out["rows"]))
+    classes = tuple(change.classes)
     write_index(
         writer,
         names=names,
