@@ -438,15 +438,17 @@ def test_full_finetune_runs_on_cpu_and_its_bundle_predicts(ftnet, colours, tmp_p
         colours,
         BackboneSpec(name="ftnet"),
         bundle=tmp_path / "full.npz",
-        **{**FAST, "heads": ["centroid"], "epochs": 2},
+        **{**FAST, "heads": ["centroid"], "epochs": 2, "tuned_heads": "knn"},
     )
     assert rep.result.label == "finetune:full"
-    assert {r.label for r in rep.leaderboard.results} == {"finetune:full", "centroid"}
+    labels = {r.label for r in rep.leaderboard.results}
+    assert labels == {"finetune:full", "centroid", "finetune:full+knn"}
     ft = load_finetuned(rep.bundle)
     files = sorted(str(p) for p in colours.rglob("*.png"))[:4]
     x = torch.stack([ft.backbone.preprocess.to_uint8(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
-        ref = torch.softmax(rep.model(ft.backbone.preprocess.normalize(x)), 1).numpy()
+        emb = rep.model.embed(ft.backbone.preprocess.normalize(x)).numpy()
+    ref = ft.tuned_head.predict_proba(emb)  # the chosen tuned head predicts
     np.testing.assert_allclose(ft.predict_proba(files), ref, rtol=1e-5, atol=1e-6)
 
 
