@@ -401,6 +401,8 @@ def test_tuned_heads_are_rows_chosen_on_the_validation_items(acts):
     from featx.heads import make_head
     from featx.options import EvalProtocol, FinetuneOptions
 
+    with pytest.raises(FeatxError, match="unknown head 'nope'"):
+        finetune(acts, tail=1, tuned_heads="knn,nope", **FAST)  # before any training
     rep = finetune(acts, tail=1, tuned_heads="knn, centroid", **FAST)
     labels = {r.label for r in rep.leaderboard.results}
     assert {"finetune:tail=1+knn", "finetune:tail=1+centroid", "finetune:tail=1"} <= labels

@@ -101,6 +101,11 @@ def _split_opts(
             "fine-tuning trains on one split; cv folds and few-shot trials do not apply "
             "(evaluate heads with them in featx compare)"
         )
+    if parse_heads(opts.tuned_heads):  # an unknown head fails now, not after training
+        from featx.heads import get_head_info
+
+        for name in parse_heads(opts.tuned_heads):
+            get_head_info(name)
     return opts, proto
 
 
