@@ -585,10 +585,11 @@ def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path)
     bundle = tmp_path / "tuned.npz"
     r = runner.invoke(
         cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads",
-              "centroid", "--bundle", str(bundle), "-q"],
+              "centroid", "--bundle", str(bundle), "--tuned-heads", "knn", "-q"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "finetune:tail=2" in r.output and "centroid" in r.output
+    assert "chosen on the validation items: finetune:tail=2+knn" in r.output
     assert "learning rates: head" in r.output and "(range test)" in r.output
     out = tmp_path / "preds.csv"
     r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])
