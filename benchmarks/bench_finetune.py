@@ -29,6 +29,16 @@ Usage (BENCHMARKS.md's rows)::
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --full-epochs 8
 
+Third round (3 seeds; featx's heads on the tuned embedding, one chosen on the validation items;
+full fine-tuning runs for the first seed only)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2 \
+        --seeds 0,1,2 --tuned-heads knn,svm,logreg
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --seeds 0 \
+        --tuned-heads knn,svm,logreg
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py images --per-class 150 --image-size 64 \
+        --rows frozen,tail1 --seeds 0,1,2
+
 The Animal Shape arrays ship as pickles inside the wheel; they are read with an unpickler that
 only rebuilds numpy arrays (it refuses any other class).
 """
