@@ -202,3 +202,32 @@ def test_pipeline_with_layers_and_a_finetune_step(ftnet, tmp_path):
     res = run_pipeline(toml, report=tmp_path / "report")
     rows = {r.label: r.store for r in next(iter(res.leaderboards.values())).results}
     assert set(rows) == {"centroid", "finetune:tail=1"} and "features+1+2" in rows["centroid"]
+
+
+def test_a_store_with_layers_and_activations_resumes_from_its_parts(ftnet, tmp_path, monkeypatch):
+    """An interrupted run leaves parts holding every output (groups and activations); the next
+    run reuses them and the store equals one extracted in one go."""
+    import featx.engine as engine
+    from featx.extraction import ExtractOptions, extract
+
+    src = colour_folder(tmp_path / "c", per_class=4)
+    opts = ExtractOptions(layers="1,2", cache_activations="-2", checkpoint_every=4, workers=0,
+                          batch_size=4)  # fmt: skip
+    real, calls = engine.DecodeDataset.__getitem__, []
+
+    def flaky(self, i):
+        calls.append(i)
+        if len(calls) > 9:
+            raise KeyboardInterrupt
+        return real(self, i)
+
+    store, fresh = tmp_path / "s.h5", tmp_path / "fresh.h5"
+    monkeypatch.setattr(engine.DecodeDataset, "__getitem__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(src, "ftnet", store=store, options=opts)
+    monkeypatch.undo()
+    assert not store.exists() and len(list(tmp_path.glob("s.h5.parts/part-*.h5"))) == 2
+    r = extract(src, "ftnet", store=store, options=opts)
+    assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
+    extract(src, "ftnet", store=fresh, options=opts)
+    _same_store(store, fresh, fresh)
