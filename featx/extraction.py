@@ -721,11 +721,10 @@ def _rows_per_part(n: int, opts: ExtractOptions) -> int:
 
 
 def plain_store(config: StoreConfig, src: Source) -> bool:
-    """Whether a store holds only the pooled features and plain per-row metadata (no
-    ``--layers`` groups, cached outputs or texts): what parts written by workers can hold."""
-    from featx.store.config import store_groups
-
-    return not store_groups(config) and not config.outputs and src.modality == "image"
+    """Whether a store holds only what parts written by workers can hold: the pooled features,
+    the extra outputs of the pass (``--layers`` groups, cached activations: parts hold them as
+    segments do, #21) and plain per-row metadata; not texts (an image store)."""
+    return src.modality == "image"
 
 
 def _run(

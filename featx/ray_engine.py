@@ -299,6 +299,11 @@ def _part_writer(sink: Any, holder: list) -> Callable[[dict], dict]:
                                kind="stable")]  # fmt: skip
         bad = np.flatnonzero(~ok)
         feats = np.asarray(batch[OUT + FEATURES])[good]
+        outputs = {  # --layers groups, cached activations: in the part as in a segment (#21)
+            k[len(OUT) :]: np.asarray(v)[good]
+            for k, v in batch.items()
+            if k.startswith(OUT) and k != OUT + FEATURES
+        }
 
         def col(name: str, where: np.ndarray) -> list:
             return [meta[name][j] for j in i[where]]
@@ -309,7 +314,7 @@ def _part_writer(sink: Any, holder: list) -> Callable[[dict], dict]:
             failed_keys=col("key", bad), failed_reasons=[str(reasons[j]) for j in bad],
             failed_size=col("size", bad), failed_mtime_ns=col("mtime_ns", bad),
             failed_sha256=col("sha256", bad), labels=col("label", good),
-            split=col("split", good),
+            split=col("split", good), outputs=outputs,
         )  # fmt: skip
         path = sink.write(rows) if len(i) else ""
         row = np.full(len(i), -1, dtype=np.int64)

@@ -353,6 +353,7 @@ def test_ray_engine_caches_activations_next_to_layers(ray_runtime, image_folder,
     assert r.engine == "ray" and r.n_new == 12
     assert_same_store(local, distributed)  # features and both layer groups
     assert [g.name for g in load_features(distributed).groups] == ["features", "layer3", "layer4"]
+    assert store_info(distributed)["layout"] == "segments"  # the workers' parts, linked (#21)
     a, b = read_output(local, "activations"), read_output(distributed, "activations")
     assert a.shape == b.shape and a.shape[0] == 12
     np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=1e-2)
