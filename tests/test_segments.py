@@ -302,3 +302,20 @@ def test_minor_merge_rewrites_only_the_small_segments(tmp_path, tiny_backbone, m
     _extract(src, fresh, tiny_backbone)
     _same_rows(store, fresh)
     assert verify_store(store).ok
+
+
+def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
+    """The index read keeps keys as the stored bytes (decoded when first used) and merges the
+    segments' sorted keys in str order: as bytes when ASCII, as str otherwise (a surrogate-
+    escaped file name sorts differently as bytes)."""
+    from featx.store import StoreIndex
+    from featx.store.layout import encode_keys
+    from featx.store.segments import _keys_in_order
+
+    for names in (["a/1", "b/0", "c"], ["a", "\udcf5", "\ue000", "z"]):
+        segs = [encode_keys(sorted(names[::2])), encode_keys(sorted(names[1::2]))]
+        keys, order = _keys_in_order(segs)
+        idx = StoreIndex(keys[order], *[np.zeros(len(names))] * 3, *[np.zeros(0)] * 5,
+                         np.zeros(len(names)), np.zeros(len(names)), ())  # fmt: skip
+        assert idx.n_rows == len(names)
+        assert idx.keys.tolist() == sorted(names) and idx.keys.dtype == object

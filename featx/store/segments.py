@@ -53,10 +53,12 @@ from featx.store.layout import (
     _digest_attrs,
     _h5,
     _int_ds,
+    _raw_strings,
     _str_ds,
     _strings,
     _write_attrs,
     _write_failed,
+    decode_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -213,7 +215,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
             remap = np.array([class_index.get(c, -1) for c in seg_classes] + [-1], dtype=np.int64)
             labels = s["labels"][()].astype(np.int64)
             g = s["fingerprint"]
-            cols["keys"].append(_strings(s["paths"])[live])
+            cols["keys"].append(_raw_strings(s["paths"])[live])  # bytes: decoded on use
             cols["size"].append(g["size"][()][live])
             cols["mtime_ns"].append(g["mtime_ns"][()][live])
             cols["sha256"].append(_strings(g["sha256"])[live])
@@ -232,8 +234,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
     def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
         return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
-    keys = cat(cols["keys"], object)
-    order = np.argsort(keys, kind="stable") if len(files) > 1 else np.arange(len(keys))
+    keys, order = _keys_in_order(cols["keys"])
     fl = f["failed"]
     fields = {
         "keys": keys[order],
@@ -263,6 +264,25 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         dtype=dtype,
         handles=handles,
     )
+
+
+def _keys_in_order(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The segments' live keys concatenated, and the order that sorts them (each segment is
+    sorted already). Kept as the stored bytes (decoded by :class:`StoreIndex` on first use)
+    and sorted as bytes when they are ASCII, where byte order is str order; otherwise decoded
+    and sorted as str (the order every store file is written in)."""
+    if not parts:
+        return np.empty(0, dtype=object), np.zeros(0, dtype=np.int64)
+    if all(p.dtype.kind == "S" for p in parts):
+        keys = np.concatenate(parts)  # the widest segment's width
+        if len(parts) == 1:
+            return keys, np.arange(len(keys))
+        if keys.size and bool((keys.view(np.uint8) < 0x80).all()):
+            return keys, np.argsort(keys, kind="stable")
+    keys = np.concatenate([p if p.dtype.kind == "O" else decode_bytes(p) for p in parts])
+    if len(parts) == 1:
+        return keys, np.arange(len(keys))
+    return keys, np.argsort(keys, kind="stable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,7 +625,7 @@ def plan_commit(
     n_final = change.n_items
     write = change.write
     layout = writer.layout
-    empty = old is None or len(old.keys) == 0
+    empty = old is None or old.n_rows == 0
     # the store's segments after this commit's tombstones: rows, dead rows, where each old row is
     if empty:
         n_rows = np.zeros(0, dtype=np.int64)
@@ -613,12 +633,12 @@ def plan_commit(
         file_of_row = np.zeros(0, dtype=np.int64)
         dead_idx = np.zeros(0, dtype=np.int64)
     else:
-        kept_old = np.zeros(len(old.keys), dtype=bool)
+        kept_old = np.zeros(old.n_rows, dtype=bool)
         kept_old[np.asarray(change.kept, dtype=np.int64)] = True
         dead_idx = np.flatnonzero(~kept_old)
         if layout.file_of_row is None:  # a single file: it would be segment 0
-            n_rows = np.array([len(old.keys)], dtype=np.int64)
-            file_of_row = np.zeros(len(old.keys), dtype=np.int64)
+            n_rows = np.array([old.n_rows], dtype=np.int64)
+            file_of_row = np.zeros(old.n_rows, dtype=np.int64)
             seg_dead = np.zeros(1, dtype=np.int64)
         else:
             n_rows = np.asarray(writer.old_n_rows, dtype=np.int64)
@@ -899,13 +919,13 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
 
     folder = segment_dir(writer.path)
     merge = set(plan.merge)
-    if writer.index is None or len(writer.index.keys) == 0:  # a new store made of parts
+    if writer.index is None or writer.index.n_rows == 0:  # a new store made of parts
         names, n_rows, dead = [], [], []
     elif writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
         if merge:  # ... unless it is merged (its live rows rewritten into the new segment)
             names, n_rows, dead = [], [], []
         else:
-            names, n_rows = [upgrade_to_segment(writer.path)], [len(writer.index.keys)]
+            names, n_rows = [upgrade_to_segment(writer.path)], [writer.index.n_rows]
             dead = []
             _crash_point("after-upgrade-link")
     else:
