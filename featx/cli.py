@@ -504,7 +504,7 @@ def format_info(info: dict[str, Any]) -> str:
             (
                 "layout",
                 f"{info['segments']} segments, {info['dead_rows']} dead rows "
-                "('featx compact' merges them)",
+                "('featx compact' merges them)" + _segment_sizes(info.get("segment_rows") or []),
             )
         )
     if text:
@@ -616,6 +616,15 @@ def verify(store: str, as_json: bool) -> None:
     )
     for note in report.notes:
         echo(f"note: {note}")
+
+
+def _segment_sizes(rows: list[int]) -> str:
+    """'; live rows per segment: 1,000,000 170,000 ...' (largest first, at most 8)."""
+    if not rows:
+        return ""
+    big = sorted(rows, reverse=True)
+    more = f" and {len(big) - 8} more" if len(big) > 8 else ""
+    return "; live rows per segment: " + " ".join(f"{v:,}" for v in big[:8]) + more
 
 
 @cli.command()

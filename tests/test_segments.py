@@ -296,6 +296,7 @@ def test_minor_merge_rewrites_only_the_small_segments(tmp_path, tiny_backbone, m
     _extract(src, store, tiny_backbone)
     info = store_info(store)
     assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    assert sorted(info["segment_rows"]) == [3, 11]  # featx info: live rows per segment
     inodes = {os.stat(p).st_ino for p in segment_dir(store).iterdir()}
     assert base in inodes and len(inodes) == 2  # the big segment untouched, the rest merged
     fresh = tmp_path / "fresh.h5"

@@ -375,6 +375,13 @@ def _damage_is_store_error(path: str | os.PathLike) -> Iterator[None]:
         ) from None
 
 
+def _segment_rows(f: Any) -> list[int]:
+    """Live rows of each segment of a segmented store's index (what the merge policy sizes)."""
+    n_rows = f["segments/n_rows"][()].astype(np.int64)
+    dead = np.bincount(f["dead/segment"][()].astype(np.int64), minlength=len(n_rows))
+    return (n_rows - dead[: len(n_rows)]).tolist()
+
+
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-able summary of a store: counts, dim, backbone, weights, classes, splits, versions."""
     with _open_read(path) as f, _damage_is_store_error(path):
@@ -408,6 +415,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "layout": "segments" if segmented else "single file",
             "segments": len(matrix.files),
             "dead_rows": int(f.attrs.get("n_dead", 0)) if segmented else 0,
+            "segment_rows": _segment_rows(f) if segmented else [],
             "n_classes": len(idx.classes),
             "classes": list(idx.classes),
             "splits": splits,
