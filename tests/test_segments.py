@@ -279,6 +279,9 @@ def test_tiered_merges_leave_big_segments_alone_and_cost_the_change():
     assert big_until is not None and big_until > 200  # merged once 2.7M rows were added
     assert written <= 4 * 300 * 10_000 and most <= 2 * k  # ~3 writes per added row
     assert choose_merges([1000, 100], [400, 0], 1, floor=1, per_tier=k).merge == {0}
+    # a full tier whose big segment has no peers yet: only the small ones merge
+    mp = choose_merges([100_000] + [1000] * 15, [0] * 16, 1000, floor=floor, per_tier=k)
+    assert mp.merge == set(range(1, 16)) and mp.rows == 16_000
     mp = choose_merges([1000], [0], 0, [(50, 0)] * 20, floor=10, per_tier=k)
     assert len(mp.link) == k - 1 and mp.rows == 5 * 50  # the rest is copied
 

@@ -393,8 +393,10 @@ def choose_merges(
     Rules, in order: a segment (or part) with more than :data:`COMPACT_DEAD_SHARE` of its rows
     dead is merged (its live rows are rewritten); a part becomes a segment while its tier has
     room for it and the new segment (``per_tier - 1``), else its rows are copied into the new
-    segment; when the new segment lands in a tier that already holds ``per_tier`` segments, that
-    tier and every smaller one are merged into it, and again where the bigger result lands.
+    segment; when the new segment lands in a tier that already holds ``per_tier`` segments, the
+    segments of that tier and the smaller ones are merged into it, smallest first, each while it
+    holds no more rows than those merged so far (a big segment waits for peers of its size), and
+    again in the tier where the bigger result lands.
 
     Examples
     --------
@@ -424,13 +426,20 @@ def choose_merges(
         t = tier_of(rows, floor, per_tier)
         if count.get(t, 0) < per_tier:
             break
-        more = [i for i in range(n) if i not in merge and tiers[i] <= t]
-        merge.update(more)
-        rows += sum(live[i] for i in more)
-        for i in more:
-            count[tiers[i]] -= 1
-        if count.get(t, 0) >= per_tier:  # linked parts fill it: they stay (rare)
+        # the tier is full: merge its segments and the smaller tiers', smallest first, each
+        # while it is no bigger than the rows merged so far (so a segment is rewritten only
+        # with at least as many rows as it holds, and a big one waits for its peers)
+        cands = sorted(
+            (i for i in range(n) if i not in merge and tiers[i] <= t), key=lambda i: (live[i], i)
+        )
+        if not cands:  # linked parts fill it: they stay (rare)
             break
+        for k, i in enumerate(cands):
+            if k and live[i] > rows:
+                break
+            merge.add(i)
+            rows += live[i]
+            count[tiers[i]] -= 1
     return MergePlan(frozenset(merge), tuple(sorted(link)), int(rows))
 
 
