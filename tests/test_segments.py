@@ -5,6 +5,7 @@ commit or a compaction leaves a store that the rerun completes exactly."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -322,4 +323,6 @@ def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
         idx = StoreIndex(keys[order], *[np.zeros(len(names))] * 3, *[np.zeros(0)] * 5,
                          np.zeros(len(names)), np.zeros(len(names)), ())  # fmt: skip
         assert idx.n_rows == len(names)
+        again = pickle.loads(pickle.dumps(idx))
         assert idx.keys.tolist() == sorted(names) and idx.keys.dtype == object
+        assert again.keys.tolist() == sorted(names) and again.n_rows == len(names)

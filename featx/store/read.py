@@ -161,6 +161,10 @@ class StoreIndex:
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"StoreIndex is read-only (cannot set {name})")
 
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # pickling (read-only slots)
+        keys = self._keys if self._keys is not None else self._key_bytes
+        return (StoreIndex, (keys, *(getattr(self, k) for k in _INDEX_FIELDS)))
+
     def __repr__(self) -> str:
         return f"StoreIndex({self.n_rows} rows, {len(self.failed_keys)} failed)"
 
