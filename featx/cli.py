@@ -634,8 +634,8 @@ def _segment_sizes(rows: list[int]) -> str:
 def compact(store: str, as_json: bool, quiet: bool) -> None:
     """Merge a segmented STORE into one file, dropping its dead rows.
 
-    Incremental runs add small changes as segments; a run compacts by itself once dead rows or
-    segments pass a threshold. This does it now (one atomic commit, like an extraction's).
+    Incremental runs add small changes as segments and merge small segments by themselves
+    (leaving big ones alone); this merges them all now (one atomic commit, like an extraction's).
 
     \b
     Example:
