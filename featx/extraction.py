@@ -590,8 +590,11 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
     n = len(items)
     keys = [it.key for it in items]
     old_failed: dict[str, tuple] = {}
-    has_old = old is not None and len(old.keys) > 0
-    pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
+    has_old = old is not None and old.n_rows > 0
+    if has_old and old.keys_equal(keys):  # the usual rerun: the same keys (not decoded)
+        pos = np.arange(n, dtype=np.int64)
+    else:
+        pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
     if old is not None:
         old_failed = _failed_records(old)
     matched = pos >= 0
@@ -660,7 +663,7 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
             failed[k] = (old_failed[k][0], *_fp(it))
         else:
             todo.append(it)
-    n_removed = (len(old.keys) - int(matched.sum())) if has_old else 0
+    n_removed = (old.n_rows - int(matched.sum())) if has_old else 0
     if old_failed:
         current = set(keys)
         n_removed += sum(1 for k in old_failed if k not in current)

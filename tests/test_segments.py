@@ -323,6 +323,8 @@ def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
         idx = StoreIndex(keys[order], *[np.zeros(len(names))] * 3, *[np.zeros(0)] * 5,
                          np.zeros(len(names)), np.zeros(len(names)), ())  # fmt: skip
         assert idx.n_rows == len(names)
+        assert idx.keys_equal(sorted(names)) and not idx.keys_equal(sorted(names)[::-1])
         again = pickle.loads(pickle.dumps(idx))
         assert idx.keys.tolist() == sorted(names) and idx.keys.dtype == object
         assert again.keys.tolist() == sorted(names) and again.n_rows == len(names)
+        assert idx.keys_equal(sorted(names)) and not idx.keys_equal(sorted(names)[:-1])
