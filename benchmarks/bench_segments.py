@@ -86,7 +86,7 @@ def change(path: Path, n_new: int, dim: int, *, mode: str, prefix: str = "new") 
         if mode == "change":
             w.commit_change(
                 StoreChange(
-                    kept=np.arange(len(idx.keys)),
+                    kept=np.arange(idx.n_rows),  # positions only: keys not decoded
                     write={k: (str(part), i) for i, k in enumerate(keys)},
                     labels={k: 0 for k in keys},
                     split={},
