@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from itertools import repeat
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -555,6 +555,24 @@ def _positions(stored: np.ndarray, keys: list[str]) -> np.ndarray:
     return pos
 
 
+def _same_keys(old: Any, keys: list[str]) -> np.ndarray | None:
+    """The usual rerun's positions without a merge: when the source's keys are the store's rows
+    in order, with its recorded failures among them (their position -1), compared as the
+    stored bytes (:meth:`featx.store.StoreIndex.keys_equal`); else None."""
+    n, n_failed = len(keys), len(old.failed_keys)
+    if n != old.n_rows + n_failed:
+        return None
+    if not n_failed:
+        return np.arange(n, dtype=np.int64) if old.keys_equal(keys) else None
+    failed = set(old.failed_keys.tolist())
+    ok = np.fromiter((k not in failed for k in keys), bool, n)
+    if n - int(ok.sum()) != n_failed or not old.keys_equal(list(compress(keys, ok))):
+        return None
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[ok] = np.arange(old.n_rows, dtype=np.int64)
+    return pos
+
+
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     """See :func:`_plan_rows`; without cyclic garbage collections while its million small
     tuples are made (none of them is garbage)."""
@@ -591,8 +609,9 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
     keys = [it.key for it in items]
     old_failed: dict[str, tuple] = {}
     has_old = old is not None and old.n_rows > 0
-    if has_old and old.keys_equal(keys):  # the usual rerun: the same keys (not decoded)
-        pos = np.arange(n, dtype=np.int64)
+    same = _same_keys(old, keys) if has_old else None  # the usual rerun (keys not decoded)
+    if same is not None:
+        pos = same
     else:
         pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
     if old is not None:

@@ -328,3 +328,11 @@ def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
         assert idx.keys.tolist() == sorted(names) and idx.keys.dtype == object
         assert again.keys.tolist() == sorted(names) and again.n_rows == len(names)
         assert idx.keys_equal(sorted(names)) and not idx.keys_equal(sorted(names)[:-1])
+
+    from featx.extraction import _same_keys
+
+    z = np.zeros(2)
+    idx = StoreIndex(encode_keys(["a", "c"]), z, z, z, np.array(["b"], dtype=object),
+                     *[np.zeros(1)] * 4, z, z, ())  # fmt: skip
+    assert _same_keys(idx, ["a", "b", "c"]).tolist() == [0, -1, 1]  # a failure among them
+    assert _same_keys(idx, ["a", "x", "c"]) is None and _same_keys(idx, ["a", "c"]) is None
