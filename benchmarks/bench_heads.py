@@ -173,7 +173,7 @@ def _sklearn_twin(head: str, est: Any, n_classes: int) -> tuple[str, Any, bool]:
         desc = f"KNeighborsClassifier({k}, cosine, distance weights) (featx: exp(sim/T) votes)"
         return desc, KNeighborsClassifier(k, metric="cosine", weights="distance"), False
     if head == "ridge":
-        alpha = float(getattr(est.estimator_, "alpha_", getattr(est.estimator_, "alpha", 1.0)))
+        alpha = _ridge_alpha(est)
         return f"RidgeClassifier(alpha={alpha:.3g})", RidgeClassifier(alpha=alpha), True
     if head == "centroid":
         return (
@@ -188,6 +188,13 @@ def _sklearn_twin(head: str, est: Any, n_classes: int) -> tuple[str, Any, bool]:
     raise ValueError(head)
 
 
+def _ridge_alpha(est: Any) -> float:
+    """The ridge head's chosen alpha: ``RidgeLOOClassifier.alpha_`` (a head that wraps its
+    estimator keeps it on ``estimator_``)."""
+    inner = getattr(est, "estimator_", est)
+    return float(getattr(inner, "alpha_", getattr(inner, "alpha", 1.0)))
+
+
 def _fixed_params(head: str, est: Any) -> dict:
     """The featx head's chosen hyper-parameters, as a fixed (no sweep) parameter dict."""
     dev = os.environ.get("FEATX_BENCH_DEVICE", "cpu")
@@ -200,7 +207,7 @@ def _fixed_params(head: str, est: Any) -> dict:
     if head == "knn":
         return {"k": est.k_}
     if head == "ridge":
-        alpha = float(getattr(est.estimator_, "alpha_", getattr(est.estimator_, "alpha", 1.0)))
+        alpha = _ridge_alpha(est)
         return {"alpha": alpha}
     if head == "mlp":
         return {"device": dev}

@@ -194,26 +194,29 @@ def extract(
         done, bb = _load(src, backbone, store, opts, t0)
         if done is not None:
             return done
+    return _extract_into(src, bb, store, opts, t0)
+
+
+def with_outputs(bb: Any, opts: ExtractOptions) -> Any:
+    """``bb`` with the extra named outputs ``opts`` asks of its one pass: the groups of
+    ``--layers`` (:mod:`featx.backbones.layers`), then, tapped in that same pass, the
+    activations of ``--cache-activations`` (:mod:`featx.finetuning.cache`)."""
+    if opts.layers:
+        from featx.backbones.layers import with_layers
+
+        bb = with_layers(bb, opts.layers)
     if opts.cache_activations is not None:  # the activations at a cut, for featx finetune
         from featx.finetuning.cache import with_activations
 
-        if opts.layers:
-            raise FeatxError(
-                "--cache-activations and --layers make different stores; extract twice, once "
-                "with each"
-            )
         bb = with_activations(bb, opts.cache_activations)
-    return _extract_into(src, bb, store, opts, t0)
+    return bb
 
 
 def _extract_into(
     src: Source, bb: Any, store: str | os.PathLike | None, opts: ExtractOptions, t0: float
 ) -> ExtractResult:
     """Check the backbone and the engine against the source, then run under the store's lock."""
-    if opts.layers:  # more layers from the same pass, as named outputs (featx.backbones.layers)
-        from featx.backbones.layers import with_layers
-
-        bb = with_layers(bb, opts.layers)
+    bb = with_outputs(bb, opts)
     check_modality(src, bb.name, modality_of(bb))
     engine = engine_for(opts, src.modality)
     config = store_config(src, bb, opts.dtype)

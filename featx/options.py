@@ -320,7 +320,8 @@ class ExtractOptions(_Spec):
     cache_activations: str | None = option(
         None,
         "Also store the activations at this cut for 'featx finetune': auto, a block name or -N "
-        "(the last N blocks; docs/finetune.md). float16, compressed; a store of its own.",
+        "(the last N blocks; docs/finetune.md). float16, compressed; a store of its own; "
+        "with --layers, from the same pass.",
         kind=str,
     )
     # the engine is looked up by name and modality in featx/engines.py; the Ray options apply

@@ -337,3 +337,22 @@ def test_ray_workers_write_the_parts_and_the_driver_only_links_them(
     local = tmp_path / "local.h5"
     _local(image_folder, tiny_backbone, local)
     assert_same_store(local, distributed)
+
+
+def test_ray_engine_caches_activations_next_to_layers(ray_runtime, image_folder, tmp_path):
+    """--cache-activations with --layers through Ray actors: one tapped pass per batch; the
+    groups and activations equal the local engine's (#20)."""
+    from featx.backbones import load_backbone
+    from featx.store import read_output
+
+    bb = load_backbone("resnet18", weights="none", image_size=32)
+    local, distributed = tmp_path / "local.h5", tmp_path / "ray.h5"
+    kw = {"cache_activations": "-2", "layers": "last:2"}
+    _local(image_folder, bb, local, **kw)
+    r = _ray(image_folder, bb, distributed, **kw)
+    assert r.engine == "ray" and r.n_new == 12
+    assert_same_store(local, distributed)  # features and both layer groups
+    assert [g.name for g in load_features(distributed).groups] == ["features", "layer3", "layer4"]
+    a, b = read_output(local, "activations"), read_output(distributed, "activations")
+    assert a.shape == b.shape and a.shape[0] == 12
+    np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=0, atol=1e-2)

@@ -103,11 +103,16 @@ def _family_layers(bb: Any) -> Any:
     return image_layers
 
 
-def with_layers(bb: Any, spec: str | list[Any], pool: str | None = None) -> LayeredBackbone:
+def with_layers(bb: Any, spec: str | list[Any], pool: str | None = None) -> Any:
     """``bb`` with the layers of ``spec`` added as named outputs of its one forward pass.
 
     ``spec`` is a comma-separated layer spec (the family's shorthands and layer names), or the
     ``layers`` list a store's configuration recorded (a bundle rebuilds the same outputs).
+
+    A wrapper that must stay outermost because its model taps the whole pass (the cached
+    activations of :func:`featx.finetuning.cache.with_activations`) offers ``inner`` and
+    ``rewrap(inner)``: the layers are added to ``inner`` and the wrapper is put back on top, so
+    ``with_layers`` and ``with_activations`` stack in either order.
 
     Raises
     ------
@@ -115,6 +120,9 @@ def with_layers(bb: Any, spec: str | list[Any], pool: str | None = None) -> Laye
         A backbone whose family cannot add layers, an unknown layer (listing the family's
         shorthands and the closest names), a layer that never runs.
     """
+    rewrap = getattr(bb, "rewrap", None)
+    if rewrap is not None:  # a wrapper that taps the whole pass (cached activations) stays on top
+        return rewrap(with_layers(bb.inner, spec, pool))
     if isinstance(bb, LayeredBackbone):
         raise FeatxError("this backbone already has --layers")
     model, records = _family_layers(bb)(bb, layer_names(spec), pool)

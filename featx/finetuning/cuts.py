@@ -74,6 +74,10 @@ def register_cutter(family: str, cutter: Callable[[nn.Module, Any], Blocks]) -> 
     ``cutter(net, backbone)`` gets the backbone's network (classifier removed; for text the
     ``TextEncoder``) and the backbone, and returns :class:`Blocks`, or raises FeatxError for an
     architecture it does not know. Raises ValueError when the family already has a cutter.
+
+    The blocks must be modules of ``net`` (or wrappers whose first submodule is one and receives
+    the block's input): ``--cache-activations`` taps the input of the cut's block in the
+    network's own forward pass (:func:`cut_point`).
     """
     if family in _CUTTERS:
         raise ValueError(f"backbone family {family!r} already has a cutter")
@@ -267,6 +271,38 @@ def _blocks_of(backbone: Any) -> Blocks:
             f"can cut: {', '.join(sorted(_CUTTERS))}"
         )
     return cutter(_net(backbone), backbone)
+
+
+@dataclass(frozen=True, eq=False)
+class CutPoint:
+    """Where a cut lies in a backbone's own forward pass (what ``--cache-activations`` taps).
+
+    Attributes
+    ----------
+    cut : str
+        Canonical name of the first tail block.
+    kind : {"map", "tokens", "text"}
+    block : nn.Module
+        The first tail block as the family's cutter returns it: its input is the activations at
+        the cut. It is a module of the network, or a wrapper the cutter built around modules of
+        the network whose first submodule receives that input (a ConvNeXt downsample+stage pair,
+        a text layer called with its mask).
+    """
+
+    cut: str
+    kind: str
+    block: nn.Module
+
+
+def cut_point(backbone: Any, cut: str | int | None = AUTO) -> CutPoint:
+    """Find ``cut`` in ``backbone`` without splitting it (nothing about the model changes).
+
+    Raises FeatxError as :func:`cut_backbone` does (a family or architecture featx cannot cut,
+    an unknown cut, listing the valid ones).
+    """
+    b = _blocks_of(backbone)
+    name, i = _resolve(b, cut, backbone)
+    return CutPoint(cut=name, kind=b.kind, block=b.blocks[i][1])
 
 
 def cut_backbone(backbone: Any, cut: str | int | None = AUTO) -> CutModel:
