@@ -427,10 +427,16 @@ def _commit(
         "dim": int(bb.dim),
         **_versions(src.modality),
     }
-    extra, per_row, n_truncated = modality_attrs(src, bb, rows)
-    attrs.update(extra)
     write = {k: v for k, v in rows.items() if v[0] != "store"}
     write.update(plan["restamp"])
+    if writer.index is not None and _store_complete(src, writer):
+        # per-row values (texts, token counts) for the written rows only: the kept rows keep
+        # theirs, and store-wide counts take the kept rows' stored integers (#21)
+        kept = {name: vals[plan["kept"]] for name, vals in writer.old_per_row.items()}
+        extra, per_row, n_truncated = modality_attrs(src, bb, write, kept)
+    else:  # a new store, or one that lacks a per-row dataset: every row's values
+        extra, per_row, n_truncated = modality_attrs(src, bb, rows)
+    attrs.update(extra)
     meta = [it for it in src.items if it.key in write]
     writer.commit_change(
         StoreChange(
@@ -453,10 +459,15 @@ def remembers_config(name: str) -> bool:
     return get_modality(modality_of_name(name)).remembers_config
 
 
-def modality_attrs(src: Source, bb: Any, rows: Any) -> tuple[dict[str, Any], Any, int]:
-    """The modality's extra store attributes, per-row datasets and truncated count."""
+def modality_attrs(
+    src: Source, bb: Any, rows: Any, kept: Any = None
+) -> tuple[dict[str, Any], Any, int]:
+    """The modality's extra store attributes, per-row datasets (for ``rows``) and truncated
+    count (``Modality.store_attrs``; ``kept``: the kept rows' stored integer per-row values)."""
     fn = get_modality(src.modality).store_attrs
-    return ({}, None, 0) if fn is None else fn(src, bb, rows)
+    if fn is None:
+        return {}, None, 0
+    return fn(src, bb, rows) if kept is None else fn(src, bb, rows, kept)
 
 
 def stored_truncated(path: Path, src: Source) -> int:

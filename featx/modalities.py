@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,8 +66,11 @@ class Modality:
         Modules whose ``__version__`` a store records (``<module>_version``), after featx's
         and torch's.
     store_attrs : callable, optional
-        ``store_attrs(source, backbone, rows) -> (attrs, per_row, n_truncated)``: extra store
-        attributes, per-row datasets and a count of truncated items, computed at commit.
+        ``store_attrs(source, backbone, rows, kept=None) -> (attrs, per_row, n_truncated)``:
+        extra store attributes, per-row values (name -> key -> value) of ``rows`` and the
+        store's count of truncated items, computed at commit. ``rows`` are the rows the commit
+        writes; ``kept`` (name -> array) holds the stored integer per-row values of the rows it
+        keeps, for store-wide counts. Without ``kept``, ``rows`` are every row of the store.
     stored_truncated : callable, optional
         ``stored_truncated(path) -> int``: the truncated count an up-to-date store recorded.
     store_complete : callable, optional
@@ -100,9 +103,7 @@ class Modality:
     suggest: str
     claims_backbone: Callable[[str], bool] | None = None
     versions: tuple[str, ...] = ()
-    store_attrs: (
-        Callable[[Source, Any, Mapping[str, Any]], tuple[dict, dict | None, int]] | None
-    ) = None
+    store_attrs: Callable[..., tuple[dict, dict | None, int]] | None = None
     stored_truncated: Callable[[Path], int] | None = None
     store_complete: Callable[[Path], bool] | None = None
     remembers_config: bool = True

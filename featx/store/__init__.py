@@ -63,6 +63,7 @@ from featx.store.read import (
     read_index,
     read_output,
     store_info,
+    stored_per_row,
 )
 from featx.store.segments import StoreChange
 from featx.store.verify import VerifyReport, verify_store
@@ -91,5 +92,6 @@ __all__ = [
     "read_index",
     "read_output",
     "store_info",
+    "stored_per_row",
     "verify_store",
 ]

@@ -68,6 +68,9 @@ class StoreMatrix(RowMatrix):
         return state
 
     def _ds(self, i: int) -> Any:
+        return self._file(i)["features"]
+
+    def _file(self, i: int) -> Any:
         f = self._open.get(i)
         if f is None:
             try:
@@ -78,7 +81,53 @@ class StoreMatrix(RowMatrix):
                     f"or damaged: check it with 'featx verify {self.store}'"
                 ) from None
             self._open[i] = f
-        return f["features"]
+        return f
+
+    def column(self, name: str) -> np.ndarray | None:
+        """Every row's value of the per-row dataset ``name`` of the store's files, in row order,
+        as stored: strings (``text/texts``) as an object array of str, integers
+        (``text/n_tokens``) as int64, other arrays (an extra output ``outputs/<name>``, (n, w))
+        in their own dtype. A file without it gives "" or -1 for its rows (a 1-D dataset) or is
+        an error. None when no file has it."""
+        from featx.store.layout import _strings
+
+        n = self.shape[0]
+        have: dict[int, np.ndarray] = {}
+        files = range(len(self.files)) if self.file_of_row is not None else [0]
+        try:
+            for i in files:
+                f = self._file(i)  # (a one-line error when it is gone)
+                if name in f:
+                    ds = f[name]
+                    if ds.dtype.kind in "OS":
+                        have[i] = _strings(ds)
+                    elif ds.ndim == 1:
+                        have[i] = ds[()].astype(np.int64)
+                    else:
+                        have[i] = ds[()]
+        except (OSError, ValueError, RuntimeError, UnicodeDecodeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise StoreError(
+                f"store {self.store} is damaged ({first}); check it with "
+                f"'featx verify {self.store}'"
+            ) from None
+        if not have:
+            return None
+        if self.file_of_row is None:
+            return have[0][:n]
+        first = next(iter(have.values()))
+        if len(have) < len(self.files) and first.ndim > 1:
+            raise StoreError(
+                f"store {self.store} is damaged (a segment has no {name}); check it with "
+                f"'featx verify {self.store}'"
+            )
+        out = np.empty((n, *first.shape[1:]), dtype=first.dtype)
+        if len(have) < len(self.files):
+            out[...] = "" if first.dtype == object else -1
+        for i, vals in have.items():
+            m = self.file_of_row == i
+            out[m] = vals[self.row_in_file[m]]
+        return out
 
     def close(self) -> None:
         """Close the files this matrix opened (it reopens them when read again)."""

@@ -124,6 +124,11 @@ def default_store_path(config: StoreConfig, source_name: str, cache_dir: str | N
 GROUPS = "outputs"
 #: Where a text store keeps its texts (the ``tfidf`` feature group needs them at fit time).
 TEXTS = "text/texts"
+#: A text store's per-row token counts.
+N_TOKENS = "text/n_tokens"
+#: The per-row datasets a store may carry beside its index columns (a single-file store is
+#: looked at for these names; a segmented store's index lists the ones it carries).
+PER_ROW_DATASETS = (N_TOKENS, TEXTS)
 
 
 def store_groups(config: Any) -> list[tuple[str, int]]:

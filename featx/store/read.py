@@ -15,7 +15,7 @@ import numpy as np
 from featx.errors import StoreError
 from featx.features import FeatureGroup, FeatureSet
 from featx.store.chunks import StoreMatrix
-from featx.store.config import TEXTS, StoreConfig, store_groups
+from featx.store.config import PER_ROW_DATASETS, TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     FORMAT,
     SCHEMA_VERSION,
@@ -214,6 +214,29 @@ def read_index(path: str | os.PathLike) -> StoreIndex:
         return _read_index(f)
 
 
+def _per_row_names(f) -> tuple[str, ...]:
+    """The per-row datasets (``text/n_tokens``, ``text/texts``) an open store carries: those its
+    index lists (segmented) or those in the file (single file)."""
+    if is_segmented(f):
+        if "segments/per_row" not in f:
+            return ()
+        return tuple(str(n) for n in _strings(f["segments/per_row"]))
+    return tuple(n for n in PER_ROW_DATASETS if n in f)
+
+
+def stored_per_row(path: str | os.PathLike) -> tuple[str, ...]:
+    """The per-row datasets a store carries (``text/texts`` for a text store since #19), read
+    from its index without reading any row: cheap on a large store.
+
+    Examples
+    --------
+    >>> "text/texts" in stored_per_row("cache/tickets__...h5")  # doctest: +SKIP
+    True
+    """
+    with _open_read(path) as f:
+        return _per_row_names(f)
+
+
 def _meta(f) -> dict[str, Any]:
     meta = {k: _attr_value(v) for k, v in f.attrs.items()}
     for k in ("config", "preprocess", "versions", "source"):
@@ -244,45 +267,54 @@ def load_features(
 
         with _open_read(path) as f:
             n, d = _shape(f)
-            # a store with more groups per row (--layers) or texts is read whole, as before
-            plain = not store_groups(_meta(f).get("config")) and TEXTS not in f
-            plain = plain and "outputs" not in f
+            # a store with more groups per row (--layers), outputs or texts is read whole
+            config = _meta(f).get("config")
+            plain = not store_groups(config) and not store_outputs(config)
+            plain = plain and TEXTS not in _per_row_names(f) and "outputs" not in f
             big = plain and n * d * 4 > parse_bytes(max_memory)
         if big:
             return open_features(path)
     with _open_read(path) as f, _damage_is_store_error(path):
-        if is_segmented(f):
+        meta = _meta(f)
+        matrix = None
+        if is_segmented(f):  # the rows of every segment, tombstones left out, in key order
             idx, matrix, _ = _rows(f, Path(path))
             X = np.asarray(matrix).astype(dtype, copy=False)
-            matrix.close()
-            return FeatureSet(
-                X=X,
-                y=idx.labels.astype(np.int64),
-                classes=idx.classes,
-                split=idx.split if any(idx.split) else None,
-                keys=idx.keys,
-                meta=_meta(f),
-            )
-        idx = _read_index(f)
-        ds = f["features"]
-        X = np.empty(ds.shape, dtype=dtype)
-        if ds.shape[0]:
-            ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
-        split = idx.split if any(idx.split) else None
-        meta = _meta(f)
-        groups: tuple[FeatureGroup, ...] = ()
-        names = store_groups(meta.get("config"))
-        if names:  # a multi-layer store: the embedding, then each layer's group
-            blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
-            for name, width in names:
-                g = f[name]
-                blocks.append(np.asarray(g[()], dtype=dtype).reshape(X.shape[0], width))
-                groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
-                pos += width
-            X, groups = np.concatenate(blocks, axis=1), tuple(groups)
-        texts = None
-        if TEXTS in f:
-            texts = np.asarray(_strings(f[TEXTS]), dtype=object)
+
+            def dataset(name: str) -> np.ndarray | None:
+                return matrix.column(name)
+        else:
+            idx = _read_index(f)
+            ds = f["features"]
+            X = np.empty(ds.shape, dtype=dtype)
+            if ds.shape[0]:
+                ds.read_direct(X) if ds.dtype == X.dtype else X.__setitem__(slice(None), ds[()])
+
+            def dataset(name: str) -> np.ndarray | None:
+                if name not in f:
+                    return None
+                return _strings(f[name]) if f[name].dtype.kind in "OS" else f[name][()]
+
+        try:
+            split = idx.split if any(idx.split) else None
+            groups: tuple[FeatureGroup, ...] = ()
+            names = store_groups(meta.get("config"))
+            if names:  # a multi-layer store: the embedding, then each layer's group
+                blocks, groups, pos = [X], [FeatureGroup("features", 0, X.shape[1])], X.shape[1]
+                for name, width in names:
+                    g = dataset(name)
+                    if g is None:
+                        raise KeyError(f"no dataset {name}")
+                    blocks.append(np.asarray(g, dtype=dtype).reshape(X.shape[0], width))
+                    groups.append(FeatureGroup(name.split("/", 1)[1], pos, pos + width))
+                    pos += width
+                X, groups = np.concatenate(blocks, axis=1), tuple(groups)
+            texts = None
+            if TEXTS in _per_row_names(f):
+                texts = np.asarray(dataset(TEXTS), dtype=object)
+        finally:
+            if matrix is not None:
+                matrix.close()
         return FeatureSet(
             X=X,
             y=idx.labels.astype(np.int64),
@@ -357,7 +389,9 @@ def _rows(f, path: Path) -> tuple[StoreIndex, StoreMatrix, dict[str, np.ndarray]
     ds = f["features"]
     block = ds.chunks[0] if ds.chunks else max(1, ds.shape[0])
     matrix = StoreMatrix([path], ds.shape, ds.dtype, block_rows=block, store=str(path))
-    extras = {"text/n_tokens": f["text/n_tokens"][()]} if "text/n_tokens" in f else {}
+    extras = {  # the integer per-row datasets (token counts); texts are read on demand
+        n: f[n][()] for n in PER_ROW_DATASETS if n in f and f[n].dtype.kind not in "OS"
+    }
     return _read_index(f), matrix, extras
 
 
@@ -371,12 +405,28 @@ def read_output(path: str | os.PathLike, name: str) -> np.ndarray:
         The store has no such output, or is damaged.
     """
     with _open_read(path) as f, _damage_is_store_error(path):
-        held = f.get("outputs")
-        if held is None or name not in held:
-            have = ", ".join(sorted(held)) if held is not None else "none"
-            raise StoreError(f"store {path} has no output {name!r} (it has: {have})")
-        arr = held[name][()]
-        spec = StoreConfig.from_json(f.attrs["config"]).outputs.get(name)
+        config = StoreConfig.from_json(f.attrs["config"])
+        if is_segmented(f):  # every segment's rows of it, in key order (#21)
+            held = [g.split("/", 1)[1] for g, _ in store_groups(config)]
+            held += [g.split("/", 1)[1] for g, _, _ in store_outputs(config)]
+            arr = None
+            if name in held:
+                _, matrix, _ = _rows(f, Path(path))
+                try:
+                    arr = matrix.column(f"outputs/{name}")
+                finally:
+                    matrix.close()
+            if arr is None:
+                raise StoreError(
+                    f"store {path} has no output {name!r} (it has: {', '.join(held) or 'none'})"
+                )
+        else:
+            held = f.get("outputs")
+            if held is None or name not in held:
+                have = ", ".join(sorted(held)) if held is not None else "none"
+                raise StoreError(f"store {path} has no output {name!r} (it has: {have})")
+            arr = held[name][()]
+        spec = config.outputs.get(name)
         if spec is not None:
             arr = arr.reshape(arr.shape[0], *(int(d) for d in spec["shape"]))
         return arr
@@ -462,14 +512,9 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
                 {"name": g["name"], "dim": int(g["dim"]), "pool": g.get("pool")}
                 for g in ((meta.get("config") or {}).get("backbone") or {}).get("layers") or []
             ],
-            "has_texts": TEXTS in f,
+            "has_texts": TEXTS in _per_row_names(f),
             "outputs": {  # the extra outputs that make this store one of its own
-                k: {
-                    **spec,
-                    "bytes": int(f[f"outputs/{k}"].id.get_storage_size())
-                    if f"outputs/{k}" in f
-                    else 0,
-                }
+                k: {**spec, "bytes": _stored_bytes(matrix.files, f"outputs/{k}")}
                 for k, spec in StoreConfig.from_json(f.attrs["config"]).outputs.items()
             },
             "file_bytes": sum(os.path.getsize(p) for p in {str(path), *matrix.files}),
@@ -478,3 +523,14 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
                 for k, r in zip(idx.failed_keys[:20], idx.failed_reasons[:20], strict=True)
             ],
         }
+
+
+def _stored_bytes(files: list[str], name: str) -> int:
+    """The bytes dataset ``name`` takes on disk in ``files`` (the store's file or segments)."""
+    h5py = _h5()
+    total = 0
+    for p in files:
+        with h5py.File(p, "r") as g:
+            if name in g:
+                total += int(g[name].id.get_storage_size())
+    return total

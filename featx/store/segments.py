@@ -5,8 +5,10 @@ is a small index file at the store's path plus immutable segment files in ``STOR
 
 - a **segment** (``seg-NNNNNN-XXXXXX.h5``, format ``featx-segment``) holds rows exactly as a
   single-file store does (``features``, ``paths``, ``labels`` with its own ``classes``,
-  ``split``, ``fingerprint/*``, ``text/n_tokens``), sorted by key; it is written to a temporary
-  name, fsynced and renamed, so it is complete or absent, and never changed afterwards;
+  ``split``, ``fingerprint/*``, every ``outputs/<name>`` of a ``--layers`` or cached-activations
+  store, a text store's ``text/n_tokens`` and ``text/texts``), sorted by key; it is written to a
+  temporary name, fsynced and renamed, so it is complete or absent, and never changed
+  afterwards;
 - the **index** (the store path; ``layout = "segments"``) lists the segments and their row
   counts, the *tombstones* (``dead/segment``, ``dead/row``: rows removed or replaced since their
   segment was written), the store's ``classes``, the failure records and the provenance
@@ -125,7 +127,7 @@ class SegmentedRows:
     """Everything per row of a segmented store, in key order (live rows only)."""
 
     fields: dict[str, Any]  # the StoreIndex fields
-    per_row: dict[str, np.ndarray]  # e.g. text/n_tokens
+    per_row: dict[str, np.ndarray]  # the integer ones (text/n_tokens), read with the index
     files: list[Path]
     n_rows: np.ndarray
     file_of_row: np.ndarray
@@ -134,6 +136,9 @@ class SegmentedRows:
     dead_row: np.ndarray
     dim: int
     dtype: np.dtype
+    #: Every per-row dataset the segments carry (the index's ``segments/per_row``): strings
+    #: (``text/texts``) are read on demand (``StoreMatrix.column``), not with the index.
+    per_row_names: tuple[str, ...] = ()
     #: The segment files, open since their rows were read: the matrix reads from these, so a
     #: compaction that removes them after this read does not take them from under a reader.
     handles: list[Any] = field(default_factory=list)
@@ -192,6 +197,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
     per_row_names = (
         [str(n) for n in _strings(f["segments/per_row"])] if "segments/per_row" in f else []
     )
+    strings: set[str] = set()
     handles: list[Any] = []
     try:
         for i, seg in enumerate(files):
@@ -224,6 +230,9 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
             cols["seg"].append(np.full(int(live.sum()), i, dtype=np.int64))
             cols["row"].append(np.flatnonzero(live).astype(np.int64))
             for name in per_row_names:
+                if name in s and s[name].dtype.kind in "OS":
+                    strings.add(name)  # texts: read on demand, not with the index
+                    continue
                 vals = s[name][()] if name in s else np.full(n, -1, np.int64)
                 extra.setdefault(name, []).append(vals[live])
     except BaseException:
@@ -250,7 +259,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         "failed_mtime_ns": fl["mtime_ns"][()],
         "failed_sha256": _strings(fl["sha256"]),
     }
-    per_row = {k: cat(v, np.int64)[order] for k, v in extra.items()}
+    per_row = {k: cat(v, np.int64)[order] for k, v in extra.items() if k not in strings}
     return SegmentedRows(
         fields=fields,
         per_row=per_row,
@@ -262,6 +271,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         dead_row=dead_row,
         dim=dim,
         dtype=dtype,
+        per_row_names=tuple(per_row_names),
         handles=handles,
     )
 
@@ -465,9 +475,10 @@ class StoreChange:
     classes, attrs
         The store's class names and provenance attributes after the commit.
     per_row : dict name -> (dict key -> value), optional
-        Per-row extras (``text/n_tokens``) for the rows in ``write``; the kept rows keep theirs.
-        A store that carries strings per row (``text/texts``) is rewritten whole and needs them
-        for every row.
+        Per-row values (``text/n_tokens``, ``text/texts``) for the rows in ``write`` (more keys
+        are allowed); the kept rows keep theirs, and so does a rewritten old row without one.
+        A name the store does not carry yet must have a value for every row: the commit then
+        rewrites the store (:func:`_gains_per_row`).
     """
 
     kept: np.ndarray
@@ -489,16 +500,18 @@ def _unchanged_rows(
     keys: list[str],
     idx: np.ndarray,
     old: Any,
-    old_per_row: Mapping[str, np.ndarray],
+    stored: Any,
     labels: Mapping[str, int],
     split: Mapping[str, str],
     classes: tuple[str, ...],
     fingerprints: Mapping[str, tuple[int, int, str]],
-    per_row: Mapping[str, Mapping[str, int]] | None,
+    per_row: Mapping[str, Mapping[str, Any]] | None,
 ) -> np.ndarray:
     """For each ``keys[j]`` kept from old row ``idx[j]``: whether everything stored with it
-    (label name, split, fingerprint, per-row values) is unchanged, so the row can stay where it
-    is (the whole-state :func:`commit` turned into a :class:`StoreChange`)."""
+    (label name, split, fingerprint, per-row values: token counts and texts) is unchanged, so
+    the row can stay where it is (the whole-state :func:`commit` turned into a
+    :class:`StoreChange`). ``stored(name)``: the store's per-row dataset ``name`` in key order
+    (int64 or str objects), or None when the store lacks it."""
     if not keys:
         return np.zeros(0, dtype=bool)
     lab, spl, fp = zip(
@@ -513,10 +526,13 @@ def _unchanged_rows(
     same &= np.array(mtime, dtype=np.int64) == old.mtime_ns[idx]
     same &= np.array(sha, dtype=object) == old.sha256[idx]
     for name, values in (per_row or {}).items():
-        if name not in old_per_row:
+        have = stored(name)
+        if have is None:  # the store gains this dataset: every row is written with it
             return np.zeros(len(keys), dtype=bool)
-        new = np.fromiter((values.get(k, -1) for k in keys), np.int64, len(keys))
-        same &= new == old_per_row[name][idx]
+        old_vals = have[idx]  # a row without a value keeps its own (StoreWriter._merge)
+        new = np.empty(len(keys), dtype=old_vals.dtype)
+        new[:] = [values.get(k, v) for k, v in zip(keys, old_vals.tolist(), strict=True)]
+        same &= new == old_vals
     return same
 
 
@@ -539,13 +555,12 @@ def change_from_state(
     from_store = [(k, i) for k, (w, i) in rows.items() if w == "store"]
     keys = [k for k, _ in from_store]
     idx = np.fromiter((i for _, i in from_store), np.int64, len(from_store))
-    text_rows = _has_strings(per_row)
-    if old is None or text_rows:
+    if old is None:
         same = np.zeros(len(keys), dtype=bool)
     else:
         same = _unchanged_rows(
-            keys, idx, old, writer.old_per_row or {}, labels, split, classes, fingerprints,
-            per_row,
+            keys, idx, old, lambda name: _stored_column(writer, name), labels, split, classes,
+            fingerprints, per_row,
         )  # fmt: skip
     write = {k: v for k, v in rows.items() if v[0] != "store"}
     write.update((k, rows[k]) for k, ok in zip(keys, same.tolist(), strict=True) if not ok)
@@ -562,14 +577,31 @@ def change_from_state(
     )
 
 
-def _has_strings(per_row: Mapping[str, Mapping[str, Any]] | None) -> bool:
-    """Whether any per-row extra holds strings (``text/texts``): such stores are rewritten."""
-    for values in (per_row or {}).values():
-        for v in values.values():
-            if isinstance(v, str):
-                return True
-            break
-    return False
+def _stored_column(writer: Any, name: str) -> np.ndarray | None:
+    """The writer's store's per-row dataset ``name`` in key order, or None when it has none:
+    integers from the index read, strings (texts) read now from the store's files."""
+    if name not in writer.per_row_names:
+        return None
+    if name in writer.old_per_row:
+        return writer.old_per_row[name]
+    return writer.layout.column(name)
+
+
+def _gains_per_row(writer: Any, change: StoreChange) -> str:
+    """The first per-row dataset ``change`` carries that the store's rows lack (a text store
+    written before featx kept texts gains ``text/texts``), or "". Such a commit rewrites the
+    store: every kept row gets the value (#19: no model pass, the texts come from the source)."""
+    if writer.index is None or writer.index.n_rows == 0:
+        return ""
+    for name in change.per_row or {}:
+        if name not in writer.per_row_names:
+            return name
+    return ""
+
+
+def _per_row_names(writer: Any, change: StoreChange) -> list[str]:
+    """The per-row datasets of the store after ``change``: those it carries and the change's."""
+    return sorted({*writer.per_row_names, *(change.per_row or {})})
 
 
 @dataclass(frozen=True)
@@ -582,14 +614,11 @@ class PartSegment:
     keys: frozenset[str]  # the keys the commit takes from it
 
 
-def _multi_output(writer: Any, change: StoreChange) -> bool:
-    """Segments carry the pooled features and integer per-row values; a store with more outputs
-    per row (--layers, --cache-activations) or the texts themselves is rewritten whole."""
-    return bool(
-        store_groups(writer.config)
-        or _has_strings(change.per_row)
-        or getattr(writer.config, "outputs", None)
-    )
+def _has_outputs(writer: Any) -> bool:
+    """Whether the store keeps more outputs per row than ``features`` (--layers,
+    --cache-activations). Its segments carry them like ``features``; parts hold them without
+    chunks and checksums, so such parts are copied into the commit's segment, not linked."""
+    return bool(store_groups(writer.config) or getattr(writer.config, "outputs", None))
 
 
 def _part_segments(writer: Any, change: StoreChange) -> list[PartSegment]:
@@ -629,8 +658,6 @@ def plan_commit(
     parts = parts or []
     if force_full:
         return CommitPlan("full", "compaction asked for", [], [])
-    if _multi_output(writer, change):
-        return CommitPlan("full", "a multi-output or text-carrying store", [], [])
     n_final = change.n_items
     write = change.write
     layout = writer.layout
@@ -839,7 +866,6 @@ def _whole_state(writer: Any, change: StoreChange) -> dict[str, Any]:
     labels: dict[str, int] = {}
     split: dict[str, str] = {}
     fps: dict[str, tuple[int, int, str]] = {}
-    per_row: dict[str, dict[str, Any]] = {k: {} for k in (change.per_row or {})}
     if len(kept):
         keys = old.keys[kept].tolist()
         pos = {c: i for i, c in enumerate(classes)}
@@ -860,20 +886,15 @@ def _whole_state(writer: Any, change: StoreChange) -> dict[str, Any]:
                 strict=True,
             )
         )
-        given = change.per_row or {}
-        for name in per_row:
-            stored = (writer.old_per_row or {}).get(name)
-            vals = given[name]
-            if stored is not None:
-                per_row[name].update(zip(keys, stored[kept].tolist(), strict=True))
-            per_row[name].update((k, vals[k]) for k in keys if k in vals)
     wkeys = list(change.write)
     rows.update(change.write)
     labels.update((k, change.labels.get(k, -1)) for k in wkeys)
     split.update((k, change.split.get(k, "")) for k in wkeys)
     fps.update((k, tuple(change.fingerprints[k])) for k in wkeys)
-    for name, vals in (change.per_row or {}).items():
-        per_row[name].update((k, vals[k]) for k in wkeys if k in vals)
+    # per-row values (token counts, texts): the change's where it gives one, else each row's
+    # stored value, copied by StoreWriter._merge from where the row comes from
+    given = change.per_row or {}
+    per_row = {n: given.get(n, {}) for n in _per_row_names(writer, change)}
     return {
         "rows": rows,
         "failed": dict(change.failed),
@@ -882,7 +903,7 @@ def _whole_state(writer: Any, change: StoreChange) -> dict[str, Any]:
         "classes": classes,
         "fingerprints": fps,
         "attrs": dict(change.attrs),
-        "per_row": per_row if change.per_row is not None else None,
+        "per_row": per_row or None,
     }
 
 
@@ -913,9 +934,13 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
     segment with the written rows and a new index (costs the change), or a full rewrite into
     one file (see :func:`plan_commit`)."""
     parts: list[PartSegment] = []
-    if not force_full and not _multi_output(writer, change):
+    gains = "" if force_full else _gains_per_row(writer, change)
+    if not force_full and not gains and not _has_outputs(writer):
         parts = _part_segments(writer, change)  # the policy decides which become segments
-    plan = plan_commit(writer, change, force_full=force_full, parts=parts)
+    if gains:
+        plan = CommitPlan("full", f"the store gains {gains}", [], [])
+    else:
+        plan = plan_commit(writer, change, force_full=force_full, parts=parts)
     log.info("commit of %s: %s (%s)", writer.path, plan.mode, plan.why)
     if writer.layout is not None:
         writer.layout.close()  # the segments it opened are read again by path
@@ -982,7 +1007,7 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
         failed=change.failed,
         attrs=change.attrs,
         dim=int(writer.dim or change.attrs.get("dim") or 0),
-        per_row_names=sorted(change.per_row or {}),
+        per_row_names=_per_row_names(writer, change),
     )
     _crash_point("after-index-rename")
     writer.discard_parts()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from featx.errors import StoreError
-from featx.store.config import TEXTS, StoreConfig, store_groups, store_outputs
+from featx.store.config import N_TOKENS, TEXTS, StoreConfig, store_groups, store_outputs
 from featx.store.layout import (
     COPY_ROWS,
     FORMAT,
@@ -241,6 +241,12 @@ def _verify_file(p: Path, formats: tuple[str, ...] = (FORMAT,)) -> VerifyReport:
                     problems.append(f"{TEXTS} has {len(enc)} rows, features {n}")
             except Exception as exc:  # noqa: BLE001
                 problems.append(f"dataset {TEXTS} unreadable ({_first_line(exc)})")
+        if N_TOKENS in f:
+            try:
+                if f[N_TOKENS].shape[0] != n:
+                    problems.append(f"{N_TOKENS} has {f[N_TOKENS].shape[0]} rows, features {n}")
+            except Exception as exc:  # noqa: BLE001
+                problems.append(f"dataset {N_TOKENS} unreadable ({_first_line(exc)})")
         lens = {k: len(values[k]) for k in _INDEX_DATASETS if k in values}
         if any(v != n for v in lens.values()):
             problems.append(
@@ -289,6 +295,7 @@ def _verify_segmented(p: Path) -> VerifyReport:
         for name in (
             "segments/names",
             "segments/n_rows",
+            *(["segments/per_row"] if "segments/per_row" in f else []),
             "dead/segment",
             "dead/row",
             "classes",
@@ -309,6 +316,9 @@ def _verify_segmented(p: Path) -> VerifyReport:
         if problems:
             return VerifyReport(str(p), False, tuple(problems), tuple(notes), 0, 0, 0, 0)
         names = [str(x) for x in _strings(f["segments/names"])]
+        per_row = (
+            [str(x) for x in _strings(f["segments/per_row"])] if "segments/per_row" in f else []
+        )
         n_rows = f["segments/n_rows"][()]
         dead_seg, dead_row = f["dead/segment"][()], f["dead/row"][()]
         folder = segment_dir(p)
@@ -318,6 +328,13 @@ def _verify_segmented(p: Path) -> VerifyReport:
                 problems.append(f"segment {name} is missing")
                 continue
             rep = _verify_file(seg, (SEGMENT_FORMAT, FORMAT, PART_FORMAT))  # parts: #21
+            try:  # texts, token counts: every segment has its rows' (unreadable: said above)
+                with h5py.File(seg, "r") as sf:
+                    lacking = [x for x in per_row if x not in sf]
+            except Exception:  # noqa: BLE001
+                lacking = []
+            if lacking:
+                problems.append(f"segment {name} has no {', '.join(lacking)} (the index lists it)")
             problems += [f"segment {name}: {x}" for x in rep.problems]
             chunks += rep.chunks_read
             nbytes += rep.bytes_read

@@ -21,6 +21,7 @@ from featx.files import atomic_write
 from featx.progress import progress_bar
 from featx.store.config import (
     GROUPS,
+    TEXTS,
     StoreConfig,
     _canonical,
     config_difference,
@@ -37,11 +38,12 @@ from featx.store.layout import (
     _int_ds,
     _read_rows,
     _str_ds,
+    _strings,
     _write_attrs,
     _write_failed,
 )
 from featx.store.lock import acquire_lock, release_lock
-from featx.store.read import StoreIndex, _open_read, _read_index, _rows
+from featx.store.read import StoreIndex, _open_read, _per_row_names, _read_index, _rows
 from featx.store.segments import SEGMENT_FORMAT, _crash_point, is_segmented
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,9 @@ class StoreWriter:
         #: segmented store its tombstones and segment sizes.
         self.layout: Any = None
         self.old_per_row: dict[str, np.ndarray] = {}
+        #: Every per-row dataset the store carries (``text/n_tokens``, ``text/texts``); the
+        #: string ones are not read with the index (``self.layout.column(name)`` reads them).
+        self.per_row_names: tuple[str, ...] = ()
         self.old_dead: list[tuple[int, int]] = []
         self.old_n_rows: list[int] = []
         #: Why this writer may only read (the folder is not writable), or "" when it may write.
@@ -168,6 +173,7 @@ class StoreWriter:
                     "use another --store or delete that file"
                 )
             self.index, self.layout, self.old_per_row = _rows(f, self.path)
+            self.per_row_names = _per_row_names(f)
             self.dim = int(self.layout.shape[1])
             self._created = f.attrs.get("created")
             if is_segmented(f):
@@ -305,8 +311,9 @@ class StoreWriter:
         attrs : dict
             Provenance attributes (backbone, weights, versions, ...), stored as file attributes.
         per_row : dict name -> (dict key -> int or str), optional
-            Extra datasets aligned with the rows: int64 (e.g. ``text/n_tokens``; -1 where a key
-            has no value) or strings (``text/texts``; "" where a key has none).
+            Extra datasets aligned with the rows: int64 (e.g. ``text/n_tokens``) or strings
+            (``text/texts``). A row without a value here keeps the one stored with it where it
+            comes from (this store, a segment), else gets -1 or "".
         """
         self.require_writable()
         h5py = _h5()
@@ -323,10 +330,13 @@ class StoreWriter:
         now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
         open_files: dict[str, Any] = {}
 
-        def source_ds(where: str, name: str = "features"):
+        def source_file(where: str):
             if where not in open_files:
                 open_files[where] = h5py.File(self.path if where == "store" else where, "r")
-            return open_files[where][name]
+            return open_files[where]
+
+        def source_ds(where: str, name: str = "features"):
+            return source_file(where)[name]
 
         try:
             with _atomic_h5(target or self.path) as f:
@@ -366,7 +376,11 @@ class StoreWriter:
                                 if k not in ("name", "pool", "dim"):
                                     ds.attrs[k] = v if isinstance(v, bool | int | float) else str(v)
                 bar.close()
-                _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
+                columns = {
+                    name: _per_row_column(name, values, keys, wheres, srcrow, source_file)
+                    for name, values in (per_row or {}).items()
+                }
+                _write_index(f, keys, labels, split, classes, fingerprints, columns, failed)
                 f.attrs["attrs_sha256"] = _digest_attrs(f.attrs)
                 for of in open_files.values():
                     of.close()
@@ -556,11 +570,8 @@ def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[st
                 for k, s, m, h in zip(keys, idx.size, idx.mtime_ns, idx.sha256, strict=True)
             },
             attrs=meta,
-            per_row={
-                name: dict(zip(keys, (int(v) for v in vals), strict=True))
-                for name, vals in w.old_per_row.items()
-            }
-            or None,
+            # every per-row dataset (token counts, texts) is copied with its row
+            per_row={name: {} for name in w.per_row_names} or None,
             compact=True,
         )
     return {**out, "compacted": True, "n_items": len(keys), "seconds": time.perf_counter() - t0}
@@ -624,8 +635,44 @@ def _copy_rows(
     return ds
 
 
+def _per_row_column(
+    name: str,
+    values: Any,
+    keys: list[str],
+    wheres: np.ndarray,
+    srcrow: np.ndarray,
+    source_file: Any,
+) -> np.ndarray:
+    """The per-row dataset ``name`` of a new store file, aligned with ``keys``: the value given
+    in ``values`` (key -> value), else the one stored with the row where it comes from (the old
+    store or a segment: a kept text keeps its text without anyone reading it into a dict), else
+    -1 or "". Strings when the values or the stored dataset are strings."""
+    n = len(keys)
+    given = np.fromiter((k in values for k in keys), bool, n) if values else np.zeros(n, bool)
+    stored: dict[str, Any] = {}
+    for where in dict.fromkeys(wheres[~given].tolist()):
+        f = source_file(where)
+        if name in f:
+            stored[where] = f[name]
+    first = next(iter(values.values()), None) if values else None
+    strings = isinstance(first, str) or any(ds.dtype.kind in "OS" for ds in stored.values())
+    strings = strings or name == TEXTS  # (a store of no rows still keeps texts as strings)
+    col = np.full(n, "" if strings else -1, dtype=object if strings else np.int64)
+    if given.any():
+        gi = np.flatnonzero(given)
+        col[gi] = [values[keys[i]] for i in gi.tolist()]
+    for where, ds in stored.items():
+        m = np.flatnonzero(~given & (wheres == where))
+        if not len(m):
+            continue
+        vals = _strings(ds) if ds.dtype.kind in "OS" else ds[()].astype(np.int64)
+        col[m] = vals[srcrow[m]]
+    return col
+
+
 def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed) -> None:
-    """The row index, the per-row extras and the failures of a new store file."""
+    """The row index, the per-row datasets (``per_row``: name -> values aligned with ``keys``)
+    and the failures of a new store file."""
     _str_ds(f, "paths", keys, fixed=True)
     _int_ds(f, "labels", [labels.get(k, -1) for k in keys])
     _str_ds(f, "split", [split.get(k, "") for k in keys], fixed=True)
@@ -637,8 +684,8 @@ def _write_index(f, keys, labels, split, classes, fingerprints, per_row, failed)
     for name, values in (per_row or {}).items():
         grp, _, leaf = name.rpartition("/")
         where = f.require_group(grp) if grp else f
-        if any(isinstance(v, str) for v in values.values()):  # e.g. text/texts
-            _str_ds(where, leaf, [values.get(k, "") for k in keys])
+        if values.dtype == object:  # e.g. text/texts
+            _str_ds(where, leaf, values)
         else:
-            _int_ds(where, leaf, [values.get(k, -1) for k in keys])
+            _int_ds(where, leaf, values)
     _write_failed(f, failed)

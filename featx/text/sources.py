@@ -582,11 +582,12 @@ def _claims(spec: str, req: SourceRequest) -> bool:
 
 
 def store_attrs(
-    src: Source, bb: Any, rows: Any
+    src: Source, bb: Any, rows: Any, kept: Any = None
 ) -> tuple[dict[str, Any], dict[str, dict[str, int]], int]:
     """What a text store records beyond an image store: the encoder's text settings, the
-    per-row token counts (``text/n_tokens``) and texts (``text/texts``), and how many texts
-    were truncated."""
+    per-row token counts (``text/n_tokens``) and texts (``text/texts``) of ``rows`` (the rows a
+    commit writes: only those are tokenized), and how many texts of the store were truncated
+    (``kept``: the kept rows' stored token counts)."""
     from featx.text.tokens import count_tokens
 
     items = [it for it in src.items if it.key in rows]
@@ -604,6 +605,10 @@ def store_attrs(
             limit,
             limit,
         )
+    if kept is not None:  # the rows the commit keeps, with their stored token counts
+        import numpy as np
+
+        n_truncated += int((np.asarray(kept.get("text/n_tokens", []), np.int64) > limit).sum())
     attrs = {
         "modality": "text",
         "normalize": bool(bb.normalize),
@@ -612,8 +617,8 @@ def store_attrs(
         "n_truncated": n_truncated,
     }
     # the texts themselves, for heads on their TF-IDF (docs/groups.md)
-    kept = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
-    return attrs, {"text/n_tokens": n_tokens, "text/texts": kept}, n_truncated
+    text_of = {it.key: "" if t is None else str(t) for it, t in zip(items, texts, strict=True)}
+    return attrs, {"text/n_tokens": n_tokens, "text/texts": text_of}, n_truncated
 
 
 def stored_truncated(path: Path) -> int:
@@ -625,16 +630,16 @@ def stored_truncated(path: Path) -> int:
 def store_complete(path: Path) -> bool:
     """Whether a text store keeps its texts (``text/texts``; stores before #19 do not).
 
-    Looks at the one dataset, not the index, so a no-op run of a large store stays cheap."""
-    import h5py
-
+    Looks at which per-row datasets the store lists (a segmented store's index names them),
+    not at any row, so a no-op run of a large store stays cheap."""
+    from featx.errors import StoreError
+    from featx.store import stored_per_row
     from featx.store.config import TEXTS
 
     try:
-        with h5py.File(path, "r") as f:
-            return TEXTS in f
-    except OSError:
-        return True  # not readable as HDF5: the store's own checks say what is wrong
+        return TEXTS in stored_per_row(path)
+    except StoreError:
+        return True  # not readable as a store: the store's own checks say what is wrong
 
 
 def _request_fingerprint(spec: Any) -> dict:
