@@ -10,7 +10,8 @@
 # 3. the logreg sweep, 50k x 2048 x 100 classes: torch on CUDA against scikit-learn;
 # 4. (issue #9) every head, linear-svm and svm included, against scikit-learn at the same
 #    hyper-parameters on the synthetic 10k x 2048 x 100 problem, with the torch heads on CUDA
-#    (FEATX_BENCH_DEVICE=cuda), and featx compare --heads all on it;
+#    (FEATX_BENCH_DEVICE=cuda): each head's default sweep (what featx compare --heads all fits)
+#    and its fit at the chosen hyper-parameters;
 # 5. (issue #20) frozen heads vs tail vs full fine-tuning on Animal Shape and BBC headlines.
 # Each step writes one JSON (or log) file into OUT_DIR; BENCHMARKS.md says how to read them.
 #

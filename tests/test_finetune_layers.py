@@ -122,7 +122,11 @@ def test_text_store_with_layers_and_activations(tmp_path):
     from click.testing import CliRunner
     from test_text import TOPICS, make_tiny_bert, write_table
 
+    from featx.backbones import load_backbone
+    from featx.backbones.layers import with_layers
     from featx.cli import cli
+    from featx.finetuning import cut_backbone
+    from featx.finetuning.cache import with_activations
 
     model = make_tiny_bert(tmp_path / "m")
     rows = [{"text": t, "label": lab} for lab, ts in TOPICS.items() for t in ts * 2]
@@ -136,6 +140,14 @@ def test_text_store_with_layers_and_activations(tmp_path):
         r = run.invoke(cli, [*base, *args])
         assert r.exit_code == 0, r.output
     _same_store(both, lay, act)
+    bb = load_backbone(f"hf:{model}", max_seq_length=16)  # the tap is the cut's prefix
+    enc = bb.tokenizer(["i pay my bill", "late"], padding=True, return_tensors="pt")
+    ids, mask, tt = enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+    with torch.no_grad():
+        out = with_activations(with_layers(bb, "all"), "auto").model(ids, mask, tt)
+        prefix = cut_backbone(bb, "auto").prefix(ids, mask, tt)
+    torch.testing.assert_close(out["activations"][:, : ids.shape[1]], prefix)
+    assert out["activation_mask"].shape == (2, 16) and out["activation_mask"].sum() == mask.sum()
     r = run.invoke(cli, ["finetune", str(both), "--epochs", "1", "--batch-size", "8",
                          "--heads", "", "--lr", "0.01", "-q"])  # fmt: skip
     assert r.exit_code == 0, r.output
@@ -163,3 +175,59 @@ def test_a_bad_combination_is_one_line_listing_what_is_valid(ftnet, tmp_path):
         assert len(r.output.strip().splitlines()) == 1 and not store.exists()
     with pytest.raises(FeatxError, match="already caches its activations at stage2"):
         with_activations(with_activations(ftnet, "-2"), "-1")
+
+
+def test_pipeline_with_layers_and_a_finetune_step(ftnet, tmp_path):
+    """[extract] layers and [finetune] in one pipeline: one store, groups and activations."""
+    import textwrap
+
+    from featx.pipeline import run_pipeline
+
+    src = colour_folder(tmp_path / "c", per_class=6)
+    toml = tmp_path / "p.toml"
+    toml.write_text(
+        textwrap.dedent(f"""
+        sources = ["{src}"]
+        backbones = ["ftnet"]
+        heads = ["centroid"]
+        [extract]
+        layers = "1,2"
+        [finetune]
+        tails = [1]
+        epochs = 1
+        batch_size = 8
+        lr = 0.01
+        """)
+    )
+    res = run_pipeline(toml, report=tmp_path / "report")
+    rows = {r.label: r.store for r in next(iter(res.leaderboards.values())).results}
+    assert set(rows) == {"centroid", "finetune:tail=1"} and "features+1+2" in rows["centroid"]
+
+
+def test_a_store_with_layers_and_activations_resumes_from_its_parts(ftnet, tmp_path, monkeypatch):
+    """An interrupted run leaves parts holding every output (groups and activations); the next
+    run reuses them and the store equals one extracted in one go."""
+    import featx.engine as engine
+    from featx.extraction import ExtractOptions, extract
+
+    src = colour_folder(tmp_path / "c", per_class=4)
+    opts = ExtractOptions(layers="1,2", cache_activations="-2", checkpoint_every=4, workers=0,
+                          batch_size=4)  # fmt: skip
+    real, calls = engine.DecodeDataset.__getitem__, []
+
+    def flaky(self, i):
+        calls.append(i)
+        if len(calls) > 9:
+            raise KeyboardInterrupt
+        return real(self, i)
+
+    store, fresh = tmp_path / "s.h5", tmp_path / "fresh.h5"
+    monkeypatch.setattr(engine.DecodeDataset, "__getitem__", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        extract(src, "ftnet", store=store, options=opts)
+    monkeypatch.undo()
+    assert not store.exists() and len(list(tmp_path.glob("s.h5.parts/part-*.h5"))) == 2
+    r = extract(src, "ftnet", store=store, options=opts)
+    assert (r.n_resumed, r.n_new, r.n_items) == (8, 4, 12)
+    extract(src, "ftnet", store=fresh, options=opts)
+    _same_store(store, fresh, fresh)
