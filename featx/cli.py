@@ -1167,6 +1167,12 @@ def finetune(
                 else ""
             )
         )
+    tuned = x.get("tuned_heads")
+    if tuned:
+        scores = ", ".join(
+            f"{k} {100 * v:.2f} %" for k, v in tuned["val_accuracy"].items() if v is not None
+        )
+        echo(f"chosen on the validation items: {tuned['chosen']} ({scores})")
     if report.bundle is not None:
         echo(f"bundle: {report.bundle} (featx predict {report.bundle} FILES)")
 

@@ -14,7 +14,10 @@ A plain PyTorch loop, so its numbers are what such a loop gives:
 * cross-entropy (``label_smoothing``), mixed precision where the device has it (bf16 autocast on
   CUDA; fp16 with a gradient scaler when asked);
 * early stopping on the validation items: the best epoch (validation accuracy, then loss) is kept
-  and restored at the end; ``patience`` epochs without improvement stop the run;
+  and restored at the end; ``patience`` epochs without improvement stop the run; the untrained
+  start is scored first as "epoch 0" and restored instead when it scored strictly better, so a
+  run never ends below its start on the validation items (patience counts from the best trained
+  epoch, since fine-tuning often dips below its start before it climbs past it);
 * a checkpoint after every epoch (``checkpoint=``: written atomically, read back with
   ``torch.load(weights_only=True)``): a killed run resumes from its last finished epoch and ends
   with the same weights as an uninterrupted one; the caller removes it on success;
@@ -84,6 +87,8 @@ class Fitted:
     tail_lr: float = 0.0
     lr_find: dict[str, Any] | None = None
     resumed_from: int = 0
+    #: the untrained start's validation loss and accuracy ("epoch 0"; None without val rows)
+    start: dict[str, float] | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -291,6 +296,8 @@ class _State:
     since_best: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    start: dict[str, float] | None = None
+    start_state: dict[str, Any] | None = None
 
 
 def train(
@@ -329,6 +336,8 @@ def train(
     if saved is not None:
         logger.info("%s: resuming after epoch %d (%s)", task.desc, st.epoch, task.checkpoint)
     resumed_from = st.epoch
+    if saved is None and len(val_idx):
+        _score_start(model, data, y, val_idx, task, st, dev, amp)
     bar = progress_bar(
         total=opts.epochs, desc=task.desc, unit="epoch", enabled=opts.progress, initial=st.epoch
     )
@@ -347,7 +356,10 @@ def train(
                 _save_checkpoint(Path(task.checkpoint), state)
     finally:
         bar.close()
-    if st.best is not None:
+    if _start_wins(st):
+        model.load_state_dict(copy.deepcopy(st.start_state))
+        st.best_epoch = 0
+    elif st.best is not None:
         model.load_state_dict(copy.deepcopy(st.best))
     for p in task.body_params:
         p.requires_grad_(True)
@@ -363,6 +375,7 @@ def train(
         tail_lr=tail_lr,
         lr_find=found,
         resumed_from=resumed_from,
+        start=st.start,
     )
 
 
@@ -391,7 +404,7 @@ def _restore(
     torch.set_rng_state(saved["rng"])
     if dev.type == "cuda" and saved.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(saved["cuda_rng"], dev)
-    st = _State(**{k: saved[k] for k in _State.__dataclass_fields__})
+    st = _State(**{k: saved[k] for k in _State.__dataclass_fields__ if k in saved})
     st.best_key = None if st.best_key is None else tuple(st.best_key)
     return st
 
@@ -455,6 +468,39 @@ def _epoch(
     _validate(model, data, y_t, val_idx, task, st, dev, amp, total / max(1, count), frozen, t0)
     if not frozen and st.best_epoch != st.epoch:
         st.since_best += 1
+
+
+def _score_start(
+    model: nn.Module,
+    data: Data,
+    y: np.ndarray,
+    val_idx: np.ndarray,
+    task: Task,
+    st: _State,
+    dev: torch.device,
+    amp: Any,
+) -> None:
+    """Score the untrained start (the pretrained blocks and the head's start) on the validation
+    rows: "epoch 0", a candidate for the best epoch at the end, so training never ends below
+    its start on the validation items (with ``head_init="probe"``: below the linear probe).
+    Early stopping counts from the best trained epoch only: fine-tuning often dips below its
+    start for a few epochs before it climbs past it."""
+    logits = predict_logits(model, data, val_idx, task.to_input, dev=dev, amp=amp)
+    yv = torch.as_tensor(np.asarray(y), dtype=torch.long)[torch.as_tensor(val_idx)]
+    loss = float(nn.functional.cross_entropy(logits, yv))
+    acc = float((logits.argmax(1) == yv).float().mean())
+    st.start = {"val_loss": loss, "val_accuracy": acc}
+    st.start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _start_wins(st: _State) -> bool:
+    """Whether the untrained start scored strictly better on the validation rows than the best
+    trained epoch (ties go to training: the probe's penalty was picked on the same items)."""
+    if st.start is None or st.start_state is None:
+        return False
+    loss = st.start["val_loss"]
+    key = (st.start["val_accuracy"], -loss if math.isfinite(loss) else -math.inf)
+    return st.best_key is None or key > tuple(st.best_key)
 
 
 def _validate(
