@@ -550,3 +550,26 @@ def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
                      *[np.zeros(1)] * 4, z, z, ())  # fmt: skip
     assert _same_keys(idx, ["a", "b", "c"]).tolist() == [0, -1, 1]  # a failure among them
     assert _same_keys(idx, ["a", "x", "c"]) is None and _same_keys(idx, ["a", "c"]) is None
+
+
+def test_parts_of_a_multi_layer_store_become_segments(tmp_path, fake_backbone_family, monkeypatch):
+    """Parts hold every layer's output as a segment does (chunked, Fletcher-32, the layer's
+    attributes), so a --layers store's parts are linked in too: each byte written once."""
+    import h5py
+
+    monkeypatch.setenv(PART_SEGMENT_MIN_ROWS_ENV, "1")
+    src = _folder(tmp_path / "imgs")
+    store = tmp_path / "s.h5"
+    _extract(src, store, "tiny", LAYERS_OPTS)  # 12 rows in parts of 4: three segments
+    info = store_info(store)
+    assert (info["layout"], info["segments"]) == ("segments", 3)
+    for seg in segment_dir(store).iterdir():
+        with h5py.File(seg, "r") as f:
+            assert f.attrs["format"] == "featx-store-part"  # linked, never rewritten
+            assert f["outputs/0"].fletcher32 and f["outputs/0"].attrs["layer"] == "0"
+    monkeypatch.delenv(PART_SEGMENT_MIN_ROWS_ENV)
+    fresh = tmp_path / "fresh.h5"
+    _extract(src, fresh, "tiny", LAYERS_OPTS)
+    assert store_info(fresh)["layout"] == "single file"
+    _same_rows(store, fresh)
+    assert verify_store(store).ok

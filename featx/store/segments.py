@@ -49,7 +49,7 @@ import numpy as np
 
 from featx.errors import StoreError
 from featx.store.chunks import StoreMatrix
-from featx.store.config import store_groups
+from featx.store.config import store_groups, store_outputs
 from featx.store.layout import (
     _atomic_h5,
     _digest_attrs,
@@ -614,23 +614,17 @@ class PartSegment:
     keys: frozenset[str]  # the keys the commit takes from it
 
 
-def _has_outputs(writer: Any) -> bool:
-    """Whether the store keeps more outputs per row than ``features`` (--layers,
-    --cache-activations). Its segments carry them like ``features``; parts hold them without
-    chunks and checksums, so such parts are copied into the commit's segment, not linked."""
-    return bool(store_groups(writer.config) or getattr(writer.config, "outputs", None))
-
-
 def _part_segments(writer: Any, change: StoreChange) -> list[PartSegment]:
     """The parts of ``change.write`` that could become segments as they are, largest first
     (:func:`plan_commit` decides how many do)."""
+    outputs = (*store_groups(writer.config), *((g, w) for g, w, _ in store_outputs(writer.config)))
     by_part: dict[str, dict[int, str]] = {}
     for k, (where, r) in change.write.items():
         if where != "store":
             by_part.setdefault(where, {})[int(r)] = k
     out = []
     for part, rows_of in sorted(by_part.items(), key=lambda kv: (-len(kv[1]), kv[0])):
-        fit = _part_as_segment(part, rows_of, change)
+        fit = _part_as_segment(part, rows_of, change, outputs)
         if fit is not None:
             out.append(PartSegment(part, fit[0], fit[1], frozenset(rows_of.values())))
     return out
@@ -737,18 +731,30 @@ def _part_min_rows() -> int:
 
 
 def _part_as_segment(
-    part: str, rows_of: Mapping[int, str], change: StoreChange
+    part: str,
+    rows_of: Mapping[int, str],
+    change: StoreChange,
+    outputs: tuple[tuple[str, int], ...] = (),
 ) -> tuple[int, np.ndarray] | None:
     """Whether part file ``part`` can become a segment as it is: (its rows, the rows to
     tombstone there), or None (copy its rows instead). ``rows_of``: row -> key of the rows the
     commit takes from it. A part written by this featx in key order qualifies when at least half
-    of its rows are taken with the label name, split and fingerprint it holds."""
+    of its rows are taken with the label name, split and fingerprint it holds, and it holds every
+    extra output of the store (``outputs``: (dataset, width)) as a segment does: chunked, with
+    Fletcher-32 checksums (parts written before the third #21 pass do not)."""
     if change.per_row:  # per-row extras (text/n_tokens) are not in parts
         return None
     try:
         with _h5().File(part, "r") as f:
             if not f.attrs.get("segment_ready") or not f["features"].fletcher32:
                 return None
+            n_part = int(f["features"].shape[0])
+            for name, width in outputs:
+                ds = f.get(name)
+                if ds is None or tuple(ds.shape) != (n_part, width):
+                    return None
+                if n_part and not ds.fletcher32:
+                    return None
             keys = _strings(f["paths"])
             n = len(keys)
             # a part a worker wrote for this run (--engine ray) is linked whatever its size
@@ -935,7 +941,7 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
     one file (see :func:`plan_commit`)."""
     parts: list[PartSegment] = []
     gains = "" if force_full else _gains_per_row(writer, change)
-    if not force_full and not gains and not _has_outputs(writer):
+    if not force_full and not gains:
         parts = _part_segments(writer, change)  # the policy decides which become segments
     if gains:
         plan = CommitPlan("full", f"the store gains {gains}", [], [])
