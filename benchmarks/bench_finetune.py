@@ -29,6 +29,16 @@ Usage (BENCHMARKS.md's rows)::
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --full-epochs 8
 
+Third round (3 seeds; featx's heads on the tuned embedding, one chosen on the validation items;
+full fine-tuning for seed 0 only; the fourth round ran it with ``--seeds 0,1,2``)::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2 \
+        --seeds 0,1,2 --tuned-heads knn,svm,logreg
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --seeds 0 \
+        --tuned-heads knn,svm,logreg
+    OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py images --per-class 150 --image-size 64 \
+        --rows frozen,tail1 --seeds 0,1,2
+
 The Animal Shape arrays ship as pickles inside the wheel; they are read with an unpickler that
 only rebuilds numpy arrays (it refuses any other class).
 """
@@ -128,71 +138,93 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         spec = BackboneSpec(name="all-minilm-l6-v2")
         src = open_source(source, modality="text")
     bb = load_backbone(spec)
-    proto = EvalProtocol(seed=0)
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     kw: dict[str, Any] = {"lr": args.lr, "tail_lr": args.tail_lr}
     opts = FinetuneOptions(
         epochs=args.epochs,
         patience=args.patience,
         batch_size=args.batch_size,
         progress=True,
+        tuned_heads=args.tuned_heads,
         **{k: v for k, v in kw.items() if v is not None},
     )
     rows: list[dict[str, Any]] = []
+    load_before = os.getloadavg()
     t0 = time.perf_counter()
     acts = compute_activations(bb, src, "-2")
     cache_s = time.perf_counter() - t0
     size = acts.acts.nbytes + (0 if acts.mask is None else acts.mask.nbytes)
     print(f"cache at {acts.cut}: {acts.acts.shape} float16, {size / 1e6:.1f} MB, {cache_s:.1f} s")
     feats = _frozen_features(acts, None, bb)
-    board = compare({"frozen": feats}, HEADS, protocol=proto)
-    if "frozen" in args.rows:
-        for r in board.results:
-            rows.append(
-                {"method": f"frozen {r.label}", "accuracy": r.accuracy, "train_s": r.fit_seconds}
+    n_test = 0
+    for seed in seeds:
+        proto = EvalProtocol(seed=seed)
+        if "frozen" in args.rows:
+            board = compare({"frozen": feats}, HEADS, protocol=proto)
+            n_test = int(board.results[0].n_test)
+            for r in board.results:
+                rows.append(
+                    {
+                        "method": f"frozen {r.label}",
+                        "seed": seed,
+                        "accuracy": r.accuracy,
+                        "train_s": r.fit_seconds,
+                    }
+                )
+        for tail in (1, 2):
+            if f"tail{tail}" in args.rows:
+                rows += _rows(
+                    lambda t=tail, p=proto: finetune(acts, options=opts, protocol=p, tail=t), seed
+                )
+        if "full" in args.rows:  # every seed given (it costs 10x a tail: give few)
+            full = opts if args.full_epochs is None else replace(opts, epochs=args.full_epochs)
+            rows += _rows(
+                lambda f=full, p=proto: finetune_full(source, spec, options=f, protocol=p), seed
             )
-    for tail in (1, 2):
-        if f"tail{tail}" in args.rows:
-            rows.append(_row(lambda t=tail: finetune(acts, options=opts, protocol=proto, tail=t)))
-    if "full" in args.rows:
-        full = opts if args.full_epochs is None else replace(opts, epochs=args.full_epochs)
-        rows.append(_row(lambda: finetune_full(source, spec, options=full, protocol=proto)))
     out = {
         "task": args.task,
         "n_items": acts.n,
-        "n_test": int(board.results[0].n_test),
+        "n_test": n_test,
         "cut": acts.cut,
         "cache_seconds": cache_s,
         "cache_mb": size / 1e6,
         "image_size": args.image_size if args.task == "images" else None,
         "options": opts.to_dict(),
+        "seeds": seeds,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "load_before": os.getloadavg(),
+        "load_before": load_before,
         "load_after": os.getloadavg(),
         "rows": rows,
     }
     OUT.mkdir(parents=True, exist_ok=True)
     (OUT / f"{args.task}-{'-'.join(args.rows)}.json").write_text(json.dumps(out, indent=1))
-    print("| method | test accuracy % | training s | CPU s | s / epoch | epochs (best) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| method | test accuracy % | training s | CPU s | s / epoch | epochs (best) | seed |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         spe = f"{r['s_per_epoch']:.2f}" if "s_per_epoch" in r else ""
         ep = f"{r['epochs']} ({r['best_epoch']})" if "epochs" in r else ""
         cpu = f"{r['cpu_s']:.1f}" if "cpu_s" in r else ""
         print(
             f"| {r['method']} | {100 * r['accuracy']:.2f} | {r['train_s']:.1f} | {cpu} | {spe} "
-            f"| {ep} |"
+            f"| {ep} | {r['seed']} |"
         )
+    print("\nover seeds " + ",".join(map(str, seeds)) + ": mean (min .. max) test accuracy %")
+    for method in dict.fromkeys(r["method"] for r in rows):
+        acc = [100 * r["accuracy"] for r in rows if r["method"] == method]
+        print(f"  {method}: {np.mean(acc):.2f} ({min(acc):.2f} .. {max(acc):.2f}), n={len(acc)}")
     return out
 
 
-def _row(run: Any) -> dict[str, Any]:
-    """One fine-tuning row: accuracy, training seconds (wall and this process's CPU), epochs,
-    the learning rates used."""
+def _rows(run: Any, seed: int) -> list[dict[str, Any]]:
+    """One fine-tune's rows: its own head (accuracy, training seconds wall and this process's
+    CPU, epochs, the learning rates used), each tuned head's row, and the tuned head chosen on
+    the validation items as ``<label> (chosen on val)``."""
     t, c = time.perf_counter(), time.process_time()
     rep = run()
     row = {
         "method": rep.result.label,
+        "seed": seed,
         "accuracy": rep.result.accuracy,
         "train_s": rep.seconds,
         "wall_s": time.perf_counter() - t,
@@ -201,11 +233,29 @@ def _row(run: Any) -> dict[str, Any]:
         "epochs": rep.epochs,
         "best_epoch": rep.best_epoch,
         **{k: rep.extra.get(k) for k in ("lr", "tail_lr", "lr_find", "setup_seconds")},
-        **{k: rep.extra.get(k) for k in ("probe_l2", "probe_val_accuracy")},
+        **{k: rep.extra.get(k) for k in ("probe_l2", "probe_val_accuracy", "start_val_accuracy")},
         "val_accuracy": [round(h["val_accuracy"], 4) for h in rep.history],
     }
     print(json.dumps(row, default=str), flush=True)
-    return row
+    out = [row]
+    tuned = rep.extra.get("tuned_heads")
+    if tuned:
+        for r in rep.leaderboard.results:
+            if r.label.startswith(rep.result.label + "+"):
+                out.append(
+                    {
+                        "method": r.label,
+                        "seed": seed,
+                        "accuracy": r.accuracy,
+                        "train_s": r.fit_seconds,
+                        "cpu_s": row["cpu_s"],
+                        "val": tuned["val_accuracy"].get(r.label),
+                    }
+                )
+                if r.label == tuned["chosen"]:
+                    out.append({**out[-1], "method": f"{rep.result.label} (chosen on val)"})
+        print(json.dumps(tuned, default=str), flush=True)
+    return out
 
 
 def main() -> None:
@@ -225,6 +275,12 @@ def main() -> None:
         "--rows",
         default="frozen,tail1,tail2,full",
         help="which rows to run, comma-separated (frozen, tail1, tail2, full)",
+    )
+    ap.add_argument("--seeds", default="0", help="training seeds, comma-separated (0,1,2)")
+    ap.add_argument(
+        "--tuned-heads",
+        default="",
+        help="heads fitted on the tuned embedding (FinetuneOptions.tuned_heads, e.g. knn,svm)",
     )
     ap.add_argument(
         "--skip-full", action="store_true", help="the same as leaving full out of --rows"

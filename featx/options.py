@@ -600,6 +600,13 @@ class FinetuneOptions(_Spec):
         "text.",
     )
     dropout: float = option(0.2, "Dropout before the new head.", min=0, max=1, max_open=True)
+    tuned_heads: str = option(
+        "",
+        "Heads (comma-separated, e.g. knn,svm) also fitted on the fine-tuned embedding: rows "
+        "finetune:tail=N+HEAD next to the network's own head; the validation items choose "
+        "among them (reported, never the test items); tail runs also rank their epochs by a "
+        "kNN's validation accuracy on the tuned embedding.",
+    )
     device: str = option("auto", DEVICE_HELP)
     precision: str = option(
         "auto", "auto: bf16 mixed precision on CUDA, fp32 elsewhere.", choices=PRECISIONS

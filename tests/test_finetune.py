@@ -174,7 +174,7 @@ def test_training_lowers_the_loss_and_reports_a_leaderboard_row(acts):
     ft = next(r for r in rep.leaderboard.results if r.label == "finetune:tail=2")
     frozen = next(r for r in rep.leaderboard.results if r.label == "centroid")
     assert ft.n_test == frozen.n_test == rep.result.n_test > 0  # the heads' split
-    assert 1 <= rep.best_epoch <= rep.epochs
+    assert 0 <= rep.best_epoch <= rep.epochs  # 0: the start (the probe) stayed the best
     assert rep.to_dict()["seconds_per_epoch"] > 0
 
 
@@ -218,6 +218,28 @@ def test_predict_from_files_equals_the_training_forward(acts, colours, tmp_path)
         trained = torch.softmax(rep.model(torch.from_numpy(acts.acts).float()), 1).numpy()
     np.testing.assert_allclose(ft.predict_proba(files), trained, rtol=1e-5, atol=1e-6)
     assert ft.predict(files[:1])[0] in acts.classes
+
+
+def test_a_bundle_with_tuned_heads_predicts_with_the_chosen_one(acts, colours, tmp_path):
+    from featx.finetuning import finetune, load_finetuned
+
+    rep = finetune(acts, tail=1, tuned_heads="centroid", bundle=tmp_path / "t.npz", **FAST)
+    assert rep.extra["tuned_heads"]["chosen"] == "finetune:tail=1+centroid"
+    ft = load_finetuned(rep.bundle)
+    assert ft.tuned_head is not None and ft.tuned_head.classes == acts.classes
+    files = [str(colours / k) for k in acts.keys]
+    with torch.no_grad():
+        emb = rep.model.embed(torch.from_numpy(acts.acts).float()).numpy()
+    np.testing.assert_allclose(
+        ft.predict_proba(files), ft.tuned_head.predict_proba(emb), rtol=1e-4, atol=1e-6
+    )
+    # the bundled head is the row's: the same accuracy on the protocol's test items
+    from featx.protocol import make_splits
+
+    test = make_splits(acts.feature_set())[0].test
+    row = next(r for r in rep.leaderboard.results if r.label.endswith("+centroid"))
+    names = np.asarray(acts.classes)[acts.y[test]]
+    assert row.accuracy == pytest.approx((ft.tuned_head.predict(emb[test]) == names).mean())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
@@ -343,8 +365,8 @@ def test_lr_auto_runs_range_tests_and_leaves_the_run_as_given_rates_would(acts):
     auto = finetune(acts, tail=1, lr="auto", tail_lr="auto", **FAST)
     lr, tail_lr = auto.extra["lr"], auto.extra["tail_lr"]
     found = auto.extra["lr_find"]
-    assert found["head"]["lr"] == lr
-    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], lr / 10))
+    assert lr == pytest.approx(found["head"]["lr"] / 10)  # the probe start: a tenth
+    assert tail_lr == pytest.approx(min(found["blocks"]["lr"], found["head"]["lr"] / 10))
     assert 0 < lr < 10 and 0 < tail_lr < 10 and found["blocks"]["steps"] > 10
     given = finetune(acts, tail=1, lr=lr, tail_lr=tail_lr, **FAST)
     assert given.extra["lr_find"] is None
@@ -360,6 +382,52 @@ def test_head_starts_from_the_linear_probe(acts):
     zero = finetune(acts, tail=1, lr=1e-9, tail_lr=1e-9, epochs=1, batch_size=8,
                     head_init="zero", heads=())  # fmt: skip
     assert zero.history[0]["val_accuracy"] < rep.history[0]["val_accuracy"]
+
+
+def test_the_untrained_start_is_a_candidate_for_the_best_epoch(acts):
+    from featx.finetuning import finetune
+
+    # rates that wreck every trained epoch: the run ends at its start, the linear probe
+    rep = finetune(acts, tail=1, lr=1e4, tail_lr=1e3, epochs=2, patience=5, batch_size=8,
+                   heads=())  # fmt: skip
+    assert rep.best_epoch == 0 and len(rep.history) == 2
+    assert "val_score" not in rep.history[0] and rep.extra["start_val_score"] is None
+    assert rep.extra["start_val_accuracy"] == pytest.approx(rep.extra["probe_val_accuracy"])
+    assert rep.extra["probe_val_loss"] < min(h["val_loss"] for h in rep.history)
+
+
+def test_tuned_heads_are_rows_chosen_on_the_validation_items(acts):
+    from featx.finetuning import finetune
+    from featx.finetuning.api import _splits
+    from featx.heads import make_head
+    from featx.options import EvalProtocol, FinetuneOptions
+
+    with pytest.raises(FeatxError, match="unknown head 'nope'"):
+        finetune(acts, tail=1, tuned_heads="knn,nope", **FAST)  # before any training
+    rep = finetune(acts, tail=1, tuned_heads="knn, centroid", **FAST)
+    labels = {r.label for r in rep.leaderboard.results}
+    assert {"finetune:tail=1+knn", "finetune:tail=1+centroid", "finetune:tail=1"} <= labels
+    info = rep.extra["tuned_heads"]
+    assert info["chosen"] == max(info["val_accuracy"], key=lambda k: info["val_accuracy"][k])
+    # a tuned head's validation accuracy: fitted on the fine-tune's training rows, scored on
+    # its validation rows, on the tuned embedding (never on the test items)
+    split, val = _splits(acts.feature_set(), EvalProtocol(), FinetuneOptions())
+    with torch.no_grad():
+        emb = rep.model.embed(torch.from_numpy(acts.acts).float()).numpy()
+    head = make_head("centroid").fit(emb[split.train], acts.y[split.train])
+    expect = float((head.predict(emb[val]) == acts.y[val]).mean())
+    assert info["val_accuracy"]["finetune:tail=1+centroid"] == pytest.approx(expect)
+    row = next(r for r in rep.leaderboard.results if r.label.endswith("+centroid"))
+    assert row.n_test == rep.result.n_test and row.fit_seconds > rep.result.fit_seconds
+    # the epochs were ranked by the kNN's validation accuracy on the tuned embedding: the kept
+    # epoch is the best by it, and it is the knn row's validation accuracy (the same fit)
+    assert info["epochs_ranked_by"] == "knn"
+    runs = [{**rep.history[0], "epoch": 0, "val_score": rep.extra["start_val_score"],
+             "val_accuracy": rep.extra["start_val_accuracy"]}, *rep.history]  # fmt: skip
+    assert all(r["val_score"] is not None for r in runs)
+    kept = next(r for r in runs if r["epoch"] == rep.best_epoch)
+    assert kept["val_score"] == max(r["val_score"] for r in runs)
+    assert kept["val_score"] == pytest.approx(info["val_accuracy"]["finetune:tail=1+knn"])
 
 
 def test_learning_rates_take_auto_or_a_positive_number():
@@ -382,15 +450,17 @@ def test_full_finetune_runs_on_cpu_and_its_bundle_predicts(ftnet, colours, tmp_p
         colours,
         BackboneSpec(name="ftnet"),
         bundle=tmp_path / "full.npz",
-        **{**FAST, "heads": ["centroid"], "epochs": 2},
+        **{**FAST, "heads": ["centroid"], "epochs": 2, "tuned_heads": "knn"},
     )
     assert rep.result.label == "finetune:full"
-    assert {r.label for r in rep.leaderboard.results} == {"finetune:full", "centroid"}
+    labels = {r.label for r in rep.leaderboard.results}
+    assert labels == {"finetune:full", "centroid", "finetune:full+knn"}
     ft = load_finetuned(rep.bundle)
     files = sorted(str(p) for p in colours.rglob("*.png"))[:4]
     x = torch.stack([ft.backbone.preprocess.to_uint8(Image.open(f).convert("RGB")) for f in files])
     with torch.no_grad():
-        ref = torch.softmax(rep.model(ft.backbone.preprocess.normalize(x)), 1).numpy()
+        emb = rep.model.embed(ft.backbone.preprocess.normalize(x)).numpy()
+    ref = ft.tuned_head.predict_proba(emb)  # the chosen tuned head predicts
     np.testing.assert_allclose(ft.predict_proba(files), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -525,10 +595,11 @@ def test_extract_cache_then_finetune_store_and_predict(ftnet, colours, tmp_path)
     bundle = tmp_path / "tuned.npz"
     r = runner.invoke(
         cli, ["finetune", str(store), "--epochs", "2", "--batch-size", "8", "--heads",
-              "centroid", "--bundle", str(bundle), "-q"],
+              "centroid", "--bundle", str(bundle), "--tuned-heads", "knn", "-q"],
     )  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "finetune:tail=2" in r.output and "centroid" in r.output
+    assert "chosen on the validation items: finetune:tail=2+knn" in r.output
     assert "learning rates: head" in r.output and "(range test)" in r.output
     out = tmp_path / "preds.csv"
     r = runner.invoke(cli, ["predict", str(bundle), str(colours), "--out", str(out), "-q"])

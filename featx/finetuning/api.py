@@ -18,6 +18,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.finetuning.data import ActivationSet, check_enough
+from featx.finetuning.tuned import chosen_head_bundle, epoch_score, parse_heads, tuned_rows
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,11 @@ def _split_opts(
             "fine-tuning trains on one split; cv folds and few-shot trials do not apply "
             "(evaluate heads with them in featx compare)"
         )
+    if parse_heads(opts.tuned_heads):  # an unknown head fails now, not after training
+        from featx.heads import get_head_info
+
+        for name in parse_heads(opts.tuned_heads):
+            get_head_info(name)
     return opts, proto
 
 
@@ -193,11 +199,16 @@ def _result(
 
 
 def _leaderboard(
-    result: Any, heads: Sequence[Any], features: Any, proto: EvalProtocol, name: str
+    result: Any,
+    heads: Sequence[Any],
+    features: Any,
+    proto: EvalProtocol,
+    name: str,
+    tuned: Sequence[Any] = (),
 ) -> Any:
     from featx.comparison import Leaderboard, compare
 
-    results = [result]
+    results = [result, *tuned]
     failures: tuple[Any, ...] = ()
     if heads:
         board = compare({name: features}, list(heads), protocol=proto.split_only())
@@ -310,6 +321,8 @@ def _fit(
         assert emb is not None
         found["head"] = lrfind.head_lr(emb[0], ys[0], linear.out_features, seed=task.seed, **kw)
         lr = found["head"]["lr"]
+        if opts.head_init == "probe":  # the head starts trained: it only follows the blocks
+            lr *= lrfind.PROBE_SHARE
     init = init_head(linear, opts.head_init, emb, ys)
     tail_lr = opts.tail_lr
     if tail_lr == "auto":
@@ -318,7 +331,8 @@ def _fit(
             found["blocks"] = lrfind.blocks_lr(
                 net, data, y, train_idx, task, dev=dev, amp=amp, **kw
             )
-            tail_lr = min(found["blocks"]["lr"], lrfind.BLOCKS_CAP * float(lr))
+            head_rate = found["head"]["lr"] if "head" in found else float(lr)
+            tail_lr = min(found["blocks"]["lr"], lrfind.BLOCKS_CAP * head_rate)
     setup_s = time.perf_counter() - t0
     fitted = train(
         net, data, y, train_idx, val_idx, opts, task, (float(lr), float(tail_lr), found or None)
@@ -341,6 +355,8 @@ def fit_summary(fitted: Any, init: Mapping[str, Any]) -> dict[str, Any]:
             for part, v in found.items()
         },
         "resumed_from_epoch": fitted.resumed_from,
+        "start_val_accuracy": None if fitted.start is None else fitted.start["val_accuracy"],
+        "start_val_score": None if fitted.start is None else fitted.start.get("val_score"),
         **dict(init),
     }
 
@@ -430,9 +446,12 @@ def finetune(
         desc=f"finetune:tail={n}",
         checkpoint=checkpoint_path(bundle),
     )
+    if parse_heads(opts.tuned_heads) and val is not None and len(val):
+        # the epochs are ranked by a kNN on the tuned embedding (cheap on cached activations)
+        task.score = epoch_score(cached, data.y, (split.train, val), _as_float, proto, (dev, amp))
     fitted, init = _fit(net, cached, data.y, split.train, val, opts, task, (dev, amp))
     trained = _Trained(
-        net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name)
+        net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name), val
     )
     info = {
         "mode": "tail",
@@ -469,6 +488,7 @@ class _Trained:
     init: dict[str, Any]
     where: tuple[Any, Any]
     name: str
+    val: Any = None  # the validation rows (early stopping, and choosing among tuned heads)
 
 
 def _conclude(
@@ -507,7 +527,16 @@ def _conclude(
         solver=solver,
         n_train=len(t.split.train),
     )
-    board = _leaderboard(result, heads, features, proto, t.name)
+    extra = fit_summary(f, t.init)
+    tuned: list[Any] = []
+    tuned_head = None
+    if parse_heads(opts.tuned_heads) and t.val is not None:
+        tuned, info, emb = tuned_rows(t, parse_heads(opts.tuned_heads), proto, t.val, result)
+        extra["tuned_heads"] = info
+        if bundle is not None and info["chosen_head"] is not None:
+            blob = chosen_head_bundle(emb, t, t.val, info["chosen_head"], proto, info["chosen"])
+            tuned_head = (info["chosen"], blob)
+    board = _leaderboard(result, heads, features, proto, t.name, tuned)
     path = None
     if bundle is not None:
         from featx.finetuning.bundle import save_finetune_bundle
@@ -520,6 +549,7 @@ def _conclude(
             metrics=result.to_dict(details=False),
             history=f.history,
             options=opts.to_dict(),
+            tuned_head=tuned_head,
         )
     remove_checkpoint(t.task.checkpoint)
     return FinetuneReport(
@@ -530,7 +560,7 @@ def _conclude(
         epochs=f.epochs,
         seconds=f.seconds,
         bundle=path,
-        extra=fit_summary(f, t.init),
+        extra=extra,
         model=t.model.eval(),
     )
 

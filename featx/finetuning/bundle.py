@@ -44,6 +44,8 @@ FORMAT_VERSION = 1
 JSON_NAME = "featx-finetune.json"
 SUM_NAME = "featx-finetune.sha256"
 MODES = ("tail", "full")
+#: The member holding a tuned head's own (safe) head bundle, when there is one.
+TUNED_HEAD = "tuned_head.npz"
 
 
 def is_finetune_bundle(path: str | os.PathLike) -> bool:
@@ -75,11 +77,15 @@ def save_finetune_bundle(
     metrics: Mapping[str, Any] | None = None,
     history: Sequence[Mapping[str, Any]] = (),
     options: Mapping[str, Any] | None = None,
+    tuned_head: tuple[str, bytes] | None = None,
 ) -> Path:
     """Write ``model``'s weights and what rebuilds it to ``path`` (atomically).
 
     ``model`` is the :class:`~featx.finetuning.cuts.TailNet` (``mode="tail"``) or the whole network
-    (``mode="full"``); tensors shared under several names are stored once.
+    (``mode="full"``); tensors shared under several names are stored once. ``tuned_head``:
+    (its row's label, the bytes of a head bundle, :func:`featx.bundle.save_bundle`'s safe
+    format) of a featx head fitted on the tuned embedding, which then predicts instead of the
+    network's linear head (``--tuned-heads``); stored as the member ``TUNED_HEAD``.
     """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}")
@@ -119,6 +125,10 @@ def save_finetune_bundle(
         "options": json.loads(json.dumps(dict(options or {}), default=str)),
         "weights": weights,
     }
+    if tuned_head is not None:
+        label, data = tuned_head
+        members[TUNED_HEAD] = data
+        payload["tuned_head"] = {"label": str(label), "sha256": hashlib.sha256(data).hexdigest()}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_safe_zip(path, (JSON_NAME, SUM_NAME), payload, members, allow_nan=True)
@@ -150,6 +160,8 @@ class FinetuneBundleFile:
     options: dict[str, Any]
     featx_version: str
     state: dict[str, np.ndarray] = field(repr=False)
+    #: (label, head bundle bytes) of the head fitted on the tuned embedding, or None
+    tuned_head: tuple[str, bytes] | None = field(default=None, repr=False)
 
 
 def _corrupt(path: Path, why: str) -> FeatxError:
@@ -199,6 +211,12 @@ def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
                 if list(arr.shape) != list(w["shape"]):
                     raise _corrupt(path, f"{name} has shape {arr.shape}, expected {w['shape']}")
                 state[name] = arr
+            tuned = None
+            if meta.get("tuned_head") is not None:
+                data = read_member(z, TUNED_HEAD, 16 << 30)
+                if hashlib.sha256(data).hexdigest() != meta["tuned_head"]["sha256"]:
+                    raise _corrupt(path, f"{TUNED_HEAD} does not match its SHA-256")
+                tuned = (str(meta["tuned_head"]["label"]), data)
     except FeatxError:
         raise
     except (OSError, zipfile.BadZipFile, KeyError, TypeError, ValueError, UnicodeDecodeError) as e:
@@ -219,6 +237,7 @@ def read_finetune_bundle(path: str | os.PathLike) -> FinetuneBundleFile:
             options=dict(meta.get("options") or {}),
             featx_version=str(meta.get("featx_version", "")),
             state=state,
+            tuned_head=tuned,
         )
     except (KeyError, TypeError, ValueError) as e:
         raise _corrupt(path, f"missing {e}") from None

@@ -130,7 +130,7 @@ def finetune_full(
         checkpoint=checkpoint_path(bundle),
     )
     fitted, init = _fit(net, data, fs.y, split.train, val, opts, task, (dev, amp))
-    trained = _Trained(net, net, data, fs, split, task, fitted, init, (dev, amp), name)
+    trained = _Trained(net, net, data, fs, split, task, fitted, init, (dev, amp), name, val)
     info = {
         "mode": "full",
         "classes": src.classes,

@@ -14,7 +14,12 @@ A plain PyTorch loop, so its numbers are what such a loop gives:
 * cross-entropy (``label_smoothing``), mixed precision where the device has it (bf16 autocast on
   CUDA; fp16 with a gradient scaler when asked);
 * early stopping on the validation items: the best epoch (validation accuracy, then loss) is kept
-  and restored at the end; ``patience`` epochs without improvement stop the run;
+  and restored at the end; ``patience`` epochs without improvement stop the run; the untrained
+  start is scored first as "epoch 0" and restored instead when it scored strictly better, so a
+  run never ends below its start on the validation items (patience counts from the best trained
+  epoch, since fine-tuning often dips below its start before it climbs past it); a task with
+  a ``score`` (tail runs with ``tuned_heads``: a kNN on the tuned embedding) ranks the epochs
+  and the start by that validation score first (then accuracy, then loss);
 * a checkpoint after every epoch (``checkpoint=``: written atomically, read back with
   ``torch.load(weights_only=True)``): a killed run resumes from its last finished epoch and ends
   with the same weights as an uninterrupted one; the caller removes it on success;
@@ -84,6 +89,8 @@ class Fitted:
     tail_lr: float = 0.0
     lr_find: dict[str, Any] | None = None
     resumed_from: int = 0
+    #: the untrained start's validation loss and accuracy ("epoch 0"; None without val rows)
+    start: dict[str, float] | None = None
 
     @property
     def seconds_per_epoch(self) -> float:
@@ -105,6 +112,9 @@ class Task:
         ``augment(x, mask, generator) -> (x, mask)`` applied to training batches on the device.
     checkpoint : path, optional
         Where the per-epoch checkpoint lives (a killed run resumes from it).
+    score : callable, optional
+        ``score(model) -> float``: a validation score that ranks the epochs (and the start)
+        before the own head's validation accuracy and loss (recorded as ``val_score``).
     """
 
     head_params: list[nn.Parameter]
@@ -114,6 +124,7 @@ class Task:
     augment: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None
     desc: str = "finetune"
     checkpoint: Path | None = None
+    score: Callable[[nn.Module], float] | None = None
 
 
 def device_and_precision(opts: FinetuneOptions) -> tuple[torch.device, str, Any]:
@@ -286,11 +297,13 @@ class _State:
 
     epoch: int = 0
     best: dict[str, Any] | None = None
-    best_key: tuple[float, float] | None = None
+    best_key: tuple[float, ...] | None = None
     best_epoch: int = 0
     since_best: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    start: dict[str, float] | None = None
+    start_state: dict[str, Any] | None = None
 
 
 def train(
@@ -329,6 +342,8 @@ def train(
     if saved is not None:
         logger.info("%s: resuming after epoch %d (%s)", task.desc, st.epoch, task.checkpoint)
     resumed_from = st.epoch
+    if saved is None and len(val_idx):
+        _score_start(model, data, y, val_idx, task, st, dev, amp)
     bar = progress_bar(
         total=opts.epochs, desc=task.desc, unit="epoch", enabled=opts.progress, initial=st.epoch
     )
@@ -347,7 +362,10 @@ def train(
                 _save_checkpoint(Path(task.checkpoint), state)
     finally:
         bar.close()
-    if st.best is not None:
+    if _start_wins(st):
+        model.load_state_dict(copy.deepcopy(st.start_state))
+        st.best_epoch = 0
+    elif st.best is not None:
         model.load_state_dict(copy.deepcopy(st.best))
     for p in task.body_params:
         p.requires_grad_(True)
@@ -363,6 +381,7 @@ def train(
         tail_lr=tail_lr,
         lr_find=found,
         resumed_from=resumed_from,
+        start=st.start,
     )
 
 
@@ -391,7 +410,7 @@ def _restore(
     torch.set_rng_state(saved["rng"])
     if dev.type == "cuda" and saved.get("cuda_rng") is not None:
         torch.cuda.set_rng_state(saved["cuda_rng"], dev)
-    st = _State(**{k: saved[k] for k in _State.__dataclass_fields__})
+    st = _State(**{k: saved[k] for k in _State.__dataclass_fields__ if k in saved})
     st.best_key = None if st.best_key is None else tuple(st.best_key)
     return st
 
@@ -457,6 +476,48 @@ def _epoch(
         st.since_best += 1
 
 
+def _score_start(
+    model: nn.Module,
+    data: Data,
+    y: np.ndarray,
+    val_idx: np.ndarray,
+    task: Task,
+    st: _State,
+    dev: torch.device,
+    amp: Any,
+) -> None:
+    """Score the untrained start (the pretrained blocks and the head's start) on the validation
+    rows: "epoch 0", a candidate for the best epoch at the end, so training never ends below
+    its start on the validation items (with ``head_init="probe"``: below the linear probe).
+    Early stopping counts from the best trained epoch only: fine-tuning often dips below its
+    start for a few epochs before it climbs past it."""
+    logits = predict_logits(model, data, val_idx, task.to_input, dev=dev, amp=amp)
+    yv = torch.as_tensor(np.asarray(y), dtype=torch.long)[torch.as_tensor(val_idx)]
+    loss = float(nn.functional.cross_entropy(logits, yv))
+    acc = float((logits.argmax(1) == yv).float().mean())
+    st.start = {"val_loss": loss, "val_accuracy": acc}
+    if task.score is not None:
+        st.start["val_score"] = float(task.score(model))
+    st.start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+def _start_wins(st: _State) -> bool:
+    """Whether the untrained start scored strictly better on the validation rows than the best
+    trained epoch (ties go to training: the probe's penalty was picked on the same items)."""
+    if st.start is None or st.start_state is None:
+        return False
+    key = _key(st.start)
+    return st.best_key is None or key > tuple(st.best_key)
+
+
+def _key(row: dict[str, Any]) -> tuple[float, ...]:
+    """How an epoch (or the start) ranks: its ``val_score`` when the task has one, then the
+    own head's validation accuracy, then its validation loss (lower is better)."""
+    loss = row["val_loss"]
+    key = (row["val_accuracy"], -loss if math.isfinite(loss) else -math.inf)
+    return (row["val_score"], *key) if "val_score" in row else key
+
+
 def _validate(
     model: nn.Module,
     data: Data,
@@ -470,13 +531,12 @@ def _validate(
     frozen: bool,
     t0: float,
 ) -> None:
-    """Score the epoch on the validation rows; keep the best weights (accuracy, then loss)."""
+    """Score the epoch on the validation rows; keep the best weights (see :func:`_key`)."""
     logits = predict_logits(model, data, val_idx, task.to_input, dev=dev, amp=amp)
     yv = y_t[torch.as_tensor(val_idx)]
     val_loss = float(nn.functional.cross_entropy(logits, yv)) if len(val_idx) else float("nan")
     val_acc = float((logits.argmax(1) == yv).float().mean()) if len(val_idx) else 0.0
     seconds = time.perf_counter() - t0
-    st.seconds += seconds
     row = {
         "epoch": st.epoch,
         "train_loss": train_loss,
@@ -485,8 +545,12 @@ def _validate(
         "seconds": seconds,
         "tail_frozen": frozen,
     }
+    if task.score is not None and len(val_idx):
+        row["val_score"] = float(task.score(model))
+        row["seconds"] = seconds = time.perf_counter() - t0
+    st.seconds += seconds
     st.history.append(row)
-    key = (val_acc, -val_loss if math.isfinite(val_loss) else -math.inf)
+    key = _key(row)
     if st.best_key is None or key > st.best_key:
         st.best_key, st.best_epoch, st.since_best = key, st.epoch, 0
         st.best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

@@ -48,10 +48,24 @@ class Finetuned:
     kind: str
     meta: Any
     device: Any = "cpu"
+    #: a featx head (:class:`featx.bundle.Bundle`) on the tuned embedding that predicts instead
+    #: of the linear head (``--tuned-heads``), or None
+    tuned_head: Any = None
 
     @property
     def path(self) -> Path:
         return self.meta.path
+
+    def _out(self, x: Any, mask: Any) -> Any:
+        """The linear head's logits, or the tuned head's log-probabilities (the same after a
+        softmax), on the CPU."""
+        import torch
+
+        if self.tuned_head is None:
+            return self.net(x, mask).cpu()
+        emb = self.net.embed(x, mask).float().cpu().numpy()
+        proba = torch.as_tensor(self.tuned_head.predict_proba(emb), dtype=torch.float32)
+        return torch.log(proba.clamp_min(1e-12))
 
     def logits_from_activations(self, acts: Any, mask: Any = None) -> Any:
         """Logits from cached activations (mode ``tail``), as training computed them."""
@@ -60,7 +74,8 @@ class Finetuned:
         with torch.no_grad():
             a = torch.as_tensor(np.asarray(acts)).float().to(self.device)
             m = None if mask is None else torch.as_tensor(np.asarray(mask)).long().to(self.device)
-            return self.net.eval()(a, m).cpu()
+            self.net.eval()
+            return self._out(a, m)
 
     def _logits_images(self, batch_uint8: Any) -> Any:
         import torch
@@ -68,9 +83,9 @@ class Finetuned:
         x = self.backbone.preprocess.normalize(batch_uint8.to(self.device))
         with torch.no_grad():
             if self.mode == "full":
-                return self.net(x, None).cpu()
+                return self._out(x, None)
             a = self.prefix(x).half().float()
-            return self.net(a, None).cpu()
+            return self._out(a, None)
 
     def _logits_texts(self, texts: Sequence[str]) -> Any:
         import torch
@@ -82,9 +97,9 @@ class Finetuned:
         )
         with torch.no_grad():
             if self.mode == "full":
-                return self.net(ids, mask).cpu()
+                return self._out(ids, mask)
             a = self.prefix(ids, mask, tt).half().float()
-            return self.net(a, mask).cpu()
+            return self._out(a, mask)
 
     def predict_proba(self, inputs: Sequence[Any], *, batch_size: int = 64) -> np.ndarray:
         """Class probabilities (n, K) for image paths / PIL images, or texts (text backbones)."""
@@ -168,7 +183,26 @@ def load_finetuned(
         kind=cm.kind,
         meta=meta,
         device=dev,
+        tuned_head=_tuned_head(meta, int(h["dim"])),
     )
+
+
+def _tuned_head(meta: Any, dim: int) -> Any:
+    """The bundle's tuned head (a head bundle inside it), loaded by the safe head-bundle
+    loader, or None."""
+    if meta.tuned_head is None:
+        return None
+    import tempfile
+
+    from featx.bundle import load_bundle
+
+    with tempfile.TemporaryDirectory(prefix="featx-tuned-") as d:
+        p = Path(d) / "tuned_head.npz"
+        p.write_bytes(meta.tuned_head[1])
+        head = load_bundle(p)
+    if tuple(head.classes) != tuple(meta.classes) or head.dim != dim:
+        raise FeatxError(f"{meta.path}: its tuned head does not fit the network; fine-tune again")
+    return head
 
 
 @dataclass(frozen=True, eq=False)

@@ -364,17 +364,7 @@ class StoreWriter:
                 )
                 for ds_name, width, dtype in datasets:
                     ds = _copy_rows(f, ds_name, width, dtype, wheres, srcrow, source_ds, bar)
-                    spec = self.config.outputs.get(ds_name.split("/", 1)[-1])
-                    if ds_name != "features" and spec is not None:  # a cached output's spec
-                        ds.attrs["spec"] = _canonical(spec)
-                    for g in (self.config.backbone or {}).get("layers") or []:
-                        if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
-                            ds.attrs["layer"] = str(g["name"])
-                            ds.attrs["pool"] = str(g.get("pool") or "")
-                            ds.attrs["dim"] = int(g["dim"])
-                            for k, v in g.items():  # more provenance (text: normalize, tokens)
-                                if k not in ("name", "pool", "dim"):
-                                    ds.attrs[k] = v if isinstance(v, bool | int | float) else str(v)
+                    _output_attrs(ds, ds_name, self.config)
                 bar.close()
                 columns = {
                     name: _per_row_column(name, values, keys, wheres, srcrow, source_file)
@@ -431,10 +421,13 @@ def write_part_file(
         ds = _features_ds(f, "features", feats.shape[1], str(feats.dtype), n)
         if n:
             ds[...] = feats
-        for name, arr in (rows.outputs or {}).items():
+        for name, arr in (rows.outputs or {}).items():  # as a segment holds them (#21)
             dtype = config.output_dtype(name)
             out = np.asarray(arr, dtype=dtype).reshape(n, -1)
-            f.create_dataset(f"{GROUPS}/{name}", data=out)
+            ds = _features_ds(f, f"{GROUPS}/{name}", out.shape[1], str(out.dtype), n)
+            if n:
+                ds[...] = out
+            _output_attrs(ds, f"{GROUPS}/{name}", config)
         _str_ds(f, "paths", rows.keys, fixed=True)
         g = f.create_group("fingerprint")
         _int_ds(g, "size", rows.size)
@@ -545,7 +538,7 @@ def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[st
         n_segments = len(w.layout.files) if w.layout is not None else 0
         out = {"store": str(p), "segments": n_segments, "dead_rows": n_dead}
         if not segmented or idx is None:
-            return {**out, "compacted": False, "n_items": 0 if idx is None else len(idx.keys),
+            return {**out, "compacted": False, "n_items": 0 if idx is None else idx.n_rows,
                     "seconds": 0.0}  # fmt: skip
         keys = [str(k) for k in idx.keys]
         failed = {
@@ -595,6 +588,24 @@ def _features_ds(f: Any, name: str, width: int, dtype: str, n: int) -> Any:
         compression="lzf" if n else None,
         fletcher32=bool(n),
     )
+
+
+def _output_attrs(ds: Any, ds_name: str, config: StoreConfig) -> None:
+    """The attributes of an extra output dataset ``outputs/<name>``: a cached output's spec, or
+    a layer's provenance (``layer``, ``pool``, ``dim`` and what else the family records)."""
+    if ds_name == "features":
+        return
+    spec = config.outputs.get(ds_name.split("/", 1)[-1])
+    if spec is not None:  # a cached output's spec
+        ds.attrs["spec"] = _canonical(spec)
+    for g in (config.backbone or {}).get("layers") or []:
+        if ds_name == f"{GROUPS}/{g['name']}":  # the layer's provenance
+            ds.attrs["layer"] = str(g["name"])
+            ds.attrs["pool"] = str(g.get("pool") or "")
+            ds.attrs["dim"] = int(g["dim"])
+            for k, v in g.items():  # more provenance (text: normalize, tokens)
+                if k not in ("name", "pool", "dim"):
+                    ds.attrs[k] = v if isinstance(v, bool | int | float) else str(v)
 
 
 #: Commits that copy at least this many feature bytes show a progress bar (with ``progress``).
