@@ -30,7 +30,7 @@ Usage (BENCHMARKS.md's rows)::
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows full --full-epochs 8
 
 Third round (3 seeds; featx's heads on the tuned embedding, one chosen on the validation items;
-full fine-tuning runs for the first seed only)::
+full fine-tuning for seed 0 only; the fourth round ran it with ``--seeds 0,1,2``)::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_finetune.py text --rows frozen,tail1,tail2 \
         --seeds 0,1,2 --tuned-heads knn,svm,logreg
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 rows += _rows(
                     lambda t=tail, p=proto: finetune(acts, options=opts, protocol=p, tail=t), seed
                 )
-        if "full" in args.rows and seed == seeds[0]:  # once: it costs 10x a tail
+        if "full" in args.rows:  # every seed given (it costs 10x a tail: give few)
             full = opts if args.full_epochs is None else replace(opts, epochs=args.full_epochs)
             rows += _rows(
                 lambda f=full, p=proto: finetune_full(source, spec, options=f, protocol=p), seed

@@ -8,6 +8,7 @@ small commit, and times the real command (a child process: start-up, scan, stat 
 the row index, the plan) with ``--json``.
 
     python benchmarks/bench_noop.py --rows 100000 --dir /tmp/noop
+    python benchmarks/bench_noop.py --rows 1000000 --add 2   # then two runs of +1 real image
 """
 
 from __future__ import annotations
@@ -81,6 +82,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--dir", default="/tmp/noop")
+    ap.add_argument("--repeat", type=int, default=2, help="no-op reruns")
+    ap.add_argument("--add", type=int, default=0, help="then this many runs of +1 image each")
     args = ap.parse_args()
     root = Path(args.dir) / str(args.rows)
     root.mkdir(parents=True, exist_ok=True)
@@ -97,7 +100,11 @@ def main() -> None:
         print(json.dumps({"store_s": round(time.perf_counter() - t0, 1)}), flush=True)
         out = subprocess.run(cmd, capture_output=True, text=True, check=True)  # adds 1 row
         print(json.dumps({"first run": json.loads(out.stdout)}), flush=True)
-    for rep in range(2):
+    runs = [("no-op", rep + 1) for rep in range(args.repeat)]
+    runs += [("+1 image", rep + 1) for rep in range(args.add)]
+    for what, rep in runs:
+        if what == "+1 image":  # a real image file and its manifest row: one new row
+            add_image(root, manifest)
         t0 = time.perf_counter()
         with tempfile.TemporaryFile() as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.DEVNULL)
@@ -105,13 +112,28 @@ def main() -> None:
             wall = time.perf_counter() - t0
             out.seek(0)
             res = json.loads(out.read())
-        print(json.dumps({"rows": args.rows, "repeat": rep + 1, "noop": res["noop"],
-                          "wall_s": round(wall, 2), "featx_seconds": round(res["seconds"], 2),
+        print(json.dumps({"rows": args.rows, "run": what, "repeat": rep, "noop": res["noop"],
+                          "n_new": res["n_new"], "wall_s": round(wall, 2),
+                          "featx_seconds": round(res["seconds"], 2),
+                          "store_seconds": round(res["store_seconds"], 3),
                           "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
                           "user_s": round(usage.ru_utime, 2), "sys_s": round(usage.ru_stime, 2),
                           "peak_rss_mb": round(usage.ru_maxrss / 1024),
                           "load": os.getloadavg()[0]}),
               flush=True)  # fmt: skip
+
+
+def add_image(root: Path, manifest: Path) -> None:
+    """One new 32x32 PNG under ``img/added/`` and its row at the end of the manifest."""
+    from PIL import Image
+
+    folder = root / "img" / "added"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"a{time.time_ns()}.png"
+    rng = np.random.default_rng(len(list(folder.iterdir())))
+    Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(folder / name)
+    with open(manifest, "a") as fh:
+        fh.write(f"img/added/{name},c0\n")
 
 
 if __name__ == "__main__":

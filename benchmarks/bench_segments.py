@@ -67,7 +67,7 @@ def build(path: Path, n: int, dim: int, n_classes: int = 10, seed: int = 0) -> f
     return time.perf_counter() - t0
 
 
-def change(path: Path, n_new: int, dim: int, *, mode: str) -> dict[str, float]:
+def change(path: Path, n_new: int, dim: int, *, mode: str, prefix: str = "new") -> dict[str, float]:
     """Add n_new rows as an incremental run does; seconds (wall and CPU) of each store step.
 
     ``mode``: ``"change"`` (what ``featx extract`` does since #21: a StoreChange naming the kept
@@ -78,7 +78,7 @@ def change(path: Path, n_new: int, dim: int, *, mode: str) -> dict[str, float]:
     with StoreWriter(path, _config(dim)) as w:
         t_open, c_open = time.perf_counter() - t0, time.process_time() - c0
         idx = w.index
-        keys = [f"new{i:08d}" for i in range(n_new)]
+        keys = [f"{prefix}{i:08d}" for i in range(n_new)]
         t1, c1 = time.perf_counter(), time.process_time()
         part = w.write_part(_rows(keys, rng.normal(size=(n_new, dim)).astype(np.float16)))
         t_part, c_part = time.perf_counter() - t1, time.process_time() - c1
@@ -86,7 +86,7 @@ def change(path: Path, n_new: int, dim: int, *, mode: str) -> dict[str, float]:
         if mode == "change":
             w.commit_change(
                 StoreChange(
-                    kept=np.arange(len(idx.keys)),
+                    kept=np.arange(idx.n_rows),  # positions only: keys not decoded
                     write={k: (str(part), i) for i, k in enumerate(keys)},
                     labels={k: 0 for k in keys},
                     split={},
@@ -118,6 +118,37 @@ def change(path: Path, n_new: int, dim: int, *, mode: str) -> dict[str, float]:
             "open_cpu": c_open, "part_cpu": c_part, "commit_cpu": c_commit, "cpu": cpu}  # fmt: skip
 
 
+def nightly(base: Path, work: Path, n: int, nights: int, share: float, dim: int) -> list[dict]:
+    """``nights`` commits of ``share`` x n new rows each on a copy of ``base`` (what a nightly
+    run over a growing collection does): per commit, its store time and what the merge policy
+    decided (the commit's log line)."""
+    import logging
+
+    decisions: list[str] = []
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            decisions.append(record.getMessage())
+
+    seg_log = logging.getLogger("featx.store.segments")
+    seg_log.addHandler(_Keep())
+    seg_log.setLevel(logging.INFO)
+    _copy(base, work)
+    out = []
+    n_new = max(1, int(n * share))
+    for night in range(nights):
+        decisions.clear()
+        t = change(work, n_new, dim, mode="change", prefix=f"n{night:04d}-")
+        info = store_info(work)
+        why = next((d.split(": ", 1)[1] for d in decisions if d.startswith("commit of")), "")
+        rec = {"rows": n, "night": night + 1, "added": n_new,
+               **{k: round(v, 3) for k, v in t.items()}, "segments": info["segments"],
+               "layout": info["layout"], "decision": why, "load": os.getloadavg()[0]}  # fmt: skip
+        print(json.dumps(rec), flush=True)
+        out.append(rec)
+    return out
+
+
 def noop(path: Path, dim: int) -> float:
     t0 = time.perf_counter()
     with StoreWriter(path, _config(dim)) as w:
@@ -142,6 +173,14 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the base stores")
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--repeat-segmented", action="store_true")
+    ap.add_argument(
+        "--nightly",
+        type=int,
+        default=0,
+        metavar="NIGHTS",
+        help="only: NIGHTS commits of --share new rows each (the merge policy)",
+    )
+    ap.add_argument("--share", type=float, default=0.01)
     args = ap.parse_args()
     folder = Path(args.dir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,6 +191,19 @@ def main() -> None:
             s = build(base, n, args.dim)
             print(json.dumps({"rows": n, "build_s": round(s, 1)}), flush=True)
         work = folder / f"work-{n}.h5"
+        if args.nightly:
+            recs = nightly(base, work, n, args.nightly, args.share, args.dim)
+            print("\n| night | rows added | store s | store CPU s | segments | decision | load |")
+            print("| ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+            for r in recs:
+                print(f"| {r['night']} | {r['added']:,} | {r['store_total']} | {r['cpu']} | "
+                      f"{r['segments']} | {r['decision']} | {r['load']:.1f} |")  # fmt: skip
+            total = sum(r["store_total"] for r in recs)
+            print(
+                f"\n{len(recs)} commits: {total:.1f} s store time in all, "
+                f"{total / len(recs):.2f} s per commit"
+            )
+            continue
         for label, n_new in (("+1 row", 1), ("+1 %", max(1, n // 100))):
             for mode in args.modes:
                 _copy(base, work)
@@ -181,6 +233,8 @@ def main() -> None:
         shutil.rmtree(work.with_name(work.name + ".segments"), ignore_errors=True)
         if not args.keep:
             base.unlink()
+    if not table:
+        return
     print("\n| rows | change | commit as | open (index) s | part s | commit s | store total s "
           "| store CPU s | load |")  # fmt: skip
     print("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")

@@ -504,7 +504,7 @@ def format_info(info: dict[str, Any]) -> str:
             (
                 "layout",
                 f"{info['segments']} segments, {info['dead_rows']} dead rows "
-                "('featx compact' merges them)",
+                "('featx compact' merges them)" + _segment_sizes(info.get("segment_rows") or []),
             )
         )
     if text:
@@ -618,6 +618,15 @@ def verify(store: str, as_json: bool) -> None:
         echo(f"note: {note}")
 
 
+def _segment_sizes(rows: list[int]) -> str:
+    """'; live rows per segment: 1,000,000 170,000 ...' (largest first, at most 8)."""
+    if not rows:
+        return ""
+    big = sorted(rows, reverse=True)
+    more = f" and {len(big) - 8} more" if len(big) > 8 else ""
+    return "; live rows per segment: " + " ".join(f"{v:,}" for v in big[:8]) + more
+
+
 @cli.command()
 @click.argument("store", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -625,8 +634,8 @@ def verify(store: str, as_json: bool) -> None:
 def compact(store: str, as_json: bool, quiet: bool) -> None:
     """Merge a segmented STORE into one file, dropping its dead rows.
 
-    Incremental runs add small changes as segments; a run compacts by itself once dead rows or
-    segments pass a threshold. This does it now (one atomic commit, like an extraction's).
+    Incremental runs add small changes as segments and merge small segments by themselves
+    (leaving big ones alone); this merges them all now (one atomic commit, like an extraction's).
 
     \b
     Example:

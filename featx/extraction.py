@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from dataclasses import asdict, dataclass, replace
-from itertools import repeat
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -569,6 +569,24 @@ def _positions(stored: np.ndarray, keys: list[str]) -> np.ndarray:
     return pos
 
 
+def _same_keys(old: Any, keys: list[str]) -> np.ndarray | None:
+    """The usual rerun's positions without a merge: when the source's keys are the store's rows
+    in order, with its recorded failures among them (their position -1), compared as the
+    stored bytes (:meth:`featx.store.StoreIndex.keys_equal`); else None."""
+    n, n_failed = len(keys), len(old.failed_keys)
+    if n != old.n_rows + n_failed:
+        return None
+    if not n_failed:
+        return np.arange(n, dtype=np.int64) if old.keys_equal(keys) else None
+    failed = set(old.failed_keys.tolist())
+    ok = np.fromiter((k not in failed for k in keys), bool, n)
+    if n - int(ok.sum()) != n_failed or not old.keys_equal(list(compress(keys, ok))):
+        return None
+    pos = np.full(n, -1, dtype=np.int64)
+    pos[ok] = np.arange(old.n_rows, dtype=np.int64)
+    return pos
+
+
 def _plan(src: Source, writer: StoreWriter) -> dict[str, Any]:
     """See :func:`_plan_rows`; without cyclic garbage collections while its million small
     tuples are made (none of them is garbage)."""
@@ -604,8 +622,12 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
     n = len(items)
     keys = [it.key for it in items]
     old_failed: dict[str, tuple] = {}
-    has_old = old is not None and len(old.keys) > 0
-    pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
+    has_old = old is not None and old.n_rows > 0
+    same = _same_keys(old, keys) if has_old else None  # the usual rerun (keys not decoded)
+    if same is not None:
+        pos = same
+    else:
+        pos = _positions(old.keys, keys) if has_old else np.full(n, -1, dtype=np.int64)
     if old is not None:
         old_failed = _failed_records(old)
     matched = pos >= 0
@@ -674,7 +696,7 @@ def _plan_rows(src: Source, writer: StoreWriter) -> dict[str, Any]:
             failed[k] = (old_failed[k][0], *_fp(it))
         else:
             todo.append(it)
-    n_removed = (len(old.keys) - int(matched.sum())) if has_old else 0
+    n_removed = (old.n_rows - int(matched.sum())) if has_old else 0
     if old_failed:
         current = set(keys)
         n_removed += sum(1 for k in old_failed if k not in current)

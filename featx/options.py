@@ -604,7 +604,8 @@ class FinetuneOptions(_Spec):
         "",
         "Heads (comma-separated, e.g. knn,svm) also fitted on the fine-tuned embedding: rows "
         "finetune:tail=N+HEAD next to the network's own head; the validation items choose "
-        "among them (reported, never the test items).",
+        "among them (reported, never the test items); tail runs also rank their epochs by a "
+        "kNN's validation accuracy on the tuned embedding.",
     )
     device: str = option("auto", DEVICE_HELP)
     precision: str = option(

@@ -391,6 +391,7 @@ def test_the_untrained_start_is_a_candidate_for_the_best_epoch(acts):
     rep = finetune(acts, tail=1, lr=1e4, tail_lr=1e3, epochs=2, patience=5, batch_size=8,
                    heads=())  # fmt: skip
     assert rep.best_epoch == 0 and len(rep.history) == 2
+    assert "val_score" not in rep.history[0] and rep.extra["start_val_score"] is None
     assert rep.extra["start_val_accuracy"] == pytest.approx(rep.extra["probe_val_accuracy"])
     assert rep.extra["probe_val_loss"] < min(h["val_loss"] for h in rep.history)
 
@@ -418,6 +419,15 @@ def test_tuned_heads_are_rows_chosen_on_the_validation_items(acts):
     assert info["val_accuracy"]["finetune:tail=1+centroid"] == pytest.approx(expect)
     row = next(r for r in rep.leaderboard.results if r.label.endswith("+centroid"))
     assert row.n_test == rep.result.n_test and row.fit_seconds > rep.result.fit_seconds
+    # the epochs were ranked by the kNN's validation accuracy on the tuned embedding: the kept
+    # epoch is the best by it, and it is the knn row's validation accuracy (the same fit)
+    assert info["epochs_ranked_by"] == "knn"
+    runs = [{**rep.history[0], "epoch": 0, "val_score": rep.extra["start_val_score"],
+             "val_accuracy": rep.extra["start_val_accuracy"]}, *rep.history]  # fmt: skip
+    assert all(r["val_score"] is not None for r in runs)
+    kept = next(r for r in runs if r["epoch"] == rep.best_epoch)
+    assert kept["val_score"] == max(r["val_score"] for r in runs)
+    assert kept["val_score"] == pytest.approx(info["val_accuracy"]["finetune:tail=1+knn"])
 
 
 def test_learning_rates_take_auto_or_a_positive_number():

@@ -222,3 +222,53 @@ def test_text_layers_one_pass_cli_extract_compare_fit_predict(tmp_path):
     r = run.invoke(cli, [*base, "--store", str(tmp_path / "x.h5"), "--layers", "hidden_state.1"])
     assert r.exit_code != 0 and "did you mean hidden_states.1" in r.output
     assert "Traceback" not in r.output
+
+
+def test_layers_of_a_channels_last_model_pool_over_space():
+    """A family whose maps are NHWC (torchvision Swin, timm NHWC models): --layers pools each
+    map over its height and width, giving one value per channel (it averaged W and C before)."""
+    from featx.backbones import load_backbone, register_family, unregister_family
+    from featx.backbones.layers import with_layers
+    from featx.backbones.registry import BackboneInfo, Body, Family
+    from featx.preprocess import Preprocess
+
+    class ToNHWC(nn.Module):
+        def forward(self, x):
+            return x.permute(0, 2, 3, 1)
+
+    class Stage(nn.Module):  # works on NHWC maps, like a Swin stage
+        def __init__(self, c):
+            super().__init__()
+            self.lin = nn.Linear(c, c)
+
+        def forward(self, x):
+            return self.lin(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Sequential(nn.Conv2d(3, 5, 4, stride=4), ToNHWC())
+            self.features = nn.Sequential(Stage(5), Stage(5))
+
+        def forward(self, x):
+            return self.features(self.stem(x)).mean(dim=(1, 2))
+
+    def build(req):
+        torch.manual_seed(0)
+        return Body(model=Net(), weights="seed0", weights_sha256=None,
+                    preprocess=Preprocess(crop_size=16, resize_size=16), default_pool="avg",
+                    feature_map=("hook", "features.1", None), layout="NHWC")  # fmt: skip
+
+    register_family(Family(name="nhwc", resolve=lambda n: n if n == "nhwcnet" else None,
+                           list_infos=lambda p: [BackboneInfo("nhwcnet", "nhwc", 5, 16, "s")],
+                           build=build))  # fmt: skip
+    try:
+        bb = with_layers(load_backbone("nhwcnet"), "features.0")
+        assert bb.output_dims == {"features": 5, "features.0": 5}
+        x = torch.randn(2, 3, 16, 16)
+        with torch.no_grad():
+            got = bb.model(x)["features.0"]
+            want = bb.model.base.body.features[0](bb.model.base.body.stem(x)).mean(dim=(1, 2))
+        torch.testing.assert_close(got, want)
+    finally:
+        unregister_family("nhwc")

@@ -5,6 +5,7 @@ commit or a compaction leaves a store that the rerun completes exactly."""
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -493,6 +494,9 @@ def test_tiered_merges_leave_big_segments_alone_and_cost_the_change():
     assert big_until is not None and big_until > 200  # merged once 2.7M rows were added
     assert written <= 4 * 300 * 10_000 and most <= 2 * k  # ~3 writes per added row
     assert choose_merges([1000, 100], [400, 0], 1, floor=1, per_tier=k).merge == {0}
+    # a full tier whose big segment has no peers yet: only the small ones merge
+    mp = choose_merges([100_000] + [1000] * 15, [0] * 16, 1000, floor=floor, per_tier=k)
+    assert mp.merge == set(range(1, 16)) and mp.rows == 16_000
     mp = choose_merges([1000], [0], 0, [(50, 0)] * 20, floor=10, per_tier=k)
     assert len(mp.link) == k - 1 and mp.rows == 5 * 50  # the rest is copied
 
@@ -510,12 +514,42 @@ def test_minor_merge_rewrites_only_the_small_segments(tmp_path, tiny_backbone, m
     _extract(src, store, tiny_backbone)
     info = store_info(store)
     assert (info["layout"], info["segments"], info["dead_rows"]) == ("segments", 2, 1)
+    assert sorted(info["segment_rows"]) == [3, 11]  # featx info: live rows per segment
     inodes = {os.stat(p).st_ino for p in segment_dir(store).iterdir()}
     assert base in inodes and len(inodes) == 2  # the big segment untouched, the rest merged
     fresh = tmp_path / "fresh.h5"
     _extract(src, fresh, tiny_backbone)
     _same_rows(store, fresh)
     assert verify_store(store).ok
+
+
+def test_segment_keys_merge_as_bytes_and_decode_on_first_use():
+    """The index read keeps keys as the stored bytes (decoded when first used) and merges the
+    segments' sorted keys in str order: as bytes when ASCII, as str otherwise (a surrogate-
+    escaped file name sorts differently as bytes)."""
+    from featx.store import StoreIndex
+    from featx.store.layout import encode_keys
+    from featx.store.segments import _keys_in_order
+
+    for names in (["a/1", "b/0", "c"], ["a", "\udcf5", "\ue000", "z"]):
+        segs = [encode_keys(sorted(names[::2])), encode_keys(sorted(names[1::2]))]
+        keys, order = _keys_in_order(segs)
+        idx = StoreIndex(keys[order], *[np.zeros(len(names))] * 3, *[np.zeros(0)] * 5,
+                         np.zeros(len(names)), np.zeros(len(names)), ())  # fmt: skip
+        assert idx.n_rows == len(names)
+        assert idx.keys_equal(sorted(names)) and not idx.keys_equal(sorted(names)[::-1])
+        again = pickle.loads(pickle.dumps(idx))
+        assert idx.keys.tolist() == sorted(names) and idx.keys.dtype == object
+        assert again.keys.tolist() == sorted(names) and again.n_rows == len(names)
+        assert idx.keys_equal(sorted(names)) and not idx.keys_equal(sorted(names)[:-1])
+
+    from featx.extraction import _same_keys
+
+    z = np.zeros(2)
+    idx = StoreIndex(encode_keys(["a", "c"]), z, z, z, np.array(["b"], dtype=object),
+                     *[np.zeros(1)] * 4, z, z, ())  # fmt: skip
+    assert _same_keys(idx, ["a", "b", "c"]).tolist() == [0, -1, 1]  # a failure among them
+    assert _same_keys(idx, ["a", "x", "c"]) is None and _same_keys(idx, ["a", "c"]) is None
 
 
 def test_parts_of_a_multi_layer_store_become_segments(tmp_path, fake_backbone_family, monkeypatch):

@@ -318,7 +318,9 @@ def _feature_model(
     net.requires_grad_(False)
     own_embedding = layer in ("", _features.PRE_LOGITS) and pool is None
     if own_embedding:
-        fm = _features.FeatureModel(net, source="output", pool="none")
+        # the layout tells --layers how this model's 4-D maps are laid out (Swin: NHWC); the
+        # class token count stays 0 here, as the layer groups of ViT stores were defined with
+        fm = _features.FeatureModel(net, source="output", pool="none", layout=body.layout)
         layer_name, where = _features.PRE_LOGITS, canonical
     else:
         if layer in ("", _features.PRE_LOGITS, _features.FEATURE_MAP):

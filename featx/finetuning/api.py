@@ -18,7 +18,7 @@ import numpy as np
 
 from featx.errors import FeatxError
 from featx.finetuning.data import ActivationSet, check_enough
-from featx.finetuning.tuned import chosen_head_bundle, parse_heads, tuned_rows
+from featx.finetuning.tuned import chosen_head_bundle, epoch_score, parse_heads, tuned_rows
 from featx.options import BackboneSpec, EvalProtocol, FinetuneOptions
 
 logger = logging.getLogger(__name__)
@@ -356,6 +356,7 @@ def fit_summary(fitted: Any, init: Mapping[str, Any]) -> dict[str, Any]:
         },
         "resumed_from_epoch": fitted.resumed_from,
         "start_val_accuracy": None if fitted.start is None else fitted.start["val_accuracy"],
+        "start_val_score": None if fitted.start is None else fitted.start.get("val_score"),
         **dict(init),
     }
 
@@ -445,6 +446,9 @@ def finetune(
         desc=f"finetune:tail={n}",
         checkpoint=checkpoint_path(bundle),
     )
+    if parse_heads(opts.tuned_heads) and val is not None and len(val):
+        # the epochs are ranked by a kNN on the tuned embedding (cheap on cached activations)
+        task.score = epoch_score(cached, data.y, (split.train, val), _as_float, proto, (dev, amp))
     fitted, init = _fit(net, cached, data.y, split.train, val, opts, task, (dev, amp))
     trained = _Trained(
         net, full_tail, cached, fs, split, task, fitted, init, (dev, amp), str(data.name), val

@@ -17,7 +17,9 @@ A plain PyTorch loop, so its numbers are what such a loop gives:
   and restored at the end; ``patience`` epochs without improvement stop the run; the untrained
   start is scored first as "epoch 0" and restored instead when it scored strictly better, so a
   run never ends below its start on the validation items (patience counts from the best trained
-  epoch, since fine-tuning often dips below its start before it climbs past it);
+  epoch, since fine-tuning often dips below its start before it climbs past it); a task with
+  a ``score`` (tail runs with ``tuned_heads``: a kNN on the tuned embedding) ranks the epochs
+  and the start by that validation score first (then accuracy, then loss);
 * a checkpoint after every epoch (``checkpoint=``: written atomically, read back with
   ``torch.load(weights_only=True)``): a killed run resumes from its last finished epoch and ends
   with the same weights as an uninterrupted one; the caller removes it on success;
@@ -110,6 +112,9 @@ class Task:
         ``augment(x, mask, generator) -> (x, mask)`` applied to training batches on the device.
     checkpoint : path, optional
         Where the per-epoch checkpoint lives (a killed run resumes from it).
+    score : callable, optional
+        ``score(model) -> float``: a validation score that ranks the epochs (and the start)
+        before the own head's validation accuracy and loss (recorded as ``val_score``).
     """
 
     head_params: list[nn.Parameter]
@@ -119,6 +124,7 @@ class Task:
     augment: Callable[..., tuple[torch.Tensor, torch.Tensor | None]] | None = None
     desc: str = "finetune"
     checkpoint: Path | None = None
+    score: Callable[[nn.Module], float] | None = None
 
 
 def device_and_precision(opts: FinetuneOptions) -> tuple[torch.device, str, Any]:
@@ -291,7 +297,7 @@ class _State:
 
     epoch: int = 0
     best: dict[str, Any] | None = None
-    best_key: tuple[float, float] | None = None
+    best_key: tuple[float, ...] | None = None
     best_epoch: int = 0
     since_best: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -490,6 +496,8 @@ def _score_start(
     loss = float(nn.functional.cross_entropy(logits, yv))
     acc = float((logits.argmax(1) == yv).float().mean())
     st.start = {"val_loss": loss, "val_accuracy": acc}
+    if task.score is not None:
+        st.start["val_score"] = float(task.score(model))
     st.start_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
@@ -498,9 +506,16 @@ def _start_wins(st: _State) -> bool:
     trained epoch (ties go to training: the probe's penalty was picked on the same items)."""
     if st.start is None or st.start_state is None:
         return False
-    loss = st.start["val_loss"]
-    key = (st.start["val_accuracy"], -loss if math.isfinite(loss) else -math.inf)
+    key = _key(st.start)
     return st.best_key is None or key > tuple(st.best_key)
+
+
+def _key(row: dict[str, Any]) -> tuple[float, ...]:
+    """How an epoch (or the start) ranks: its ``val_score`` when the task has one, then the
+    own head's validation accuracy, then its validation loss (lower is better)."""
+    loss = row["val_loss"]
+    key = (row["val_accuracy"], -loss if math.isfinite(loss) else -math.inf)
+    return (row["val_score"], *key) if "val_score" in row else key
 
 
 def _validate(
@@ -516,13 +531,12 @@ def _validate(
     frozen: bool,
     t0: float,
 ) -> None:
-    """Score the epoch on the validation rows; keep the best weights (accuracy, then loss)."""
+    """Score the epoch on the validation rows; keep the best weights (see :func:`_key`)."""
     logits = predict_logits(model, data, val_idx, task.to_input, dev=dev, amp=amp)
     yv = y_t[torch.as_tensor(val_idx)]
     val_loss = float(nn.functional.cross_entropy(logits, yv)) if len(val_idx) else float("nan")
     val_acc = float((logits.argmax(1) == yv).float().mean()) if len(val_idx) else 0.0
     seconds = time.perf_counter() - t0
-    st.seconds += seconds
     row = {
         "epoch": st.epoch,
         "train_loss": train_loss,
@@ -531,8 +545,12 @@ def _validate(
         "seconds": seconds,
         "tail_frozen": frozen,
     }
+    if task.score is not None and len(val_idx):
+        row["val_score"] = float(task.score(model))
+        row["seconds"] = seconds = time.perf_counter() - t0
+    st.seconds += seconds
     st.history.append(row)
-    key = (val_acc, -val_loss if math.isfinite(val_loss) else -math.inf)
+    key = _key(row)
     if st.best_key is None or key > st.best_key:
         st.best_key, st.best_epoch, st.since_best = key, st.epoch, 0
         st.best = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}

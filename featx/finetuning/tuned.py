@@ -12,6 +12,11 @@ items only: each head is also fitted on the fine-tune's training items and score
 validation items, next to the network's own head (its best epoch's validation accuracy); the
 best is reported as ``tuned_heads["chosen"]``. The test items never choose anything.
 
+The epochs of such a run are ranked by the same kind of score (:func:`epoch_score`): a kNN
+(featx's ``knn`` head) on the tuned embedding, fitted on the fine-tune's training rows and scored
+on its validation rows, after every epoch; not by the linear head that will not be used. A kNN
+because it costs no iterative fit (the RBF SVM's sweep costs seconds, more than a tail epoch).
+
 Imports torch inside functions only.
 """
 
@@ -42,6 +47,42 @@ def tuned_embedding(t: Any) -> tuple[np.ndarray, float]:
     rows = np.arange(int(t.data.x.shape[0]))
     emb = predict_logits(t.net, t.data, rows, t.task.to_input, dev=dev, amp=amp, fn=t.net.embed)
     return emb.numpy().astype(np.float32), time.perf_counter() - t0
+
+
+#: the head whose validation accuracy on the tuned embedding ranks the epochs
+EPOCH_HEAD = "knn"
+
+
+def epoch_score(
+    data: Any,
+    y: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray],
+    to_input: Any,
+    proto: Any,
+    where: Any,
+) -> Any:
+    """``score(model) -> float`` for :class:`featx.finetuning.loop.Task`: the validation accuracy
+    of :data:`EPOCH_HEAD` fitted on ``model.embed`` of the training rows ``rows[0]`` and scored
+    on the validation rows ``rows[1]`` (the protocol's preprocessing and seed, as the rows')."""
+    from featx.finetuning.loop import predict_logits
+    from featx.heads import make_head
+
+    dev, amp = where
+    train_idx, val_idx = (np.asarray(r) for r in rows)
+    both = np.concatenate([train_idx, val_idx])
+    y = np.asarray(y)
+
+    def score(model: Any) -> float:
+        emb = predict_logits(model, data, both, to_input, dev=dev, amp=amp, fn=model.embed)
+        emb = emb.numpy().astype(np.float32)
+        n = len(train_idx)
+        est = make_head(
+            EPOCH_HEAD, None, proto.preprocess, proto.class_weight, random_state=proto.seed
+        )
+        est.fit(emb[:n], y[train_idx])
+        return float(np.mean(est.predict(emb[n:]) == y[val_idx]))
+
+    return score
 
 
 def own_val_accuracy(fitted: Any) -> float | None:
@@ -104,6 +145,8 @@ def tuned_rows(
         "chosen": chosen,
         "chosen_head": next((r.head for r in rows if r.label == chosen), None),
         "embed_seconds": emb_s,
+        # what ranked the epochs: a kNN on the tuned embedding, or the network's own head
+        "epochs_ranked_by": EPOCH_HEAD if t.task.score is not None else "own head",
         "failures": failures,
     }
     return rows, info, emb

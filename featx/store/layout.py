@@ -46,6 +46,15 @@ def _strings(ds) -> np.ndarray:
     return np.asarray(ds.asstr(errors="surrogateescape")[()], dtype=object)
 
 
+def _raw_strings(ds) -> np.ndarray:
+    """A per-row string dataset as stored: fixed-length bytes (``S`` dtype, decoded later by
+    :func:`decode_bytes`), or, for a variable-length one (files written before #21), decoded
+    to an object array of str as :func:`_strings` does."""
+    if ds.shape[0] and ds.dtype.kind == "S":
+        return ds[()]
+    return _strings(ds)
+
+
 def decode_bytes(raw: np.ndarray) -> np.ndarray:
     """A fixed-length byte-string array as an object array of str (``surrogateescape``).
 

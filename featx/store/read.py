@@ -7,7 +7,6 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,16 @@ from featx.errors import StoreError
 from featx.features import FeatureGroup, FeatureSet
 from featx.store.chunks import StoreMatrix
 from featx.store.config import PER_ROW_DATASETS, TEXTS, StoreConfig, store_groups, store_outputs
-from featx.store.layout import FORMAT, SCHEMA_VERSION, _attr_value, _digest_attrs, _h5, _strings
+from featx.store.layout import (
+    FORMAT,
+    SCHEMA_VERSION,
+    _attr_value,
+    _digest_attrs,
+    _h5,
+    _raw_strings,
+    _strings,
+    decode_bytes,
+)
 from featx.store.segments import (
     SEGMENTED_SCHEMA_VERSION,
     SegmentMissing,
@@ -85,27 +93,96 @@ def _check_attrs(f: Any, p: Path) -> None:
         )
 
 
+_INDEX_FIELDS = (
+    "size", "mtime_ns", "sha256", "failed_keys", "failed_reasons", "failed_size",
+    "failed_mtime_ns", "failed_sha256", "labels", "split", "classes",
+)  # fmt: skip
+
+
 def read_config(path: str | os.PathLike) -> StoreConfig:
     with _open_read(path) as f:
         return StoreConfig.from_json(f.attrs["config"])
 
 
-@dataclass(frozen=True)
 class StoreIndex:
-    """The per-row bookkeeping of a store, without the feature matrix."""
+    """The per-row bookkeeping of a store, without the feature matrix (read-only).
 
-    keys: np.ndarray
-    size: np.ndarray
-    mtime_ns: np.ndarray
-    sha256: np.ndarray
-    failed_keys: np.ndarray
-    failed_reasons: np.ndarray
-    failed_size: np.ndarray
-    failed_mtime_ns: np.ndarray
-    failed_sha256: np.ndarray
-    labels: np.ndarray
-    split: np.ndarray
-    classes: tuple[str, ...]
+    Attributes: ``keys`` (object array of str, key order), ``size``, ``mtime_ns``, ``sha256``,
+    ``labels``, ``split``, ``failed_keys``, ``failed_reasons``, ``failed_size``,
+    ``failed_mtime_ns``, ``failed_sha256``, ``classes``; ``n_rows``.
+
+    ``keys`` may be given as the stored fixed-length UTF-8 bytes (``S`` dtype): they are decoded
+    to str on first use (a million keys cost ~0.2 s to decode; a commit that only needs row
+    counts and positions, ``featx info``, or a compaction's plan never pay it).
+    """
+
+    __slots__ = ("_keys", "_key_bytes", *_INDEX_FIELDS)
+
+    def __init__(
+        self,
+        keys: np.ndarray,
+        size: np.ndarray,
+        mtime_ns: np.ndarray,
+        sha256: np.ndarray,
+        failed_keys: np.ndarray,
+        failed_reasons: np.ndarray,
+        failed_size: np.ndarray,
+        failed_mtime_ns: np.ndarray,
+        failed_sha256: np.ndarray,
+        labels: np.ndarray,
+        split: np.ndarray,
+        classes: tuple[str, ...],
+    ) -> None:
+        lazy = isinstance(keys, np.ndarray) and keys.dtype.kind == "S"
+        values = dict(
+            size=size, mtime_ns=mtime_ns, sha256=sha256, failed_keys=failed_keys,
+            failed_reasons=failed_reasons, failed_size=failed_size,
+            failed_mtime_ns=failed_mtime_ns, failed_sha256=failed_sha256, labels=labels,
+            split=split, classes=classes,
+        )  # fmt: skip
+        for k, v in values.items():
+            object.__setattr__(self, k, v)
+        object.__setattr__(self, "_key_bytes", keys if lazy else None)
+        object.__setattr__(self, "_keys", None if lazy else keys)
+
+    @property
+    def keys(self) -> np.ndarray:
+        """The row keys, an object array of str in key order."""
+        if self._keys is None:
+            object.__setattr__(self, "_keys", decode_bytes(self._key_bytes))
+            object.__setattr__(self, "_key_bytes", None)
+        return self._keys
+
+    def keys_equal(self, keys: list[str]) -> bool:
+        """Whether the keys are exactly ``keys``, in order: the usual no-op rerun's check. While
+        they are still the stored bytes, one comparison of the NUL-joined UTF-8 of both (a key
+        never holds NUL), without decoding a million keys to str."""
+        if len(keys) != self.n_rows:
+            return False
+        if self._key_bytes is not None:
+            try:
+                mine = "\0".join(keys).encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:  # a lone surrogate that is no escaped byte: not stored
+                return False
+            return b"\0".join(self._key_bytes.tolist()) == mine
+        cand = np.empty(len(keys), dtype=object)
+        cand[:] = keys
+        return bool((self._keys == cand).all())
+
+    @property
+    def n_rows(self) -> int:
+        """Rows in the index (without decoding the keys)."""
+        return len(self.size)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"StoreIndex is read-only (cannot set {name})")
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:  # pickling (read-only slots)
+        keys = self._keys if self._keys is not None else self._key_bytes
+        return (StoreIndex, (keys, *(getattr(self, k) for k in _INDEX_FIELDS)))
+
+    def __repr__(self) -> str:
+        return f"StoreIndex({self.n_rows} rows, {len(self.failed_keys)} failed)"
 
 
 def _read_index(f) -> StoreIndex:
@@ -116,7 +193,7 @@ def _read_index(f) -> StoreIndex:
     g = f["fingerprint"]
     fl = f["failed"]
     return StoreIndex(
-        keys=_strings(f["paths"]),
+        keys=_raw_strings(f["paths"]),
         size=g["size"][()],
         mtime_ns=g["mtime_ns"][()],
         sha256=_strings(g["sha256"]),
@@ -368,6 +445,13 @@ def _damage_is_store_error(path: str | os.PathLike) -> Iterator[None]:
         ) from None
 
 
+def _segment_rows(f: Any) -> list[int]:
+    """Live rows of each segment of a segmented store's index (what the merge policy sizes)."""
+    n_rows = f["segments/n_rows"][()].astype(np.int64)
+    dead = np.bincount(f["dead/segment"][()].astype(np.int64), minlength=len(n_rows))
+    return (n_rows - dead[: len(n_rows)]).tolist()
+
+
 def store_info(path: str | os.PathLike) -> dict[str, Any]:
     """A JSON-able summary of a store: counts, dim, backbone, weights, classes, splits, versions."""
     with _open_read(path) as f, _damage_is_store_error(path):
@@ -401,6 +485,7 @@ def store_info(path: str | os.PathLike) -> dict[str, Any]:
             "layout": "segments" if segmented else "single file",
             "segments": len(matrix.files),
             "dead_rows": int(f.attrs.get("n_dead", 0)) if segmented else 0,
+            "segment_rows": _segment_rows(f) if segmented else [],
             "n_classes": len(idx.classes),
             "classes": list(idx.classes),
             "splits": splits,

@@ -55,10 +55,12 @@ from featx.store.layout import (
     _digest_attrs,
     _h5,
     _int_ds,
+    _raw_strings,
     _str_ds,
     _strings,
     _write_attrs,
     _write_failed,
+    decode_bytes,
 )
 
 log = logging.getLogger(__name__)
@@ -219,7 +221,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
             remap = np.array([class_index.get(c, -1) for c in seg_classes] + [-1], dtype=np.int64)
             labels = s["labels"][()].astype(np.int64)
             g = s["fingerprint"]
-            cols["keys"].append(_strings(s["paths"])[live])
+            cols["keys"].append(_raw_strings(s["paths"])[live])  # bytes: decoded on use
             cols["size"].append(g["size"][()][live])
             cols["mtime_ns"].append(g["mtime_ns"][()][live])
             cols["sha256"].append(_strings(g["sha256"])[live])
@@ -241,8 +243,7 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
     def cat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
         return np.concatenate(parts) if parts else np.empty(0, dtype=dtype)
 
-    keys = cat(cols["keys"], object)
-    order = np.argsort(keys, kind="stable") if len(files) > 1 else np.arange(len(keys))
+    keys, order = _keys_in_order(cols["keys"])
     fl = f["failed"]
     fields = {
         "keys": keys[order],
@@ -273,6 +274,25 @@ def read_segmented(f: Any, path: str | os.PathLike) -> SegmentedRows:
         per_row_names=tuple(per_row_names),
         handles=handles,
     )
+
+
+def _keys_in_order(parts: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The segments' live keys concatenated, and the order that sorts them (each segment is
+    sorted already). Kept as the stored bytes (decoded by :class:`StoreIndex` on first use)
+    and sorted as bytes when they are ASCII, where byte order is str order; otherwise decoded
+    and sorted as str (the order every store file is written in)."""
+    if not parts:
+        return np.empty(0, dtype=object), np.zeros(0, dtype=np.int64)
+    if all(p.dtype.kind == "S" for p in parts):
+        keys = np.concatenate(parts)  # the widest segment's width
+        if len(parts) == 1:
+            return keys, np.arange(len(keys))
+        if keys.size and bool((keys.view(np.uint8) < 0x80).all()):
+            return keys, np.argsort(keys, kind="stable")
+    keys = np.concatenate([p if p.dtype.kind == "O" else decode_bytes(p) for p in parts])
+    if len(parts) == 1:
+        return keys, np.arange(len(keys))
+    return keys, np.argsort(keys, kind="stable")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,8 +403,10 @@ def choose_merges(
     Rules, in order: a segment (or part) with more than :data:`COMPACT_DEAD_SHARE` of its rows
     dead is merged (its live rows are rewritten); a part becomes a segment while its tier has
     room for it and the new segment (``per_tier - 1``), else its rows are copied into the new
-    segment; when the new segment lands in a tier that already holds ``per_tier`` segments, that
-    tier and every smaller one are merged into it, and again where the bigger result lands.
+    segment; when the new segment lands in a tier that already holds ``per_tier`` segments, the
+    segments of that tier and the smaller ones are merged into it, smallest first, each while it
+    holds no more rows than those merged so far (a big segment waits for peers of its size), and
+    again in the tier where the bigger result lands.
 
     Examples
     --------
@@ -414,13 +436,20 @@ def choose_merges(
         t = tier_of(rows, floor, per_tier)
         if count.get(t, 0) < per_tier:
             break
-        more = [i for i in range(n) if i not in merge and tiers[i] <= t]
-        merge.update(more)
-        rows += sum(live[i] for i in more)
-        for i in more:
-            count[tiers[i]] -= 1
-        if count.get(t, 0) >= per_tier:  # linked parts fill it: they stay (rare)
+        # the tier is full: merge its segments and the smaller tiers', smallest first, each
+        # while it is no bigger than the rows merged so far (so a segment is rewritten only
+        # with at least as many rows as it holds, and a big one waits for its peers)
+        cands = sorted(
+            (i for i in range(n) if i not in merge and tiers[i] <= t), key=lambda i: (live[i], i)
+        )
+        if not cands:  # linked parts fill it: they stay (rare)
             break
+        for k, i in enumerate(cands):
+            if k and live[i] > rows:
+                break
+            merge.add(i)
+            rows += live[i]
+            count[tiers[i]] -= 1
     return MergePlan(frozenset(merge), tuple(sorted(link)), int(rows))
 
 
@@ -562,7 +591,7 @@ def _gains_per_row(writer: Any, change: StoreChange) -> str:
     """The first per-row dataset ``change`` carries that the store's rows lack (a text store
     written before featx kept texts gains ``text/texts``), or "". Such a commit rewrites the
     store: every kept row gets the value (#19: no model pass, the texts come from the source)."""
-    if writer.index is None or len(writer.index.keys) == 0:
+    if writer.index is None or writer.index.n_rows == 0:
         return ""
     for name in change.per_row or {}:
         if name not in writer.per_row_names:
@@ -626,7 +655,7 @@ def plan_commit(
     n_final = change.n_items
     write = change.write
     layout = writer.layout
-    empty = old is None or len(old.keys) == 0
+    empty = old is None or old.n_rows == 0
     # the store's segments after this commit's tombstones: rows, dead rows, where each old row is
     if empty:
         n_rows = np.zeros(0, dtype=np.int64)
@@ -634,12 +663,12 @@ def plan_commit(
         file_of_row = np.zeros(0, dtype=np.int64)
         dead_idx = np.zeros(0, dtype=np.int64)
     else:
-        kept_old = np.zeros(len(old.keys), dtype=bool)
+        kept_old = np.zeros(old.n_rows, dtype=bool)
         kept_old[np.asarray(change.kept, dtype=np.int64)] = True
         dead_idx = np.flatnonzero(~kept_old)
         if layout.file_of_row is None:  # a single file: it would be segment 0
-            n_rows = np.array([len(old.keys)], dtype=np.int64)
-            file_of_row = np.zeros(len(old.keys), dtype=np.int64)
+            n_rows = np.array([old.n_rows], dtype=np.int64)
+            file_of_row = np.zeros(old.n_rows, dtype=np.int64)
             seg_dead = np.zeros(1, dtype=np.int64)
         else:
             n_rows = np.asarray(writer.old_n_rows, dtype=np.int64)
@@ -930,13 +959,13 @@ def commit_change(writer: Any, change: StoreChange, *, force_full: bool = False)
 
     folder = segment_dir(writer.path)
     merge = set(plan.merge)
-    if writer.index is None or len(writer.index.keys) == 0:  # a new store made of parts
+    if writer.index is None or writer.index.n_rows == 0:  # a new store made of parts
         names, n_rows, dead = [], [], []
     elif writer.layout.file_of_row is None:  # a single-file store: it becomes segment 0
         if merge:  # ... unless it is merged (its live rows rewritten into the new segment)
             names, n_rows, dead = [], [], []
         else:
-            names, n_rows = [upgrade_to_segment(writer.path)], [len(writer.index.keys)]
+            names, n_rows = [upgrade_to_segment(writer.path)], [writer.index.n_rows]
             dead = []
             _crash_point("after-upgrade-link")
     else:

@@ -538,7 +538,7 @@ def compact_store(path: str | os.PathLike, *, progress: bool = False) -> dict[st
         n_segments = len(w.layout.files) if w.layout is not None else 0
         out = {"store": str(p), "segments": n_segments, "dead_rows": n_dead}
         if not segmented or idx is None:
-            return {**out, "compacted": False, "n_items": 0 if idx is None else len(idx.keys),
+            return {**out, "compacted": False, "n_items": 0 if idx is None else idx.n_rows,
                     "seconds": 0.0}  # fmt: skip
         keys = [str(k) for k in idx.keys]
         failed = {
