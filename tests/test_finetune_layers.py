@@ -14,20 +14,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_finetune import FAMILY, SIZE, colour_folder, register_ftest  # noqa: E402
+import test_finetune  # noqa: E402
+from test_finetune import SIZE, colour_folder  # noqa: E402
+
+ftnet = test_finetune.ftnet  # the tiny cuttable backbone fixture, shared
 
 from featx.errors import FeatxError  # noqa: E402
-
-
-@pytest.fixture
-def ftnet():
-    from featx.backbones import load_backbone, unregister_family
-    from featx.finetuning.cuts import unregister_cutter
-
-    register_ftest()
-    yield load_backbone("ftnet")
-    unregister_family(FAMILY)
-    unregister_cutter(FAMILY)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "timm/vit_tiny_patch16_224"])
